@@ -1,0 +1,103 @@
+from django.contrib import admin, messages
+
+from . import services
+from .models import Case, Patient, Prediction, Smear
+
+
+class CaseInline(admin.TabularInline):
+    model = Case
+    fields = ["accession_number", "status", "suggested_stage", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Patient)
+class PatientAdmin(admin.ModelAdmin):
+    list_display = ["lab_id", "sex", "birth_year", "created_at", "created_by"]
+    list_filter = ["sex", "created_at"]
+    search_fields = ["lab_id"]
+    readonly_fields = ["created_at", "created_by"]
+    inlines = [CaseInline]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+
+class SmearInline(admin.TabularInline):
+    model = Smear
+    fields = ["original_filename", "status", "attempts", "error", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Case)
+class CaseAdmin(admin.ModelAdmin):
+    list_display = ["accession_number", "patient", "status", "suggested_stage", "suggested_confidence", "created_by", "created_at"]
+    list_filter = ["status", "suggested_stage", "created_at"]
+    search_fields = ["accession_number", "patient__lab_id", "clinical_note"]
+    list_select_related = ["patient", "created_by"]
+    autocomplete_fields = ["patient"]
+    readonly_fields = ["status", "suggested_stage", "suggested_confidence", "created_by", "created_at", "updated_at"]
+    inlines = [SmearInline]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(Smear)
+class SmearAdmin(admin.ModelAdmin):
+    list_display = ["original_filename", "case", "status", "attempts", "width", "height", "uploaded_by", "created_at"]
+    list_filter = ["status", "image_format", "created_at"]
+    search_fields = ["original_filename", "sha256", "case__accession_number", "case__patient__lab_id"]
+    list_select_related = ["case", "uploaded_by"]
+    actions = ["retry_failed"]
+    # Smears are created by the upload page (validation, hashing, queueing) and
+    # changed only by the workflow; the admin shows them.
+    readonly_fields = [
+        "case", "image", "thumbnail", "sha256", "width", "height", "image_format", "size_bytes",
+        "original_filename", "uploaded_by", "status", "error", "attempts", "claimed_at", "created_at", "updated_at",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Retry the selected failed smears", permissions=["retry"])
+    def retry_failed(self, request, queryset):
+        n = sum(services.retry_smear(smear) for smear in queryset.filter(status=Smear.Status.FAILED))
+        self.message_user(request, f"{n} smear(s) queued again.", messages.SUCCESS)
+
+    def has_retry_permission(self, request):
+        return request.user.has_perm("diagnosis.retry_smear")
+
+
+@admin.register(Prediction)
+class PredictionAdmin(admin.ModelAdmin):
+    """Model output is a record: read-only here."""
+
+    list_display = ["smear", "stage", "prob_benign", "prob_early", "prob_pre", "prob_pro", "model_name", "model_version", "latency_ms", "created_at"]
+    list_filter = ["stage", "model_name", "model_version", "created_at"]
+    search_fields = ["smear__original_filename", "smear__case__accession_number", "smear__case__patient__lab_id"]
+    list_select_related = ["smear__case"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

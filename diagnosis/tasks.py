@@ -1,0 +1,75 @@
+"""Celery tasks: the thin bridge between the portal and the `ml` package.
+
+`ml` never imports Django; this module imports `ml` lazily so that the web
+process never loads PyTorch.
+"""
+import logging
+import time
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+
+from . import services
+
+logger = logging.getLogger(__name__)
+
+
+def _image_source(smear):
+    """A filesystem path when the storage has one, else an opened PIL image."""
+    try:
+        return smear.image.path
+    except NotImplementedError:  # remote storage (e.g. S3)
+        from PIL import Image
+
+        with smear.image.open("rb") as fh:
+            img = Image.open(fh)
+            img.load()
+        return img
+
+
+@shared_task(name="diagnosis.classify_smear", ignore_result=True)
+def classify_smear(smear_id):
+    smear = services.claim_smear(smear_id)
+    if smear is None:
+        logger.info("Smear %s not claimable (already claimed, finished or deleted); skipping", smear_id)
+        return "skipped"
+    try:
+        import ml
+
+        predictor = ml.load_predictor()
+        started = time.perf_counter()
+        result = predictor.predict([_image_source(smear)])[0]
+        latency_ms = (time.perf_counter() - started) * 1000
+        services.record_prediction(smear.pk, result, latency_ms)
+    except SoftTimeLimitExceeded:
+        services.mark_failed(
+            smear.pk, f"Classification took longer than the {settings.CELERY_TASK_SOFT_TIME_LIMIT} s time limit."
+        )
+        return "failed"
+    except Exception as exc:
+        reason = _readable_reason(exc)
+        logger.exception("Classification of smear %s failed: %s", smear.pk, reason)
+        services.mark_failed(smear.pk, reason)
+        return "failed"
+    return "done"
+
+
+def _readable_reason(exc):
+    image_error = None
+    try:
+        import ml
+
+        image_error = ml.ImageError
+    except Exception:  # ml itself failed to import: the generic reason says so
+        pass
+    if image_error is not None and isinstance(exc, image_error):
+        return f"The image could not be read by the model: {exc}"
+    if isinstance(exc, services.InvalidModelOutput):
+        return f"Classification failed: {exc}"
+    return f"Classification failed: {type(exc).__name__}: {exc}"
+
+
+@shared_task(name="diagnosis.sweep_stale_smears", ignore_result=True)
+def sweep_stale_smears():
+    return services.sweep_stale_smears()

@@ -1,0 +1,189 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
+from django.views import View
+from django.views.generic import CreateView, DetailView, FormView, ListView
+from django.views.generic.detail import SingleObjectMixin
+
+from accounts.mixins import RolePermissionRequiredMixin
+from accounts.roles import has_role
+
+from . import services
+from .forms import CaseFilterForm, CaseForm, PatientForm, SmearUploadForm
+from .models import Case, Patient, Smear
+
+
+@login_required
+def home(request):
+    if not has_role(request.user):
+        return redirect("pending_role")
+    return redirect("diagnosis:case_list")
+
+
+class CaseListView(RolePermissionRequiredMixin, ListView):
+    permission_required = "diagnosis.view_case"
+    template_name = "diagnosis/case_list.html"
+    paginate_by = 25
+
+    def get_queryset(self):
+        self.filter_form = CaseFilterForm(self.request.GET or None)
+        qs = Case.objects.select_related("patient", "created_by")
+        return self.filter_form.filter(qs)
+
+    def get_context_data(self, **kwargs):
+        ctx = super().get_context_data(**kwargs)
+        ctx["filter_form"] = self.filter_form
+        query = self.request.GET.copy()
+        query.pop("page", None)
+        ctx["query_string"] = query.urlencode()
+        return ctx
+
+
+class CaseDetailView(RolePermissionRequiredMixin, DetailView):
+    permission_required = "diagnosis.view_case"
+    template_name = "diagnosis/case_detail.html"
+    queryset = Case.objects.select_related("patient", "created_by")
+
+    def get_context_data(self, **kwargs):
+        ctx = super().get_context_data(**kwargs)
+        ctx["smears"] = self.object.smears.select_related("prediction", "uploaded_by")
+        ctx["counts"] = self.object.smear_counts()
+        return ctx
+
+
+class CaseStatusView(RolePermissionRequiredMixin, SingleObjectMixin, View):
+    """JSON polled by the case page while smears are classified."""
+
+    permission_required = "diagnosis.view_case"
+    model = Case
+
+    def get(self, request, *args, **kwargs):
+        response = JsonResponse(services.case_status_payload(self.get_object(), request.user))
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class CaseCreateView(RolePermissionRequiredMixin, CreateView):
+    permission_required = "diagnosis.add_case"
+    form_class = CaseForm
+    template_name = "diagnosis/case_form.html"
+
+    def get_initial(self):
+        initial = super().get_initial()
+        if self.request.GET.get("patient", "").isdigit():
+            initial["patient"] = self.request.GET["patient"]
+        return initial
+
+    def form_valid(self, form):
+        form.instance.created_by = self.request.user
+        messages.success(self.request, f"Case {form.instance.accession_number} created. Now upload its smears.")
+        return super().form_valid(form)
+
+    def get_success_url(self):
+        return reverse("diagnosis:smear_upload", args=[self.object.pk])
+
+
+class SmearUploadView(RolePermissionRequiredMixin, SingleObjectMixin, FormView):
+    permission_required = "diagnosis.add_smear"
+    form_class = SmearUploadForm
+    template_name = "diagnosis/smear_upload.html"
+    model = Case
+
+    def get(self, request, *args, **kwargs):
+        self.object = self.get_object()
+        return super().get(request, *args, **kwargs)
+
+    def post(self, request, *args, **kwargs):
+        self.object = self.get_object()
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form):
+        outcome = services.add_smears(self.object, form.cleaned_data["images"], self.request.user)
+        for name, reason in outcome.rejected:
+            messages.error(self.request, f"“{name}” was not accepted: {reason}")
+        if not outcome.accepted:
+            form.add_error("images", "None of the files was accepted; see the reasons above.")
+            return self.form_invalid(form)
+        n = len(outcome.accepted)
+        messages.success(self.request, f"{n} image{'s' if n != 1 else ''} stored and queued for classification.")
+        return redirect(self.object)
+
+
+class SmearRetryView(RolePermissionRequiredMixin, View):
+    permission_required = "diagnosis.retry_smear"
+    http_method_names = ["post"]
+
+    def post(self, request, pk):
+        smear = get_object_or_404(Smear.objects.select_related("case"), pk=pk)
+        if services.retry_smear(smear):
+            messages.success(request, f"“{smear.original_filename}” queued again.")
+        else:
+            messages.warning(request, f"“{smear.original_filename}” is not failed; nothing to retry.")
+        return redirect(smear.case)
+
+
+class SmearFileView(RolePermissionRequiredMixin, View):
+    """Serves a smear image or its thumbnail to users allowed to see smears.
+    Media files are never served publicly."""
+
+    permission_required = "diagnosis.view_smear"
+    field = "image"
+
+    def get(self, request, pk):
+        smear = get_object_or_404(Smear, pk=pk)
+        file = getattr(smear, self.field)
+        if not file:
+            raise Http404("No such file.")
+        try:
+            handle = file.open("rb")
+        except FileNotFoundError:
+            raise Http404("The file is missing from storage.") from None
+        download_name = smear.original_filename if self.field == "image" else f"thumbnail-{smear.pk}.jpg"
+        response = FileResponse(handle, filename=download_name)
+        response["Cache-Control"] = "private, max-age=3600"
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
+class PatientListView(RolePermissionRequiredMixin, ListView):
+    permission_required = "diagnosis.view_patient"
+    template_name = "diagnosis/patient_list.html"
+    paginate_by = 25
+
+    def get_queryset(self):
+        from django.db.models import Count, Max
+
+        qs = Patient.objects.annotate(n_cases=Count("cases"), last_case=Max("cases__created_at"))
+        self.q = self.request.GET.get("q", "").strip()
+        if self.q:
+            qs = qs.filter(lab_id__icontains=self.q)
+        return qs
+
+    def get_context_data(self, **kwargs):
+        from urllib.parse import urlencode
+
+        return super().get_context_data(q=self.q, query_string=urlencode({"q": self.q}) if self.q else "", **kwargs)
+
+
+class PatientDetailView(RolePermissionRequiredMixin, DetailView):
+    permission_required = ("diagnosis.view_patient", "diagnosis.view_case")
+    template_name = "diagnosis/patient_detail.html"
+    model = Patient
+
+    def get_context_data(self, **kwargs):
+        ctx = super().get_context_data(**kwargs)
+        ctx["cases"] = self.object.cases.select_related("created_by").order_by("created_at", "pk")
+        return ctx
+
+
+class PatientCreateView(RolePermissionRequiredMixin, CreateView):
+    permission_required = "diagnosis.add_patient"
+    form_class = PatientForm
+    template_name = "diagnosis/patient_form.html"
+
+    def form_valid(self, form):
+        form.instance.created_by = self.request.user
+        messages.success(self.request, f"Patient {form.instance.lab_id} created.")
+        return super().form_valid(form)

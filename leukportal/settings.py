@@ -1,0 +1,229 @@
+"""LeukPortal settings.
+
+Every deployment-specific value comes from the environment (or a `.env` file in
+the repository root) through django-environ. With no environment at all the
+portal runs in development mode: DEBUG on, SQLite in db.sqlite3, the Celery
+broker on the local filesystem under var/, emails printed to the console.
+See the configuration table in README.md.
+"""
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.utils import get_random_secret_key
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+VAR_DIR = Path(env.str("LEUKPORTAL_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env.bool("DEBUG", default=True)
+
+
+def _secret_key():
+    key = env.str("SECRET_KEY", default="")
+    if key:
+        return key
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    # Development only: a random key generated once per checkout and kept in
+    # var/ so that sessions survive restarts and the worker agrees with the web.
+    path = VAR_DIR / "dev-secret-key"
+    if not path.exists():
+        path.write_text(get_random_secret_key())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+if not DEBUG and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must be set when DEBUG is off.")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "allauth",
+    "allauth.account",
+    "crispy_forms",
+    "crispy_bootstrap5",
+    "accounts",
+    "diagnosis",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "leukportal.urls"
+WSGI_APPLICATION = "leukportal.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+_db = DATABASES["default"]
+if "sqlite" in _db["ENGINE"]:
+    # Web, worker and tests share the file; wait for locks instead of failing.
+    _db.setdefault("OPTIONS", {}).setdefault("timeout", 20)
+    # A file (not :memory:) so that a Celery worker subprocess in the
+    # end-to-end test can open the very database pytest-django created.
+    _db["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+elif "mysql" in _db["ENGINE"]:
+    _db.setdefault("OPTIONS", {}).update(
+        {"charset": "utf8mb4", "init_command": "SET sql_mode='STRICT_TRANS_TABLES'"}
+    )
+    _db["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Accounts (django-allauth) ---------------------------------------------
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_EMAIL_VERIFICATION = env.str("ACCOUNT_EMAIL_VERIFICATION", default="optional")
+ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = True
+ACCOUNT_SESSION_REMEMBER = None
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "home"
+ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+
+EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
+vars().update(EMAIL_CONFIG)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="LeukPortal <leukportal@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# --- Security (effective when DEBUG is off) ---------------------------------
+SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- i18n / time --------------------------------------------------------------
+LANGUAGE_CODE = "en-gb"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Static and media ---------------------------------------------------------
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+# Smear images. Never served as public static files: diagnosis.views serves
+# them after a permission check. Point several machines at shared storage
+# (e.g. an NFS mount) so web and workers see the same files.
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
+MEDIA_URL = "/media/"
+
+CRISPY_ALLOWED_TEMPLATE_PACKS = "bootstrap5"
+CRISPY_TEMPLATE_PACK = "bootstrap5"
+
+# --- Smear uploads ------------------------------------------------------------
+SMEAR_MAX_UPLOAD_BYTES = env.int("SMEAR_MAX_UPLOAD_BYTES", default=25 * 1024 * 1024)
+SMEAR_MAX_PIXELS = env.int("SMEAR_MAX_PIXELS", default=40_000_000)
+SMEAR_MAX_FILES_PER_UPLOAD = env.int("SMEAR_MAX_FILES_PER_UPLOAD", default=50)
+SMEAR_MAX_ATTEMPTS = env.int("SMEAR_MAX_ATTEMPTS", default=3)
+DATA_UPLOAD_MAX_NUMBER_FILES = SMEAR_MAX_FILES_PER_UPLOAD
+# Larger uploads spool to a temporary file instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# --- Celery -------------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=120)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=180)
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
+if CELERY_TASK_SOFT_TIME_LIMIT >= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured("CELERY_TASK_SOFT_TIME_LIMIT must be below CELERY_TASK_TIME_LIMIT.")
+if CELERY_VISIBILITY_TIMEOUT <= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured("CELERY_VISIBILITY_TIMEOUT must be longer than CELERY_TASK_TIME_LIMIT.")
+# A message is acknowledged only after the task finished; a worker that dies
+# mid-task leaves it to be re-delivered; each worker process reserves one
+# message at a time. Duplicate deliveries are harmless: see services.claim_smear.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="leukportal")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+if CELERY_BROKER_URL.startswith("filesystem:"):
+    _broker_dir = Path(env.str("CELERY_BROKER_DIR", default=str(VAR_DIR / "celery")))
+    for _sub in ("queue", "processed", "control"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        {
+            "data_folder_in": str(_broker_dir / "queue"),
+            "data_folder_out": str(_broker_dir / "queue"),
+            "processed_folder": str(_broker_dir / "processed"),
+            "control_folder": str(_broker_dir / "control"),
+            "store_processed": False,
+        }
+    )
+# A smear still "processing" this long after it was claimed belongs to a worker
+# that died: the sweep re-queues it (or fails it after SMEAR_MAX_ATTEMPTS).
+SMEAR_STALE_AFTER_SECONDS = env.int("SMEAR_STALE_AFTER_SECONDS", default=CELERY_TASK_TIME_LIMIT + 60)
+# A smear "queued" this long whose message may have been lost gets it re-sent.
+SMEAR_RESEND_QUEUED_AFTER_SECONDS = env.int("SMEAR_RESEND_QUEUED_AFTER_SECONDS", default=900)
+if SMEAR_STALE_AFTER_SECONDS <= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured("SMEAR_STALE_AFTER_SECONDS must be longer than CELERY_TASK_TIME_LIMIT.")
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stale-smears": {
+        "task": "diagnosis.sweep_stale_smears",
+        "schedule": env.float("SWEEP_INTERVAL_SECONDS", default=60.0),
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,96 @@
+// Case page: poll the case's JSON status while smears are queued or being
+// classified, and update each smear card in place. No framework.
+(function () {
+  "use strict";
+  var container = document.getElementById("smears");
+  if (!container) { return; }
+  var url = container.getAttribute("data-status-url");
+  var POLL_MS = 3000;
+  var MAX_DELAY_MS = 60000;
+  var delay = POLL_MS;
+  var STAGES = ["Benign", "Early", "Pre", "Pro"];
+
+  function text(el, value) { if (el) { el.textContent = value == null ? "" : value; } }
+
+  function badge(className, label) {
+    var span = document.createElement("span");
+    span.className = "badge " + className;
+    span.textContent = label;
+    return span;
+  }
+
+  function updateSmear(item) {
+    var card = container.querySelector('[data-smear="' + item.id + '"]');
+    if (!card) { return false; }  // a smear added elsewhere: needs a page load
+    var status = card.querySelector('[data-field="status"]');
+    status.className = "badge smear-status smear-status-" + item.status;
+    text(status, item.status_display);
+    var stage = card.querySelector('[data-field="stage"]');
+    stage.replaceChildren();
+    if (item.stage) { stage.appendChild(badge("stage-badge stage-" + item.stage, item.stage_display)); }
+    text(card.querySelector('[data-field="error"]'), item.status === "failed" ? item.error : "");
+    card.querySelector('[data-field="retry"]').hidden = !item.can_retry;
+    var probs = card.querySelector('[data-field="probs"]');
+    probs.hidden = !item.probabilities;
+    if (item.probabilities) {
+      STAGES.forEach(function (s) {
+        var p = item.probabilities[s];
+        probs.querySelector('[data-prob="' + s + '"]').style.width = (p * 100).toFixed(1) + "%";
+        text(probs.querySelector('[data-prob-text="' + s + '"]'), p.toFixed(2));
+      });
+      text(probs.querySelector('[data-field="model"]'), item.model);
+    }
+    return true;
+  }
+
+  function updateCase(data) {
+    document.querySelectorAll("[data-case-status]").forEach(function (el) {
+      el.className = "badge case-status case-status-" + data.status;
+      text(el, data.status_display);
+    });
+    var counts = { done: 0, pending: 0, failed: 0 };
+    data.smears.forEach(function (s) {
+      if (s.status === "done") { counts.done++; }
+      else if (s.status === "failed") { counts.failed++; }
+      else { counts.pending++; }
+    });
+    text(document.querySelector("[data-case-counts]"),
+      counts.done + " done · " + counts.pending + " pending · " + counts.failed + " failed");
+    var suggestion = document.querySelector("[data-case-suggestion]");
+    if (suggestion) {
+      suggestion.replaceChildren();
+      if (data.suggested_stage) {
+        suggestion.appendChild(badge("stage-badge stage-" + data.suggested_stage, data.suggested_stage_display));
+        var conf = document.createElement("span");
+        conf.className = "fs-6 text-muted";
+        conf.textContent = " mean confidence " + data.suggested_confidence.toFixed(2);
+        suggestion.appendChild(conf);
+      } else {
+        var none = document.createElement("span");
+        none.className = "text-muted fs-6";
+        none.textContent = "No classified smear yet.";
+        suggestion.appendChild(none);
+      }
+    }
+  }
+
+  function poll() {
+    fetch(url, { headers: { "Accept": "application/json" }, credentials: "same-origin", cache: "no-store" })
+      .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.json(); })
+      .then(function (data) {
+        data.smears.forEach(updateSmear);
+        updateCase(data);
+        delay = POLL_MS;
+        if (data.pending) { window.setTimeout(poll, delay); }
+      })
+      .catch(function () {
+        delay = Math.min(delay * 2, MAX_DELAY_MS);  // back off while the server is unreachable
+        window.setTimeout(poll, delay);
+      });
+  }
+
+  if (container.querySelector('.smear-status-queued, .smear-status-processing')) {
+    window.setTimeout(poll, POLL_MS);
+  }
+  // A retry turns a smear back to queued: the POST reloads the page, which restarts polling.
+})();
