@@ -155,7 +155,7 @@ class PatientListView(RolePermissionRequiredMixin, ListView):
     def get_queryset(self):
         from django.db.models import Count, Max
 
-        qs = Patient.objects.annotate(n_cases=Count("cases"), last_case=Max("cases__created_at"))
+        qs = Patient.objects.annotate(n_cases=Count("cases"), last_case=Max("cases__created_at")).order_by("lab_id")
         self.q = self.request.GET.get("q", "").strip()
         if self.q:
             qs = qs.filter(lab_id__icontains=self.q)

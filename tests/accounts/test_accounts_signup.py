@@ -1,0 +1,106 @@
+import re
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core import mail
+from django.urls import reverse
+
+from accounts.adapter import promote_if_first_user
+from tests.portal_testutils import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+
+def signup(client, email):
+    return client.post(reverse("account_signup"), {"email": email, "password1": PASSWORD, "password2": PASSWORD})
+
+
+def test_first_signup_on_empty_database_becomes_superuser_and_admin(client, django_user_model):
+    response = signup(client, "First@Lab.Example")
+    assert response.status_code == 302
+    user = django_user_model.objects.get()
+    assert user.email == "first@lab.example"
+    assert user.is_superuser and user.is_staff
+    assert list(user.groups.values_list("name", flat=True)) == ["Admin"]
+    # ... and lands on the case list, not the waiting page
+    assert client.get(reverse("home")).url == reverse("diagnosis:case_list")
+
+
+def test_later_signups_get_no_role_and_wait(client, make_user, django_user_model):
+    make_user("Admin")
+    response = signup(client, "second@lab.example")
+    assert response.status_code == 302
+    user = django_user_model.objects.get(email="second@lab.example")
+    assert not user.is_superuser and not user.is_staff
+    assert user.groups.count() == 0
+    # Home sends them to the waiting page, which says what is going on.
+    assert client.get(reverse("home")).url == reverse("pending_role")
+    page = client.get(reverse("pending_role"))
+    assert page.status_code == 200
+    assert b"Waiting for an administrator to assign your role" in page.content
+    # ... and no patient data is reachable meanwhile.
+    for name in ("diagnosis:case_list", "diagnosis:patient_list", "diagnosis:case_create"):
+        assert client.get(reverse(name)).url == reverse("pending_role")
+
+
+def test_promotion_only_for_the_only_user(make_user):
+    make_user("Technician")
+    later = make_user(None)
+    assert promote_if_first_user(later) is False
+    later.refresh_from_db()
+    assert not later.is_superuser
+
+
+def test_pending_page_redirects_once_a_role_is_assigned(client, no_role_user):
+    client.force_login(no_role_user)
+    assert client.get(reverse("pending_role")).status_code == 200
+    no_role_user.groups.add(Group.objects.get(name="Pathologist"))
+    assert client.get(reverse("pending_role")).url == reverse("home")
+
+
+def test_pending_page_requires_login(client):
+    response = client.get(reverse("pending_role"))
+    assert response.status_code == 302 and response.url.startswith(reverse("account_login"))
+
+
+def test_login_is_by_email_and_duplicate_email_refused(client, make_user):
+    make_user("Technician", email="tech@lab.example")
+    response = client.post(reverse("account_login"), {"login": "TECH@lab.example", "password": PASSWORD})
+    assert response.status_code == 302
+    client.logout()
+    response = signup(client, "tech@lab.example")
+    assert response.status_code == 200  # form shown again with an error
+    assert b"already" in response.content
+
+
+def test_password_reset_sends_a_working_link(client, make_user):
+    make_user("Technician", email="tech@lab.example")
+    response = client.post(reverse("account_reset_password"), {"email": "tech@lab.example"})
+    assert response.status_code == 302
+    assert len(mail.outbox) == 1
+    link = re.search(r"https?://[^/]+(/accounts/password/reset/key/\S+)", mail.outbox[0].body).group(1)
+    response = client.get(link, follow=True)
+    assert response.status_code == 200
+    assert b"password1" in response.content
+
+
+def test_logout(client, technician):
+    client.force_login(technician)
+    response = client.post(reverse("account_logout"))
+    assert response.status_code == 302
+    assert client.get(reverse("diagnosis:case_list")).status_code == 302
+
+
+def test_role_groups_have_the_documented_permissions():
+    def perms(role):
+        group = Group.objects.get(name=role)
+        return {f"{p.content_type.app_label}.{p.codename}" for p in group.permissions.select_related("content_type")}
+
+    tech, path, admin = perms("Technician"), perms("Pathologist"), perms("Admin")
+    assert {"diagnosis.add_smear", "diagnosis.add_case", "diagnosis.add_patient", "diagnosis.retry_smear"} <= tech
+    assert "diagnosis.review_case" not in tech
+    assert not {p for p in tech if p.split(".")[1].startswith(("change_", "delete_"))}
+    assert "diagnosis.review_case" in path
+    assert not {p for p in path if p.split(".")[1].startswith(("add_", "change_", "delete_"))}
+    assert tech | path <= admin
+    assert "accounts.change_user" in admin

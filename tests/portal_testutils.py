@@ -1,0 +1,21 @@
+"""Helpers shared by the portal tests."""
+import io
+
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
+
+PASSWORD = "a-long-test-passphrase-42"
+
+
+def image_bytes(fmt="PNG", size=(64, 48), color=(200, 80, 120), seed=0):
+    """A small real image in the given format. Different seeds give different
+    bytes (and so different sha256)."""
+    img = Image.new("RGB", size, color)
+    img.putpixel((seed % size[0], 0), (seed % 256, (seed // 256) % 256, 0))
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def upload(name, data, content_type="application/octet-stream"):
+    return SimpleUploadedFile(name, data, content_type=content_type)
