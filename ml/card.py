@@ -1,0 +1,142 @@
+"""Ship a trained model: copy its weights into ml/weights/ and write its model card from
+the model file, its evaluation report and a fresh latency measurement."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from . import data as mldata
+from . import models, profile
+from .predict import WEIGHTS_DIR, Predictor
+
+REPORTS_DIR = Path(__file__).resolve().parent / "reports"
+
+TARGETS = {"accuracy": (">=", 0.985), "macro_f1": (">=", 0.985), "ece": ("<=", 0.03)}
+
+
+def met(value: float, rule: tuple[str, float]) -> str:
+    op, bound = rule
+    ok = value >= bound if op == ">=" else value <= bound
+    return "met" if ok else "**not met**"
+
+
+def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_image: str | Path) -> Path:
+    model_path, report_dir = Path(model_path), Path(report_dir)
+    report = json.loads((report_dir / "report.json").read_text())
+    target = WEIGHTS_DIR / f"{name}.pt"
+    WEIGHTS_DIR.mkdir(exist_ok=True)
+    if model_path.resolve() != target.resolve():
+        shutil.copyfile(model_path, target)
+    reports = REPORTS_DIR / name
+    if report_dir.resolve() != reports.resolve():
+        shutil.copytree(report_dir, reports, dirs_exist_ok=True)
+    predictor = Predictor(target)
+    if mldata.sha256_file(target) != report["model_sha256"]:
+        raise ValueError("the evaluation report was made with other weights than the ones being shipped")
+    card = model_card(predictor, target, report, profile.measure_latency(predictor, latency_image),
+                      Path(latency_image).name, name)
+    card_path = WEIGHTS_DIR / f"{name}.md"
+    card_path.write_text(card)
+    return card_path
+
+
+def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict, latency_image: str, name: str) -> str:
+    payload = predictor.payload
+    training = payload.get("training", {})
+    config = training.get("config", {})
+    spec = models.get_spec(payload["arch"])
+    manifest = [s for s in mldata.read_manifest(report["manifest"])]
+    counts = Counter((s.split, s.label) for s in manifest)
+    classes = list(predictor.classes)
+    flops = profile.count_flops(predictor.model, predictor.input_size)
+    split_rows = [f"| {split} | " + " | ".join(str(counts[(split, c)]) for c in classes) +
+                  f" | {sum(counts[(split, c)] for c in classes)} |" for split in mldata.SPLITS]
+    per_class = [f"| {c} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
+                 for c, m in report["per_class"].items()]
+    history = training.get("history", [])
+    return "\n".join([
+        f"# Model card: `{name}`",
+        "",
+        f"Version `{predictor.version}` · weights `ml/weights/{weights.name}` "
+        f"({profile.file_megabytes(weights):.2f} MB) · sha256 `{mldata.sha256_file(weights)}`",
+        "",
+        "Decision support for staging B-lineage acute lymphoblastic leukaemia from one peripheral blood smear "
+        "field. It is a pre-classification for a pathologist to confirm or override, not a diagnosis.",
+        "",
+        "## Architecture",
+        f"- Registry name `{payload['arch']}`: {spec.description}.",
+        f"- Backbone `timm.{spec.backbone}` trained from random initialisation "
+        f"({'local pretrained weights: ' + str(config.get('pretrained_weights')) if config.get('pretrained_weights') else 'no pretrained weights'}); "
+        f"its last feature map is read as {predictor.input_size // 32}x{predictor.input_size // 32} = "
+        f"{(predictor.input_size // 32) ** 2} spatial tokens in raster order, projected to 128 dimensions and "
+        "fed to a one-layer LSTM (128 hidden); the last hidden state is classified by a linear layer.",
+        f"- {models.count_parameters(predictor.model) / 1e6:.2f} M parameters, {flops / 1e6:.0f} MFLOPs per image "
+        f"at {predictor.input_size}x{predictor.input_size}.",
+        "",
+        "## Input and output",
+        f"- Input: any image Pillow reads (EXIF orientation applied, converted to 8-bit RGB), resized to "
+        f"{predictor.input_size}x{predictor.input_size} (bilinear, aspect not kept: the training fields are square).",
+        f"- Normalisation: mean {payload['mean']}, std {payload['std']} (ImageNet statistics).",
+        f"- Class order: {classes} (Early = Early Pre-B, Pre = Pre-B, Pro = Pro-B ALL; Benign = hematogones).",
+        f"- Output: softmax of logits / T with temperature T = {predictor.temperature:.3f}, fitted on the "
+        "validation split (temperature scaling); the stage is the most probable class.",
+        "",
+        "## Data and split",
+        f"- Training data: `{config.get('data')}`, the Taleqani Hospital ALL image set less the hold-out "
+        "that the project is scored on (Ghaderzadeh et al., 2022; images not redistributed).",
+        f"- Split manifest: `{report['manifest']}` (sha256 `{report['manifest_sha256']}`). Images are grouped in "
+        f"runs of {config.get('block_size', 20)} consecutive file numbers per class (neighbours often come from "
+        "the same slide) merged with exact duplicates (sha256); whole groups go to one side, class proportions kept. "
+        "Balancing (oversampling) and augmentation were applied to the training split only, after the split.",
+        "",
+        "| split | " + " | ".join(classes) + " | total |",
+        "| --- " * (len(classes) + 2) + "|",
+        *split_rows,
+        "",
+        "## Test metrics (untouched test split)",
+        "",
+        "| metric | value | target |",
+        "| --- | --- | --- |",
+        f"| accuracy | {report['accuracy']:.4f} | >= 0.985, {met(report['accuracy'], TARGETS['accuracy'])} |",
+        f"| macro-F1 | {report['macro_f1']:.4f} | >= 0.985, {met(report['macro_f1'], TARGETS['macro_f1'])} |",
+        f"| expected calibration error (15 bins) | {report['ece']:.4f} | <= 0.03, {met(report['ece'], TARGETS['ece'])} |",
+        f"| ECE without temperature scaling | {report['uncalibrated_ece']:.4f} | |",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "| --- | --- | --- | --- | --- |",
+        *per_class,
+        "",
+        f"Confusion matrix and misclassified files: [`ml/reports/{name}/report.md`](../reports/{name}/report.md). "
+        f"Reproduce: `python -m ml evaluate --data ../shared/data/taleqani-all --model {name}`.",
+        "",
+        "## Speed",
+        f"- One {predictor.input_size}x{predictor.input_size} image, once loaded, from a JPEG path to probabilities "
+        f"(decode, resize, normalise, forward, softmax): median **{latency['median_ms']:.1f} ms**, "
+        f"p90 {latency['p90_ms']:.1f} ms over {latency['runs']} runs after warm-up, batch 1, "
+        f"{latency['threads']} torch threads (`{latency_image}`); target <= 30 ms, "
+        f"{'met' if latency['median_ms'] <= 30 else '**not met**'}.",
+        "",
+        "## Training",
+        f"- `python -m ml train --data {config.get('data')} --arch {payload['arch']} --manifest {config.get('manifest')} "
+        f"--epochs {config.get('epochs')} --seed {config.get('seed')}`",
+        f"- AdamW (lr {config.get('lr')}, weight decay {config.get('weight_decay')}), batch {config.get('batch_size')}, "
+        f"label smoothing {config.get('label_smoothing')}, LRA learning-rate adjuster (threshold "
+        f"{config.get('threshold')}, factor {config.get('factor')}, patience {config.get('patience')}, "
+        f"stop after {config.get('stop_patience')} reductions without improvement).",
+        "- Augmentation (training only): horizontal/vertical flips, 90° rotations, affine ±15°, ±6% shift, "
+        "scale 0.92-1.12, brightness/contrast/saturation ±20%, hue ±0.03 (stain and illumination variability).",
+        f"- {training.get('epochs_run')} epochs run, best epoch {training.get('best_epoch', -1) + 1}; "
+        f"wall time {training.get('wall_time_s', 0) / 60:.1f} min on {training.get('hardware')}; "
+        f"finished {training.get('finished')}.",
+        f"- Final validation accuracy {history[-1]['val_acc']:.4f} (last epoch)." if history else "",
+        "",
+        "## Limitations",
+        "- Trained on one hospital's images (one camera, one staining protocol); other labs' smears may differ "
+        "in stain and illumination. Validate locally before use.",
+        "- The split keeps runs of neighbouring images together but patient identities are not available, so "
+        "images of one patient may still fall on both sides; the hold-out score may be lower than the test score.",
+        "- Not a medical device. A pathologist signs out the diagnosis.",
+        "",
+    ])

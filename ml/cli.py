@@ -1,0 +1,147 @@
+"""One command line: ``python -m ml {split,train,evaluate,predict,...}``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+
+    defaults = TrainConfig(data="", arch="", out="")
+    parser.add_argument("--data", required=True, help="folder of class subfolders")
+    parser.add_argument("--arch", required=True, help="registered architecture name (python -m ml models)")
+    parser.add_argument("--out", required=True, help="run folder: log, checkpoints, model.pt")
+    parser.add_argument("--manifest", help="split manifest CSV to reuse (made and saved in --out when absent)")
+    for name in ("epochs", "batch_size", "img_size", "seed", "patience", "stop_patience", "num_workers",
+                 "block_size", "min_epochs"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name in ("lr", "weight_decay", "label_smoothing", "threshold", "factor", "augment_strength"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    parser.add_argument("--balance", choices=["oversample", "undersample", "none"], default=defaults.balance)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (smoke runs)")
+    parser.add_argument("--pretrained-weights", metavar="FILE", help="local timm checkpoint for the backbone")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    fields = TrainConfig.__dataclass_fields__
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    config.progress = not args.no_progress
+    path = train(config, resume=args.resume)
+    print(path)
+    return 0
+
+
+def cmd_split(args) -> int:
+    from . import data
+
+    scan = data.make_split(args.data, block_size=args.block_size, seed=args.seed)
+    for relative, reason in scan.errors:
+        print(f"skipped {relative}: {reason}", file=sys.stderr)
+    data.write_manifest(scan, args.out)
+    counts = {split: sum(1 for s in scan.samples if s.split == split) for split in data.SPLITS}
+    print(f"{args.out}: {counts}, {len({s.group for s in scan.samples})} groups, {len(scan.errors)} files skipped")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import models
+
+    for name in models.list_models():
+        print(f"{name:24s} {models.get_spec(name).description}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    out = args.out or f"runs/eval/{Path(str(args.model)).stem}-{args.split}"
+    report = evaluate(args.model, args.data, args.manifest, args.split, out)
+    print(f"{report['model']} on {report['split']} (n={report['n']}): accuracy {report['accuracy']:.4f}, "
+          f"macro-F1 {report['macro_f1']:.4f}, ECE {report['ece']:.4f}; report in {out}/")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from . import load_predictor
+    from .data import ImageError, load_image
+
+    predictor = load_predictor(args.model)
+    failed = 0
+    for path in args.files:
+        try:
+            line = {"path": path, **predictor.predict([load_image(path)])[0]}
+        except ImageError as exc:
+            failed += 1
+            line = {"path": path, "error": str(exc)}
+        if args.json:
+            print(json.dumps(line), flush=True)
+        elif "error" in line:
+            print(f"{path}: error: {line['error']}", flush=True)
+        else:
+            label = line.get("stage", line.get("label"))
+            probs = ", ".join(f"{k} {v:.3f}" for k, v in line["probabilities"].items())
+            print(f"{path}: {label} ({probs})", flush=True)
+    if failed:
+        print(f"{failed} of {len(args.files)} files could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_ship(args) -> int:
+    from .card import ship
+
+    print(ship(args.model, args.report, args.name, args.latency_image))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    split = commands.add_parser("split", help="make a leakage-free train/val/test manifest")
+    split.add_argument("--data", required=True)
+    split.add_argument("--out", required=True, help="manifest CSV to write")
+    split.add_argument("--block-size", type=int, default=20, help="run of consecutive numbers kept together")
+    split.add_argument("--seed", type=int, default=0)
+
+    commands.add_parser("models", help="list the registered architectures")
+    add_train_arguments(commands.add_parser("train", help="train a model"))
+
+    evaluate = commands.add_parser("evaluate", help="score a model on a manifest split")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--model", required=True, help="model file or shipped name")
+    evaluate.add_argument("--manifest", help="defaults to the manifest the model was trained with")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--out", help="report folder (default runs/eval/NAME-SPLIT)")
+
+    predict = commands.add_parser("predict", help="classify image files")
+    predict.add_argument("files", nargs="+", metavar="FILE")
+    predict.add_argument("--model", default=None, help="shipped name (staging, screening) or model file")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    ship = commands.add_parser("ship", help="copy a model into ml/weights and write its model card")
+    ship.add_argument("--model", required=True)
+    ship.add_argument("--report", required=True, help="folder with the evaluation's report.json")
+    ship.add_argument("--name", required=True)
+    ship.add_argument("--latency-image", required=True, help="an image to time end-to-end prediction on")
+
+    args = parser.parse_args(argv)
+    handlers = {"split": cmd_split, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,
+                "predict": cmd_predict, "ship": cmd_ship}
+    try:
+        return handlers[args.command](args)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""Image folders, leakage-free splits, manifests, balancing and augmentation.
+
+A data set is a folder of class subfolders (``DIR/<class>/<image>``). Splits are
+made on *groups*, never on single images: a group is a run of consecutively
+numbered images of one class (neighbours often come from the same slide) merged
+with every exact duplicate (same sha256). Whole groups go to train, val or test,
+so no image, duplicate or augmented copy can sit on two sides.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import random
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+# ImageNet statistics: the normalisation timm checkpoints expect, so a model can
+# start from local pretrained weights without changing the preprocessing.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageError(ValueError):
+    """An input that is not a readable image; the message says why."""
+
+
+# --------------------------------------------------------------------------- images
+
+def load_image(source) -> Image.Image:
+    """Open a path, bytes or PIL image as an 8-bit RGB image, EXIF orientation applied.
+
+    Raises ImageError with a readable reason for anything that is not a readable image.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        try:
+            if isinstance(source, (bytes, bytearray)):
+                image = Image.open(io.BytesIO(source))
+            else:
+                image = Image.open(source)
+            image.load()  # decode now: truncated files fail here, not later
+        except FileNotFoundError as exc:
+            raise ImageError(f"file not found: {source}") from exc
+        except IsADirectoryError as exc:
+            raise ImageError(f"is a directory, not an image: {source}") from exc
+        except UnidentifiedImageError as exc:
+            raise ImageError("not a recognised image format") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(f"image could not be decoded ({exc})") from exc
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block should not reject a decodable image
+        pass
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: alpha over white, 16-bit and float rescaled to 0..255."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        scaled = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- scanning
+
+@dataclass
+class Sample:
+    path: str  # relative to the data root, with forward slashes: "Pre/WBC-...-001.jpg"
+    label: str
+    sha256: str
+    group: str = ""
+    split: str = ""
+
+
+@dataclass
+class ScanResult:
+    classes: list[str]
+    samples: list[Sample]
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+
+    def counts(self) -> Counter:
+        return Counter(sample.label for sample in self.samples)
+
+
+def scan_folder(root: str | Path, classes: Sequence[str] | None = None, verify: bool = True) -> ScanResult:
+    """List the images of a class-subfolder tree. Unreadable files are reported, not fatal."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    if classes is None:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"no class subfolders in {root}")
+    samples, errors = [], []
+    for label in classes:
+        folder = root / label
+        if not folder.is_dir():
+            raise FileNotFoundError(f"class folder missing: {folder}")
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            relative = f"{label}/{path.name}"
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                if path.name not in ("SHA256SUMS", "README.md"):
+                    errors.append((relative, f"not an image file type ({path.suffix or 'no extension'})"))
+                continue
+            if verify:
+                try:
+                    load_image(path)
+                except ImageError as exc:
+                    errors.append((relative, str(exc)))
+                    continue
+            samples.append(Sample(relative, label, sha256_file(path)))
+    return ScanResult(list(classes), samples, errors)
+
+
+# --------------------------------------------------------------------------- grouping and splitting
+
+_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+
+def neighbour_block(path: str, block_size: int) -> str:
+    """The run of consecutive numbers an image belongs to: 'Pre/...-0042.jpg' -> 'Pre#2' for size 20."""
+    label, name = path.split("/", 1)
+    match = _NUMBER.search(Path(name).stem)
+    if match is None:
+        return f"{label}#{name}"  # unnumbered files stand alone
+    return f"{label}#{(int(match.group(1)) - 1) // block_size}"
+
+
+def assign_groups(samples: list[Sample], block_size: int = 20, group_of=None) -> None:
+    """Set ``sample.group``: the neighbour block (or ``group_of(sample)``), merged across exact duplicates."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    base = [group_of(s) if group_of else neighbour_block(s.path, block_size) for s in samples]
+    first_with_hash: dict[str, str] = {}
+    for sample, key in zip(samples, base):
+        find(key)
+        if sample.sha256 in first_with_hash:
+            union(first_with_hash[sample.sha256], key)
+        else:
+            first_with_hash[sample.sha256] = key
+    for sample, key in zip(samples, base):
+        sample.group = find(key)
+
+
+def split_groups(
+    samples: list[Sample],
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+) -> None:
+    """Set ``sample.split`` so whole groups go to one side, class proportions kept.
+
+    Groups are dealt per majority class: shuffled with the seed, then each group goes
+    to the split furthest below its target share of that class's images.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError("split fractions must sum to 1")
+    members: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        members[sample.group].append(sample)
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for group, items in members.items():
+        majority = Counter(s.label for s in items).most_common(1)[0][0]
+        by_class[majority].append(group)
+    rng = random.Random(seed)
+    for label in sorted(by_class):
+        groups = sorted(by_class[label])
+        rng.shuffle(groups)
+        total = sum(len(members[g]) for g in groups)
+        filled = dict.fromkeys(SPLITS, 0)
+        # Small splits first so val and test are never left empty by large early groups.
+        for group in groups:
+            size = len(members[group])
+            deficit = {s: fractions[i] * total - filled[s] for i, s in enumerate(SPLITS)}
+            target = max(reversed(SPLITS), key=lambda s: deficit[s] / max(fractions[SPLITS.index(s)], 1e-9))
+            filled[target] += size
+            for sample in members[group]:
+                sample.split = target
+
+
+def make_split(
+    root: str | Path,
+    block_size: int = 20,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+    group_of=None,
+) -> ScanResult:
+    scan = scan_folder(root, classes)
+    assign_groups(scan.samples, block_size, group_of)
+    split_groups(scan.samples, fractions, seed)
+    return scan
+
+
+MANIFEST_FIELDS = ("path", "label", "split", "group", "sha256")
+
+
+def write_manifest(scan: ScanResult, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for s in scan.samples:
+            writer.writerow({"path": s.path, "label": s.label, "split": s.split, "group": s.group, "sha256": s.sha256})
+    return path
+
+
+def read_manifest(path: str | Path) -> list[Sample]:
+    with open(path, newline="") as handle:
+        return [Sample(row["path"], row["label"], row["sha256"], row["group"], row["split"]) for row in csv.DictReader(handle)]
+
+
+def manifest_classes(samples: Iterable[Sample]) -> list[str]:
+    return sorted({s.label for s in samples})
+
+
+def check_manifest(samples: list[Sample], root: str | Path | None = None) -> list[str]:
+    """Leakage and integrity problems of a split, as readable sentences (empty when clean)."""
+    problems = []
+    sides: dict[str, set[str]] = defaultdict(set)
+    for s in samples:
+        sides[("path", s.path)].add(s.split)
+        sides[("sha256", s.sha256)].add(s.split)
+        sides[("group", s.group)].add(s.split)
+    for (kind, key), where in sides.items():
+        if len(where) > 1:
+            problems.append(f"{kind} {key} is on several sides: {sorted(where)}")
+    if root is not None:
+        missing = [s.path for s in samples if not (Path(root) / s.path).is_file()]
+        if missing:
+            problems.append(f"{len(missing)} manifest files are missing under {root}, e.g. {missing[:3]}")
+    return problems
+
+
+# --------------------------------------------------------------------------- balancing
+
+def balanced_indices(labels: Sequence[int], mode: str = "oversample", seed: int = 0) -> list[int]:
+    """Indices of one training epoch with classes balanced.
+
+    ``oversample`` repeats minority images (each repeat gets its own augmentation),
+    ``undersample`` draws the majority down to the smallest class, ``none`` keeps all.
+    """
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        by_class[label].append(index)
+    if mode == "none":
+        chosen = list(range(len(labels)))
+    elif mode == "oversample":
+        target = max(len(v) for v in by_class.values())
+        chosen = []
+        for idx in by_class.values():
+            chosen += idx * (target // len(idx)) + rng.sample(idx, target % len(idx))
+    elif mode == "undersample":
+        target = min(len(v) for v in by_class.values())
+        chosen = [i for idx in by_class.values() for i in rng.sample(idx, target)]
+    else:
+        raise ValueError(f"unknown balancing mode {mode!r}: use oversample, undersample or none")
+    rng.shuffle(chosen)
+    return chosen
+
+
+# --------------------------------------------------------------------------- tensors and augmentation
+
+def preprocess(image: Image.Image, size: int):
+    """PIL RGB -> normalised float tensor (3, size, size). The one preprocessing used everywhere."""
+    import torch
+
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (tensor - mean) / std
+
+
+def training_augmentation(size: int, strength: float = 1.0):
+    """Dihedral flips/rotations, small affine shifts and stain/illumination jitter (on uint8 tensors)."""
+    from torchvision.transforms import v2
+
+    class RandomRot90(v2.Transform):
+        def __call__(self, x):
+            import torch
+
+            return torch.rot90(x, int(torch.randint(0, 4, ()).item()), dims=(-2, -1))
+
+    return v2.Compose([
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        RandomRot90(),
+        v2.RandomAffine(degrees=15 * strength, translate=(0.06 * strength, 0.06 * strength),
+                        scale=(1 - 0.08 * strength, 1 + 0.12 * strength)),
+        v2.ColorJitter(brightness=0.2 * strength, contrast=0.2 * strength,
+                       saturation=0.2 * strength, hue=0.03 * strength),
+    ])
+
+
+class ImageTensorDataset:
+    """Decoded images held in memory as uint8 tensors (the whole set is a few hundred MB)."""
+
+    def __init__(self, root: str | Path, samples: list[Sample], classes: Sequence[str], size: int,
+                 augment=None, progress: bool = False):
+        import torch
+
+        self.samples = samples
+        self.classes = list(classes)
+        self.size = size
+        self.augment = augment
+        self.labels = [self.classes.index(s.label) for s in samples]
+        images = []
+        iterator = samples
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(samples, desc="loading images", leave=False)
+        for s in iterator:
+            image = load_image(Path(root) / s.path).resize((size, size), Image.BILINEAR)
+            images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+        self.images = torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        image = self.images[index]
+        if self.augment is not None:
+            image = self.augment(image)
+        x = image.float() / 255.0
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        return (x - mean) / std, self.labels[index]

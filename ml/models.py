@@ -1,0 +1,186 @@
+"""A timm-like registry of hybrid CNN + sequence models.
+
+Each model is a timm CNN backbone whose last feature map (B, C, H, W) is read as a
+sequence of H*W spatial tokens, projected to ``token_dim`` and fed to a recurrent
+or transformer encoder, whose summary is classified.
+
+    >>> import ml.models
+    >>> model = ml.models.create("mobilenetv3_lstm", num_classes=4)
+
+Backbones start from random weights. ``pretrained_weights=FILE`` loads a local timm
+checkpoint into the backbone; nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import timm
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, "ModelSpec"] = {}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    backbone: str
+    head: str  # "bigru" | "lstm" | "vit"
+    description: str
+    input_size: int = 224
+    head_kwargs: dict = field(default_factory=dict)
+    # Maps a foreign checkpoint's state dict onto the timm backbone's keys.
+    weight_mapper: Callable[[dict, nn.Module], dict] | None = None
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
+
+
+def create(name: str, num_classes: int = 4, pretrained_weights: str | Path | None = None, **overrides) -> "HybridClassifier":
+    """Build a registered architecture by name (random init unless ``pretrained_weights``)."""
+    spec = get_spec(name)
+    head_kwargs = {**spec.head_kwargs, **overrides}
+    model = HybridClassifier(spec.backbone, spec.head, num_classes, **head_kwargs)
+    model.arch = name
+    if pretrained_weights is not None:
+        load_backbone_weights(model.backbone, pretrained_weights, spec.weight_mapper)
+    return model
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, mapper=None) -> list[str]:
+    """Load a local checkpoint into the backbone; classifier keys are ignored.
+
+    Returns the backbone keys left at random init. Shapes must match exactly.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if mapper is not None:
+        state = mapper(state, backbone)
+    own = backbone.state_dict()
+    usable = {k: v for k, v in state.items() if k in own}
+    wrong = [k for k, v in usable.items() if v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"pretrained weights do not fit the backbone: shape mismatch at {wrong[:5]}")
+    if not usable:
+        raise ValueError(f"no key of {path} matches the backbone {type(backbone).__name__}")
+    missing = sorted(set(own) - set(usable))
+    backbone.load_state_dict(usable, strict=False)
+    return missing
+
+
+class SequenceHead(nn.Module):
+    """Tokens (B, N, D) -> summary vector (B, out_dim)."""
+
+    def __init__(self, kind: str, token_dim: int, hidden: int, num_tokens: int, layers: int = 1,
+                 heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.kind = kind
+        if kind == "bigru":
+            self.rnn = nn.GRU(token_dim, hidden, num_layers=layers, batch_first=True, bidirectional=True)
+            self.out_dim = 2 * hidden
+        elif kind == "lstm":
+            self.rnn = nn.LSTM(token_dim, hidden, num_layers=layers, batch_first=True)
+            self.out_dim = hidden
+        elif kind == "vit":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, token_dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens + 1, token_dim))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+            layer = nn.TransformerEncoderLayer(token_dim, heads, dim_feedforward=2 * token_dim, dropout=dropout,
+                                               activation="gelu", batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(token_dim)
+            self.out_dim = token_dim
+        else:
+            raise ValueError(f"unknown sequence head {kind!r}")
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.kind == "vit":
+            cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+            x = torch.cat([cls, tokens], dim=1)
+            if x.shape[1] != self.pos_embed.shape[1]:
+                raise ValueError(f"expected {self.pos_embed.shape[1] - 1} tokens, got {tokens.shape[1]}: "
+                                 "the ViT head is fixed to the input size it was built for")
+            return self.norm(self.encoder(x + self.pos_embed)[:, 0])
+        outputs, state = self.rnn(tokens)
+        hidden = state[0] if self.kind == "lstm" else state  # LSTM returns (h, c)
+        if self.kind == "bigru":
+            return torch.cat([hidden[-2], hidden[-1]], dim=1)  # last layer, both directions
+        return hidden[-1]
+
+
+class HybridClassifier(nn.Module):
+    def __init__(self, backbone: str, head: str, num_classes: int, token_dim: int = 128, hidden: int = 128,
+                 layers: int = 1, heads: int = 4, dropout: float = 0.2, input_size: int = 224):
+        super().__init__()
+        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")
+        self.backbone_name = backbone
+        probe = prune_unused_children(self.backbone, input_size)
+        channels, height, width = probe.shape[1:]
+        self.project = nn.Sequential(nn.Linear(channels, token_dim), nn.LayerNorm(token_dim), nn.GELU())
+        self.sequence = SequenceHead(head, token_dim, hidden, height * width, layers, heads, dropout / 2)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.sequence.out_dim, num_classes)
+        self.num_classes = num_classes
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature map (B, C, H, W); Grad-CAM hooks here."""
+        return self.backbone.forward_features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = self.features(x)
+        tokens = self.project(fmap.flatten(2).transpose(1, 2))  # (B, H*W, token_dim), raster order
+        return self.classifier(self.dropout(self.sequence(tokens)))
+
+
+def prune_unused_children(backbone: nn.Module, input_size: int) -> torch.Tensor:
+    """Replace the backbone's top-level modules that ``forward_features`` never calls (timm's
+    classifier-side ``conv_head``, for one) by Identity, so no dead weights are trained or shipped.
+    Returns the probe feature map."""
+    called: set[str] = set()
+    hooks = [child.register_forward_hook(lambda *_, name=name: called.add(name))
+             for name, child in backbone.named_children()]
+    with torch.no_grad():
+        probe = backbone.forward_features(torch.zeros(1, 3, input_size, input_size))
+    for hook in hooks:
+        hook.remove()
+    for name, child in list(backbone.named_children()):
+        if name not in called and any(True for _ in child.parameters()):
+            setattr(backbone, name, nn.Identity())
+    return probe
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- the architectures
+
+register(ModelSpec("xception_bigru", "legacy_xception", "bigru",
+                   "Xception + bidirectional GRU over the 2048-channel feature map tokens"))
+register(ModelSpec("efficientnet_b3_bigru", "efficientnet_b3", "bigru",
+                   "EfficientNet-B3 + bidirectional GRU"))
+register(ModelSpec("efficientnet_b3_vit", "efficientnet_b3", "vit",
+                   "EfficientNet-B3 + a small ViT encoder (class token, position embeddings)",
+                   head_kwargs={"token_dim": 192, "layers": 2, "heads": 4}))
+register(ModelSpec("mobilenetv3_lstm", "mobilenetv3_small_100", "lstm",
+                   "MobileNetV3-Small + LSTM: the deployed smear-staging model"))

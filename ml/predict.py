@@ -1,0 +1,116 @@
+"""Prediction: the contract the portal, the CLI and outside checks rely on.
+
+``load_predictor(name)`` returns a cached ``Predictor`` (weights loaded once per process).
+``Predictor.predict(images)`` takes paths, bytes or PIL images of any mode and size and returns,
+for each, a dict with one probability per class (summing to 1):
+
+- staging model:   {"stage": "Pre", "probabilities": {"Benign": p, "Early": p, "Pre": p, "Pro": p}, ...}
+- screening model: {"label": "blast", "probabilities": {"blast": p, "normal": p}, "threshold": t, ...}
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as mldata
+from .checkpoint import load_model
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# Shipped model names -> files in ml/weights/. "staging" is the default.
+SHIPPED = {
+    "staging": "mobilenetv3_lstm.pt",
+    "mobilenetv3_lstm": "mobilenetv3_lstm.pt",
+    "screening": "screening.pt",
+}
+DEFAULT_MODEL = "staging"
+
+
+def resolve_model_path(name_or_path: str | Path | None) -> Path:
+    """A shipped model name or a model file path -> an existing file."""
+    name = str(name_or_path or DEFAULT_MODEL)
+    candidate = Path(name)
+    if candidate.suffix == ".pt" or candidate.is_file():
+        if not candidate.is_file():
+            raise FileNotFoundError(f"model file not found: {candidate}")
+        return candidate
+    filename = SHIPPED.get(name, f"{name}.pt")
+    path = WEIGHTS_DIR / filename
+    if not path.is_file():
+        known = ", ".join(sorted(n for n, f in SHIPPED.items() if (WEIGHTS_DIR / f).is_file()))
+        raise FileNotFoundError(f"no shipped model {name!r} (looked for {path}); available: {known or 'none'}")
+    return path
+
+
+class Predictor:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.model, self.payload = load_model(self.path)
+        self.task = self.payload.get("task", "staging")
+        self.name = self.payload.get("name", self.payload["arch"])
+        self.version = self.payload["model_version"]
+        self.classes = tuple(self.payload["classes"])
+        self.input_size = int(self.payload["input_size"])
+        self.temperature = float(self.payload.get("temperature", 1.0))
+        self.threshold = self.payload.get("threshold")  # screening: P(blast) at or above -> "blast"
+        self.positive_class = self.payload.get("positive_class")
+        self._lock = threading.Lock()  # one forward at a time: the model is shared by threads of a process
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.name!r}, version={self.version!r}, classes={self.classes})"
+
+    def preprocess(self, image) -> torch.Tensor:
+        """Path/bytes/PIL -> normalised (3, S, S) tensor; raises ml.ImageError for unreadable input."""
+        return mldata.preprocess(mldata.load_image(image), self.input_size)
+
+    @torch.inference_mode()
+    def predict_proba(self, images, batch_size: int = 32, temperature: float | None = None) -> np.ndarray:
+        """Calibrated class probabilities, shape (len(images), len(classes))."""
+        temperature = self.temperature if temperature is None else temperature
+        images = list(images)
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([self.preprocess(image) for image in images[start:start + batch_size]])
+            with self._lock:
+                logits = self.model(batch)
+            chunks.append(torch.softmax(logits.double() / temperature, dim=1).numpy())
+        if not chunks:
+            return np.zeros((0, len(self.classes)))
+        return np.concatenate(chunks)
+
+    def decide(self, probabilities: np.ndarray) -> str:
+        if self.task == "screening" and self.threshold is not None and self.positive_class:
+            positive = self.classes.index(self.positive_class)
+            others = [c for c in self.classes if c != self.positive_class]
+            return self.positive_class if probabilities[positive] >= self.threshold else others[0]
+        return self.classes[int(np.argmax(probabilities))]
+
+    def result(self, probabilities: np.ndarray) -> dict:
+        key = "label" if self.task == "screening" else "stage"
+        result = {
+            key: self.decide(probabilities),
+            "probabilities": {c: float(p) for c, p in zip(self.classes, probabilities)},
+            "model": self.name,
+            "model_version": self.version,
+        }
+        if self.task == "screening":
+            result["threshold"] = float(self.threshold)
+        return result
+
+    def predict(self, images, batch_size: int = 32) -> list[dict]:
+        """One result dict per image, in order. Raises ml.ImageError naming the first unreadable image."""
+        return [self.result(p) for p in self.predict_proba(images, batch_size)]
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(path: str, mtime_ns: int) -> Predictor:
+    return Predictor(path)
+
+
+def load_predictor(name: str | Path | None = None) -> Predictor:
+    """A predictor for a shipped name or a model file, loaded once per process and reused."""
+    path = resolve_model_path(name).resolve()
+    return _cached(str(path), path.stat().st_mtime_ns)  # a replaced file is loaded afresh

@@ -1,0 +1,309 @@
+"""Training: seeded, resumable, with checkpoints every epoch and an LRA-style learning-rate adjuster.
+
+Outputs in ``out``: ``train.log`` (every epoch and every LRA decision), ``last.pt`` (full state to
+resume), ``model.pt`` (the deployable model: weights, classes, preprocessing, temperature) and the
+split manifest the run used.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import data as mldata
+from . import models
+from .checkpoint import save_model
+
+@dataclass
+class TrainConfig:
+    data: str
+    arch: str
+    out: str
+    manifest: str | None = None  # reuse this split; created in ``out`` when absent
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.05
+    img_size: int = 224
+    seed: int = 0
+    balance: str = "oversample"  # oversample | undersample | none (training split only)
+    augment_strength: float = 1.0
+    # LRA: watch training accuracy until `threshold`, then validation loss.
+    threshold: float = 0.9
+    factor: float = 0.5
+    patience: int = 2
+    stop_patience: int = 3
+    min_epochs: int = 0
+    pretrained_weights: str | None = None
+    num_workers: int = 0
+    threads: int | None = None
+    block_size: int = 20  # neighbour-run length when a split has to be made
+    limit_per_class: int | None = None  # tiny runs (tests, smoke checks)
+    classes: list[str] | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+class LearningRateAdjuster:
+    """In the spirit of the Keras "LRA" callback.
+
+    While training accuracy is below ``threshold`` it watches training accuracy, afterwards
+    validation loss. When the watched value has not improved for ``patience`` epochs it
+    multiplies the learning rate by ``factor`` and restores the best weights so far. After
+    ``stop_patience`` reductions without improvement it asks training to stop.
+    """
+
+    def __init__(self, optimizer, threshold=0.9, factor=0.5, patience=2, stop_patience=3, log=print):
+        self.optimizer = optimizer
+        self.threshold, self.factor = threshold, factor
+        self.patience, self.stop_patience = patience, stop_patience
+        self.log = log
+        self.best_accuracy = -1.0
+        self.lowest_val_loss = float("inf")
+        self.wait = 0
+        self.reductions_without_improvement = 0
+        self.best_state: dict | None = None
+        self.best_epoch = -1
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _set_lr(self, value: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = value
+
+    def step(self, epoch: int, model: nn.Module, train_accuracy: float, val_loss: float) -> bool:
+        """Record one epoch; returns True when training should stop."""
+        if train_accuracy < self.threshold:
+            monitor, improved = "train accuracy", train_accuracy > self.best_accuracy
+            if improved:
+                self.best_accuracy = train_accuracy
+        else:
+            monitor, improved = "val loss", val_loss < self.lowest_val_loss
+            if improved:
+                self.lowest_val_loss = val_loss
+        if improved:
+            self.wait = 0
+            self.reductions_without_improvement = 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            self.best_epoch = epoch
+            self.log(f"LRA epoch {epoch}: {monitor} improved (train acc {train_accuracy:.4f}, val loss {val_loss:.4f}); "
+                     f"best weights saved, lr stays {self.lr:.2e}")
+            return False
+        self.wait += 1
+        if self.wait < self.patience:
+            self.log(f"LRA epoch {epoch}: {monitor} did not improve ({self.wait}/{self.patience}); lr stays {self.lr:.2e}")
+            return False
+        new_lr = self.lr * self.factor
+        self._set_lr(new_lr)
+        self.wait = 0
+        self.reductions_without_improvement += 1
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        self.log(f"LRA epoch {epoch}: {monitor} did not improve for {self.patience} epochs; lr lowered to {new_lr:.2e}, "
+                 f"weights restored from epoch {self.best_epoch} "
+                 f"({self.reductions_without_improvement}/{self.stop_patience} reductions without improvement)")
+        if self.reductions_without_improvement >= self.stop_patience:
+            self.log(f"LRA epoch {epoch}: early stop, no improvement after {self.stop_patience} reductions")
+            return True
+        return False
+
+    def restore_best(self, model: nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("best_accuracy", "lowest_val_loss", "wait",
+                                                "reductions_without_improvement", "best_state", "best_epoch")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_logger(out: Path) -> logging.Logger:
+    logger = logging.getLogger(f"ml.train.{out}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler()):
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+    return logger
+
+
+def prepare_split(config: TrainConfig, out: Path, log) -> list[mldata.Sample]:
+    """The manifest's samples, making and saving a split first when none is given."""
+    if config.manifest and Path(config.manifest).is_file():
+        samples = mldata.read_manifest(config.manifest)
+        log(f"split: reusing manifest {config.manifest}")
+    else:
+        scan = mldata.make_split(config.data, block_size=config.block_size, seed=config.seed, classes=config.classes)
+        for relative, reason in scan.errors:
+            log(f"skipped unreadable file {relative}: {reason}")
+        target = Path(config.manifest) if config.manifest else out / "manifest.csv"
+        mldata.write_manifest(scan, target)
+        config.manifest = str(target)
+        samples = scan.samples
+        log(f"split: new manifest {target}")
+    problems = mldata.check_manifest(samples, config.data)
+    if problems:
+        raise ValueError("the split manifest is not usable: " + "; ".join(problems[:5]))
+    return samples
+
+
+def limit(samples: list[mldata.Sample], per_class: int | None, seed: int) -> list[mldata.Sample]:
+    if not per_class:
+        return samples
+    rng = random.Random(seed)
+    by_class: dict[str, list] = {}
+    for s in samples:
+        by_class.setdefault(s.label, []).append(s)
+    return [s for label in sorted(by_class) for s in rng.sample(by_class[label], min(per_class, len(by_class[label])))]
+
+
+@torch.no_grad()
+def collect_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader:
+        logits.append(model(x))
+        labels.append(torch.as_tensor(y))
+    return torch.cat(logits), torch.cat(labels)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al. 2017): one scalar that minimises validation NLL."""
+    log_t = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def hardware() -> str:
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Train one model; returns the path of the deployable ``model.pt``."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logger = make_logger(out)
+    log = logger.info
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+
+    samples = prepare_split(config, out, log)
+    classes = config.classes or mldata.manifest_classes(samples)
+    config.classes = classes
+    train_samples = limit([s for s in samples if s.split == "train"], config.limit_per_class, config.seed)
+    val_samples = limit([s for s in samples if s.split == "val"], config.limit_per_class, config.seed)
+    if not train_samples or not val_samples:
+        raise ValueError("the split has no training or no validation images")
+
+    augment = mldata.training_augmentation(config.img_size, config.augment_strength) if config.augment_strength > 0 else None
+    train_set = mldata.ImageTensorDataset(config.data, train_samples, classes, config.img_size, augment, config.progress)
+    val_set = mldata.ImageTensorDataset(config.data, val_samples, classes, config.img_size, None, config.progress)
+    val_loader = DataLoader(val_set, batch_size=64, shuffle=False, num_workers=config.num_workers)
+    log(f"data: {len(train_set)} train / {len(val_set)} val images, classes {classes}, balance={config.balance}")
+
+    model = models.create(config.arch, num_classes=len(classes), pretrained_weights=config.pretrained_weights,
+                          input_size=config.img_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    adjuster = LearningRateAdjuster(optimizer, config.threshold, config.factor, config.patience,
+                                    config.stop_patience, log=log)
+    history: list[dict] = []
+    start_epoch, elapsed = 0, 0.0
+    checkpoint_path = out / "last.pt"
+    if resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if state["config"]["arch"] != config.arch:
+            raise ValueError(f"{checkpoint_path} is a {state['config']['arch']} run, not {config.arch}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        adjuster.load_state_dict(state["adjuster"])
+        history, start_epoch, elapsed = state["history"], state["epoch"] + 1, state["elapsed"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        log(f"resumed from {checkpoint_path} at epoch {start_epoch}")
+    elif resume:
+        log(f"--resume: no checkpoint at {checkpoint_path}, starting fresh")
+
+    stop = bool(history) and history[-1].get("stop", False)
+    for epoch in range(start_epoch, config.epochs):
+        if stop:
+            break
+        tick = time.perf_counter()
+        order = mldata.balanced_indices(train_set.labels, config.balance, seed=config.seed * 1000 + epoch)
+        loader = DataLoader(torch.utils.data.Subset(train_set, order), batch_size=config.batch_size, shuffle=False,
+                            num_workers=config.num_workers, drop_last=len(order) > config.batch_size)
+        model.train()
+        seen, correct, loss_sum = 0, 0, 0.0
+        iterator = loader
+        if config.progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+        for x, y in iterator:
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = criterion(logits, y)
+            loss.backward()
+            optimizer.step()
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * len(y)
+        train_loss, train_acc = loss_sum / seen, correct / seen
+        val_logits, val_labels = collect_logits(model, val_loader)
+        val_loss = float(nn.functional.cross_entropy(val_logits, val_labels))
+        val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
+        elapsed += time.perf_counter() - tick
+        record = {"epoch": epoch, "lr": adjuster.lr, "train_loss": train_loss, "train_acc": train_acc,
+                  "val_loss": val_loss, "val_acc": val_acc, "elapsed_s": elapsed}
+        log(f"epoch {epoch + 1}/{config.epochs} lr {adjuster.lr:.2e} train loss {train_loss:.4f} acc {train_acc:.4f} "
+            f"| val loss {val_loss:.4f} acc {val_acc:.4f} | {elapsed / 60:.1f} min")
+        stop = adjuster.step(epoch, model, train_acc, val_loss) and epoch + 1 >= config.min_epochs
+        record["stop"] = stop
+        history.append(record)
+        torch.save({"config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "adjuster": adjuster.state_dict(), "history": history, "epoch": epoch, "elapsed": elapsed,
+                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}},
+                   checkpoint_path.with_suffix(".tmp"))
+        os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)  # atomic: a kill never leaves half a file
+
+    adjuster.restore_best(model)
+    val_logits, val_labels = collect_logits(model, val_loader)
+    temperature = fit_temperature(val_logits, val_labels)
+    log(f"training done in {elapsed / 60:.1f} min; best epoch {adjuster.best_epoch}; temperature {temperature:.3f}")
+    return save_model(out / "model.pt", model, config, classes, temperature, history, elapsed, adjuster.best_epoch)

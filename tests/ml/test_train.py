@@ -1,0 +1,74 @@
+"""Training: the LRA learning-rate adjuster, a tiny real run that lowers the loss, resume, reproducibility."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ml.checkpoint import read_payload
+from ml.train import LearningRateAdjuster, TrainConfig, fit_temperature, train
+
+
+def adjuster(**kwargs):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    messages = []
+    return model, LearningRateAdjuster(optimizer, log=messages.append, **kwargs), messages
+
+
+def test_lra_watches_training_accuracy_below_the_threshold_then_validation_loss():
+    model, lra, log = adjuster(threshold=0.9, patience=1, factor=0.5, stop_patience=5)
+    lra.step(0, model, train_accuracy=0.5, val_loss=9.0)
+    lra.step(1, model, train_accuracy=0.4, val_loss=0.1)  # accuracy fell: reduce, although val loss improved
+    assert lra.lr == 0.5
+    assert "train accuracy did not improve" in log[-1]
+    lra.step(2, model, train_accuracy=0.95, val_loss=1.0)  # above threshold: now val loss is watched
+    assert "val loss improved" in log[-1]
+    lra.step(3, model, train_accuracy=0.99, val_loss=1.5)
+    assert lra.lr == 0.25 and "val loss did not improve" in log[-1]
+
+
+def test_lra_restores_best_weights_when_it_lowers_the_rate_and_stops_after_patience():
+    model, lra, log = adjuster(threshold=0.0, patience=1, factor=0.1, stop_patience=2)
+    lra.step(0, model, 1.0, val_loss=1.0)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(5.0)
+    assert lra.step(1, model, 1.0, val_loss=2.0) is False
+    assert torch.equal(model.weight, best["weight"]), "weights were not restored"
+    assert "restored from epoch 0" in log[-1]
+    assert lra.step(2, model, 1.0, val_loss=3.0) is True
+    assert "early stop" in log[-1]
+
+
+def test_temperature_scaling_softens_overconfident_logits():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (300,))
+    logits = torch.nn.functional.one_hot(labels, 3).float() * 10
+    flipped = torch.rand(300) < 0.3  # 30% wrong with huge confidence
+    logits[flipped] = logits[flipped].roll(1, dims=1)
+    assert fit_temperature(logits, labels) > 1.5
+
+
+def test_a_tiny_training_run_lowers_the_loss_and_writes_a_usable_model(tiny_model_file):
+    out = tiny_model_file.parent
+    history = json.loads((out / "history.json").read_text())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    log = (out / "train.log").read_text()
+    assert "LRA epoch 0" in log and "training done" in log
+    payload = read_payload(tiny_model_file)
+    assert payload["classes"] == ["Benign", "Early", "Pre", "Pro"]
+    assert payload["training"]["manifest_sha256"]
+    assert (out / "manifest.csv").is_file() and (out / "last.pt").is_file()
+
+
+def test_resume_continues_from_the_last_checkpoint_and_matches_an_uninterrupted_run(tmp_path, smear_folder):
+    common = dict(data=str(smear_folder), arch="mobilenetv3_lstm", batch_size=16, img_size=48, block_size=4,
+                  progress=False, limit_per_class=8, seed=7)
+    straight = train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **common))
+    train(TrainConfig(out=str(tmp_path / "split"), epochs=1, **common))
+    resumed = train(TrainConfig(out=str(tmp_path / "split"), epochs=2, **common), resume=True)
+    assert "resumed from" in (tmp_path / "split" / "train.log").read_text()
+    a, b = read_payload(straight)["training"]["history"], read_payload(resumed)["training"]["history"]
+    assert len(a) == len(b) == 2
+    assert abs(a[-1]["train_loss"] - b[-1]["train_loss"]) < 1e-4, "resumed run diverged from the uninterrupted one"
