@@ -95,6 +95,13 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_export(args) -> int:
+    from .train import export
+
+    print(export(args.run))
+    return 0
+
+
 def cmd_ship(args) -> int:
     from .card import ship
 
@@ -127,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--model", default=None, help="shipped name (staging, screening) or model file")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    export = commands.add_parser("export", help="make model.pt from a run's last checkpoint (best weights so far)")
+    export.add_argument("run", help="run folder with last.pt")
+
     ship = commands.add_parser("ship", help="copy a model into ml/weights and write its model card")
     ship.add_argument("--model", required=True)
     ship.add_argument("--report", required=True, help="folder with the evaluation's report.json")
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     handlers = {"split": cmd_split, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,
-                "predict": cmd_predict, "ship": cmd_ship}
+                "predict": cmd_predict, "export": cmd_export, "ship": cmd_ship}
     try:
         return handlers[args.command](args)
     except (FileNotFoundError, ValueError, KeyError) as exc:

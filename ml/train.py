@@ -307,3 +307,21 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     temperature = fit_temperature(val_logits, val_labels)
     log(f"training done in {elapsed / 60:.1f} min; best epoch {adjuster.best_epoch}; temperature {temperature:.3f}")
     return save_model(out / "model.pt", model, config, classes, temperature, history, elapsed, adjuster.best_epoch)
+
+
+def export(run_dir: str | Path) -> Path:
+    """Turn a run's ``last.pt`` (finished or not) into ``model.pt`` with its best weights so far,
+    temperature fitted on the validation split."""
+    run_dir = Path(run_dir)
+    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    config = TrainConfig(**state["config"])
+    model = models.create(config.arch, num_classes=len(config.classes), input_size=config.img_size)
+    best = state["adjuster"].get("best_state") or state["model"]
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in best.items() if k in own})
+    samples = mldata.read_manifest(config.manifest)
+    val = mldata.ImageTensorDataset(config.data, [s for s in samples if s.split == "val"], config.classes,
+                                    config.img_size)
+    temperature = fit_temperature(*collect_logits(model, DataLoader(val, batch_size=64)))
+    return save_model(run_dir / "model.pt", model, config, config.classes, temperature, state["history"],
+                      state["elapsed"], state["adjuster"].get("best_epoch", -1))
