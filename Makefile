@@ -1,0 +1,52 @@
+# LeukPortal developer commands. `make run` sets everything up on a fresh
+# machine and starts the portal; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+APT_PACKAGES := pkg-config default-libmysqlclient-dev build-essential
+
+.PHONY: install system-deps migrate run worker test screenshots clean-var
+
+system-deps:
+	@if ! { command -v pkg-config >/dev/null && pkg-config --exists mysqlclient; }; then \
+		echo "Installing system packages for mysqlclient: $(APT_PACKAGES)"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+# Re-runs pip only when requirements.txt differs from what was last installed.
+install: system-deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if cmp -s requirements.txt $(STAMP); then \
+		echo "Requirements unchanged since the last install."; \
+	else \
+		$(PY) -m pip install -r requirements.txt && \
+		cp requirements.txt $(STAMP); \
+	fi
+
+migrate: install
+	$(PY) manage.py migrate --noinput
+
+# Web server and one Celery worker (with beat for the periodic sweep) together;
+# Ctrl-C stops both.
+run: migrate
+	@echo "LeukPortal on http://$(HOST):$(PORT)/ — the first account you sign up becomes the administrator."
+	@export DEBUG=$${DEBUG:-1}; \
+	$(VENV)/bin/celery -A leukportal worker -B --concurrency 1 --loglevel INFO & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
+	$(PY) manage.py runserver $(HOST):$(PORT)
+
+worker: migrate
+	$(VENV)/bin/celery -A leukportal worker --concurrency $${CONCURRENCY:-1} --loglevel INFO
+
+test: install
+	$(PY) -m pytest
+
+screenshots: migrate
+	$(PY) scripts/screenshots.py
+
+clean-var:
+	rm -rf var/celery var/celerybeat-schedule*
