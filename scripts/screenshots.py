@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Take the README screenshots in real headless Chromium.
+
+Builds a throw-away demo portal (its own SQLite database, media folder and
+broker folder under a temporary directory), classifies demo smears with the
+real staging model (`ml.load_predictor()`, in this process), starts the
+development server on it and drives Chromium through Playwright.
+
+    .venv/bin/python scripts/screenshots.py [--out docs/screenshots]
+
+Demo images come from ../shared/data/taleqani-all/<class>/ when present,
+otherwise they are generated.
+"""
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "taleqani-all"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PASSWORD = "demo-passphrase-not-for-production"
+
+
+def demo_files(label, count, seed):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from PIL import Image, ImageDraw
+
+    folder = DATA / label
+    paths = sorted(folder.glob("*.jpg"))[seed : seed + count] if folder.is_dir() else []
+    if paths:
+        return [SimpleUploadedFile(p.name, p.read_bytes()) for p in paths]
+    files = []
+    for i in range(count):
+        img = Image.new("RGB", (224, 224), (230, 215, 225))
+        ImageDraw.Draw(img).ellipse([60 + i * 5, 60, 160, 160], fill=(120, 60, 150))
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        files.append(SimpleUploadedFile(f"{label.lower()}-{seed + i}.png", buf.getvalue()))
+    return files
+
+
+def build_demo():
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    from django.contrib.auth.models import Group
+
+    from accounts.models import User
+    from diagnosis import services
+    from diagnosis.models import Case, Patient
+    from diagnosis.tasks import classify_smear
+
+    admin = User.objects.create_superuser("admin@lab.example", PASSWORD)
+    admin.groups.add(Group.objects.get(name="Admin"))
+    tech = User.objects.create_user("tech@lab.example", PASSWORD, first_name="Tina", last_name="Tech")
+    tech.groups.add(Group.objects.get(name="Technician"))
+
+    plan = [  # patient, accession, note, [(class folder, n images)], classify?
+        ("P-1042", "ACC-2026-0101", "Follow-up after induction.", [("Benign", 3)], True),
+        ("P-1042", "ACC-2026-0187", "Suspected relapse; WBC 38×10⁹/L.", [("Pre", 3), ("Early", 1)], True),
+        ("P-2210", "ACC-2026-0190", "Newly referred, blasts on film.", [("Pro", 3)], True),
+        ("P-3307", "ACC-2026-0193", "Lymphocytosis, query ALL.", [("Early", 2)], True),
+        ("P-3307", "ACC-2026-0199", "Repeat film requested by haematologist.", [("Pre", 2)], False),
+    ]
+    patients = {}
+    for n, (lab_id, accession, note, images, classify) in enumerate(plan):
+        if lab_id not in patients:
+            patients[lab_id] = Patient.objects.create(
+                lab_id=lab_id, sex="FMF"[len(patients) % 3], birth_year=1960 + 9 * len(patients), created_by=tech
+            )
+        case = Case.objects.create(patient=patients[lab_id], accession_number=accession, clinical_note=note, created_by=tech)
+        files = [f for label, count in images for f in demo_files(label, count, seed=n * 3)]
+        outcome = services.add_smears(case, files, tech)
+        if classify:
+            for smear in outcome.accepted:
+                classify_smear(smear.pk)  # the real model, synchronously
+    return Case.objects.get(accession_number="ACC-2026-0187"), Case.objects.get(accession_number="ACC-2026-0199")
+
+
+def wait_for(url, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except Exception:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="leukportal-demo-"))
+    os.environ.update(
+        DEBUG="1",
+        DATABASE_URL=f"sqlite:///{tmp / 'demo.sqlite3'}",
+        MEDIA_ROOT=str(tmp / "media"),
+        CELERY_BROKER_URL="filesystem://",
+        CELERY_BROKER_DIR=str(tmp / "broker"),  # nothing consumes it: demo only
+        DJANGO_SETTINGS_MODULE="leukportal.settings",
+    )
+    sys.path.insert(0, str(REPO))
+    detail_case, pending_case = build_demo()
+    # Resolve URLs now: Django refuses database access inside Playwright's event loop.
+    detail_url, pending_url = detail_case.get_absolute_url(), pending_case.get_absolute_url()
+    upload_url, patient_url = f"/cases/{pending_case.pk}/upload/", detail_case.patient.get_absolute_url()
+
+    base = f"http://127.0.0.1:{args.port}"
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{args.port}", "--noreload"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(base + "/accounts/login/")
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(base + "/accounts/login/")
+            page.screenshot(path=str(out / "login.png"))
+            page.fill("input[name=login]", "tech@lab.example")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(base + "/cases/")
+            page.screenshot(path=str(out / "case_list.png"), full_page=True)
+            page.goto(base + detail_url)
+            page.wait_for_selector(".probs:not([hidden])")
+            page.screenshot(path=str(out / "case_detail.png"), full_page=True)
+            page.goto(base + upload_url)
+            demo = sorted((DATA / "Pro").glob("*.jpg"))[-1:] if (DATA / "Pro").is_dir() else []
+            bad = tmp / "lab-report.pdf"
+            bad.write_bytes(b"%PDF-1.4 not an image")
+            page.set_input_files("input[type=file]", [str(f) for f in demo] + [str(bad)])
+            page.screenshot(path=str(out / "upload.png"), full_page=True)
+            page.click("input[type=submit], button[type=submit]")
+            page.wait_for_url(base + pending_url)
+            page.screenshot(path=str(out / "case_detail_after_upload.png"), full_page=True)
+            page.goto(base + patient_url)
+            page.screenshot(path=str(out / "patient_detail.png"), full_page=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    print(f"Screenshots written to {out}")
+
+
+if __name__ == "__main__":
+    main()
