@@ -23,6 +23,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (smoke runs)")
     parser.add_argument("--pretrained-weights", metavar="FILE", help="local timm checkpoint for the backbone")
+    parser.add_argument("--teacher", metavar="MODEL_PT", help="distil from this trained model (same split)")
+    parser.add_argument("--distill-alpha", type=float, default=defaults.distill_alpha)
+    parser.add_argument("--distill-temperature", type=float, default=defaults.distill_temperature)
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -102,6 +105,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from . import benchmark
+    from .train import TrainConfig
+
+    base = TrainConfig(data=args.data, arch="", out="", manifest=args.manifest, epochs=args.epochs,
+                       img_size=args.img_size, batch_size=args.batch_size, progress=not args.no_progress,
+                       threads=args.threads)
+    results = benchmark.run(args.data, args.out, args.manifest, base, archs=args.archs, seeds=tuple(args.seeds),
+                            docs=args.docs)
+    print(f"{len(results)} runs; page written to {args.docs}/benchmark.md")
+    return 0
+
+
 def cmd_ship(args) -> int:
     from .card import ship
 
@@ -137,6 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="make model.pt from a run's last checkpoint (best weights so far)")
     export.add_argument("run", help="run folder with last.pt")
 
+    bench = commands.add_parser("benchmark", help="train and compare all architectures under one protocol")
+    bench.add_argument("--data", required=True)
+    bench.add_argument("--out", required=True, help="run folder; finished models are not trained again")
+    bench.add_argument("--manifest", default="ml/splits/taleqani-all.csv")
+    bench.add_argument("--epochs", type=int, default=30)
+    bench.add_argument("--img-size", type=int, default=224)
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--threads", type=int)
+    bench.add_argument("--archs", nargs="+", default=None, help="subset of architectures (default: all)")
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds for the deployed model")
+    bench.add_argument("--docs", default="docs", help="where benchmark.md and its images go")
+    bench.add_argument("--no-progress", action="store_true")
+
     ship = commands.add_parser("ship", help="copy a model into ml/weights and write its model card")
     ship.add_argument("--model", required=True)
     ship.add_argument("--report", required=True, help="folder with the evaluation's report.json")
@@ -145,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     handlers = {"split": cmd_split, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,
-                "predict": cmd_predict, "export": cmd_export, "ship": cmd_ship}
+                "predict": cmd_predict, "export": cmd_export, "benchmark": cmd_benchmark,
+                "ship": cmd_ship}
     try:
         return handlers[args.command](args)
     except (FileNotFoundError, ValueError, KeyError) as exc:

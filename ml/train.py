@@ -48,6 +48,10 @@ class TrainConfig:
     stop_patience: int = 3
     min_epochs: int = 0
     pretrained_weights: str | None = None
+    # Knowledge distillation: soft labels from a trained model file (trained on the same training split).
+    teacher: str | None = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
     num_workers: int = 0
     threads: int | None = None
     block_size: int = 20  # neighbour-run length when a split has to be made
@@ -183,6 +187,51 @@ def limit(samples: list[mldata.Sample], per_class: int | None, seed: int) -> lis
     return [s for label in sorted(by_class) for s in rng.sample(by_class[label], min(per_class, len(by_class[label])))]
 
 
+class IndexedSubset(torch.utils.data.Dataset):
+    """A subset whose items also carry their index into the full training set (for soft targets)."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, position):
+        index = self.indices[position]
+        x, y = self.dataset[index]
+        return x, y, index
+
+
+@torch.no_grad()
+def teacher_soft_targets(config: TrainConfig, train_set, classes, log) -> torch.Tensor:
+    """The teacher's tempered probabilities for every training image, averaged over the 8 flips and
+    90° rotations (the label-preserving part of the augmentation). Only training images are used."""
+    from .checkpoint import load_model
+
+    teacher, payload = load_model(config.teacher)
+    if list(payload["classes"]) != list(classes):
+        raise ValueError(f"teacher classes {payload['classes']} differ from {classes}")
+    teacher_split = payload["training"].get("manifest_sha256")
+    if teacher_split != mldata.sha256_file(Path(config.manifest)):
+        raise ValueError("the teacher was trained on another split: its soft labels could leak test images")
+    log(f"distillation: teacher {payload['model_version']} (alpha {config.distill_alpha}, T {config.distill_temperature})")
+    mean = torch.tensor(mldata.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(mldata.IMAGENET_STD).view(1, 3, 1, 1)
+    targets = []
+    for start in range(0, len(train_set), 64):
+        images = train_set.images[start:start + 64].float() / 255.0
+        views = [torch.rot90(v, k, dims=(-2, -1)) for v in (images, images.flip(-1)) for k in range(4)]
+        probs = sum(torch.softmax(teacher((v - mean) / std) / config.distill_temperature, dim=1) for v in views)
+        targets.append(probs / len(views))
+    return torch.cat(targets)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.: KL(teacher || student) at temperature T, scaled by T^2 to keep gradient size."""
+    log_student = torch.log_softmax(student_logits / temperature, dim=1)
+    return nn.functional.kl_div(log_student, teacher_probs, reduction="batchmean") * temperature ** 2
+
+
 @torch.no_grad()
 def collect_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
@@ -236,6 +285,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     val_loader = DataLoader(val_set, batch_size=64, shuffle=False, num_workers=config.num_workers)
     log(f"data: {len(train_set)} train / {len(val_set)} val images, classes {classes}, balance={config.balance}")
 
+    soft_targets = teacher_soft_targets(config, train_set, classes, log) if config.teacher else None
     model = models.create(config.arch, num_classes=len(classes), pretrained_weights=config.pretrained_weights,
                           input_size=config.img_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -266,7 +316,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             break
         tick = time.perf_counter()
         order = mldata.balanced_indices(train_set.labels, config.balance, seed=config.seed * 1000 + epoch)
-        loader = DataLoader(torch.utils.data.Subset(train_set, order), batch_size=config.batch_size, shuffle=False,
+        loader = DataLoader(IndexedSubset(train_set, order), batch_size=config.batch_size, shuffle=False,
                             num_workers=config.num_workers, drop_last=len(order) > config.batch_size)
         model.train()
         seen, correct, loss_sum = 0, 0, 0.0
@@ -275,10 +325,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             from tqdm import tqdm
 
             iterator = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-        for x, y in iterator:
+        for x, y, index in iterator:
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
             loss = criterion(logits, y)
+            if soft_targets is not None:
+                loss = (1 - config.distill_alpha) * loss + config.distill_alpha * distillation_loss(
+                    logits, soft_targets[index], config.distill_temperature)
             loss.backward()
             optimizer.step()
             seen += len(y)

@@ -72,3 +72,25 @@ def test_resume_continues_from_the_last_checkpoint_and_matches_an_uninterrupted_
     a, b = read_payload(straight)["training"]["history"], read_payload(resumed)["training"]["history"]
     assert len(a) == len(b) == 2
     assert abs(a[-1]["train_loss"] - b[-1]["train_loss"]) < 1e-4, "resumed run diverged from the uninterrupted one"
+
+
+def test_distillation_from_a_teacher_trained_on_the_same_split(tiny_model_file, smear_folder, tmp_path):
+    config = TrainConfig(data=str(smear_folder), arch="mobilenetv3_lstm", out=str(tmp_path / "student"), epochs=1,
+                         batch_size=16, img_size=64, progress=False, manifest=str(tiny_model_file.parent / "manifest.csv"),
+                         teacher=str(tiny_model_file))
+    model = train(config)
+    assert "distillation: teacher" in (tmp_path / "student" / "train.log").read_text()
+    assert read_payload(model)["training"]["config"]["teacher"] == str(tiny_model_file)
+
+
+def test_a_teacher_from_another_split_is_refused(tiny_model_file, smear_folder, tmp_path):
+    import pytest
+
+    from ml import data
+
+    other = data.make_split(smear_folder, block_size=4, seed=99)
+    manifest = data.write_manifest(other, tmp_path / "other.csv")
+    config = TrainConfig(data=str(smear_folder), arch="mobilenetv3_lstm", out=str(tmp_path / "student"), epochs=1,
+                         img_size=64, progress=False, manifest=str(manifest), teacher=str(tiny_model_file))
+    with pytest.raises(ValueError, match="another split"):
+        train(config)
