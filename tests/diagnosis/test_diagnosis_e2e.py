@@ -55,7 +55,7 @@ def smear_image():
 
 
 @pytest.mark.real_broker
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # keeps the role groups of the data migration
 def test_uploaded_smear_is_classified_by_a_real_worker(client, make_user, patient, settings, tmp_path):
     reason = broker_unreachable_reason()
     if reason:
