@@ -141,10 +141,12 @@ class HybridClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.sequence.out_dim, num_classes)
         self.num_classes = num_classes
+        # Parameter-free tap on the last feature map: Grad-CAM hooks this one module for any backbone.
+        self.feature_tap = nn.Identity()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's last feature map (B, C, H, W); Grad-CAM hooks here."""
-        return self.backbone.forward_features(x)
+        """The backbone's last feature map (B, C, H, W), through the Grad-CAM tap."""
+        return self.feature_tap(self.backbone.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fmap = self.features(x)
