@@ -26,6 +26,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", metavar="MODEL_PT", help="distil from this trained model (same split)")
     parser.add_argument("--distill-alpha", type=float, default=defaults.distill_alpha)
     parser.add_argument("--distill-temperature", type=float, default=defaults.distill_temperature)
+    parser.add_argument("--init-weights", metavar="MODEL_PT", help="start from this model (same arch and split)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     parser.add_argument("--no-progress", action="store_true")
 

@@ -50,6 +50,7 @@ class TrainConfig:
     pretrained_weights: str | None = None
     # Knowledge distillation: soft labels from a trained model file (trained on the same training split).
     teacher: str | None = None
+    init_weights: str | None = None  # start every weight from this model.pt (same arch), e.g. a from-scratch run
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
     num_workers: int = 0
@@ -288,6 +289,15 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     soft_targets = teacher_soft_targets(config, train_set, classes, log) if config.teacher else None
     model = models.create(config.arch, num_classes=len(classes), pretrained_weights=config.pretrained_weights,
                           input_size=config.img_size)
+    if config.init_weights:
+        from .checkpoint import read_payload
+
+        init = read_payload(config.init_weights)
+        if init["arch"] != config.arch or init["training"].get("manifest_sha256") != mldata.sha256_file(Path(config.manifest)):
+            raise ValueError("--init-weights must be a model of the same architecture trained on the same split")
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in init["state_dict"].items() if k in own})
+        log(f"initialised from {config.init_weights} ({init['model_version']})")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     adjuster = LearningRateAdjuster(optimizer, config.threshold, config.factor, config.patience,

@@ -94,3 +94,12 @@ def test_a_teacher_from_another_split_is_refused(tiny_model_file, smear_folder, 
                          img_size=64, progress=False, manifest=str(manifest), teacher=str(tiny_model_file))
     with pytest.raises(ValueError, match="another split"):
         train(config)
+
+
+def test_init_weights_starts_from_a_model_of_the_same_split(tiny_model_file, smear_folder, tmp_path):
+    config = TrainConfig(data=str(smear_folder), arch="mobilenetv3_lstm", out=str(tmp_path / "warm"), epochs=0,
+                         img_size=64, progress=False, manifest=str(tiny_model_file.parent / "manifest.csv"),
+                         init_weights=str(tiny_model_file))
+    warm = read_payload(train(config))["state_dict"]
+    source = read_payload(tiny_model_file)["state_dict"]
+    assert all(torch.equal(warm[k], source[k]) for k in warm)
