@@ -42,6 +42,39 @@ def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_imag
     return card_path
 
 
+def describe_model_file(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        from .checkpoint import read_payload
+
+        payload = read_payload(path)
+    except (OSError, ValueError):
+        return f"`{path}` (file not available here)"
+    training = payload.get("training", {})
+    spec = models.get_spec(payload["arch"])
+    pretrained = training.get("config", {}).get("pretrained_weights")
+    return (f"`{payload['model_version']}` ({spec.description}; "
+            f"{'backbone from ImageNet weights' if pretrained else 'from random initialisation'}; "
+            f"{training.get('epochs_run')} epochs, {training.get('wall_time_s', 0) / 60:.1f} min; trained on the "
+            f"same split, manifest sha256 `{str(training.get('manifest_sha256'))[:12]}…`)")
+
+
+def lineage(config: dict) -> list[str]:
+    """How the weights came to be, when more than one run led to them."""
+    lines = []
+    if config.get("init_weights"):
+        lines.append(f"- Warm start: every weight initialised from {describe_model_file(config['init_weights'])}.")
+    if config.get("teacher"):
+        lines.append(f"- Knowledge distillation (Hinton et al.): loss = {1 - config.get('distill_alpha', 0.5):.2f} x "
+                     f"cross-entropy + {config.get('distill_alpha', 0.5):.2f} x T² KL to the soft labels of the teacher "
+                     f"{describe_model_file(config['teacher'])}, at T = {config.get('distill_temperature')}. The "
+                     "teacher's soft labels were computed on training images only (mean over the 8 flips and 90° "
+                     "rotations). Teacher and student used the validation split only for learning-rate decisions and "
+                     "temperature fitting; neither ever saw a test image.")
+    return lines
+
+
 def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict, latency_image: str, name: str) -> str:
     payload = predictor.payload
     training = payload.get("training", {})
@@ -127,6 +160,7 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
         f"stop after {config.get('stop_patience')} reductions without improvement).",
         "- Augmentation (training only): horizontal/vertical flips, 90° rotations, affine ±15°, ±6% shift, "
         "scale 0.92-1.12, brightness/contrast/saturation ±20%, hue ±0.03 (stain and illumination variability).",
+        *lineage(config),
         f"- {training.get('epochs_run')} epochs run, best epoch {training.get('best_epoch', -1) + 1}; "
         f"wall time {training.get('wall_time_s', 0) / 60:.1f} min on {training.get('hardware')}; "
         f"finished {training.get('finished')}.",
