@@ -92,7 +92,8 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
         raise ValueError("manifest problems: " + "; ".join(problems[:5]))
     classes = list(predictor.classes)
     labels = np.array([classes.index(s.label) for s in samples])
-    probabilities = predictor.predict_proba([Path(data) / s.path for s in samples], batch_size=batch_size)
+    logits = predictor.predict_logits([Path(data) / s.path for s in samples], batch_size=batch_size)
+    probabilities = predictor.probabilities(logits)
     report = classification_metrics(probabilities, labels, classes)
     report.update({
         "model": predictor.name,
@@ -104,8 +105,7 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
         "manifest": str(manifest),
         "manifest_sha256": mldata.sha256_file(Path(manifest)),
         "split": split,
-        "uncalibrated_ece": expected_calibration_error(predictor.predict_proba(
-            [Path(data) / s.path for s in samples], batch_size=batch_size, temperature=1.0), labels),
+        "uncalibrated_ece": expected_calibration_error(predictor.probabilities(logits, temperature=1.0), labels),
         "errors": [{"path": s.path, "true": s.label, "predicted": classes[int(p.argmax())], "confidence": float(p.max())}
                    for s, p, y in zip(samples, probabilities, labels) if int(p.argmax()) != int(y)],
     })

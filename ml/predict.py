@@ -67,19 +67,24 @@ class Predictor:
         return mldata.preprocess(mldata.load_image(image), self.input_size)
 
     @torch.inference_mode()
-    def predict_proba(self, images, batch_size: int = 32, temperature: float | None = None) -> np.ndarray:
-        """Calibrated class probabilities, shape (len(images), len(classes))."""
-        temperature = self.temperature if temperature is None else temperature
+    def predict_logits(self, images, batch_size: int = 32) -> np.ndarray:
+        """Raw logits, shape (len(images), len(classes))."""
         images = list(images)
         chunks = []
         for start in range(0, len(images), batch_size):
             batch = torch.stack([self.preprocess(image) for image in images[start:start + batch_size]])
             with self._lock:
-                logits = self.model(batch)
-            chunks.append(torch.softmax(logits.double() / temperature, dim=1).numpy())
-        if not chunks:
-            return np.zeros((0, len(self.classes)))
-        return np.concatenate(chunks)
+                chunks.append(self.model(batch).double().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
+
+    def probabilities(self, logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
+        """Softmax of logits / T (the model's fitted temperature unless given)."""
+        temperature = self.temperature if temperature is None else temperature
+        return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float64)) / temperature, dim=1).numpy()
+
+    def predict_proba(self, images, batch_size: int = 32, temperature: float | None = None) -> np.ndarray:
+        """Calibrated class probabilities, shape (len(images), len(classes))."""
+        return self.probabilities(self.predict_logits(images, batch_size), temperature)
 
     def decide(self, probabilities: np.ndarray) -> str:
         if self.task == "screening" and self.threshold is not None and self.positive_class:
