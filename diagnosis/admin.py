@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from . import services
-from .models import Case, Patient, Prediction, Smear
+from .models import AuditEvent, Case, CaseAddendum, Patient, Prediction, RejectedUpload, Smear
 
 
 class CaseInline(admin.TabularInline):
@@ -49,8 +49,23 @@ class CaseAdmin(admin.ModelAdmin):
     search_fields = ["accession_number", "patient__lab_id", "clinical_note"]
     list_select_related = ["patient", "created_by"]
     autocomplete_fields = ["patient"]
-    readonly_fields = ["status", "suggested_stage", "suggested_confidence", "created_by", "created_at", "updated_at"]
+    readonly_fields = [
+        "status", "suggested_stage", "suggested_confidence", "created_by", "created_at", "updated_at",
+        # The review changes only through the portal's review screen (audited).
+        "final_stage", "review_comment", "signed_out_by", "signed_out_at", "signed_out_stage",
+    ]
     inlines = [SmearInline]
+    actions = ["export_reviewed"]
+
+    @admin.action(description="Export reviewed smears of the selected signed-out cases (zip)",
+                  permissions=["export_reviewed"])
+    def export_reviewed(self, request, queryset):
+        from .reports import export_zip_response
+
+        return export_zip_response(services.reviewed_smears().filter(case__in=queryset))
+
+    def has_export_reviewed_permission(self, request):
+        return request.user.has_perm("diagnosis.export_reviewed")
 
     def save_model(self, request, obj, form, change):
         if not change:
@@ -70,6 +85,7 @@ class SmearAdmin(admin.ModelAdmin):
     readonly_fields = [
         "case", "image", "thumbnail", "sha256", "width", "height", "image_format", "size_bytes",
         "original_filename", "uploaded_by", "status", "error", "attempts", "claimed_at", "created_at", "updated_at",
+        "review_label", "review_reason", "reviewed_by", "reviewed_at",
     ]
 
     def has_add_permission(self, request):
@@ -77,7 +93,7 @@ class SmearAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected failed smears", permissions=["retry"])
     def retry_failed(self, request, queryset):
-        n = sum(services.retry_smear(smear) for smear in queryset.filter(status=Smear.Status.FAILED))
+        n = sum(services.retry_smear(smear, request.user) for smear in queryset.filter(status=Smear.Status.FAILED))
         self.message_user(request, f"{n} smear(s) queued again.", messages.SUCCESS)
 
     def has_retry_permission(self, request):
@@ -101,3 +117,42 @@ class PredictionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records: visible in the admin, never added, changed or deleted there."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "case", "action", "actor", "smear", "old_value", "new_value", "model_version", "reason"]
+    list_filter = ["action", "created_at"]
+    search_fields = ["case__accession_number", "actor__email", "reason", "detail", "model_version"]
+    list_select_related = ["case", "actor", "smear"]
+    actions = None
+
+
+@admin.register(CaseAddendum)
+class CaseAddendumAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "case", "author", "previous_final_stage", "new_final_stage", "text"]
+    search_fields = ["case__accession_number", "text"]
+    list_select_related = ["case", "author"]
+    actions = None
+
+
+@admin.register(RejectedUpload)
+class RejectedUploadAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "filename", "reason", "case", "uploaded_by"]
+    list_filter = ["created_at"]
+    search_fields = ["filename", "reason", "case__accession_number", "uploaded_by__email"]
+    list_select_related = ["case", "uploaded_by"]
+    actions = None

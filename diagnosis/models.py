@@ -81,16 +81,36 @@ class Case(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cases_created")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Pathologist review (services.set_final_stage / sign_out). The final
+    # stage is a label of the case's model (validated in services), stored as
+    # a string so that other label sets fit without a schema change.
+    final_stage = models.CharField(max_length=32, blank=True, db_index=True)
+    review_comment = models.TextField(blank=True)
+    signed_out_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="cases_signed_out"
+    )
+    signed_out_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # The final stage as signed out; final_stage may later change by addendum.
+    signed_out_stage = models.CharField(max_length=32, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
-        permissions = [("review_case", "Can review a case (pathologist sign-out; placeholder)")]
+        permissions = [
+            ("review_case", "Can review a case (confirm or reclassify smears, set the final stage)"),
+            ("sign_out_case", "Can sign out a case and add addenda to signed-out cases"),
+            ("view_review_dashboard", "Can see the model/pathologist agreement dashboard"),
+            ("export_reviewed", "Can export reviewed smears as training data"),
+        ]
 
     def __str__(self):
         return self.accession_number
 
     def get_absolute_url(self):
         return reverse("diagnosis:case_detail", args=[self.pk])
+
+    @property
+    def is_signed_out(self):
+        return self.signed_out_at is not None
 
     def compute_suggestion(self):
         """The suggested case-level stage: mean of the probability vectors of
@@ -127,6 +147,10 @@ def thumbnail_upload_to(instance, filename):
     return f"thumbnails/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.jpg"
 
 
+def heatmap_upload_to(instance, filename):
+    return f"heatmaps/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.png"
+
+
 class Smear(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -150,6 +174,14 @@ class Smear(models.Model):
     claimed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Pathologist review of this smear (services.review_smear): the label is
+    # one of the labels of the model that classified it.
+    review_label = models.CharField(max_length=32, blank=True)
+    review_reason = models.TextField(blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="smears_reviewed"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at", "pk"]
@@ -162,6 +194,11 @@ class Smear(models.Model):
     @property
     def can_retry(self):
         return self.status == self.Status.FAILED
+
+    @property
+    def is_overridden(self):
+        prediction = getattr(self, "prediction", None)
+        return bool(self.review_label and prediction and self.review_label != prediction.stage)
 
 
 class Prediction(models.Model):
@@ -178,6 +215,11 @@ class Prediction(models.Model):
     prob_pro = models.FloatField()
     latency_ms = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
+    # Grad-CAM overlay (PNG) for the predicted class, written by the worker
+    # right after the prediction. Empty with heatmap_error set when it failed:
+    # the prediction itself is never lost because of the heat map.
+    heatmap = models.FileField(upload_to=heatmap_upload_to, max_length=255, blank=True)
+    heatmap_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -192,3 +234,112 @@ class Prediction(models.Model):
     @property
     def confidence(self):
         return getattr(self, PROBABILITY_FIELDS[Stage(self.stage)])
+
+    @property
+    def labels(self):
+        """The label set of the model that made this prediction, in its order."""
+        return tuple(self.probabilities)
+
+
+class CaseAddendum(models.Model):
+    """A change or note after sign-out. Appended; the original sign-out and
+    earlier addenda stay as they were."""
+
+    case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="addenda")
+    text = models.TextField()
+    # The final stage the addendum sets, or blank when it leaves it as it was.
+    new_final_stage = models.CharField(max_length=32, blank=True)
+    previous_final_stage = models.CharField(max_length=32, blank=True)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        verbose_name_plural = "case addenda"
+
+    def __str__(self):
+        return f"Addendum to {self.case} ({self.created_at:%Y-%m-%d %H:%M})"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not self._state.adding:
+            raise AppendOnlyError("Addenda are append-only; write a new addendum instead.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("Addenda cannot be deleted.")
+
+
+class AppendOnlyError(Exception):
+    pass
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError(f"{self.model.__name__} rows are append-only; bulk updates are refused.")
+
+    def delete(self):
+        raise AppendOnlyError(f"{self.model.__name__} rows are append-only; they cannot be deleted.")
+
+    _raw_delete = delete
+
+
+class AuditEvent(models.Model):
+    """One entry of a case's audit trail. Append-only: saving an existing row,
+    deleting a row and bulk update/delete all raise AppendOnlyError. Written
+    only by diagnosis.services.record_event."""
+
+    class Action(models.TextChoices):
+        UPLOAD = "upload", "Smear uploaded"
+        UPLOAD_REJECTED = "upload_rejected", "Upload rejected"
+        PREDICTION = "prediction", "Model prediction"
+        CLASSIFICATION_FAILED = "classification_failed", "Classification failed"
+        RETRY = "retry", "Classification retried"
+        CONFIRM = "confirm", "Smear label confirmed"
+        OVERRIDE = "override", "Smear label changed"
+        FINAL_STAGE = "final_stage", "Final stage set"
+        SIGN_OUT = "sign_out", "Case signed out"
+        ADDENDUM = "addendum", "Addendum"
+
+    case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="audit_events")
+    smear = models.ForeignKey(Smear, on_delete=models.PROTECT, null=True, blank=True, related_name="audit_events")
+    action = models.CharField(max_length=32, choices=Action.choices, db_index=True)
+    # Null for the workers (the model acts, not a person).
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    old_value = models.CharField(max_length=255, blank=True)
+    new_value = models.CharField(max_length=255, blank=True)
+    reason = models.TextField(blank=True)
+    model_version = models.CharField(max_length=200, blank=True)
+    detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self):
+        return f"{self.get_action_display()} · {self.case} · {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not self._state.adding:
+            raise AppendOnlyError("Audit events are append-only; they cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("Audit events are append-only; they cannot be deleted.")
+
+
+class RejectedUpload(models.Model):
+    """A file refused at upload, kept so the technician can see what and why."""
+
+    case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="rejected_uploads")
+    filename = models.CharField(max_length=255)
+    reason = models.TextField()
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return f"{self.filename}: {self.reason}"

@@ -18,7 +18,16 @@ from django.db.models import F, Q
 from django.utils import timezone
 from PIL import Image
 
-from .models import PROBABILITY_FIELDS, Case, Prediction, Smear, Stage
+from .models import (
+    PROBABILITY_FIELDS,
+    AuditEvent,
+    Case,
+    CaseAddendum,
+    Prediction,
+    RejectedUpload,
+    Smear,
+    Stage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +149,9 @@ def add_smears(case, uploads, user):
     accepted = []
     with transaction.atomic():
         Case.objects.select_for_update().filter(pk=case.pk).first()
+        for name, reason in rejected:
+            RejectedUpload.objects.create(case=case, filename=name[:255], reason=reason, uploaded_by=user)
+            record_event(case, AuditEvent.Action.UPLOAD_REJECTED, actor=user, detail=f"{name}: {reason}")
         for image in checked:
             smear = Smear(
                 case=case,
@@ -155,6 +167,10 @@ def add_smears(case, uploads, user):
             smear.image.save(image.upload.name or "smear", image.upload, save=False)
             smear.thumbnail.save("thumb.jpg", ContentFile(image.thumbnail_jpeg), save=False)
             smear.save()
+            record_event(
+                case, AuditEvent.Action.UPLOAD, actor=user, smear=smear,
+                detail=f"{smear.original_filename} ({smear.width}×{smear.height} {smear.image_format}, sha256 {smear.sha256})",
+            )
             accepted.append(smear)
             transaction.on_commit(lambda pk=smear.pk: enqueue_classification(pk))
         if accepted:
@@ -232,8 +248,28 @@ def record_prediction(smear_id, result, latency_ms):
         smear.status = Smear.Status.DONE
         smear.error = ""
         smear.save(update_fields=["status", "error", "updated_at"])
+        record_event(
+            smear.case, AuditEvent.Action.PREDICTION, smear=smear, new_value=stage.value,
+            model_version=f"{prediction.model_name} {prediction.model_version}".strip(),
+            detail=", ".join(f"{s.value} {p:.3f}" for s, p in probs.items()),
+        )
         _refresh_case_by_id(smear.case_id)
     return prediction
+
+
+def store_heatmap(prediction_id, image_bytes, explained_class=""):
+    """Store the Grad-CAM overlay (JPEG bytes) the worker computed after the
+    prediction. Never touches the prediction's result."""
+    prediction = Prediction.objects.get(pk=prediction_id)
+    prediction.heatmap.save("heatmap.jpg", ContentFile(image_bytes), save=False)
+    prediction.heatmap_error = ""
+    prediction.save(update_fields=["heatmap", "heatmap_error"])
+    return prediction
+
+
+def heatmap_failed(prediction_id, reason):
+    """Record why no heat map could be made; the prediction stays as it is."""
+    Prediction.objects.filter(pk=prediction_id).update(heatmap_error=reason[:2000])
 
 
 def mark_failed(smear_id, reason):
@@ -244,11 +280,13 @@ def mark_failed(smear_id, reason):
             status=Smear.Status.FAILED, error=reason[:2000], updated_at=timezone.now()
         )
         if updated:
-            _refresh_case_by_id(Smear.objects.values_list("case_id", flat=True).get(pk=smear_id))
+            smear = Smear.objects.select_related("case").get(pk=smear_id)
+            record_event(smear.case, AuditEvent.Action.CLASSIFICATION_FAILED, smear=smear, detail=reason)
+            _refresh_case_by_id(smear.case_id)
     return bool(updated)
 
 
-def retry_smear(smear):
+def retry_smear(smear, user=None):
     """Put a failed smear back in the queue. Returns False when it was not
     failed (e.g. someone else retried it already)."""
     with transaction.atomic():
@@ -256,6 +294,8 @@ def retry_smear(smear):
             status=Smear.Status.QUEUED, claimed_at=None, updated_at=timezone.now()
         )
         if updated:
+            record_event(smear.case, AuditEvent.Action.RETRY, actor=user, smear=smear, old_value=Smear.Status.FAILED,
+                         new_value=Smear.Status.QUEUED)
             _refresh_case_by_id(smear.case_id)
             transaction.on_commit(lambda: enqueue_classification(smear.pk))
     return bool(updated)
@@ -289,6 +329,8 @@ def sweep_stale_smears(now=None):
                 )
                 if still_stale.update(status=Smear.Status.FAILED, error=reason, updated_at=now):
                     failed.append(smear.pk)
+                    record_event(Case.objects.get(pk=smear.case_id), AuditEvent.Action.CLASSIFICATION_FAILED,
+                                 smear=smear, detail=reason)
                     _refresh_case_by_id(smear.case_id)
             elif still_stale.update(status=Smear.Status.QUEUED, claimed_at=None, updated_at=now):
                 requeued.append(smear.pk)
@@ -335,27 +377,37 @@ def _refresh_case_by_id(case_id):
     return case
 
 
+def _smear_status_item(smear, can_retry):
+    prediction = getattr(smear, "prediction", None)
+    return {
+        "id": smear.pk,
+        "status": smear.status,
+        "status_display": smear.get_status_display(),
+        "error": smear.error,
+        "attempts": smear.attempts,
+        "can_retry": can_retry and smear.can_retry,
+        "stage": prediction.stage if prediction else None,
+        "stage_display": prediction.get_stage_display() if prediction else None,
+        "probabilities": prediction.probabilities if prediction else None,
+        "model": f"{prediction.model_name} {prediction.model_version}" if prediction else None,
+    }
+
+
+def smears_status_payload(smears, user):
+    """Status JSON for any set of smears (the technician's upload queue)."""
+    can_retry = user.has_perm("diagnosis.retry_smear")
+    items = [_smear_status_item(s, can_retry) for s in smears.select_related("prediction").order_by("-created_at", "-pk")]
+    return {
+        "pending": any(i["status"] in (Smear.Status.QUEUED, Smear.Status.PROCESSING) for i in items),
+        "smears": items,
+    }
+
+
 def case_status_payload(case, user):
     """The JSON the case page polls while smears are being classified."""
     smears = case.smears.select_related("prediction").order_by("created_at", "pk")
     can_retry = user.has_perm("diagnosis.retry_smear")
-    items = []
-    for smear in smears:
-        prediction = getattr(smear, "prediction", None)
-        items.append(
-            {
-                "id": smear.pk,
-                "status": smear.status,
-                "status_display": smear.get_status_display(),
-                "error": smear.error,
-                "attempts": smear.attempts,
-                "can_retry": can_retry and smear.can_retry,
-                "stage": prediction.stage if prediction else None,
-                "stage_display": prediction.get_stage_display() if prediction else None,
-                "probabilities": prediction.probabilities if prediction else None,
-                "model": f"{prediction.model_name} {prediction.model_version}" if prediction else None,
-            }
-        )
+    items = [_smear_status_item(smear, can_retry) for smear in smears]
     return {
         "case": case.pk,
         "status": case.status,
@@ -370,3 +422,310 @@ def case_status_payload(case, user):
 
 def search_filter(q):
     return Q(accession_number__icontains=q) | Q(patient__lab_id__icontains=q)
+
+
+# --------------------------------------------------------------------------
+# Audit trail
+# --------------------------------------------------------------------------
+def record_event(case, action, *, actor=None, smear=None, old_value="", new_value="", reason="", model_version="",
+                 detail=""):
+    """Append one entry to a case's audit trail. The only writer of
+    AuditEvent rows; call it inside the transaction of the change it records."""
+    return AuditEvent.objects.create(
+        case=case,
+        smear=smear,
+        action=action,
+        actor=actor if actor is not None and getattr(actor, "is_authenticated", False) else None,
+        old_value=str(old_value or "")[:255],
+        new_value=str(new_value or "")[:255],
+        reason=reason or "",
+        model_version=(model_version or "")[:200],
+        detail=detail or "",
+    )
+
+
+# --------------------------------------------------------------------------
+# Pathologist review
+# --------------------------------------------------------------------------
+class ReviewError(ValueError):
+    """A review action that the rules refuse; str() is shown to the user."""
+
+
+class CaseLocked(ReviewError):
+    pass
+
+
+def labels_for_smear(smear):
+    """The labels a pathologist may give this smear: the label set of the
+    model that classified it (in the model's order)."""
+    prediction = getattr(smear, "prediction", None)
+    if prediction is None:
+        return ()
+    return prediction.labels
+
+
+def labels_for_case(case):
+    """Labels allowed as the final stage: the union of the label sets of the
+    case's classified smears, in model order."""
+    labels = []
+    for prediction in Prediction.objects.filter(smear__case=case, smear__status=Smear.Status.DONE):
+        labels += [label for label in prediction.labels if label not in labels]
+    return tuple(labels)
+
+
+def label_display(label):
+    try:
+        return Stage(label).label
+    except ValueError:
+        return label
+
+
+def _lock_case(case):
+    locked = Case.objects.select_for_update().get(pk=case.pk)
+    if locked.is_signed_out:
+        raise CaseLocked(
+            f"Case {locked.accession_number} was signed out on {locked.signed_out_at:%Y-%m-%d %H:%M}; "
+            "changes now go through an addendum."
+        )
+    return locked
+
+
+def review_smear(smear, user, label, reason=""):
+    """Confirm (label == the model's) or reclassify one smear. A reason is
+    required when the label differs from the model's. Refused once the case
+    is signed out. Returns the audit event."""
+    reason = (reason or "").strip()
+    with transaction.atomic():
+        case = _lock_case(smear.case)
+        smear = Smear.objects.select_for_update().select_related("prediction").get(pk=smear.pk)
+        if smear.status != Smear.Status.DONE or not hasattr(smear, "prediction"):
+            raise ReviewError("Only a classified smear can be reviewed.")
+        allowed = labels_for_smear(smear)
+        if label not in allowed:
+            raise ReviewError(f"“{label}” is not a label of this smear's model ({', '.join(allowed)}).")
+        model_label = smear.prediction.stage
+        if label != model_label and not reason:
+            raise ReviewError("A reason is required when you change the model's label.")
+        previous = smear.review_label or model_label
+        smear.review_label, smear.review_reason = label, reason
+        smear.reviewed_by, smear.reviewed_at = user, timezone.now()
+        smear.save(update_fields=["review_label", "review_reason", "reviewed_by", "reviewed_at", "updated_at"])
+        action = AuditEvent.Action.CONFIRM if label == model_label else AuditEvent.Action.OVERRIDE
+        return record_event(
+            case, action, actor=user, smear=smear, old_value=previous, new_value=label, reason=reason,
+            model_version=f"{smear.prediction.model_name} {smear.prediction.model_version}".strip(),
+        )
+
+
+def set_final_stage(case, user, final_stage, comment=""):
+    """Set (before sign-out) the case's final stage and the comment."""
+    with transaction.atomic():
+        locked = _lock_case(case)
+        _set_final_stage(locked, user, final_stage, comment)
+    case.refresh_from_db()
+    return case
+
+
+def _set_final_stage(case, user, final_stage, comment):
+    allowed = labels_for_case(case)
+    if final_stage not in allowed:
+        raise ReviewError(f"Choose a final stage among {', '.join(allowed) or '(no classified smear)'}.")
+    if final_stage != case.final_stage:
+        record_event(case, AuditEvent.Action.FINAL_STAGE, actor=user, old_value=case.final_stage,
+                     new_value=final_stage, reason=comment)
+    case.final_stage, case.review_comment = final_stage, comment or ""
+    case.save(update_fields=["final_stage", "review_comment", "updated_at"])
+
+
+def sign_out_problems(case):
+    """Why a case cannot be signed out yet (empty list: it can)."""
+    problems = []
+    counts = case.smear_counts()
+    if counts[Smear.Status.QUEUED] or counts[Smear.Status.PROCESSING]:
+        problems.append("some smears are still being classified")
+    if counts[Smear.Status.FAILED]:
+        problems.append("some smears failed classification (retry them first)")
+    if not counts[Smear.Status.DONE]:
+        problems.append("no smear has been classified")
+    unreviewed = case.smears.filter(status=Smear.Status.DONE, review_label="").count()
+    if unreviewed:
+        problems.append(f"{unreviewed} smear(s) not yet confirmed or reclassified")
+    return problems
+
+
+def sign_out(case, user, final_stage, comment=""):
+    """Sign the case out with its final stage. Any pathologist (sign_out_case
+    permission) may sign out any case; the signer is recorded. The case is
+    locked afterwards: further changes go through add_addendum()."""
+    with transaction.atomic():
+        locked = _lock_case(case)
+        problems = sign_out_problems(locked)
+        if problems:
+            raise ReviewError("The case cannot be signed out yet: " + "; ".join(problems) + ".")
+        _set_final_stage(locked, user, final_stage, comment)
+        now = timezone.now()
+        locked.signed_out_by, locked.signed_out_at, locked.signed_out_stage = user, now, final_stage
+        locked.save(update_fields=["signed_out_by", "signed_out_at", "signed_out_stage", "updated_at"])
+        record_event(locked, AuditEvent.Action.SIGN_OUT, actor=user, new_value=final_stage, reason=comment)
+    case.refresh_from_db()
+    return case
+
+
+def add_addendum(case, user, text, new_final_stage=""):
+    """Append an addendum to a signed-out case, optionally changing the final
+    stage. The original sign-out (signed_out_stage, signer, time) and earlier
+    addenda are kept."""
+    text = (text or "").strip()
+    if not text:
+        raise ReviewError("An addendum needs a text.")
+    with transaction.atomic():
+        locked = Case.objects.select_for_update().get(pk=case.pk)
+        if not locked.is_signed_out:
+            raise ReviewError("Addenda are for signed-out cases; change the review directly instead.")
+        if new_final_stage and new_final_stage not in labels_for_case(locked):
+            raise ReviewError(f"“{new_final_stage}” is not a label of this case's model.")
+        changes = bool(new_final_stage) and new_final_stage != locked.final_stage
+        addendum = CaseAddendum.objects.create(
+            case=locked, text=text, author=user,
+            new_final_stage=new_final_stage if changes else "",
+            previous_final_stage=locked.final_stage,
+        )
+        record_event(
+            locked, AuditEvent.Action.ADDENDUM, actor=user, reason=text,
+            old_value=locked.final_stage if changes else "", new_value=new_final_stage if changes else "",
+        )
+        if changes:
+            locked.final_stage = new_final_stage
+            locked.save(update_fields=["final_stage", "updated_at"])
+    case.refresh_from_db()
+    return addendum
+
+
+# --------------------------------------------------------------------------
+# Work queue
+# --------------------------------------------------------------------------
+@dataclass
+class QueueEntry:
+    case: Case
+    n_smears: int
+    min_confidence: float
+    stages: list
+    low_confidence: bool
+    disagreement: bool
+    reviewed: int
+
+    @property
+    def flagged(self):
+        return self.low_confidence or self.disagreement
+
+
+def review_queue(threshold=None):
+    """Cases awaiting review, oldest first: every smear classified (case
+    status done) and not signed out. Each entry carries the lowest smear
+    confidence and the flags: low confidence (a smear below
+    REVIEW_LOW_CONFIDENCE_THRESHOLD) and disagreement (smears predicted as
+    different stages)."""
+    threshold = settings.REVIEW_LOW_CONFIDENCE_THRESHOLD if threshold is None else threshold
+    cases = (
+        Case.objects.filter(status=Case.Status.DONE, signed_out_at__isnull=True)
+        .select_related("patient", "created_by")
+        .prefetch_related("smears__prediction")
+        .order_by("created_at", "pk")
+    )
+    entries = []
+    for case in cases:
+        predictions = [s.prediction for s in case.smears.all() if s.status == Smear.Status.DONE and hasattr(s, "prediction")]
+        if not predictions:
+            continue
+        confidences = [p.confidence for p in predictions]
+        stages = sorted({p.stage for p in predictions})
+        entries.append(
+            QueueEntry(
+                case=case,
+                n_smears=len(predictions),
+                min_confidence=min(confidences),
+                stages=stages,
+                low_confidence=min(confidences) < threshold,
+                disagreement=len(stages) > 1,
+                reviewed=sum(1 for s in case.smears.all() if s.review_label),
+            )
+        )
+    return entries
+
+
+# --------------------------------------------------------------------------
+# Learning from review: agreement and export
+# --------------------------------------------------------------------------
+def reviewed_smears():
+    """Smears with a pathologist label in signed-out cases (the labels that
+    are final), with their predictions."""
+    return (
+        Smear.objects.filter(case__signed_out_at__isnull=False, status=Smear.Status.DONE)
+        .exclude(review_label="")
+        .filter(prediction__isnull=False)
+        .select_related("prediction", "case", "reviewed_by")
+        .order_by("case__signed_out_at", "pk")
+    )
+
+
+def agreement_stats(smears=None):
+    """Agreement between the model and the pathologists on reviewed smears,
+    and the confusion matrix (rows: model label, columns: final label)."""
+    smears = list(reviewed_smears() if smears is None else smears)
+    labels = []
+    for smear in smears:
+        labels += [label for label in smear.prediction.labels if label not in labels]
+    matrix = {m: {f: 0 for f in labels} for m in labels}
+    agree = 0
+    for smear in smears:
+        matrix[smear.prediction.stage][smear.review_label] = matrix[smear.prediction.stage].get(smear.review_label, 0) + 1
+        agree += smear.prediction.stage == smear.review_label
+    return {
+        "n": len(smears),
+        "agree": agree,
+        "agreement": agree / len(smears) if smears else None,
+        "labels": labels,
+        "matrix": [(m, [matrix[m].get(f, 0) for f in labels]) for m in labels],
+    }
+
+
+EXPORT_CSV = "labels.csv"
+EXPORT_COLUMNS = ["file", "final_label", "model_label", "model_version", "reviewer", "case_accession", "sha256"]
+
+
+def export_reviewed(dest, smears=None):
+    """Write every reviewed smear of signed-out cases (confirmed or changed by
+    the pathologist) into DEST/<final label>/ (the layout `python -m ml train
+    --data DEST` reads) plus DEST/labels.csv. DEST must be empty or absent.
+    Returns the number of images written."""
+    import csv
+    from pathlib import Path, PurePath
+
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise ValueError(f"{dest} is not empty; export into a new folder.")
+    dest.mkdir(parents=True, exist_ok=True)
+    smears = list(reviewed_smears() if smears is None else smears)
+    for label in Stage.values:  # the staging model's classes always exist, even when empty
+        (dest / label).mkdir(exist_ok=True)
+    rows = []
+    for smear in smears:
+        folder = dest / smear.review_label
+        folder.mkdir(exist_ok=True)
+        suffix = PurePath(smear.image.name).suffix.lower() or ".png"
+        relative = f"{smear.review_label}/{smear.case.accession_number}-{smear.pk}{suffix}"
+        with smear.image.open("rb") as src, open(dest / relative, "wb") as out:
+            for chunk in src.chunks():
+                out.write(chunk)
+        rows.append(
+            [
+                relative, smear.review_label, smear.prediction.stage,
+                f"{smear.prediction.model_name} {smear.prediction.model_version}".strip(),
+                smear.reviewed_by.email if smear.reviewed_by else "", smear.case.accession_number, smear.sha256,
+            ]
+        )
+    with open(dest / EXPORT_CSV, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(EXPORT_COLUMNS)
+        writer.writerows(rows)
+    return len(rows)

@@ -41,7 +41,7 @@ def classify_smear(smear_id):
         started = time.perf_counter()
         result = predictor.predict([_image_source(smear)])[0]
         latency_ms = (time.perf_counter() - started) * 1000
-        services.record_prediction(smear.pk, result, latency_ms)
+        prediction = services.record_prediction(smear.pk, result, latency_ms)
     except SoftTimeLimitExceeded:
         services.mark_failed(
             smear.pk, f"Classification took longer than the {settings.CELERY_TASK_SOFT_TIME_LIMIT} s time limit."
@@ -52,7 +52,30 @@ def classify_smear(smear_id):
         logger.exception("Classification of smear %s failed: %s", smear.pk, reason)
         services.mark_failed(smear.pk, reason)
         return "failed"
+    if prediction is not None:
+        make_heatmap(prediction, predictor, smear)
     return "done"
+
+
+def make_heatmap(prediction, predictor, smear):
+    """Grad-CAM overlay for the stored prediction. Any failure (including the
+    soft time limit) is logged and recorded on the prediction as "heat map
+    unavailable"; the prediction itself is already committed and stays."""
+    try:
+        import io
+
+        from ml.explain import gradcam, overlay
+
+        source = _image_source(smear)
+        heatmap, explained = gradcam(predictor, source)
+        buf = io.BytesIO()
+        overlay(source, heatmap).convert("RGB").save(buf, "JPEG", quality=88)
+        services.store_heatmap(prediction.pk, buf.getvalue(), explained)
+        return True
+    except Exception as exc:  # SoftTimeLimitExceeded is an Exception too
+        logger.exception("Grad-CAM for smear %s failed; the prediction is kept", smear.pk)
+        services.heatmap_failed(prediction.pk, f"Heat map unavailable: {type(exc).__name__}: {exc}")
+        return False
 
 
 def _readable_reason(exc):

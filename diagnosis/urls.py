@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import review_views, views
 
 app_name = "diagnosis"
 
@@ -13,6 +13,18 @@ urlpatterns = [
     path("smears/<int:pk>/retry/", views.SmearRetryView.as_view(), name="smear_retry"),
     path("smears/<int:pk>/image/", views.SmearFileView.as_view(field="image"), name="smear_image"),
     path("smears/<int:pk>/thumbnail/", views.SmearFileView.as_view(field="thumbnail"), name="smear_thumbnail"),
+    path("smears/<int:pk>/heatmap/", views.SmearFileView.as_view(field="heatmap"), name="smear_heatmap"),
+    path("smears/<int:pk>/review/", review_views.SmearReviewView.as_view(), name="smear_review"),
+    path("review/", review_views.ReviewQueueView.as_view(), name="review_queue"),
+    path("review/dashboard/", review_views.DashboardView.as_view(), name="dashboard"),
+    path("review/export.zip", review_views.ExportView.as_view(), name="export_reviewed"),
+    path("cases/<int:pk>/review/", review_views.CaseReviewView.as_view(), name="case_review"),
+    path("cases/<int:pk>/finalize/", review_views.CaseFinalizeView.as_view(), name="case_finalize"),
+    path("cases/<int:pk>/addendum/", review_views.AddendumView.as_view(), name="case_addendum"),
+    path("cases/<int:pk>/report/", review_views.CaseReportView.as_view(), name="case_report"),
+    path("cases/<int:pk>/report.pdf", review_views.CaseReportPdfView.as_view(), name="case_report_pdf"),
+    path("uploads/", review_views.UploadQueueView.as_view(), name="upload_queue"),
+    path("uploads/status.json", review_views.UploadQueueStatusView.as_view(), name="upload_queue_status"),
     path("patients/", views.PatientListView.as_view(), name="patient_list"),
     path("patients/new/", views.PatientCreateView.as_view(), name="patient_create"),
     path("patients/<int:pk>/", views.PatientDetailView.as_view(), name="patient_detail"),

@@ -48,8 +48,15 @@ class CaseDetailView(RolePermissionRequiredMixin, DetailView):
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
-        ctx["smears"] = self.object.smears.select_related("prediction", "uploaded_by")
+        ctx["smears"] = self.object.smears.select_related("prediction", "uploaded_by", "reviewed_by")
         ctx["counts"] = self.object.smear_counts()
+        user = self.request.user
+        if user.has_perm("diagnosis.view_auditevent"):
+            ctx["audit_events"] = self.object.audit_events.select_related("actor", "smear")
+        if user.has_perm("diagnosis.view_rejectedupload"):
+            ctx["rejected_uploads"] = self.object.rejected_uploads.select_related("uploaded_by")
+        ctx["addenda"] = self.object.addenda.select_related("author")
+        ctx["final_labels"] = [(label, services.label_display(label)) for label in services.labels_for_case(self.object)]
         return ctx
 
 
@@ -117,10 +124,15 @@ class SmearRetryView(RolePermissionRequiredMixin, View):
 
     def post(self, request, pk):
         smear = get_object_or_404(Smear.objects.select_related("case"), pk=pk)
-        if services.retry_smear(smear):
+        if services.retry_smear(smear, request.user):
             messages.success(request, f"“{smear.original_filename}” queued again.")
         else:
             messages.warning(request, f"“{smear.original_filename}” is not failed; nothing to retry.")
+        from django.utils.http import url_has_allowed_host_and_scheme
+
+        next_url = request.POST.get("next", "")
+        if next_url and url_has_allowed_host_and_scheme(next_url, {request.get_host()}, request.is_secure()):
+            return redirect(next_url)
         return redirect(smear.case)
 
 
@@ -132,15 +144,18 @@ class SmearFileView(RolePermissionRequiredMixin, View):
     field = "image"
 
     def get(self, request, pk):
-        smear = get_object_or_404(Smear, pk=pk)
-        file = getattr(smear, self.field)
+        smear = get_object_or_404(Smear.objects.select_related("prediction"), pk=pk)
+        if self.field == "heatmap":
+            file = smear.prediction.heatmap if hasattr(smear, "prediction") else None
+        else:
+            file = getattr(smear, self.field)
         if not file:
             raise Http404("No such file.")
         try:
             handle = file.open("rb")
         except FileNotFoundError:
             raise Http404("The file is missing from storage.") from None
-        download_name = smear.original_filename if self.field == "image" else f"thumbnail-{smear.pk}.jpg"
+        download_name = smear.original_filename if self.field == "image" else f"{self.field}-{smear.pk}.jpg"
         response = FileResponse(handle, filename=download_name)
         response["Cache-Control"] = "private, max-age=3600"
         response["X-Content-Type-Options"] = "nosniff"

@@ -227,3 +227,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Pathologist review -------------------------------------------------------
+# A case with a smear whose predicted-class probability is below this is
+# flagged for closer review in the work queue.
+REVIEW_LOW_CONFIDENCE_THRESHOLD = env.float("REVIEW_LOW_CONFIDENCE_THRESHOLD", default=0.6)

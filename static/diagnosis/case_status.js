@@ -31,6 +31,7 @@
     text(card.querySelector('[data-field="error"]'), item.status === "failed" ? item.error : "");
     card.querySelector('[data-field="retry"]').hidden = !item.can_retry;
     var probs = card.querySelector('[data-field="probs"]');
+    if (!probs) { return true; }  // pages without probability bars (the upload queue)
     probs.hidden = !item.probabilities;
     if (item.probabilities) {
       STAGES.forEach(function (s) {

@@ -1,0 +1,145 @@
+"""Case report (HTML context and PDF via reportlab) and the export zip."""
+import io
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from django.http import FileResponse
+from django.utils import timezone
+
+from . import services
+
+DECISION_SUPPORT_NOTE = (
+    "The model's classification is decision support only (a pre-classification). "
+    "The diagnosis is the final stage signed out by the pathologist."
+)
+
+
+def report_context(case):
+    smears = list(case.smears.select_related("prediction", "reviewed_by").order_by("created_at", "pk"))
+    versions = sorted({f"{s.prediction.model_name} {s.prediction.model_version}".strip()
+                       for s in smears if hasattr(s, "prediction")})
+    return {
+        "smears": smears,
+        "model_versions": versions,
+        "addenda": list(case.addenda.select_related("author")),
+        "final_stage_display": services.label_display(case.final_stage) if case.final_stage else "",
+        "signed_out_stage_display": services.label_display(case.signed_out_stage) if case.signed_out_stage else "",
+        "decision_support_note": DECISION_SUPPORT_NOTE,
+        "generated_at": timezone.now(),
+    }
+
+
+def _image_flowable(field, width_cm):
+    from reportlab.lib.units import cm
+    from reportlab.platypus import Image as RLImage
+    from reportlab.platypus import Paragraph
+    from reportlab.lib.styles import getSampleStyleSheet
+
+    try:
+        with field.open("rb") as fh:
+            data = io.BytesIO(fh.read())
+        from PIL import Image
+
+        with Image.open(data) as img:
+            w, h = img.size
+        data.seek(0)
+        width = width_cm * cm
+        return RLImage(data, width=width, height=width * h / w)
+    except Exception:
+        return Paragraph("(image unavailable)", getSampleStyleSheet()["Normal"])
+
+
+def case_report_pdf(case):
+    """The case report as PDF bytes (reportlab, no system libraries)."""
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.lib.units import cm
+    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+    from xml.sax.saxutils import escape
+
+    ctx = report_context(case)
+    styles = getSampleStyleSheet()
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(
+        buf, pagesize=A4, title=f"LeukPortal case report {case.accession_number}", author="LeukPortal",
+        leftMargin=1.8 * cm, rightMargin=1.8 * cm, topMargin=1.5 * cm, bottomMargin=1.5 * cm,
+    )
+    p = lambda text, style="Normal": Paragraph(escape(str(text)), styles[style])  # noqa: E731
+    story = [p(f"Case report {case.accession_number}", "Title")]
+    patient = case.patient
+    info = [
+        ["Patient", patient.lab_id, "Accession", case.accession_number],
+        ["Sex", patient.get_sex_display(), "Birth year", str(patient.birth_year or "–")],
+        ["Case opened", f"{case.created_at:%Y-%m-%d %H:%M}", "Opened by", case.created_by.email],
+        ["Final stage", ctx["final_stage_display"] or "not set", "Model", ", ".join(ctx["model_versions"]) or "–"],
+        ["Signed out by", case.signed_out_by.email if case.signed_out_by else "NOT SIGNED OUT",
+         "Signed out at", f"{case.signed_out_at:%Y-%m-%d %H:%M %Z}" if case.signed_out_at else "–"],
+    ]
+    if case.signed_out_stage and case.signed_out_stage != case.final_stage:
+        info.append(["Stage at sign-out", ctx["signed_out_stage_display"], "Amended by", "addendum (below)"])
+    table = Table(info, colWidths=[3.2 * cm, 5.3 * cm, 3.2 * cm, 5.3 * cm])
+    table.setStyle(TableStyle([
+        ("FONTNAME", (0, 0), (0, -1), "Helvetica-Bold"), ("FONTNAME", (2, 0), (2, -1), "Helvetica-Bold"),
+        ("GRID", (0, 0), (-1, -1), 0.25, colors.grey), ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ("FONTSIZE", (0, 0), (-1, -1), 9),
+    ]))
+    story += [table, Spacer(1, 0.3 * cm)]
+    if case.review_comment:
+        story += [p("Pathologist's comment", "Heading3"), p(case.review_comment)]
+    if case.clinical_note:
+        story += [p("Clinical note", "Heading3"), p(case.clinical_note)]
+    story += [p("Smears", "Heading2")]
+    rows = [["Thumbnail", "Heat map", "Smear", "Model", "Final label"]]
+    for smear in ctx["smears"]:
+        pred = getattr(smear, "prediction", None)
+        model = (f"{pred.get_stage_display()} ({pred.confidence:.2f})\n" +
+                 " ".join(f"{k} {v:.2f}" for k, v in pred.probabilities.items())) if pred else smear.get_status_display()
+        heat = _image_flowable(pred.heatmap, 3.2) if pred and pred.heatmap else p("heat map unavailable")
+        final = services.label_display(smear.review_label) if smear.review_label else "not reviewed"
+        if smear.review_reason:
+            final += f"\nReason: {smear.review_reason}"
+        rows.append([
+            _image_flowable(smear.thumbnail, 3.2) if smear.thumbnail else p("–"), heat,
+            Paragraph(escape(smear.original_filename), styles["BodyText"]),
+            Paragraph(escape(model).replace("\n", "<br/>"), styles["BodyText"]),
+            Paragraph(escape(final).replace("\n", "<br/>"), styles["BodyText"]),
+        ])
+    smear_table = Table(rows, colWidths=[3.5 * cm, 3.5 * cm, 3.3 * cm, 3.7 * cm, 3 * cm], repeatRows=1)
+    smear_table.setStyle(TableStyle([
+        ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"), ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"), ("FONTSIZE", (0, 0), (-1, -1), 8),
+    ]))
+    story.append(smear_table)
+    if ctx["addenda"]:
+        story.append(p("Addenda", "Heading2"))
+        for addendum in ctx["addenda"]:
+            change = ""
+            if addendum.new_final_stage:
+                change = (f" Final stage changed from {services.label_display(addendum.previous_final_stage)} "
+                          f"to {services.label_display(addendum.new_final_stage)}.")
+            story.append(p(f"{addendum.created_at:%Y-%m-%d %H:%M} · {addendum.author.email}: {addendum.text}{change}"))
+    story += [Spacer(1, 0.4 * cm), p(DECISION_SUPPORT_NOTE, "Italic"),
+              p(f"Generated {ctx['generated_at']:%Y-%m-%d %H:%M %Z} by LeukPortal.", "Italic")]
+    doc.build(story)
+    return buf.getvalue()
+
+
+def export_zip_response(smears):
+    """The export (class folders + labels.csv) as a zip download."""
+    tmp = Path(tempfile.mkdtemp(prefix="leukportal-export-"))
+    try:
+        services.export_reviewed(tmp / "reviewed", smears)
+        out = tempfile.TemporaryFile()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted((tmp / "reviewed").rglob("*")):
+                if path.is_file():
+                    zf.write(path, Path("reviewed") / path.relative_to(tmp / "reviewed"))
+        out.seek(0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    stamp = timezone.now().strftime("%Y%m%d-%H%M")
+    return FileResponse(out, as_attachment=True, filename=f"leukportal-reviewed-{stamp}.zip",
+                        content_type="application/zip")

@@ -1,0 +1,199 @@
+"""Pathologist review: work queue, review screen, sign-out, addenda, report,
+dashboard; and the technician's upload queue. Rules live in services.py."""
+import io
+
+from django.contrib import messages
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
+from django.views import View
+from django.views.generic import DetailView, TemplateView
+
+from accounts.mixins import RolePermissionRequiredMixin
+
+from . import reports, services
+from .models import Case, RejectedUpload, Smear
+
+
+class ReviewQueueView(RolePermissionRequiredMixin, TemplateView):
+    permission_required = "diagnosis.review_case"
+    template_name = "diagnosis/review_queue.html"
+
+    def get_context_data(self, **kwargs):
+        from django.conf import settings
+
+        return super().get_context_data(
+            entries=services.review_queue(), threshold=settings.REVIEW_LOW_CONFIDENCE_THRESHOLD, **kwargs
+        )
+
+
+class CaseReviewView(RolePermissionRequiredMixin, DetailView):
+    permission_required = "diagnosis.review_case"
+    template_name = "diagnosis/case_review.html"
+    queryset = Case.objects.select_related("patient", "created_by", "signed_out_by")
+    context_object_name = "case"
+
+    def get_context_data(self, **kwargs):
+        ctx = super().get_context_data(**kwargs)
+        case = self.object
+        smears = list(case.smears.select_related("prediction", "reviewed_by"))
+        for smear in smears:
+            smear.allowed_labels = [(label, services.label_display(label)) for label in services.labels_for_smear(smear)]
+        ctx.update(
+            smears=smears,
+            final_labels=[(label, services.label_display(label)) for label in services.labels_for_case(case)],
+            problems=services.sign_out_problems(case),
+            addenda=case.addenda.select_related("author"),
+            audit_events=case.audit_events.select_related("actor", "smear"),
+        )
+        return ctx
+
+
+class SmearReviewView(RolePermissionRequiredMixin, View):
+    permission_required = "diagnosis.review_case"
+    http_method_names = ["post"]
+
+    def post(self, request, pk):
+        smear = get_object_or_404(Smear.objects.select_related("case"), pk=pk)
+        try:
+            services.review_smear(smear, request.user, request.POST.get("label", ""), request.POST.get("reason", ""))
+        except services.CaseLocked as exc:
+            messages.error(request, str(exc))
+            return HttpResponse(str(exc), status=409) if _wants_status(request) else redirect(_review_url(smear.case))
+        except services.ReviewError as exc:
+            messages.error(request, f"“{smear.original_filename}”: {exc}")
+        else:
+            messages.success(request, f"“{smear.original_filename}” reviewed.")
+        return redirect(_review_url(smear.case) + f"#smear-{smear.pk}")
+
+
+class CaseFinalizeView(RolePermissionRequiredMixin, View):
+    """POST final stage + comment; action=save (review_case) or
+    action=sign_out (sign_out_case as well)."""
+
+    permission_required = "diagnosis.review_case"
+    http_method_names = ["post"]
+
+    def post(self, request, pk):
+        case = get_object_or_404(Case, pk=pk)
+        stage, comment = request.POST.get("final_stage", ""), request.POST.get("comment", "").strip()
+        signing = request.POST.get("action") == "sign_out"
+        if signing and not request.user.has_perm("diagnosis.sign_out_case"):
+            return self.handle_no_permission()
+        try:
+            if signing:
+                services.sign_out(case, request.user, stage, comment)
+                messages.success(request, f"Case {case.accession_number} signed out as {services.label_display(stage)}.")
+                return redirect(case)
+            services.set_final_stage(case, request.user, stage, comment)
+            messages.success(request, "Final stage and comment saved (not signed out yet).")
+        except services.CaseLocked as exc:
+            messages.error(request, str(exc))
+            return HttpResponse(str(exc), status=409) if _wants_status(request) else redirect(case)
+        except services.ReviewError as exc:
+            messages.error(request, str(exc))
+        return redirect(_review_url(case))
+
+
+class AddendumView(RolePermissionRequiredMixin, View):
+    permission_required = "diagnosis.sign_out_case"
+    http_method_names = ["post"]
+
+    def post(self, request, pk):
+        case = get_object_or_404(Case, pk=pk)
+        try:
+            services.add_addendum(case, request.user, request.POST.get("text", ""), request.POST.get("final_stage", ""))
+            messages.success(request, "Addendum added.")
+        except services.ReviewError as exc:
+            messages.error(request, str(exc))
+        return redirect(case)
+
+
+def _review_url(case):
+    return reverse("diagnosis:case_review", args=[case.pk])
+
+
+def _wants_status(request):
+    return request.headers.get("Accept", "").startswith("application/json")
+
+
+class CaseReportView(RolePermissionRequiredMixin, DetailView):
+    """Printable case report (HTML with print CSS)."""
+
+    permission_required = ("diagnosis.view_case", "diagnosis.view_smear")
+    template_name = "diagnosis/case_report.html"
+    queryset = Case.objects.select_related("patient", "created_by", "signed_out_by")
+    context_object_name = "case"
+
+    def get_context_data(self, **kwargs):
+        ctx = super().get_context_data(**kwargs)
+        ctx.update(reports.report_context(self.object))
+        return ctx
+
+
+class CaseReportPdfView(RolePermissionRequiredMixin, View):
+    permission_required = ("diagnosis.view_case", "diagnosis.view_smear")
+
+    def get(self, request, pk):
+        case = get_object_or_404(Case.objects.select_related("patient", "created_by", "signed_out_by"), pk=pk)
+        pdf = reports.case_report_pdf(case)
+        response = HttpResponse(pdf, content_type="application/pdf")
+        response["Content-Disposition"] = f'attachment; filename="report-{case.accession_number}.pdf"'
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class DashboardView(RolePermissionRequiredMixin, TemplateView):
+    permission_required = "diagnosis.view_review_dashboard"
+    template_name = "diagnosis/dashboard.html"
+
+    def get_context_data(self, **kwargs):
+        stats = services.agreement_stats()
+        stats["matrix_display"] = [
+            (services.label_display(m), [(services.label_display(f), n, m == f) for f, n in zip(stats["labels"], row)])
+            for m, row in stats["matrix"]
+        ]
+        stats["labels_display"] = [services.label_display(label) for label in stats["labels"]]
+        return super().get_context_data(stats=stats, **kwargs)
+
+
+class UploadQueueView(RolePermissionRequiredMixin, TemplateView):
+    """The technician's recent uploads with live status, and their rejected files."""
+
+    permission_required = "diagnosis.add_smear"
+    template_name = "diagnosis/upload_queue.html"
+    LIMIT = 50
+
+    def get_context_data(self, **kwargs):
+        user = self.request.user
+        smears = (
+            Smear.objects.filter(uploaded_by=user)
+            .select_related("prediction", "case", "case__patient")
+            .order_by("-created_at", "-pk")[: self.LIMIT]
+        )
+        rejected = RejectedUpload.objects.filter(uploaded_by=user).select_related("case")[: self.LIMIT]
+        return super().get_context_data(smears=smears, rejected=rejected, **kwargs)
+
+
+class UploadQueueStatusView(RolePermissionRequiredMixin, View):
+    """JSON for the upload queue page, in the shape case_status.js reads."""
+
+    permission_required = "diagnosis.add_smear"
+
+    def get(self, request):
+        ids = Smear.objects.filter(uploaded_by=request.user).order_by("-created_at", "-pk").values_list("pk", flat=True)
+        payload = services.smears_status_payload(
+            Smear.objects.filter(pk__in=list(ids[: UploadQueueView.LIMIT])), request.user
+        )
+        response = JsonResponse(payload)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class ExportView(RolePermissionRequiredMixin, View):
+    """Zip of the reviewed-smear export (same content as `manage.py export_reviewed`)."""
+
+    permission_required = "diagnosis.export_reviewed"
+
+    def get(self, request):
+        return reports.export_zip_response(services.reviewed_smears())
