@@ -1,0 +1,31 @@
+"""Fixtures for the review tests: the diagnosis fixtures plus classified smears."""
+import pytest
+
+from tests.diagnosis.conftest import fast_password_hasher, media_root, sent_messages, smear_factory  # noqa: F401
+
+
+def result(stage, confidence=0.8, model="fake_model", version="0.0-test"):
+    others = [s for s in ("Benign", "Early", "Pre", "Pro") if s != stage]
+    rest = (1 - confidence) / 3
+    probabilities = {stage: confidence, **{s: rest for s in others}}
+    return {"stage": stage, "probabilities": probabilities, "model": model, "model_version": version}
+
+
+@pytest.fixture
+def classified(smear_factory, case):
+    """classified(stage, confidence=0.8, case_=None) -> a smear with a stored prediction."""
+    from diagnosis import services
+
+    def make(stage="Pre", confidence=0.8, case_=None):
+        smear = smear_factory(status="processing", case_=case_ or case)
+        services.record_prediction(smear.pk, result(stage, confidence), 5)
+        smear.refresh_from_db()
+        return smear
+
+    return make
+
+
+@pytest.fixture
+def path_client(client, pathologist):
+    client.force_login(pathologist)
+    return client

@@ -1,0 +1,86 @@
+"""Learning from review: the agreement dashboard, the export (command, view,
+admin action) and the case report (HTML and PDF)."""
+import csv
+import io
+import zipfile
+
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+
+from diagnosis import services
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def reviewed(classified, case, pathologist, patient, technician):
+    """Signed-out case: Pre confirmed, Pro changed to Pre; plus an unsigned reviewed case."""
+    from diagnosis.models import Case
+
+    a, b = classified("Pre"), classified("Pro")
+    services.review_smear(a, pathologist, "Pre")
+    services.review_smear(b, pathologist, "Pre", "Cytology is Pre-B.")
+    services.sign_out(case, pathologist, "Pre", "Pre-B ALL.")
+    other = Case.objects.create(patient=patient, accession_number="ACC-UNSIGNED", created_by=technician)
+    c = classified("Early", case_=other)
+    services.review_smear(c, pathologist, "Early")
+    return a, b, c
+
+
+def test_agreement_and_confusion_matrix(reviewed, path_client):
+    stats = services.agreement_stats()
+    assert stats["n"] == 2 and stats["agree"] == 1 and stats["agreement"] == pytest.approx(0.5)
+    matrix = dict(stats["matrix"])
+    labels = stats["labels"]
+    assert matrix["Pre"][labels.index("Pre")] == 1 and matrix["Pro"][labels.index("Pre")] == 1
+    page = path_client.get(reverse("diagnosis:dashboard")).content.decode()
+    assert "50 %" in page and "1 of 2 reviewed smears" in page
+
+
+def test_export_command_writes_class_folders_and_csv(reviewed, tmp_path, case, pathologist):
+    a, b, _ = reviewed
+    dest = tmp_path / "export"
+    call_command("export_reviewed", str(dest))
+    assert sorted(p.name for p in dest.iterdir()) == ["Benign", "Early", "Pre", "Pro", "labels.csv"]
+    assert sorted(p.name for p in (dest / "Pre").iterdir()) == [f"{case.accession_number}-{a.pk}.png", f"{case.accession_number}-{b.pk}.png"]
+    assert not any((dest / "Early").iterdir())  # the unsigned case is not exported
+    rows = list(csv.DictReader((dest / "labels.csv").open()))
+    assert [r["file"] for r in rows] == [f"Pre/{case.accession_number}-{a.pk}.png", f"Pre/{case.accession_number}-{b.pk}.png"]
+    assert [(r["final_label"], r["model_label"]) for r in rows] == [("Pre", "Pre"), ("Pre", "Pro")]
+    assert {r["model_version"] for r in rows} == {"fake_model 0.0-test"}
+    assert rows[1]["reviewer"] == pathologist.email and rows[1]["case_accession"] == case.accession_number
+    assert rows[0]["sha256"] == a.sha256
+    with a.image.open("rb") as fh:
+        assert (dest / rows[0]["file"]).read_bytes() == fh.read()
+    with pytest.raises(Exception, match="not empty"):
+        call_command("export_reviewed", str(dest))
+
+
+def test_export_zip_and_admin_action(reviewed, path_client, client, make_user, case):
+    response = path_client.get(reverse("diagnosis:export_reviewed"))
+    names = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()
+    assert "reviewed/labels.csv" in names and len([n for n in names if n.startswith("reviewed/Pre/")]) == 2
+    client.force_login(make_user("Admin", is_staff=True))
+    response = client.post(
+        reverse("admin:diagnosis_case_changelist"), {"action": "export_reviewed", "_selected_action": [case.pk]}
+    )
+    assert response["Content-Type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()
+    assert len([n for n in names if n.endswith(".png")]) == 2
+
+
+def test_report_html_and_pdf(reviewed, path_client, case, pathologist):
+    services.add_addendum(case, pathologist, "Flow cytometry confirms.", "")
+    html = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
+    for text in (case.accession_number, case.patient.lab_id, "Pre-B", "fake_model 0.0-test", pathologist.email,
+                 "decision support", "Flow cytometry confirms.", "window.print()"):
+        assert text in html
+    response = path_client.get(reverse("diagnosis:case_report_pdf", args=[case.pk]))
+    assert response["Content-Type"] == "application/pdf" and response.content.startswith(b"%PDF")
+    from pypdf import PdfReader
+
+    text = " ".join(" ".join(page.extract_text() for page in PdfReader(io.BytesIO(response.content)).pages).split())
+    for expected in (case.accession_number, case.patient.lab_id, "Final stage", "Pre-B", "fake_model 0.0-test",
+                     pathologist.email, "decision support", "Cytology is Pre-B.", "Flow cytometry confirms."):
+        assert expected in text, expected
