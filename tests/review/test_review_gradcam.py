@@ -1,0 +1,76 @@
+"""Grad-CAM with the real predictor: shape of the heat map, and the worker
+storing the overlay beside the prediction; a Grad-CAM failure keeps the
+prediction and records "heat map unavailable"."""
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from diagnosis import services, tasks
+from diagnosis.models import Prediction
+
+pytestmark = pytest.mark.django_db
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "taleqani-all" / "Pre"
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    ml = pytest.importorskip("ml")
+    try:
+        return ml.load_predictor()
+    except Exception as exc:  # no weights in this checkout
+        pytest.skip(f"no predictor: {exc}")
+
+
+def smear_image_bytes():
+    files = sorted(DATA.glob("*.jpg"))[:1] if DATA.is_dir() else []
+    if files:
+        return files[0].read_bytes(), (Image.open(files[0]).size)
+    img = Image.new("RGB", (300, 260), (230, 215, 225))
+    ImageDraw.Draw(img).ellipse([80, 70, 200, 190], fill=(120, 60, 150))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue(), img.size
+
+
+def test_gradcam_shape_and_overlay_size(predictor):
+    from ml.explain import gradcam, overlay
+
+    data, size = smear_image_bytes()
+    image = Image.open(io.BytesIO(data))
+    heatmap, explained = gradcam(predictor, image)
+    assert heatmap.shape == (224, 224) and heatmap.dtype.name == "float32"
+    assert 0.0 <= heatmap.min() and heatmap.max() <= 1.0
+    assert explained in predictor.classes
+    assert overlay(image, heatmap).size == size
+
+
+def test_task_stores_prediction_and_heatmap(predictor, smear_factory):
+    from django.core.files.base import ContentFile
+
+    data, size = smear_image_bytes()
+    smear = smear_factory()
+    smear.image.save("real.jpg", ContentFile(data), save=True)
+    assert tasks.classify_smear(smear.pk) == "done"
+    prediction = Prediction.objects.get(smear=smear)
+    assert prediction.stage in predictor.classes and prediction.heatmap and prediction.heatmap_error == ""
+    with prediction.heatmap.open("rb") as fh:
+        assert Image.open(fh).size == size
+
+
+def test_gradcam_failure_keeps_the_prediction(predictor, smear_factory, monkeypatch):
+    import ml.explain
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no gradients today")
+
+    monkeypatch.setattr(ml.explain, "gradcam", broken)
+    smear = smear_factory()
+    assert tasks.classify_smear(smear.pk) == "done"
+    prediction = Prediction.objects.get(smear=smear)
+    smear.refresh_from_db()
+    assert smear.status == "done" and not prediction.heatmap
+    assert "Heat map unavailable" in prediction.heatmap_error and "no gradients today" in prediction.heatmap_error
+    assert smear.audit_events.filter(action="prediction").exists()
