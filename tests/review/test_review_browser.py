@@ -1,0 +1,128 @@
+"""In headless Chromium: a technician uploads smears (one rejected), the worker
+classifies them (real predictor and Grad-CAM when available), a pathologist
+works the queue, toggles the heat map, reclassifies with a reason, signs out,
+and opens the report. Screenshots go to docs/screenshots/."""
+import io
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from diagnosis import tasks
+from diagnosis.models import AuditEvent, Case, Patient
+from tests.portal_testutils import PASSWORD
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data" / "taleqani-all"
+SHOTS = REPO / "docs" / "screenshots"
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+def smear_files(tmp_path):
+    paths = []
+    for label in ("Pre", "Pro"):
+        found = sorted((DATA / label).glob("*.jpg"))[:1] if (DATA / label).is_dir() else []
+        if found:
+            paths.append(found[0])
+            continue
+        img = Image.new("RGB", (224, 224), (230, 215, 225))
+        ImageDraw.Draw(img).ellipse([60, 60 + len(paths) * 10, 160, 160], fill=(120, 60, 150))
+        path = tmp_path / f"{label.lower()}.png"
+        img.save(path)
+        paths.append(path)
+    bad = tmp_path / "scanner-notes.txt"
+    bad.write_text("not an image")
+    return paths + [bad]
+
+
+def login(page, base, user):
+    page.goto(base + "/accounts/login/")
+    page.fill("input[name=login]", user.email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/cases/")
+
+
+def shot(page, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+
+
+def test_upload_review_sign_out_report(browser, live_server, technician, pathologist, tmp_path, sent_messages):
+    base = live_server.url
+    patient = Patient.objects.create(lab_id="P-5150", sex="M", birth_year=1991, created_by=technician)
+    case = Case.objects.create(patient=patient, accession_number="ACC-2026-0420", created_by=technician,
+                               clinical_note="Suspected ALL; blasts on film.")
+
+    tech = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    login(tech, base, technician)
+    tech.goto(base + f"/cases/{case.pk}/upload/")
+    tech.set_input_files("input[type=file]", [str(p) for p in smear_files(tmp_path)])
+    tech.click("input[type=submit], button[type=submit]")
+    tech.wait_for_url(base + case.get_absolute_url())
+    assert "scanner-notes.txt" in tech.inner_text("[data-rejected]")
+    assert len(sent_messages) == 2
+
+    for smear_id in sent_messages:  # the worker's part, in this process
+        assert tasks.classify_smear(smear_id) == "done"
+    tech.goto(base + "/uploads/")
+    assert tech.locator("#smears .smear-status-done").count() == 2
+    assert "not an image" in tech.inner_text("[data-rejected]")
+    shot(tech, "upload_queue.png")
+
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    login(page, base, pathologist)
+    page.goto(base + "/review/")
+    assert page.locator(f'[data-review-queue] tr[data-case="{case.pk}"]').count() == 1
+    shot(page, "review_queue.png")
+    page.click(f'tr[data-case="{case.pk}"] a:has-text("Review")')
+    page.wait_for_url(base + f"/cases/{case.pk}/review/")
+
+    smears = list(case.smears.select_related("prediction").order_by("pk"))
+    first, second = smears
+    if first.prediction.heatmap:
+        page.check(f"#heat-{first.pk}")
+        assert page.locator(f'#smear-{first.pk} .viewer.show-heat').count() == 1
+    shot(page, "review.png")
+
+    # Confirm the first smear; reclassify the second with a reason.
+    page.click(f"#smear-{first.pk} form[data-review-form] button[type=submit]")
+    page.wait_for_selector(f"#smear-{first.pk} [data-review-state]")
+    other = next(label for label in ("Pre", "Pro", "Early", "Benign") if label != second.prediction.stage)
+    page.select_option(f"#label-{second.pk}", other)
+    page.fill(f"#smear-{second.pk} textarea[name=reason]", "Coarser chromatin than the model suggests.")
+    page.click(f"#smear-{second.pk} form[data-review-form] button[type=submit]")
+    page.wait_for_selector(f"#smear-{second.pk} [data-review-state]")
+
+    page.select_option("#final-stage", other)
+    page.fill("#comment", "Morphology consistent with ALL; see flow cytometry.")
+    page.click("button[value=sign_out]")
+    page.wait_for_url(base + case.get_absolute_url())
+    assert "Signed out (locked)" in page.inner_text("[data-signout]")
+    actions = set(AuditEvent.objects.filter(case=case).values_list("action", flat=True))
+    assert {"upload", "upload_rejected", "prediction", "confirm", "override", "sign_out"} <= actions
+    shot(page, "case_signed_out.png")
+
+    page.goto(base + f"/cases/{case.pk}/report/")
+    assert case.accession_number in page.inner_text("[data-report]")
+    assert pathologist.email in page.inner_text("[data-report]")
+    shot(page, "report.png")
+    page.emulate_media(media="print")
+    assert not page.is_visible("nav.navbar")
