@@ -57,6 +57,11 @@ class CaseAdmin(admin.ModelAdmin):
     inlines = [SmearInline]
     actions = ["export_reviewed"]
 
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and obj.is_signed_out:  # locked: changes go through addenda in the portal
+            return [f.name for f in self.model._meta.fields]
+        return super().get_readonly_fields(request, obj)
+
     @admin.action(description="Export reviewed smears of the selected signed-out cases (zip)",
                   permissions=["export_reviewed"])
     def export_reviewed(self, request, queryset):

@@ -130,7 +130,10 @@ def add_smears(case, uploads, user):
     """Validate every file; store the valid ones (file + DB row) in one
     transaction, and queue one classification per smear only once that
     transaction has committed. Rejected files are returned with reasons;
-    they never prevent the valid ones from being stored."""
+    they never prevent the valid ones from being stored. A signed-out case
+    takes no more smears (CaseLocked)."""
+    if Case.objects.filter(pk=case.pk, signed_out_at__isnull=False).exists():
+        raise CaseLocked(f"Case {case.accession_number} is signed out; it takes no more smears.")
     checked, rejected = [], []
     seen = dict(case.smears.values_list("sha256", "original_filename"))
     for upload in uploads:

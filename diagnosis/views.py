@@ -107,7 +107,11 @@ class SmearUploadView(RolePermissionRequiredMixin, SingleObjectMixin, FormView):
         return super().post(request, *args, **kwargs)
 
     def form_valid(self, form):
-        outcome = services.add_smears(self.object, form.cleaned_data["images"], self.request.user)
+        try:
+            outcome = services.add_smears(self.object, form.cleaned_data["images"], self.request.user)
+        except services.CaseLocked as exc:
+            messages.error(self.request, str(exc))
+            return redirect(self.object)
         for name, reason in outcome.rejected:
             messages.error(self.request, f"“{name}” was not accepted: {reason}")
         if not outcome.accepted:

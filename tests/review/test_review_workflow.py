@@ -202,3 +202,12 @@ def test_upload_queue_status_json_and_retry_returns_to_queue(tech_client, techni
     response = tech_client.post(reverse("diagnosis:smear_retry", args=[mine.pk]), {"next": reverse("diagnosis:upload_queue")})
     assert response.url == reverse("diagnosis:upload_queue")
     assert AuditEvent.objects.filter(action="retry", actor=technician).exists()
+
+
+def test_signed_out_case_takes_no_more_smears(tech_client, signed_case):
+    response = tech_client.post(
+        reverse("diagnosis:smear_upload", args=[signed_case.pk]), {"images": [upload("late.png", image_bytes(seed=9))]}
+    )
+    assert response.status_code == 302
+    assert signed_case.smears.count() == 1
+    assert not AuditEvent.objects.filter(case=signed_case, action="upload", smear__original_filename="late.png").exists()
