@@ -219,11 +219,17 @@ def teacher_soft_targets(config: TrainConfig, train_set, classes, log) -> torch.
     mean = torch.tensor(mldata.IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(mldata.IMAGENET_STD).view(1, 3, 1, 1)
     targets = []
-    for start in range(0, len(train_set), 64):
+    starts = range(0, len(train_set), 64)
+    if config.progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="teacher soft labels", leave=False)
+    for start in starts:
         images = train_set.images[start:start + 64].float() / 255.0
         views = [torch.rot90(v, k, dims=(-2, -1)) for v in (images, images.flip(-1)) for k in range(4)]
         probs = sum(torch.softmax(teacher((v - mean) / std) / config.distill_temperature, dim=1) for v in views)
         targets.append(probs / len(views))
+    log(f"distillation: soft labels for {len(train_set)} training images ready")
     return torch.cat(targets)
 
 
