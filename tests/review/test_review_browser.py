@@ -2,7 +2,6 @@
 classifies them (real predictor and Grad-CAM when available), a pathologist
 works the queue, toggles the heat map, reclassifies with a reason, signs out,
 and opens the report. Screenshots go to docs/screenshots/."""
-import io
 import os
 import shutil
 from pathlib import Path

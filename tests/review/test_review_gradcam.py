@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from diagnosis import services, tasks
+from diagnosis import tasks
 from diagnosis.models import Prediction
 
 pytestmark = pytest.mark.django_db

@@ -80,7 +80,9 @@ def test_report_html_and_pdf(reviewed, path_client, case, pathologist):
     assert response["Content-Type"] == "application/pdf" and response.content.startswith(b"%PDF")
     from pypdf import PdfReader
 
-    text = " ".join(" ".join(page.extract_text() for page in PdfReader(io.BytesIO(response.content)).pages).split())
+    reader = PdfReader(io.BytesIO(response.content))
+    text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
+    assert sum(len(page.images) for page in reader.pages) >= 2  # the smears' thumbnails
     for expected in (case.accession_number, case.patient.lab_id, "Final stage", "Pre-B", "fake_model 0.0-test",
                      pathologist.email, "decision support", "Cytology is Pre-B.", "Flow cytometry confirms."):
         assert expected in text, expected
