@@ -47,6 +47,7 @@ test: install
 
 screenshots: migrate
 	$(PY) scripts/screenshots.py
+	SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest -q tests/review/test_review_browser.py
 
 clean-var:
 	rm -rf var/celery var/celerybeat-schedule*

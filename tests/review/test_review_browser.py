@@ -1,9 +1,12 @@
 """In headless Chromium: a technician uploads smears (one rejected), the worker
 classifies them (real predictor and Grad-CAM when available), a pathologist
 works the queue, toggles the heat map, reclassifies with a reason, signs out,
-and opens the report. Screenshots go to docs/screenshots/."""
+and opens the report. Screenshots go to $SCREENSHOT_DIR (`make screenshots` sets it to
+docs/screenshots/ to refresh the README's pictures), else to a temporary folder, so a test
+run never rewrites committed files."""
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data" / "taleqani-all"
-SHOTS = REPO / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "leukportal-screenshots")
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
