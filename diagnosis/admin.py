@@ -32,7 +32,7 @@ class PatientAdmin(admin.ModelAdmin):
 
 class SmearInline(admin.TabularInline):
     model = Smear
-    fields = ["original_filename", "status", "attempts", "error", "created_at"]
+    fields = ["original_filename", "kind", "status", "attempts", "error", "created_at"]
     readonly_fields = fields
     extra = 0
     show_change_link = True
@@ -80,15 +80,15 @@ class CaseAdmin(admin.ModelAdmin):
 
 @admin.register(Smear)
 class SmearAdmin(admin.ModelAdmin):
-    list_display = ["original_filename", "case", "status", "attempts", "width", "height", "uploaded_by", "created_at"]
-    list_filter = ["status", "image_format", "created_at"]
+    list_display = ["original_filename", "case", "kind", "status", "attempts", "width", "height", "uploaded_by", "created_at"]
+    list_filter = ["kind", "status", "image_format", "created_at"]
     search_fields = ["original_filename", "sha256", "case__accession_number", "case__patient__lab_id"]
     list_select_related = ["case", "uploaded_by"]
     actions = ["retry_failed"]
     # Smears are created by the upload page (validation, hashing, queueing) and
     # changed only by the workflow; the admin shows them.
     readonly_fields = [
-        "case", "image", "thumbnail", "sha256", "width", "height", "image_format", "size_bytes",
+        "case", "kind", "image", "thumbnail", "sha256", "width", "height", "image_format", "size_bytes",
         "original_filename", "uploaded_by", "status", "error", "attempts", "claimed_at", "created_at", "updated_at",
         "review_label", "review_reason", "reviewed_by", "reviewed_at",
     ]
@@ -109,10 +109,14 @@ class SmearAdmin(admin.ModelAdmin):
 class PredictionAdmin(admin.ModelAdmin):
     """Model output is a record: read-only here."""
 
-    list_display = ["smear", "stage", "prob_benign", "prob_early", "prob_pre", "prob_pro", "model_name", "model_version", "latency_ms", "created_at"]
-    list_filter = ["stage", "model_name", "model_version", "created_at"]
+    list_display = ["smear", "task", "label", "probabilities_text", "threshold", "model_name", "model_version", "latency_ms", "created_at"]
+    list_filter = ["task", "label", "model_name", "model_version", "created_at"]
     search_fields = ["smear__original_filename", "smear__case__accession_number", "smear__case__patient__lab_id"]
     list_select_related = ["smear__case"]
+
+    @admin.display(description="probabilities")
+    def probabilities_text(self, obj):
+        return ", ".join(f"{label} {p:.3f}" for label, p in obj.ordered_probabilities())
 
     def has_add_permission(self, request):
         return False

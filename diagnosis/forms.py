@@ -3,7 +3,7 @@ from crispy_forms.layout import Submit
 from django import forms
 from django.conf import settings
 
-from .models import Case, Patient, Stage
+from .models import Case, Patient, Smear, Stage
 from .services import ALLOWED_FORMATS
 
 
@@ -53,6 +53,13 @@ class MultipleFileField(forms.FileField):
 
 
 class SmearUploadForm(forms.Form):
+    kind = forms.ChoiceField(
+        label="What the images are",
+        choices=Smear.Kind.choices,
+        widget=forms.RadioSelect,
+        help_text="One kind per upload: blood-smear fields are staged; single segmented white cells are "
+        "screened for leukaemic blasts.",
+    )
     images = MultipleFileField(
         label="Smear images",
         widget=MultipleFileInput(attrs={"accept": ".jpg,.jpeg,.png,.tif,.tiff,.bmp,image/*"}),

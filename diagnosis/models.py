@@ -17,13 +17,16 @@ class Stage(models.TextChoices):
     PRO = "Pro", "Pro-B"
 
 
-#: Prediction field holding each class probability.
-PROBABILITY_FIELDS = {
-    Stage.BENIGN: "prob_benign",
-    Stage.EARLY: "prob_early",
-    Stage.PRE: "prob_pre",
-    Stage.PRO: "prob_pro",
-}
+class CellLabel(models.TextChoices):
+    """The classes of the single-cell screening model (ml predictor.classes)."""
+
+    BLAST = "blast", "Blast"
+    NORMAL = "normal", "Normal"
+
+
+#: The label set of each model, in the model's order.
+STAGING_LABELS = tuple(Stage.values)
+SCREENING_LABELS = tuple(CellLabel.values)
 
 
 class Patient(models.Model):
@@ -119,15 +122,42 @@ class Case(models.Model):
         Returns (stage, confidence, n_smears) or (None, None, 0) when no smear
         has been classified yet. This is the only implementation of the rule.
         """
-        predictions = list(Prediction.objects.filter(smear__case=self, smear__status=Smear.Status.DONE))
+        predictions = list(
+            Prediction.objects.filter(smear__case=self, smear__status=Smear.Status.DONE, smear__kind=Smear.Kind.FIELD)
+        )
         if not predictions:
             return None, None, 0
         means = {
-            stage: sum(getattr(p, field) for p in predictions) / len(predictions)
-            for stage, field in PROBABILITY_FIELDS.items()
+            stage: sum(float(p.probabilities.get(stage, 0.0)) for p in predictions) / len(predictions)
+            for stage in Stage
         }
         best = max(Stage, key=lambda s: means[s])  # ties: first class in model order
         return best, means[best], len(predictions)
+
+    def screening_summary(self):
+        """Single-cell screening of this case: cells uploaded, screened
+        (classified), flagged as blast by the model (label from its
+        sensitivity-tuned threshold), and reviewed / called blast by the
+        pathologist. This is the only implementation of the rule."""
+        cells = list(self.smears.filter(kind=Smear.Kind.CELL).select_related("prediction"))
+        screened = [c for c in cells if c.status == Smear.Status.DONE and hasattr(c, "prediction")]
+        flagged = sum(1 for c in screened if c.prediction.label == CellLabel.BLAST)
+        reviewed = [c for c in screened if c.review_label]
+        confirmed = sum(1 for c in reviewed if c.review_label == CellLabel.BLAST)
+        thresholds = sorted({c.prediction.threshold for c in screened if c.prediction.threshold is not None})
+        return {
+            "cells": len(cells),
+            "screened": len(screened),
+            "flagged": flagged,
+            "flagged_fraction": flagged / len(screened) if screened else None,
+            "reviewed": len(reviewed),
+            "reviewed_blasts": confirmed,
+            "reviewed_fraction": confirmed / len(reviewed) if reviewed else None,
+            "thresholds": thresholds,
+        }
+
+    def has_field_smears(self):
+        return self.smears.filter(kind=Smear.Kind.FIELD).exists()
 
     def smear_counts(self):
         counts = {s: 0 for s in Smear.Status.values}
@@ -158,7 +188,14 @@ class Smear(models.Model):
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
 
+    class Kind(models.TextChoices):
+        """What the image is, chosen at upload; decides the model."""
+
+        FIELD = "field", "Blood-smear field (staging)"
+        CELL = "cell", "Single segmented cell (blast screening)"
+
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="smears")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.FIELD, db_index=True)
     image = models.FileField(upload_to=smear_upload_to, max_length=255)
     thumbnail = models.FileField(upload_to=thumbnail_upload_to, max_length=255, blank=True)
     sha256 = models.CharField(max_length=64, db_index=True)
@@ -196,23 +233,36 @@ class Smear(models.Model):
         return self.status == self.Status.FAILED
 
     @property
+    def is_cell(self):
+        return self.kind == self.Kind.CELL
+
+    @property
     def is_overridden(self):
         prediction = getattr(self, "prediction", None)
-        return bool(self.review_label and prediction and self.review_label != prediction.stage)
+        return bool(self.review_label and prediction and self.review_label != prediction.label)
 
 
 class Prediction(models.Model):
     """The model's output for one smear. One per smear: the database itself
-    refuses a second classification."""
+    refuses a second classification.
+
+    Either model fits: `label` is the model's answer (a staging stage for a
+    blood-smear field, "blast"/"normal" for a single cell), `probabilities`
+    maps each of the model's classes to its probability, and `threshold` is
+    the screening model's decision threshold on P(blast) (null for staging).
+    """
+
+    class Task(models.TextChoices):
+        STAGING = "staging", "Staging (blood-smear field)"
+        SCREENING = "screening", "Screening (single cell)"
 
     smear = models.OneToOneField(Smear, on_delete=models.PROTECT, related_name="prediction")
+    task = models.CharField(max_length=16, choices=Task.choices, default=Task.STAGING, db_index=True)
     model_name = models.CharField(max_length=100)
     model_version = models.CharField(max_length=100)
-    stage = models.CharField(max_length=8, choices=Stage.choices)
-    prob_benign = models.FloatField()
-    prob_early = models.FloatField()
-    prob_pre = models.FloatField()
-    prob_pro = models.FloatField()
+    label = models.CharField(max_length=32, db_index=True)
+    probabilities = models.JSONField(default=dict)
+    threshold = models.FloatField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
     # Grad-CAM overlay (PNG) for the predicted class, written by the worker
@@ -225,20 +275,48 @@ class Prediction(models.Model):
         ordering = ["-created_at"]
 
     def __str__(self):
-        return f"{self.get_stage_display()} for {self.smear}"
+        return f"{self.label_display} for {self.smear}"
 
     @property
-    def probabilities(self):
-        return {stage.value: getattr(self, field) for stage, field in PROBABILITY_FIELDS.items()}
+    def is_screening(self):
+        return self.task == self.Task.SCREENING
+
+    @property
+    def label_display(self):
+        return label_display(self.label)
 
     @property
     def confidence(self):
-        return getattr(self, PROBABILITY_FIELDS[Stage(self.stage)])
+        """Probability of the model's label."""
+        return float(self.probabilities.get(self.label, 0.0))
+
+    @property
+    def blast_probability(self):
+        return float(self.probabilities[CellLabel.BLAST]) if self.is_screening else None
 
     @property
     def labels(self):
-        """The label set of the model that made this prediction, in its order."""
-        return tuple(self.probabilities)
+        """The label set of the model that made this prediction, in its order.
+        (JSON objects may come back with sorted keys on MySQL, so the order
+        comes from the known label sets.)"""
+        keys = set(self.probabilities)
+        for known in (STAGING_LABELS, SCREENING_LABELS):
+            if keys == set(known):
+                return known
+        return tuple(sorted(keys))
+
+    def ordered_probabilities(self):
+        return [(label, float(self.probabilities[label])) for label in self.labels]
+
+
+def label_display(label):
+    """Human name of a model label ("Pre" -> "Pre-B", "blast" -> "Blast")."""
+    for choices in (Stage, CellLabel):
+        try:
+            return choices(label).label
+        except ValueError:
+            pass
+    return label
 
 
 class CaseAddendum(models.Model):

@@ -20,8 +20,14 @@ def report_context(case):
     smears = list(case.smears.select_related("prediction", "reviewed_by").order_by("created_at", "pk"))
     versions = sorted({f"{s.prediction.model_name} {s.prediction.model_version}".strip()
                        for s in smears if hasattr(s, "prediction")})
+    fields = [s for s in smears if s.kind != s.Kind.CELL]
+    cells = [s for s in smears if s.kind == s.Kind.CELL]
     return {
-        "smears": smears,
+        "smears": fields,
+        "cells": cells,
+        "screening": case.screening_summary(),
+        "screening_text": services.screening_summary_text(case, reviewed=False),
+        "screening_reviewed_text": services.screening_summary_text(case, reviewed=True),
         "model_versions": versions,
         "addenda": list(case.addenda.select_related("author")),
         "final_stage_display": services.label_display(case.final_stage) if case.final_stage else "",
@@ -74,7 +80,8 @@ def case_report_pdf(case):
         ["Patient", patient.lab_id, "Accession", case.accession_number],
         ["Sex", patient.get_sex_display(), "Birth year", str(patient.birth_year or "–")],
         ["Case opened", f"{case.created_at:%Y-%m-%d %H:%M}", "Opened by", case.created_by.email],
-        ["Final stage", ctx["final_stage_display"] or "not set", "Model", ", ".join(ctx["model_versions"]) or "–"],
+        ["Final stage", ctx["final_stage_display"] or ("none (single cells only)" if ctx["cells"] and not ctx["smears"]
+                                                      else "not set"), "Model", ", ".join(ctx["model_versions"]) or "–"],
         ["Signed out by", case.signed_out_by.email if case.signed_out_by else "NOT SIGNED OUT",
          "Signed out at", f"{case.signed_out_at:%Y-%m-%d %H:%M %Z}" if case.signed_out_at else "–"],
     ]
@@ -91,28 +98,15 @@ def case_report_pdf(case):
         story += [p("Pathologist's comment", "Heading3"), p(case.review_comment)]
     if case.clinical_note:
         story += [p("Clinical note", "Heading3"), p(case.clinical_note)]
-    story += [p("Smears", "Heading2")]
-    rows = [["Thumbnail", "Heat map", "Smear", "Model", "Final label"]]
-    for smear in ctx["smears"]:
-        pred = getattr(smear, "prediction", None)
-        model = (f"{pred.get_stage_display()} ({pred.confidence:.2f})\n" +
-                 " ".join(f"{k} {v:.2f}" for k, v in pred.probabilities.items())) if pred else smear.get_status_display()
-        heat = _image_flowable(pred.heatmap, 3.2) if pred and pred.heatmap else p("heat map unavailable")
-        final = services.label_display(smear.review_label) if smear.review_label else "not reviewed"
-        if smear.review_reason:
-            final += f"\nReason: {smear.review_reason}"
-        rows.append([
-            _image_flowable(smear.thumbnail, 3.2) if smear.thumbnail else p("–"), heat,
-            Paragraph(escape(smear.original_filename), styles["BodyText"]),
-            Paragraph(escape(model).replace("\n", "<br/>"), styles["BodyText"]),
-            Paragraph(escape(final).replace("\n", "<br/>"), styles["BodyText"]),
-        ])
-    smear_table = Table(rows, colWidths=[3.5 * cm, 3.5 * cm, 3.3 * cm, 3.7 * cm, 3 * cm], repeatRows=1)
-    smear_table.setStyle(TableStyle([
-        ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"), ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
-        ("VALIGN", (0, 0), (-1, -1), "TOP"), ("FONTSIZE", (0, 0), (-1, -1), 8),
-    ]))
-    story.append(smear_table)
+    if ctx["smears"] or not ctx["cells"]:
+        story += [p("Smears", "Heading2")]
+        story.append(_smear_table(ctx["smears"], styles, p))
+    if ctx["cells"]:
+        story += [p("Single-cell screening (blast vs normal)", "Heading2"),
+                  p(ctx["screening_text"]), p(ctx["screening_reviewed_text"]),
+                  p("The screening model calls a cell a blast when P(blast) is at least its threshold, which was "
+                    "chosen for a sensitivity of at least 0.95: it prefers false alarms to missed blasts.", "Italic"),
+                  _cell_table(ctx["cells"], styles, p)]
     if ctx["addenda"]:
         story.append(p("Addenda", "Heading2"))
         for addendum in ctx["addenda"]:
@@ -125,6 +119,66 @@ def case_report_pdf(case):
               p(f"Generated {ctx['generated_at']:%Y-%m-%d %H:%M %Z} by LeukPortal.", "Italic")]
     doc.build(story)
     return buf.getvalue()
+
+
+def _final_text(smear):
+    final = services.label_display(smear.review_label) if smear.review_label else "not reviewed"
+    if smear.review_reason:
+        final += f"\nReason: {smear.review_reason}"
+    return final
+
+
+def _table_style(table):
+    from reportlab.lib import colors
+    from reportlab.platypus import TableStyle
+
+    table.setStyle(TableStyle([
+        ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"), ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"), ("FONTSIZE", (0, 0), (-1, -1), 8),
+    ]))
+    return table
+
+
+def _cell_table(cells, styles, p):
+    from reportlab.lib.units import cm
+    from reportlab.platypus import Paragraph, Table
+    from xml.sax.saxutils import escape
+
+    rows = [["Image", "Heat map", "Cell", "Model label", "P(blast)", "Threshold", "Final label"]]
+    for smear in cells:
+        pred = getattr(smear, "prediction", None)
+        heat = _image_flowable(pred.heatmap, 2.2) if pred and pred.heatmap else p("heat map unavailable")
+        rows.append([
+            _image_flowable(smear.thumbnail, 2.2) if smear.thumbnail else p("–"), heat,
+            Paragraph(escape(smear.original_filename), styles["BodyText"]),
+            p(pred.label_display if pred else smear.get_status_display()),
+            p(f"{pred.blast_probability:.2f}" if pred else "–"),
+            p(f"{pred.threshold:.2f}" if pred and pred.threshold is not None else "–"),
+            Paragraph(escape(_final_text(smear)).replace("\n", "<br/>"), styles["BodyText"]),
+        ])
+    return _table_style(Table(rows, colWidths=[2.5 * cm, 2.5 * cm, 3.2 * cm, 2.2 * cm, 1.8 * cm, 1.9 * cm, 3 * cm],
+                              repeatRows=1))
+
+
+def _smear_table(smears, styles, p):
+    from reportlab.lib.units import cm
+    from reportlab.platypus import Paragraph, Table
+    from xml.sax.saxutils import escape
+
+    rows = [["Thumbnail", "Heat map", "Smear", "Model", "Final label"]]
+    for smear in smears:
+        pred = getattr(smear, "prediction", None)
+        model = (f"{pred.label_display} ({pred.confidence:.2f})\n" +
+                 " ".join(f"{k} {v:.2f}" for k, v in pred.ordered_probabilities())) if pred else smear.get_status_display()
+        heat = _image_flowable(pred.heatmap, 3.2) if pred and pred.heatmap else p("heat map unavailable")
+        final = _final_text(smear)
+        rows.append([
+            _image_flowable(smear.thumbnail, 3.2) if smear.thumbnail else p("–"), heat,
+            Paragraph(escape(smear.original_filename), styles["BodyText"]),
+            Paragraph(escape(model).replace("\n", "<br/>"), styles["BodyText"]),
+            Paragraph(escape(final).replace("\n", "<br/>"), styles["BodyText"]),
+        ])
+    return _table_style(Table(rows, colWidths=[3.5 * cm, 3.5 * cm, 3.3 * cm, 3.7 * cm, 3 * cm], repeatRows=1))
 
 
 def export_zip_response(smears):

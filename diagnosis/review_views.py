@@ -42,6 +42,8 @@ class CaseReviewView(RolePermissionRequiredMixin, DetailView):
             smears=smears,
             final_labels=[(label, services.label_display(label)) for label in services.labels_for_case(case)],
             problems=services.sign_out_problems(case),
+            screening=case.screening_summary(),
+            has_fields=case.has_field_smears(),
             addenda=case.addenda.select_related("author"),
             audit_events=case.audit_events.select_related("actor", "smear"),
         )
@@ -82,7 +84,8 @@ class CaseFinalizeView(RolePermissionRequiredMixin, View):
         try:
             if signing:
                 services.sign_out(case, request.user, stage, comment)
-                messages.success(request, f"Case {case.accession_number} signed out as {services.label_display(stage)}.")
+                result = services.label_display(stage) if stage else "single-cell screening (no stage)"
+                messages.success(request, f"Case {case.accession_number} signed out as {result}.")
                 return redirect(case)
             services.set_final_stage(case, request.user, stage, comment)
             messages.success(request, "Final stage and comment saved (not signed out yet).")
@@ -147,13 +150,15 @@ class DashboardView(RolePermissionRequiredMixin, TemplateView):
     template_name = "diagnosis/dashboard.html"
 
     def get_context_data(self, **kwargs):
-        stats = services.agreement_stats()
-        stats["matrix_display"] = [
-            (services.label_display(m), [(services.label_display(f), n, m == f) for f, n in zip(stats["labels"], row)])
-            for m, row in stats["matrix"]
-        ]
-        stats["labels_display"] = [services.label_display(label) for label in stats["labels"]]
-        return super().get_context_data(stats=stats, **kwargs)
+        by_kind = []
+        for kind, kind_display, stats in services.agreement_by_kind():
+            stats["matrix_display"] = [
+                (services.label_display(m), [(services.label_display(f), n, m == f) for f, n in zip(stats["labels"], row)])
+                for m, row in stats["matrix"]
+            ]
+            stats["labels_display"] = [services.label_display(label) for label in stats["labels"]]
+            by_kind.append({"kind": kind, "kind_display": kind_display, "stats": stats})
+        return super().get_context_data(by_kind=by_kind, **kwargs)
 
 
 class UploadQueueView(RolePermissionRequiredMixin, TemplateView):

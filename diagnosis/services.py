@@ -19,15 +19,17 @@ from django.utils import timezone
 from PIL import Image
 
 from .models import (
-    PROBABILITY_FIELDS,
+    SCREENING_LABELS,
     AuditEvent,
     Case,
     CaseAddendum,
+    CellLabel,
     Prediction,
     RejectedUpload,
     Smear,
     Stage,
 )
+from .models import label_display as _label_display
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +128,15 @@ class UploadOutcome:
     rejected: list  # of (filename, reason)
 
 
-def add_smears(case, uploads, user):
+def add_smears(case, uploads, user, *, kind):
     """Validate every file; store the valid ones (file + DB row) in one
     transaction, and queue one classification per smear only once that
     transaction has committed. Rejected files are returned with reasons;
     they never prevent the valid ones from being stored. A signed-out case
-    takes no more smears (CaseLocked)."""
+    takes no more smears (CaseLocked). `kind` (Smear.Kind: a blood-smear
+    field or a single cell) applies to the whole batch and decides the model."""
+    if kind not in Smear.Kind.values:
+        raise ValueError(f"Unknown smear kind {kind!r}; expected one of {', '.join(Smear.Kind.values)}.")
     if Case.objects.filter(pk=case.pk, signed_out_at__isnull=False).exists():
         raise CaseLocked(f"Case {case.accession_number} is signed out; it takes no more smears.")
     checked, rejected = [], []
@@ -158,6 +163,7 @@ def add_smears(case, uploads, user):
         for image in checked:
             smear = Smear(
                 case=case,
+                kind=kind,
                 sha256=image.sha256,
                 width=image.width,
                 height=image.height,
@@ -172,7 +178,8 @@ def add_smears(case, uploads, user):
             smear.save()
             record_event(
                 case, AuditEvent.Action.UPLOAD, actor=user, smear=smear,
-                detail=f"{smear.original_filename} ({smear.width}×{smear.height} {smear.image_format}, sha256 {smear.sha256})",
+                detail=(f"{smear.original_filename} ({smear.get_kind_display()}; {smear.width}×{smear.height} "
+                        f"{smear.image_format}, sha256 {smear.sha256})"),
             )
             accepted.append(smear)
             transaction.on_commit(lambda pk=smear.pk: enqueue_classification(pk))
@@ -218,23 +225,67 @@ class InvalidModelOutput(ValueError):
     pass
 
 
-def validate_result(result):
-    """Check the predictor's dict; return (stage, {stage: probability})."""
+def _checked_probabilities(result, labels):
     try:
-        stage = Stage(result["stage"])
-        probs = {s: float(result["probabilities"][s.value]) for s in Stage}
-    except (KeyError, TypeError, ValueError) as exc:
+        raw = result["probabilities"]
+        if set(raw) != set(labels):
+            raise ValueError(f"classes {sorted(raw)} instead of {sorted(labels)}")
+        probs = {label: float(raw[label]) for label in labels}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidModelOutput(f"the model returned an unexpected result ({exc!r}).") from None
     if not all(math.isfinite(p) and -1e-6 <= p <= 1 + 1e-6 for p in probs.values()):
         raise InvalidModelOutput("the model returned probabilities outside [0, 1].")
     if abs(sum(probs.values()) - 1.0) > 1e-3:
         raise InvalidModelOutput(f"the model's probabilities sum to {sum(probs.values()):.4f}, not 1.")
-    return stage, probs
+    return {label: min(1.0, max(0.0, p)) for label, p in probs.items()}
+
+
+def validate_result(result, kind=Smear.Kind.FIELD):
+    """Check the predictor's dict for a smear of this kind; return
+    (task, label, {label: probability}, threshold).
+
+    * field (staging model): {"stage", "probabilities": the four stages};
+    * cell (screening model): {"label": "blast"|"normal", "probabilities":
+      {"blast", "normal"}, "threshold"}, and the label must be the one the
+      threshold gives (blast iff P(blast) >= threshold).
+    """
+    if not isinstance(result, dict):
+        raise InvalidModelOutput(f"the model returned an unexpected result ({type(result).__name__}).")
+    if kind == Smear.Kind.CELL:
+        if "stage" in result:
+            raise InvalidModelOutput("a single cell was classified by the staging model instead of the screening model.")
+        probs = _checked_probabilities(result, SCREENING_LABELS)
+        label = result.get("label")
+        if label not in SCREENING_LABELS:
+            raise InvalidModelOutput(f"the screening model returned an unknown label ({label!r}).")
+        try:
+            threshold = float(result["threshold"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidModelOutput(f"the screening model returned no usable threshold ({exc!r}).") from None
+        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+            raise InvalidModelOutput(f"the screening model's threshold {threshold} is outside [0, 1].")
+        expected = CellLabel.BLAST if probs[CellLabel.BLAST] >= threshold else CellLabel.NORMAL
+        if label != expected:
+            raise InvalidModelOutput(
+                f"the screening model's label {label!r} does not follow from P(blast) "
+                f"{probs[CellLabel.BLAST]:.3f} and its threshold {threshold:.3f}."
+            )
+        return Prediction.Task.SCREENING, label, probs, threshold
+    if "label" in result and "stage" not in result:
+        raise InvalidModelOutput("a blood-smear field was classified by the screening model instead of the staging model.")
+    try:
+        stage = Stage(result["stage"]).value
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidModelOutput(f"the model returned an unexpected result ({exc!r}).") from None
+    probs = _checked_probabilities(result, Stage.values)
+    return Prediction.Task.STAGING, stage, probs, None
 
 
 def record_prediction(smear_id, result, latency_ms):
-    """Store the prediction of a smear this worker has claimed."""
-    stage, probs = validate_result(result)
+    """Store the prediction of a smear this worker has claimed (either model's
+    output, checked against the smear's kind)."""
+    kind = Smear.objects.filter(pk=smear_id).values_list("kind", flat=True).first() or Smear.Kind.FIELD
+    task, label, probs, threshold = validate_result(result, kind)
     with transaction.atomic():
         smear = Smear.objects.select_for_update().get(pk=smear_id)
         if smear.status != Smear.Status.PROCESSING:
@@ -242,19 +293,23 @@ def record_prediction(smear_id, result, latency_ms):
             return None
         prediction = Prediction.objects.create(
             smear=smear,
+            task=task,
             model_name=str(result.get("model", ""))[:100],
             model_version=str(result.get("model_version", ""))[:100],
-            stage=stage,
+            label=label,
+            probabilities=probs,
+            threshold=threshold,
             latency_ms=max(0, int(round(latency_ms))),
-            **{PROBABILITY_FIELDS[s]: min(1.0, max(0.0, p)) for s, p in probs.items()},
         )
         smear.status = Smear.Status.DONE
         smear.error = ""
         smear.save(update_fields=["status", "error", "updated_at"])
+        detail = ", ".join(f"{k} {p:.3f}" for k, p in probs.items())
+        if threshold is not None:
+            detail += f"; threshold on P(blast) {threshold:.3f}"
         record_event(
-            smear.case, AuditEvent.Action.PREDICTION, smear=smear, new_value=stage.value,
-            model_version=f"{prediction.model_name} {prediction.model_version}".strip(),
-            detail=", ".join(f"{s.value} {p:.3f}" for s, p in probs.items()),
+            smear.case, AuditEvent.Action.PREDICTION, smear=smear, new_value=label,
+            model_version=f"{prediction.model_name} {prediction.model_version}".strip(), detail=detail,
         )
         _refresh_case_by_id(smear.case_id)
     return prediction
@@ -389,9 +444,12 @@ def _smear_status_item(smear, can_retry):
         "error": smear.error,
         "attempts": smear.attempts,
         "can_retry": can_retry and smear.can_retry,
-        "stage": prediction.stage if prediction else None,
-        "stage_display": prediction.get_stage_display() if prediction else None,
-        "probabilities": prediction.probabilities if prediction else None,
+        "kind": smear.kind,
+        # "stage" is the model's label for either kind (a stage, or blast/normal).
+        "stage": prediction.label if prediction else None,
+        "stage_display": prediction.label_display if prediction else None,
+        "probabilities": dict(prediction.ordered_probabilities()) if prediction else None,
+        "threshold": prediction.threshold if prediction else None,
         "model": f"{prediction.model_name} {prediction.model_version}" if prediction else None,
     }
 
@@ -418,6 +476,7 @@ def case_status_payload(case, user):
         "suggested_stage": case.suggested_stage or None,
         "suggested_stage_display": case.get_suggested_stage_display() if case.suggested_stage else None,
         "suggested_confidence": case.suggested_confidence,
+        "screening": case.screening_summary(),
         "pending": any(i["status"] in (Smear.Status.QUEUED, Smear.Status.PROCESSING) for i in items),
         "smears": items,
     }
@@ -469,18 +528,18 @@ def labels_for_smear(smear):
 
 def labels_for_case(case):
     """Labels allowed as the final stage: the union of the label sets of the
-    case's classified smears, in model order."""
+    case's classified blood-smear fields (staging model), in model order.
+    Single cells never give a stage: their result is the screening summary."""
     labels = []
-    for prediction in Prediction.objects.filter(smear__case=case, smear__status=Smear.Status.DONE):
+    for prediction in Prediction.objects.filter(
+        smear__case=case, smear__status=Smear.Status.DONE, smear__kind=Smear.Kind.FIELD
+    ):
         labels += [label for label in prediction.labels if label not in labels]
     return tuple(labels)
 
 
 def label_display(label):
-    try:
-        return Stage(label).label
-    except ValueError:
-        return label
+    return _label_display(label)
 
 
 def _lock_case(case):
@@ -506,7 +565,7 @@ def review_smear(smear, user, label, reason=""):
         allowed = labels_for_smear(smear)
         if label not in allowed:
             raise ReviewError(f"“{label}” is not a label of this smear's model ({', '.join(allowed)}).")
-        model_label = smear.prediction.stage
+        model_label = smear.prediction.label
         if label != model_label and not reason:
             raise ReviewError("A reason is required when you change the model's label.")
         previous = smear.review_label or model_label
@@ -530,8 +589,14 @@ def set_final_stage(case, user, final_stage, comment=""):
 
 
 def _set_final_stage(case, user, final_stage, comment):
+    """The final stage is a staging label. A case with no blood-smear field
+    (single cells only) has no stage: its final stage stays empty and its
+    result is the reviewed screening summary."""
     allowed = labels_for_case(case)
-    if final_stage not in allowed:
+    if not case.has_field_smears():
+        if final_stage:
+            raise ReviewError("This case has only single cells: it has no stage; its result is the screening summary.")
+    elif final_stage not in allowed:
         raise ReviewError(f"Choose a final stage among {', '.join(allowed) or '(no classified smear)'}.")
     if final_stage != case.final_stage:
         record_event(case, AuditEvent.Action.FINAL_STAGE, actor=user, old_value=case.final_stage,
@@ -569,7 +634,8 @@ def sign_out(case, user, final_stage, comment=""):
         now = timezone.now()
         locked.signed_out_by, locked.signed_out_at, locked.signed_out_stage = user, now, final_stage
         locked.save(update_fields=["signed_out_by", "signed_out_at", "signed_out_stage", "updated_at"])
-        record_event(locked, AuditEvent.Action.SIGN_OUT, actor=user, new_value=final_stage, reason=comment)
+        record_event(locked, AuditEvent.Action.SIGN_OUT, actor=user, new_value=final_stage, reason=comment,
+                     detail=screening_summary_text(locked))
     case.refresh_from_db()
     return case
 
@@ -604,6 +670,23 @@ def add_addendum(case, user, text, new_final_stage=""):
     return addendum
 
 
+def screening_summary_text(case, reviewed=True):
+    """One line for the audit trail and reports; empty when no cell."""
+    summary = case.screening_summary()
+    if not summary["cells"]:
+        return ""
+    if reviewed and not summary["reviewed"]:
+        return "Single-cell screening: no cell reviewed by a pathologist yet."
+    if reviewed:
+        n, k, frac = summary["reviewed"], summary["reviewed_blasts"], summary["reviewed_fraction"]
+        who = "by the pathologist"
+    else:
+        n, k, frac = summary["screened"], summary["flagged"], summary["flagged_fraction"]
+        who = "flagged by the model"
+    pct = f" ({frac:.0%})" if frac is not None else ""
+    return f"Single-cell screening: {k} of {n} cells blast {who}{pct}."
+
+
 # --------------------------------------------------------------------------
 # Work queue
 # --------------------------------------------------------------------------
@@ -616,6 +699,8 @@ class QueueEntry:
     low_confidence: bool
     disagreement: bool
     reviewed: int
+    n_cells: int = 0
+    blasts_flagged: int = 0
 
     @property
     def flagged(self):
@@ -625,9 +710,11 @@ class QueueEntry:
 def review_queue(threshold=None):
     """Cases awaiting review, oldest first: every smear classified (case
     status done) and not signed out. Each entry carries the lowest smear
-    confidence and the flags: low confidence (a smear below
-    REVIEW_LOW_CONFIDENCE_THRESHOLD) and disagreement (smears predicted as
-    different stages)."""
+    confidence and the flags: low confidence (a blood-smear field below
+    REVIEW_LOW_CONFIDENCE_THRESHOLD) and disagreement (fields predicted as
+    different stages), plus the number of single cells and of cells the
+    screening model flagged as blasts. (A cell's confidence is not a useful
+    flag: the screening threshold is deliberately low for sensitivity.)"""
     threshold = settings.REVIEW_LOW_CONFIDENCE_THRESHOLD if threshold is None else threshold
     cases = (
         Case.objects.filter(status=Case.Status.DONE, signed_out_at__isnull=True)
@@ -637,20 +724,24 @@ def review_queue(threshold=None):
     )
     entries = []
     for case in cases:
-        predictions = [s.prediction for s in case.smears.all() if s.status == Smear.Status.DONE and hasattr(s, "prediction")]
-        if not predictions:
+        done = [s for s in case.smears.all() if s.status == Smear.Status.DONE and hasattr(s, "prediction")]
+        if not done:
             continue
-        confidences = [p.confidence for p in predictions]
-        stages = sorted({p.stage for p in predictions})
+        fields = [s.prediction for s in done if s.kind == Smear.Kind.FIELD]
+        cells = [s.prediction for s in done if s.kind == Smear.Kind.CELL]
+        confidences = [p.confidence for p in fields]
+        stages = sorted({p.label for p in fields})
         entries.append(
             QueueEntry(
                 case=case,
-                n_smears=len(predictions),
-                min_confidence=min(confidences),
+                n_smears=len(done),
+                min_confidence=min(confidences) if confidences else None,
                 stages=stages,
-                low_confidence=min(confidences) < threshold,
+                low_confidence=bool(confidences) and min(confidences) < threshold,
                 disagreement=len(stages) > 1,
                 reviewed=sum(1 for s in case.smears.all() if s.review_label),
+                n_cells=len(cells),
+                blasts_flagged=sum(1 for p in cells if p.label == CellLabel.BLAST),
             )
         )
     return entries
@@ -671,18 +762,22 @@ def reviewed_smears():
     )
 
 
-def agreement_stats(smears=None):
+def agreement_stats(smears=None, kind=None):
     """Agreement between the model and the pathologists on reviewed smears,
-    and the confusion matrix (rows: model label, columns: final label)."""
+    and the confusion matrix (rows: model label, columns: final label).
+    `kind` (Smear.Kind) keeps one model's smears only; the dashboard shows
+    one matrix per model kind."""
     smears = list(reviewed_smears() if smears is None else smears)
+    if kind is not None:
+        smears = [s for s in smears if s.kind == kind]
     labels = []
     for smear in smears:
         labels += [label for label in smear.prediction.labels if label not in labels]
     matrix = {m: {f: 0 for f in labels} for m in labels}
     agree = 0
     for smear in smears:
-        matrix[smear.prediction.stage][smear.review_label] = matrix[smear.prediction.stage].get(smear.review_label, 0) + 1
-        agree += smear.prediction.stage == smear.review_label
+        matrix[smear.prediction.label][smear.review_label] = matrix[smear.prediction.label].get(smear.review_label, 0) + 1
+        agree += smear.prediction.label == smear.review_label
     return {
         "n": len(smears),
         "agree": agree,
@@ -692,14 +787,27 @@ def agreement_stats(smears=None):
     }
 
 
+def agreement_by_kind(smears=None):
+    """agreement_stats() per model kind: [(kind, kind display, stats)]."""
+    smears = list(reviewed_smears() if smears is None else smears)
+    return [(kind.value, kind.label, agreement_stats(smears, kind)) for kind in Smear.Kind]
+
+
 EXPORT_CSV = "labels.csv"
 EXPORT_COLUMNS = ["file", "final_label", "model_label", "model_version", "reviewer", "case_accession", "sha256"]
+#: Export subfolder and class folders (always created) per smear kind.
+EXPORT_LAYOUT = {
+    Smear.Kind.FIELD: ("staging", tuple(Stage.values)),
+    Smear.Kind.CELL: ("screening", tuple(CellLabel.values)),
+}
 
 
 def export_reviewed(dest, smears=None):
     """Write every reviewed smear of signed-out cases (confirmed or changed by
-    the pathologist) into DEST/<final label>/ (the layout `python -m ml train
-    --data DEST` reads) plus DEST/labels.csv. DEST must be empty or absent.
+    the pathologist) into DEST/staging/<final stage>/ (blood-smear fields) and
+    DEST/screening/<blast|normal>/ (single cells), each subfolder with its
+    own labels.csv and directly usable as `python -m ml train --data
+    DEST/staging` (or DEST/screening). DEST must be empty or absent.
     Returns the number of images written."""
     import csv
     from pathlib import Path, PurePath
@@ -709,26 +817,29 @@ def export_reviewed(dest, smears=None):
         raise ValueError(f"{dest} is not empty; export into a new folder.")
     dest.mkdir(parents=True, exist_ok=True)
     smears = list(reviewed_smears() if smears is None else smears)
-    for label in Stage.values:  # the staging model's classes always exist, even when empty
-        (dest / label).mkdir(exist_ok=True)
-    rows = []
+    rows = {kind: [] for kind in EXPORT_LAYOUT}
+    for sub, labels in EXPORT_LAYOUT.values():
+        for label in labels:  # the model's classes always exist, even when empty
+            (dest / sub / label).mkdir(parents=True, exist_ok=True)
     for smear in smears:
-        folder = dest / smear.review_label
-        folder.mkdir(exist_ok=True)
+        sub = EXPORT_LAYOUT[smear.kind][0]
+        folder = dest / sub / smear.review_label
+        folder.mkdir(parents=True, exist_ok=True)
         suffix = PurePath(smear.image.name).suffix.lower() or ".png"
         relative = f"{smear.review_label}/{smear.case.accession_number}-{smear.pk}{suffix}"
-        with smear.image.open("rb") as src, open(dest / relative, "wb") as out:
+        with smear.image.open("rb") as src, open(dest / sub / relative, "wb") as out:
             for chunk in src.chunks():
                 out.write(chunk)
-        rows.append(
+        rows[smear.kind].append(
             [
-                relative, smear.review_label, smear.prediction.stage,
+                relative, smear.review_label, smear.prediction.label,
                 f"{smear.prediction.model_name} {smear.prediction.model_version}".strip(),
                 smear.reviewed_by.email if smear.reviewed_by else "", smear.case.accession_number, smear.sha256,
             ]
         )
-    with open(dest / EXPORT_CSV, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(EXPORT_COLUMNS)
-        writer.writerows(rows)
-    return len(rows)
+    for kind, (sub, _) in EXPORT_LAYOUT.items():
+        with open(dest / sub / EXPORT_CSV, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(EXPORT_COLUMNS)
+            writer.writerows(rows[kind])
+    return sum(len(r) for r in rows.values())

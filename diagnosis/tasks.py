@@ -28,6 +28,18 @@ def _image_source(smear):
         return img
 
 
+def load_predictor_for(kind):
+    """The model for a smear kind: the staging model for a blood-smear field,
+    the single-cell screening model for a cell (both cached by ml)."""
+    import ml
+
+    from .models import Smear
+
+    if kind == Smear.Kind.CELL:
+        return ml.load_predictor("screening")
+    return ml.load_predictor()
+
+
 @shared_task(name="diagnosis.classify_smear", ignore_result=True)
 def classify_smear(smear_id):
     smear = services.claim_smear(smear_id)
@@ -35,9 +47,7 @@ def classify_smear(smear_id):
         logger.info("Smear %s not claimable (already claimed, finished or deleted); skipping", smear_id)
         return "skipped"
     try:
-        import ml
-
-        predictor = ml.load_predictor()
+        predictor = load_predictor_for(smear.kind)
         started = time.perf_counter()
         result = predictor.predict([_image_source(smear)])[0]
         latency_ms = (time.perf_counter() - started) * 1000

@@ -12,7 +12,7 @@ from accounts.roles import has_role
 
 from . import services
 from .forms import CaseFilterForm, CaseForm, PatientForm, SmearUploadForm
-from .models import Case, Patient, Smear
+from .models import Case, Patient, Smear, Stage
 
 
 @login_required
@@ -57,6 +57,8 @@ class CaseDetailView(RolePermissionRequiredMixin, DetailView):
             ctx["rejected_uploads"] = self.object.rejected_uploads.select_related("uploaded_by")
         ctx["addenda"] = self.object.addenda.select_related("author")
         ctx["final_labels"] = [(label, services.label_display(label)) for label in services.labels_for_case(self.object)]
+        ctx["screening"] = self.object.screening_summary()
+        ctx["stage_labels"] = Stage.choices
         return ctx
 
 
@@ -108,7 +110,9 @@ class SmearUploadView(RolePermissionRequiredMixin, SingleObjectMixin, FormView):
 
     def form_valid(self, form):
         try:
-            outcome = services.add_smears(self.object, form.cleaned_data["images"], self.request.user)
+            outcome = services.add_smears(
+                self.object, form.cleaned_data["images"], self.request.user, kind=form.cleaned_data["kind"]
+            )
         except services.CaseLocked as exc:
             messages.error(self.request, str(exc))
             return redirect(self.object)

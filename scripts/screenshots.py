@@ -78,7 +78,7 @@ def build_demo():
             )
         case = Case.objects.create(patient=patients[lab_id], accession_number=accession, clinical_note=note, created_by=tech)
         files = [f for label, count in images for f in demo_files(label, count, seed=n * 3)]
-        outcome = services.add_smears(case, files, tech)
+        outcome = services.add_smears(case, files, tech, kind="field")
         if classify:
             for smear in outcome.accepted:
                 classify_smear(smear.pk)  # the real model, synchronously
@@ -145,6 +145,7 @@ def main():
             demo = sorted((DATA / "Pro").glob("*.jpg"))[-1:] if (DATA / "Pro").is_dir() else []
             bad = tmp / "lab-report.pdf"
             bad.write_bytes(b"%PDF-1.4 not an image")
+            page.check("input[name=kind][value=field]")
             page.set_input_files("input[type=file]", [str(f) for f in demo] + [str(bad)])
             page.screenshot(path=str(out / "upload.png"), full_page=True)
             page.click("input[type=submit], button[type=submit]")

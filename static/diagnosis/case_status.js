@@ -8,7 +8,6 @@
   var POLL_MS = 3000;
   var MAX_DELAY_MS = 60000;
   var delay = POLL_MS;
-  var STAGES = ["Benign", "Early", "Pre", "Pro"];
 
   function text(el, value) { if (el) { el.textContent = value == null ? "" : value; } }
 
@@ -34,11 +33,15 @@
     if (!probs) { return true; }  // pages without probability bars (the upload queue)
     probs.hidden = !item.probabilities;
     if (item.probabilities) {
-      STAGES.forEach(function (s) {
+      // Either model: the four stages of a field, or blast/normal of a cell
+      // (a cell's card shows the P(blast) bar and the threshold).
+      Object.keys(item.probabilities).forEach(function (s) {
         var p = item.probabilities[s];
-        probs.querySelector('[data-prob="' + s + '"]').style.width = (p * 100).toFixed(1) + "%";
+        var bar = probs.querySelector('[data-prob="' + s + '"]');
+        if (bar) { bar.style.width = (p * 100).toFixed(1) + "%"; }
         text(probs.querySelector('[data-prob-text="' + s + '"]'), p.toFixed(2));
       });
+      if (item.threshold != null) { text(probs.querySelector('[data-field="threshold"]'), item.threshold.toFixed(2)); }
       text(probs.querySelector('[data-field="model"]'), item.model);
     }
     return true;
@@ -57,6 +60,20 @@
     });
     text(document.querySelector("[data-case-counts]"),
       counts.done + " done · " + counts.pending + " pending · " + counts.failed + " failed");
+    var screening = data.screening;
+    var screeningCard = document.querySelector("[data-screening-card]");
+    if (screening && screeningCard) {
+      screeningCard.hidden = !screening.cells;
+      var pct = screening.screened ? " (" + Math.round(100 * screening.flagged / screening.screened) + " %)" : "";
+      var line = document.querySelector("[data-screening-summary]");
+      line.replaceChildren();
+      line.appendChild(document.createTextNode(
+        screening.screened + " cell" + (screening.screened === 1 ? "" : "s") + " screened · "));
+      var strong = document.createElement("strong");
+      strong.textContent = screening.flagged;
+      line.appendChild(strong);
+      line.appendChild(document.createTextNode(" flagged as blast" + pct));
+    }
     var suggestion = document.querySelector("[data-case-suggestion]");
     if (suggestion) {
       suggestion.replaceChildren();

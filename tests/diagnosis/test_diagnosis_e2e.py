@@ -83,7 +83,7 @@ def test_uploaded_smear_is_classified_by_a_real_worker(client, make_user, patien
     try:
         name, data = smear_image()
         client.force_login(technician)
-        response = client.post(reverse("diagnosis:smear_upload", args=[case.pk]), {"images": [upload(name, data)]})
+        response = client.post(reverse("diagnosis:smear_upload", args=[case.pk]), {"kind": "field", "images": [upload(name, data)]})
         assert response.status_code == 302, response.content[:2000]
         smear = Smear.objects.get(case=case)
 
@@ -108,12 +108,12 @@ def test_uploaded_smear_is_classified_by_a_real_worker(client, make_user, patien
     probabilities = prediction.probabilities
     assert set(probabilities) == {"Benign", "Early", "Pre", "Pro"}
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-3)
-    assert prediction.stage == max(probabilities, key=probabilities.get)
+    assert prediction.label == max(probabilities, key=probabilities.get)
     assert prediction.model_name and prediction.model_version
     assert smear.attempts == 1
     case.refresh_from_db()
-    assert case.status == Case.Status.DONE and case.suggested_stage == prediction.stage
+    assert case.status == Case.Status.DONE and case.suggested_stage == prediction.label
 
     # The case page's JSON shows the result (what the browser polls).
     data = client.get(reverse("diagnosis:case_status", args=[case.pk])).json()
-    assert data["pending"] is False and data["smears"][0]["stage"] == prediction.stage
+    assert data["pending"] is False and data["smears"][0]["stage"] == prediction.label

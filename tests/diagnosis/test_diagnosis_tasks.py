@@ -61,7 +61,7 @@ def test_classify_stores_prediction_and_updates_case(fake_ml, smear_factory, cas
     assert smear.status == Smear.Status.DONE and smear.attempts == 1 and smear.claimed_at
     assert fake_ml.predictor.calls == [[smear.image.path]]
     p = smear.prediction
-    assert (p.stage, p.model_name, p.model_version) == ("Pre", "fake_model", "0.0-test")
+    assert (p.label, p.model_name, p.model_version) == ("Pre", "fake_model", "0.0-test")
     assert p.probabilities == {"Benign": 0.05, "Early": 0.1, "Pre": 0.8, "Pro": 0.05}
     case.refresh_from_db()
     assert case.status == Case.Status.DONE

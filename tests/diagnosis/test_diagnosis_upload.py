@@ -12,7 +12,7 @@ pytestmark = pytest.mark.django_db
 
 def post_files(client, case, files, capture):
     with capture(execute=True) as callbacks:
-        response = client.post(reverse("diagnosis:smear_upload", args=[case.pk]), {"images": files})
+        response = client.post(reverse("diagnosis:smear_upload", args=[case.pk]), {"kind": "field", "images": files})
     return response, callbacks
 
 
@@ -30,7 +30,7 @@ def test_several_valid_images_are_stored_then_queued_after_commit(
         upload("d.bmp", image_bytes("BMP", seed=4)),
     ]
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = tech_client.post(reverse("diagnosis:smear_upload", args=[case.pk]), {"images": files})
+        response = tech_client.post(reverse("diagnosis:smear_upload", args=[case.pk]), {"kind": "field", "images": files})
         # Nothing is sent while the transaction is open.
         assert sent_messages == []
     assert response.status_code == 302 and response.url == case.get_absolute_url()

@@ -76,6 +76,7 @@ def test_upload_review_sign_out_report(browser, live_server, technician, patholo
     tech = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
     login(tech, base, technician)
     tech.goto(base + f"/cases/{case.pk}/upload/")
+    tech.check("input[name=kind][value=field]")
     tech.set_input_files("input[type=file]", [str(p) for p in smear_files(tmp_path)])
     tech.click("input[type=submit], button[type=submit]")
     tech.wait_for_url(base + case.get_absolute_url())
@@ -107,7 +108,7 @@ def test_upload_review_sign_out_report(browser, live_server, technician, patholo
     # Confirm the first smear; reclassify the second with a reason.
     page.click(f"#smear-{first.pk} form[data-review-form] button[type=submit]")
     page.wait_for_selector(f"#smear-{first.pk} [data-review-state]")
-    other = next(label for label in ("Pre", "Pro", "Early", "Benign") if label != second.prediction.stage)
+    other = next(label for label in ("Pre", "Pro", "Early", "Benign") if label != second.prediction.label)
     page.select_option(f"#label-{second.pk}", other)
     page.fill(f"#smear-{second.pk} textarea[name=reason]", "Coarser chromatin than the model suggests.")
     page.click(f"#smear-{second.pk} form[data-review-form] button[type=submit]")

@@ -55,7 +55,7 @@ def test_task_stores_prediction_and_heatmap(predictor, smear_factory):
     smear.image.save("real.jpg", ContentFile(data), save=True)
     assert tasks.classify_smear(smear.pk) == "done"
     prediction = Prediction.objects.get(smear=smear)
-    assert prediction.stage in predictor.classes and prediction.heatmap and prediction.heatmap_error == ""
+    assert prediction.label in predictor.classes and prediction.heatmap and prediction.heatmap_error == ""
     with prediction.heatmap.open("rb") as fh:
         assert Image.open(fh).size == size
 

@@ -42,6 +42,9 @@ def test_export_command_writes_class_folders_and_csv(reviewed, tmp_path, case, p
     a, b, _ = reviewed
     dest = tmp_path / "export"
     call_command("export_reviewed", str(dest))
+    assert sorted(p.name for p in dest.iterdir()) == ["screening", "staging"]
+    assert sorted(p.name for p in (dest / "screening").iterdir()) == ["blast", "labels.csv", "normal"]
+    dest = dest / "staging"  # blood-smear fields: the staging model's layout
     assert sorted(p.name for p in dest.iterdir()) == ["Benign", "Early", "Pre", "Pro", "labels.csv"]
     assert sorted(p.name for p in (dest / "Pre").iterdir()) == [f"{case.accession_number}-{a.pk}.png", f"{case.accession_number}-{b.pk}.png"]
     assert not any((dest / "Early").iterdir())  # the unsigned case is not exported
@@ -54,13 +57,14 @@ def test_export_command_writes_class_folders_and_csv(reviewed, tmp_path, case, p
     with a.image.open("rb") as fh:
         assert (dest / rows[0]["file"]).read_bytes() == fh.read()
     with pytest.raises(Exception, match="not empty"):
-        call_command("export_reviewed", str(dest))
+        call_command("export_reviewed", str(dest.parent))
 
 
 def test_export_zip_and_admin_action(reviewed, path_client, client, make_user, case):
     response = path_client.get(reverse("diagnosis:export_reviewed"))
     names = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()
-    assert "reviewed/labels.csv" in names and len([n for n in names if n.startswith("reviewed/Pre/")]) == 2
+    assert "reviewed/staging/labels.csv" in names and "reviewed/screening/labels.csv" in names
+    assert len([n for n in names if n.startswith("reviewed/staging/Pre/")]) == 2
     client.force_login(make_user("Admin", is_staff=True))
     response = client.post(
         reverse("admin:diagnosis_case_changelist"), {"action": "export_reviewed", "_selected_action": [case.pk]}

@@ -38,7 +38,7 @@ def test_label_must_belong_to_the_models_label_set(classified, pathologist):
 def test_audit_covers_upload_prediction_review_signout_addendum(tech_client, case, pathologist, sent_messages):
     response = tech_client.post(
         reverse("diagnosis:smear_upload", args=[case.pk]),
-        {"images": [upload("good.png", image_bytes(seed=1)), upload("notes.txt", b"not an image")]},
+        {"kind": "field", "images": [upload("good.png", image_bytes(seed=1)), upload("notes.txt", b"not an image")]},
     )
     assert response.status_code == 302
     smear = case.smears.get()
@@ -183,7 +183,7 @@ def test_review_page_shows_heatmap_or_unavailable(path_client, classified, case)
 def test_rejected_uploads_are_persisted_and_shown(tech_client, technician, case):
     tech_client.post(
         reverse("diagnosis:smear_upload", args=[case.pk]),
-        {"images": [upload("scan.txt", b"hello"), upload("ok.png", image_bytes(seed=7))]},
+        {"kind": "field", "images": [upload("scan.txt", b"hello"), upload("ok.png", image_bytes(seed=7))]},
     )
     rejected = RejectedUpload.objects.get()
     assert (rejected.filename, rejected.uploaded_by, rejected.case) == ("scan.txt", technician, case)
@@ -206,7 +206,7 @@ def test_upload_queue_status_json_and_retry_returns_to_queue(tech_client, techni
 
 def test_signed_out_case_takes_no_more_smears(tech_client, signed_case):
     response = tech_client.post(
-        reverse("diagnosis:smear_upload", args=[signed_case.pk]), {"images": [upload("late.png", image_bytes(seed=9))]}
+        reverse("diagnosis:smear_upload", args=[signed_case.pk]), {"kind": "field", "images": [upload("late.png", image_bytes(seed=9))]}
     )
     assert response.status_code == 302
     assert signed_case.smears.count() == 1

@@ -6,7 +6,8 @@ from diagnosis import services
 class Command(BaseCommand):
     help = (
         "Export every reviewed smear of signed-out cases (label confirmed or changed by the pathologist) "
-        "into DEST/<final label>/ (the layout `python -m ml train --data DEST` reads) plus DEST/labels.csv."
+        "into DEST/staging/<final stage>/ (blood-smear fields) and DEST/screening/<blast|normal>/ (single cells), "
+        "each with its labels.csv and each the layout `python -m ml train --data DIR` reads."
     )
 
     def add_arguments(self, parser):
