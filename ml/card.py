@@ -174,3 +174,72 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
         "- Not a medical device. A pathologist signs out the diagnosis.",
         "",
     ])
+
+
+def ship_screening(report_dir: str | Path, latency_image: str | Path, name: str = "screening") -> Path:
+    """Ship the final screening model of ``python -m ml screening`` with its card."""
+    report_dir = Path(report_dir)
+    report = json.loads((report_dir / "report.json").read_text())
+    target = WEIGHTS_DIR / f"{name}.pt"
+    shutil.copyfile(report["model_file"], target)
+    if mldata.sha256_file(target) != report["model_sha256"]:
+        raise ValueError("the report was made with other weights than the ones being shipped")
+    reports = REPORTS_DIR / name
+    reports.mkdir(parents=True, exist_ok=True)
+    for file in ("report.json", "report.md", "roc.png"):
+        shutil.copyfile(report_dir / file, reports / file)
+    predictor = Predictor(target)
+    latency = profile.measure_latency(predictor, latency_image)
+    test = report["test"]
+    spec = models.get_spec(predictor.payload["arch"])
+    card = "\n".join([
+        f"# Model card: `{name}` (single-cell blast screening)",
+        "",
+        f"Version `{predictor.version}` · weights `ml/weights/{target.name}` ({profile.file_megabytes(target):.2f} MB) · "
+        f"sha256 `{mldata.sha256_file(target)}`",
+        "",
+        "Screens one segmented white cell: leukaemic B-ALL blast or normal B-lymphoid precursor (hematogone). "
+        "Tuned so blasts are not missed: a cell is flagged **blast** when P(blast) >= the stored threshold "
+        f"**{predictor.threshold:.4f}**. Decision support only; a pathologist confirms.",
+        "",
+        "## Model",
+        f"- Registry name `{predictor.payload['arch']}`: {spec.description}.",
+        f"- Backbone initialised from {'ImageNet weights (' + str(report['config'].get('pretrained_weights')) + ')' if report['config'].get('pretrained_weights') else 'random weights'}.",
+        f"- {models.count_parameters(predictor.model) / 1e6:.2f} M parameters, "
+        f"{profile.count_flops(predictor.model, predictor.input_size) / 1e6:.0f} MFLOPs per cell at "
+        f"{predictor.input_size}x{predictor.input_size}.",
+        f"- Input: any image Pillow reads, to RGB, resized to {predictor.input_size}x{predictor.input_size}; ImageNet "
+        f"mean/std normalisation. Classes {list(predictor.classes)}; probabilities are the plain softmax (temperature 1): "
+        "the threshold was chosen on that scale.",
+        "",
+        "## Data and protocol",
+        f"- C-NMC 2019 training fold 1 (Gupta & Gupta, TCIA, CC BY 3.0), `{report['manifest']}` "
+        f"(sha256 `{report['manifest_sha256']}`): every cell of a subject on one side.",
+        f"- Test subjects, untouched: {', '.join(report['subjects']['test'])}. Cross-validation subjects: "
+        + "; ".join(f"{k}: {', '.join(v)}" for k, v in report["subjects"].items() if k != "test") + ".",
+        f"- Training balanced by **{report['chosen_balance']}** (chosen over the alternatives by CV), augmentation "
+        "(flips, 90° rotations, small affine, brightness/contrast/saturation/hue jitter) on training cells only.",
+        f"- Threshold: the highest cut keeping blast sensitivity >= 0.95 on the pooled out-of-fold predictions; the final "
+        f"model was then trained on all CV subjects for {report['final_epochs']} epochs "
+        f"({report['train_wall_s'] / 60:.1f} min on {report['hardware']}).",
+        "",
+        "## Results",
+        "",
+        (report_dir / "report.md").read_text().split("\n\n", 2)[-1].replace("![ROC curves](roc.png)",
+                                                                          f"![ROC curves](../reports/{name}/roc.png)"),
+        "",
+        f"Target on new subjects: sensitivity >= 0.95 with weighted F1 >= 0.85. Here, on {len(report['subjects']['test'])} "
+        f"test subjects: sensitivity {test['sensitivity']:.4f} "
+        f"({'met' if test['sensitivity'] >= 0.95 else '**not met**'}), weighted F1 {test['weighted_f1']:.4f} "
+        f"({'met' if test['weighted_f1'] >= 0.85 else '**not met**'}). The ISBI 2019 winner reached weighted F1 0.910 "
+        "on unseen subjects. With so few normal subjects every number here rests on few patients: read them as "
+        "estimates with wide uncertainty.",
+        "",
+        "## Speed",
+        f"- One cell from a PNG path to probabilities: median {latency['median_ms']:.1f} ms (p90 {latency['p90_ms']:.1f} ms), "
+        f"batch 1, {latency['threads']} threads, {latency['runs']} runs.",
+        "",
+    ])
+    card_path = WEIGHTS_DIR / f"{name}.md"
+    card_path.write_text(card)
+    return card_path

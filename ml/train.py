@@ -56,6 +56,11 @@ class TrainConfig:
     num_workers: int = 0
     threads: int | None = None
     block_size: int = 20  # neighbour-run length when a split has to be made
+    # Which manifest splits to train and validate on (cross-validation folds use "fold0", "fold1", ...).
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    val_splits: list[str] = field(default_factory=lambda: ["val"])  # empty: no validation (fixed epochs)
+    task: str = "staging"  # "staging" | "screening"
+    class_names: list[str] | None = None  # display names in folder order, e.g. ["blast", "normal"] for all/hem
     limit_per_class: int | None = None  # tiny runs (tests, smoke checks)
     classes: list[str] | None = None
     progress: bool = True
@@ -281,10 +286,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     samples = prepare_split(config, out, log)
     classes = config.classes or mldata.manifest_classes(samples)
     config.classes = classes
-    train_samples = limit([s for s in samples if s.split == "train"], config.limit_per_class, config.seed)
-    val_samples = limit([s for s in samples if s.split == "val"], config.limit_per_class, config.seed)
-    if not train_samples or not val_samples:
-        raise ValueError("the split has no training or no validation images")
+    train_samples = limit([s for s in samples if s.split in config.train_splits], config.limit_per_class, config.seed)
+    val_samples = limit([s for s in samples if s.split in config.val_splits], config.limit_per_class, config.seed)
+    if not train_samples or (config.val_splits and not val_samples):
+        raise ValueError(f"the split has no training ({config.train_splits}) or no validation ({config.val_splits}) images")
+    if not val_samples:
+        config.threshold = float("inf")  # nothing to validate on: the LRA watches training accuracy throughout
+        log("no validation split: fixed epochs, LRA on training accuracy, temperature 1")
 
     augment = mldata.training_augmentation(config.img_size, config.augment_strength) if config.augment_strength > 0 else None
     train_set = mldata.ImageTensorDataset(config.data, train_samples, classes, config.img_size, augment, config.progress)
@@ -354,9 +362,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(y)
         train_loss, train_acc = loss_sum / seen, correct / seen
-        val_logits, val_labels = collect_logits(model, val_loader)
-        val_loss = float(nn.functional.cross_entropy(val_logits, val_labels))
-        val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
+        val_loss, val_acc = float("nan"), float("nan")
+        if len(val_set):
+            val_logits, val_labels = collect_logits(model, val_loader)
+            val_loss = float(nn.functional.cross_entropy(val_logits, val_labels))
+            val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
         elapsed += time.perf_counter() - tick
         record = {"epoch": epoch, "lr": adjuster.lr, "train_loss": train_loss, "train_acc": train_acc,
                   "val_loss": val_loss, "val_acc": val_acc, "elapsed_s": elapsed}
@@ -372,8 +382,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)  # atomic: a kill never leaves half a file
 
     adjuster.restore_best(model)
-    val_logits, val_labels = collect_logits(model, val_loader)
-    temperature = fit_temperature(val_logits, val_labels)
+    temperature = fit_temperature(*collect_logits(model, val_loader)) if len(val_set) else 1.0
     log(f"training done in {elapsed / 60:.1f} min; best epoch {adjuster.best_epoch}; temperature {temperature:.3f}")
     return save_model(out / "model.pt", model, config, classes, temperature, history, elapsed, adjuster.best_epoch)
 

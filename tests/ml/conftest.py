@@ -28,7 +28,7 @@ def make_dataset(root: Path, per_class: int = 24, size: int = 64) -> Path:
         folder = root / label
         folder.mkdir(parents=True)
         for number in range(1, per_class + 1):
-            draw_smear(label, hash((label, number)) % 10_000, size).save(folder / f"WBC-{label}-{number:03d}.jpg", quality=95)
+            draw_smear(label, CLASSES.index(label) * 1000 + number, size).save(folder / f"WBC-{label}-{number:03d}.jpg", quality=95)
     return root
 
 

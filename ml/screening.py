@@ -1,0 +1,262 @@
+"""Single-cell screening (C-NMC 2019): ALL blast vs normal cell, sensitivity first.
+
+Subjects, not cells, are the unit of generalisation: every cell of a subject stays on one side.
+With only a few normal subjects, settings are chosen by subject-grouped cross-validation:
+
+1. ``test``: a few subjects of each class held out, untouched until the final evaluation.
+2. The other subjects are dealt into folds (``fold0``, ``fold1``, ...), one normal subject per fold
+   where possible. For each balancing mode, one model per fold is trained on the other folds and
+   predicts its own fold: these out-of-fold (OOF) probabilities choose the balancing mode and the
+   decision threshold (the highest P(blast) cut that keeps OOF blast sensitivity >= 0.95).
+3. The final model is trained on every non-test subject for the epochs the folds needed, and is
+   scored once on the test subjects at that threshold.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
+
+from . import data as mldata
+from .checkpoint import update_payload
+from .predict import Predictor
+from .train import TrainConfig, train
+
+FOLDER_TO_LABEL = {"all": "blast", "hem": "normal"}
+POSITIVE = "blast"
+SUBJECT = re.compile(r"UID_(H?\d+)_")
+MIN_SENSITIVITY = 0.95
+
+
+def subject_of(path: str) -> str:
+    match = SUBJECT.search(Path(path).name)
+    if not match:
+        raise ValueError(f"no C-NMC subject id in {path!r} (expected UID_<subject>_...)")
+    return match.group(1)
+
+
+def make_subject_split(root: str | Path, test_subjects: dict[str, int] | None = None, folds: int = 2,
+                       seed: int = 0) -> mldata.ScanResult:
+    """Subject-grouped split: ``test`` subjects, the rest dealt into ``fold0..fold{k-1}``.
+
+    Within each class, subjects are shuffled with the seed; the first ones go to test, the rest to
+    the fold with the fewest cells of that class so far (largest subjects first).
+    """
+    test_subjects = test_subjects or {"all": 3, "hem": 1}
+    scan = mldata.scan_folder(root)
+    mldata.assign_groups(scan.samples, group_of=lambda s: f"subject:{subject_of(s.path)}")
+    members: dict[str, list] = defaultdict(list)
+    for sample in scan.samples:
+        members[sample.group].append(sample)
+    rng = random.Random(seed)
+    for label in scan.classes:
+        groups = sorted(g for g, items in members.items() if Counter(s.label for s in items).most_common(1)[0][0] == label)
+        rng.shuffle(groups)
+        n_test = min(test_subjects.get(label, 1), max(len(groups) - folds, 0))
+        assignment = {g: "test" for g in groups[:n_test]}
+        filled = [0] * folds
+        for group in sorted(groups[n_test:], key=lambda g: -len(members[g])):
+            k = filled.index(min(filled))
+            filled[k] += len(members[group])
+            assignment[group] = f"fold{k}"
+        for group, split in assignment.items():
+            for sample in members[group]:
+                sample.split = split
+    return scan
+
+
+def choose_threshold(p_blast: np.ndarray, is_blast: np.ndarray, min_sensitivity: float = MIN_SENSITIVITY) -> float:
+    """The highest cut on P(blast) whose sensitivity is still >= ``min_sensitivity`` (best specificity)."""
+    p_blast, is_blast = np.asarray(p_blast, dtype=float), np.asarray(is_blast, dtype=bool)
+    if not is_blast.any():
+        raise ValueError("no blast among the cells: sensitivity is undefined")
+    positives = np.sort(p_blast[is_blast])[::-1]
+    needed = int(np.ceil(min_sensitivity * len(positives)))  # blasts that must score >= threshold
+    return float(positives[needed - 1])
+
+
+def screening_metrics(p_blast: np.ndarray, is_blast: np.ndarray, threshold: float) -> dict:
+    p_blast, is_blast = np.asarray(p_blast, dtype=float), np.asarray(is_blast, dtype=bool)
+    flagged = p_blast >= threshold
+    tp, fn = int((flagged & is_blast).sum()), int((~flagged & is_blast).sum())
+    tn, fp = int((~flagged & ~is_blast).sum()), int((flagged & ~is_blast).sum())
+    both = is_blast.any() and (~is_blast).any()
+    return {
+        "n": int(len(is_blast)), "blasts": int(is_blast.sum()), "normals": int((~is_blast).sum()),
+        "threshold": float(threshold),
+        "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+        "specificity": tn / (tn + fp) if tn + fp else float("nan"),
+        "precision": tp / (tp + fp) if tp + fp else float("nan"),
+        "f1": float(f1_score(is_blast, flagged, zero_division=0)),
+        "weighted_f1": float(f1_score(is_blast, flagged, average="weighted", zero_division=0)),
+        "balanced_accuracy": float(balanced_accuracy_score(is_blast, flagged)) if both else float("nan"),
+        "roc_auc": float(roc_auc_score(is_blast, p_blast)) if both else float("nan"),
+        "confusion": {"tp": tp, "fn": fn, "tn": tn, "fp": fp},
+    }
+
+
+def per_subject(samples, p_blast, threshold) -> list[dict]:
+    rows: dict[str, dict] = {}
+    for sample, p in zip(samples, p_blast):
+        subject = subject_of(sample.path)
+        row = rows.setdefault(subject, {"subject": subject, "truth": FOLDER_TO_LABEL[sample.label], "cells": 0, "flagged": 0})
+        row["cells"] += 1
+        row["flagged"] += int(p >= threshold)
+    for row in rows.values():
+        row["flagged_fraction"] = row["flagged"] / row["cells"]
+    return sorted(rows.values(), key=lambda r: r["subject"])
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], points: dict[str, tuple[float, float]], path: Path,
+             title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=120)
+    for name, (is_blast, p_blast) in curves.items():
+        fpr, tpr, _ = roc_curve(is_blast, p_blast)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(is_blast, p_blast):.3f})")
+    for name, (fpr, tpr) in points.items():
+        ax.plot([fpr], [tpr], "o", label=name)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.axhline(MIN_SENSITIVITY, color="red", lw=0.6, ls="--")
+    ax.set_xlabel("1 - specificity (normal cells flagged)")
+    ax.set_ylabel("sensitivity (blasts flagged)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def blast_probability(predictor: Predictor, root, samples) -> np.ndarray:
+    """Uncalibrated P(blast) (temperature 1): fold models and the final model are compared on one scale."""
+    probs = predictor.predict_proba([Path(root) / s.path for s in samples], temperature=1.0)
+    return probs[:, predictor.classes.index(POSITIVE)]
+
+
+def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, balance_modes=("undersample", "oversample"),
+        seed: int = 0) -> dict:
+    """The whole protocol; resumable (finished runs are reused). Writes OUT/report.json, report.md, roc.png."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        mldata.write_manifest(make_subject_split(data, seed=seed), manifest)
+    samples = mldata.read_manifest(manifest)
+    problems = mldata.check_manifest(samples, data)
+    if problems:
+        raise ValueError("manifest problems: " + "; ".join(problems[:5]))
+    folds = sorted({s.split for s in samples if s.split.startswith("fold")})
+    common = dict(data=str(data), manifest=str(manifest), task="screening", class_names=[FOLDER_TO_LABEL[c] for c in
+                  sorted(FOLDER_TO_LABEL)], classes=sorted(FOLDER_TO_LABEL), seed=seed)
+
+    cv: dict[str, dict] = {}
+    for mode in balance_modes:
+        oof_p, oof_y, best_epochs, fold_rows = [], [], [], []
+        for fold in folds:
+            config = replace(base, **common, balance=mode, out=str(out / f"cv-{mode}-{fold}"),
+                             train_splits=[f for f in folds if f != fold], val_splits=[fold])
+            model_file = Path(config.out) / "model.pt"
+            if not model_file.exists():
+                train(config, resume=True)
+            predictor = Predictor(model_file)
+            held = [s for s in samples if s.split == fold]
+            p = blast_probability(predictor, data, held)
+            y = np.array([FOLDER_TO_LABEL[s.label] == POSITIVE for s in held])
+            oof_p.append(p)
+            oof_y.append(y)
+            best_epochs.append(predictor.payload["training"]["best_epoch"] + 1)
+            fold_rows.append({"fold": fold, "subjects": sorted({subject_of(s.path) for s in held}),
+                              "auc": screening_metrics(p, y, 0.5)["roc_auc"]})
+        p, y = np.concatenate(oof_p), np.concatenate(oof_y)
+        threshold = choose_threshold(p, y)
+        cv[mode] = {"threshold": threshold, "oof": screening_metrics(p, y, threshold), "folds": fold_rows,
+                    "best_epochs": best_epochs, "curve": (y, p)}
+    chosen = max(cv, key=lambda m: (cv[m]["oof"]["specificity"], cv[m]["oof"]["roc_auc"]))
+    threshold = cv[chosen]["threshold"]
+    epochs = max(1, round(float(np.mean(cv[chosen]["best_epochs"]))))
+
+    final = replace(base, **common, balance=chosen, out=str(out / "final"), train_splits=folds, val_splits=[],
+                    epochs=epochs, min_epochs=epochs, stop_patience=10**6)
+    final_file = Path(final.out) / "model.pt"
+    if not final_file.exists():
+        train(final, resume=True)
+    update_payload(final_file, threshold=threshold, positive_class=POSITIVE, temperature=1.0,
+                   screening={"chosen_balance": chosen, "cv_threshold": threshold, "min_sensitivity": MIN_SENSITIVITY})
+    predictor = Predictor(final_file)
+    test = [s for s in samples if s.split == "test"]
+    p_test = blast_probability(predictor, data, test)
+    y_test = np.array([FOLDER_TO_LABEL[s.label] == POSITIVE for s in test])
+    report = {
+        "model": predictor.name, "model_version": predictor.version, "model_file": str(final_file),
+        "model_sha256": mldata.sha256_file(final_file), "manifest": str(manifest),
+        "manifest_sha256": mldata.sha256_file(manifest), "arch": base.arch, "img_size": base.img_size,
+        "threshold": threshold, "chosen_balance": chosen, "final_epochs": epochs,
+        "subjects": {split: sorted({subject_of(s.path) for s in samples if s.split == split})
+                     for split in ["test", *folds]},
+        "cv": {m: {k: v for k, v in r.items() if k != "curve"} for m, r in cv.items()},
+        "test": screening_metrics(p_test, y_test, threshold),
+        "test_per_subject": per_subject(test, p_test, threshold),
+        "train_wall_s": predictor.payload["training"]["wall_time_s"],
+        "hardware": predictor.payload["training"]["hardware"],
+        "config": {k: v for k, v in asdict(base).items() if k in ("arch", "img_size", "lr", "batch_size", "epochs",
+                                                                  "augment_strength", "pretrained_weights")},
+    }
+    curves = {f"CV out-of-fold, {m}": cv[m]["curve"] for m in cv}
+    curves["test subjects, final model"] = (y_test, p_test)
+    plot_roc(curves, {"test at threshold": (1 - report["test"]["specificity"], report["test"]["sensitivity"])},
+             out / "roc.png", f"{base.arch}: blast vs normal cell, subject-level")
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(markdown(report))
+    return report
+
+
+def fmt(value) -> str:
+    return "n/a" if value != value else f"{value:.4f}"  # NaN-safe
+
+
+def metrics_rows(name: str, m: dict, subjects: str) -> str:
+    return (f"| {name} | {subjects} | {m['n']} ({m['blasts']}/{m['normals']}) | {fmt(m['sensitivity'])} | "
+            f"{fmt(m['specificity'])} | {fmt(m['f1'])} | {fmt(m['weighted_f1'])} | {fmt(m['balanced_accuracy'])} | "
+            f"{fmt(m['roc_auc'])} |")
+
+
+def markdown(report: dict) -> str:
+    subjects = report["subjects"]
+    n_cv = sum(len(v) for k, v in subjects.items() if k != "test")
+    lines = [
+        f"# Screening model `{report['model']}` ({report['model_version']})",
+        "",
+        f"Blast vs normal single cells (C-NMC 2019 fold 1), subject-level protocol, input {report['img_size']} px. "
+        f"Decision: blast when P(blast) >= **{report['threshold']:.4f}**, the highest cut that kept blast sensitivity "
+        f">= {MIN_SENSITIVITY} on the out-of-fold predictions of subject-grouped cross-validation.",
+        "",
+        f"- Test subjects (untouched): {', '.join(subjects['test'])} — {len(subjects['test'])} subjects.",
+        f"- Cross-validation subjects: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in subjects.items() if k != "test")
+        + f" — {n_cv} subjects.",
+        f"- Balancing compared by CV: " + ", ".join(
+            f"{m} (OOF specificity {fmt(r['oof']['specificity'])}, AUC {fmt(r['oof']['roc_auc'])})" for m, r in report["cv"].items())
+        + f"; chosen: **{report['chosen_balance']}**; final model trained on all CV subjects for {report['final_epochs']} epochs.",
+        "",
+        "| evaluation | subjects | cells (blast/normal) | sensitivity | specificity | F1 (blast) | weighted F1 | balanced acc. | ROC AUC |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        metrics_rows("**test, final model**", report["test"], f"{len(subjects['test'])}"),
+    ]
+    for mode, r in report["cv"].items():
+        lines.append(metrics_rows(f"CV out-of-fold, {mode}", r["oof"], f"{n_cv}"))
+    lines += ["", "Per test subject (all cells of a subject share its diagnosis):", "",
+              "| subject | truth | cells | flagged as blast | fraction |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['subject']} | {r['truth']} | {r['cells']} | {r['flagged']} | {r['flagged_fraction']:.3f} |"
+              for r in report["test_per_subject"]]
+    lines += ["", "![ROC curves](roc.png)", ""]
+    return "\n".join(lines)

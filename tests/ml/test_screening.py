@@ -1,0 +1,131 @@
+"""Single-cell screening: subject-level splits, sensitivity-first threshold, metrics, and the predictor contract."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from ml import data as mldata
+from ml import screening
+from ml.predict import Predictor
+from ml.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL_CNMC = ROOT.parent / "shared" / "data" / "cnmc-fold1"
+
+
+def draw_cell(blast: bool, seed: int, size: int = 64) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (size, size), "black")
+    draw = ImageDraw.Draw(image)
+    r = size // 3 + int(rng.integers(-3, 4))
+    colour = (120, 40, 160) if blast else (200, 120, 200)
+    draw.ellipse([size // 2 - r, size // 2 - r, size // 2 + r, size // 2 + r], fill=colour)
+    x, y = (int(v) for v in rng.integers(size // 2 - 6, size // 2 + 6, 2))
+    draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(int(rng.integers(0, 255)), 30, 90))  # unique per cell
+    return image
+
+
+@pytest.fixture(scope="module")
+def cell_folder(tmp_path_factory) -> Path:
+    """C-NMC layout: all/UID_<subject>_<image>_<cell>_all.png and hem/UID_H<subject>_..._hem.png."""
+    root = tmp_path_factory.mktemp("cnmc")
+    subjects = {"all": ["3", "5", "7", "9", "11"], "hem": ["H1", "H2", "H4"]}
+    for folder, ids in subjects.items():
+        (root / folder).mkdir()
+        for n, subject in enumerate(ids):
+            for cell in range(8):
+                draw_cell(folder == "all", {"all": 0, "hem": 1}[folder] * 10_000 + n * 100 + cell).save(root / folder / f"UID_{subject}_{cell}_1_{folder}.png")
+    return root
+
+
+def test_subject_ids_are_read_from_cnmc_names():
+    assert screening.subject_of("all/UID_51_12_3_all.png") == "51"
+    assert screening.subject_of("hem/UID_H10_100_1_hem.png") == "H10"
+    with pytest.raises(ValueError):
+        screening.subject_of("all/cell.png")
+
+
+def test_subject_split_keeps_every_subject_on_one_side_with_normals_in_test_and_each_fold(cell_folder):
+    scan = screening.make_subject_split(cell_folder, test_subjects={"all": 1, "hem": 1}, folds=2, seed=1)
+    assert mldata.check_manifest(scan.samples, cell_folder) == []
+    sides: dict[str, set] = {}
+    for s in scan.samples:
+        sides.setdefault(screening.subject_of(s.path), set()).add(s.split)
+    assert all(len(v) == 1 for v in sides.values())
+    for split in ("test", "fold0", "fold1"):
+        labels = {s.label for s in scan.samples if s.split == split}
+        assert labels == {"all", "hem"}, f"{split} lacks a class"
+
+
+def test_threshold_is_the_highest_cut_keeping_sensitivity():
+    p = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.6, 0.1])
+    y = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0], dtype=bool)
+    t = screening.choose_threshold(p, y, min_sensitivity=0.8)
+    assert t == pytest.approx(0.2)  # 8 of 10 blasts at >= 0.2
+    m = screening.screening_metrics(p, y, t)
+    assert m["sensitivity"] == pytest.approx(0.8)
+    assert m["specificity"] == pytest.approx(0.5)
+    assert m["confusion"] == {"tp": 8, "fn": 2, "tn": 1, "fp": 1}
+    assert screening.screening_metrics(p, y, screening.choose_threshold(p, y, 1.0))["sensitivity"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def screening_run(cell_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("screening-run")
+    base = TrainConfig(data=str(cell_folder), arch="mobilenetv3_screen", out="", epochs=2, img_size=48,
+                       batch_size=16, progress=False)
+    report = screening.run(str(cell_folder), out, out / "manifest.csv", base, balance_modes=("undersample",))
+    return out, report
+
+
+def test_the_protocol_reports_cv_and_test_subjects_and_stores_the_threshold(screening_run):
+    out, report = screening_run
+    assert set(report["subjects"]) == {"test", "fold0", "fold1"}
+    assert report["cv"]["undersample"]["oof"]["sensitivity"] >= 0.95
+    for key in ("sensitivity", "specificity", "f1", "weighted_f1", "balanced_accuracy", "roc_auc"):
+        assert key in report["test"]
+    assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Per test subject" in (out / "report.md").read_text()
+    predictor = Predictor(out / "final" / "model.pt")
+    assert predictor.threshold == pytest.approx(report["threshold"])
+    assert predictor.positive_class == "blast" and predictor.classes == ("blast", "normal")
+
+
+def test_screening_predictions_follow_the_contract_and_the_threshold(screening_run):
+    out, report = screening_run
+    predictor = Predictor(out / "final" / "model.pt")
+    results = predictor.predict([draw_cell(True, 1), draw_cell(False, 2).convert("L")])
+    for result in results:
+        assert set(result) == {"label", "probabilities", "threshold", "model", "model_version"}
+        assert set(result["probabilities"]) == {"blast", "normal"}
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0)
+        assert result["label"] == ("blast" if result["probabilities"]["blast"] >= result["threshold"] else "normal")
+
+
+def test_cli_predict_with_the_screening_model(screening_run, tmp_path):
+    out, _ = screening_run
+    cell = tmp_path / "cell.png"
+    draw_cell(True, 3).save(cell)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    result = subprocess.run([sys.executable, "-m", "ml", "predict", "--model", str(out / "final" / "model.pt"), "--json",
+                             str(cell), str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[0]["label"] in {"blast", "normal"} and "threshold" in lines[0]
+    assert set(lines[1]) == {"path", "error"}
+    assert result.returncode == 1
+
+
+def test_committed_cnmc_manifest_is_subject_disjoint():
+    manifest = ROOT / "ml" / "splits" / "cnmc-fold1.csv"
+    if not manifest.is_file():
+        pytest.fail("ml/splits/cnmc-fold1.csv is missing")
+    samples = mldata.read_manifest(manifest)
+    assert mldata.check_manifest(samples, REAL_CNMC if REAL_CNMC.is_dir() else None) == []
+    assert {s.split for s in samples} == {"test", "fold0", "fold1"}
