@@ -1,0 +1,40 @@
+"""The case page's live polling in headless Chromium for both kinds: a queued
+cell and a queued field update in place (label, P(blast), threshold, stage
+bars) and the screening summary follows, without a reload."""
+import pytest
+
+from diagnosis import services
+from tests.diagnosis.test_diagnosis_browser import browser_page  # noqa: F401
+from tests.portal_testutils import PASSWORD
+
+from .conftest import screening_result, staging_result
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+
+def test_case_page_follows_cells_and_fields(browser_page, live_server, technician, smear_factory, case):  # noqa: F811
+    page = browser_page
+    cell, field = smear_factory(kind="cell"), smear_factory(kind="field")
+    services.refresh_case(case)
+    page.goto(live_server.url + "/accounts/login/")
+    page.fill("input[name=login]", technician.email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(live_server.url + "/cases/")
+    page.goto(live_server.url + case.get_absolute_url())
+    page.evaluate("window.__noReload = true")
+
+    for smear, result in ((cell, screening_result(0.42)), (field, staging_result("Pro", 0.6))):
+        assert services.claim_smear(smear.pk)
+        services.record_prediction(smear.pk, result, 5)
+
+    cell_card, field_card = f'[data-smear="{cell.pk}"]', f'[data-smear="{field.pk}"]'
+    page.wait_for_selector(f"{cell_card} .smear-status-done", timeout=20_000)
+    page.wait_for_selector(f"{field_card} .smear-status-done", timeout=20_000)
+    assert page.evaluate("window.__noReload") is True
+    assert page.inner_text(f'{cell_card} [data-field="stage"]') == "Blast"
+    assert page.inner_text(f'{cell_card} [data-prob-text="blast"]') == "0.42"
+    assert page.inner_text(f'{cell_card} [data-field="threshold"]') == "0.31"
+    assert page.inner_text(f'{field_card} [data-prob-text="Pro"]') == "0.60"
+    assert "1 cell screened · 1 flagged as blast (100 %)" in page.inner_text("[data-screening-summary]")
+    assert "Pro-B" in page.inner_text("[data-case-suggestion]")
