@@ -69,7 +69,7 @@ class SmearUploadForm(forms.Form):
         super().__init__(*args, **kwargs)
         mb = settings.SMEAR_MAX_UPLOAD_BYTES / (1024 * 1024)
         self.fields["images"].help_text = (
-            f"One or more peripheral blood smear images ({', '.join(ALLOWED_FORMATS.values())}); "
+            f"One or more images of the kind chosen above ({', '.join(ALLOWED_FORMATS.values())}); "
             f"up to {mb:g} MB and {settings.SMEAR_MAX_PIXELS / 1e6:g} megapixels each, "
             f"{settings.SMEAR_MAX_FILES_PER_UPLOAD} files per upload."
         )

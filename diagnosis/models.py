@@ -85,8 +85,9 @@ class Case(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     # Pathologist review (services.set_final_stage / sign_out). The final
-    # stage is a label of the case's model (validated in services), stored as
-    # a string so that other label sets fit without a schema change.
+    # stage is a staging label of the case's fields (validated in services);
+    # empty for a case of single cells only, whose result is the reviewed
+    # screening summary (Case.screening_summary).
     final_stage = models.CharField(max_length=32, blank=True, db_index=True)
     review_comment = models.TextField(blank=True)
     signed_out_by = models.ForeignKey(
@@ -117,7 +118,8 @@ class Case(models.Model):
 
     def compute_suggestion(self):
         """The suggested case-level stage: mean of the probability vectors of
-        the classified smears, its argmax, and that class's mean probability.
+        the classified blood-smear fields (single cells never count), its
+        argmax, and that class's mean probability.
 
         Returns (stage, confidence, n_smears) or (None, None, 0) when no smear
         has been classified yet. This is the only implementation of the rule.
