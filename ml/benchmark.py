@@ -36,7 +36,7 @@ def protocol_config(data: str, manifest: str, out: Path, arch: str, seed: int, b
 
 
 def run(data: str, out: str | Path, manifest: str, base: TrainConfig, archs=ARCHITECTURES, seeds=(0, 1, 2),
-        docs: str | Path = "docs", latency_image: str | None = None) -> dict:
+        docs: str | Path = "docs", latency_image: str | None = None, timing_runs: int = 50) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     protocol = {k: v for k, v in asdict(base).items() if k not in ("data", "arch", "out", "manifest", "seed",
@@ -50,12 +50,12 @@ def run(data: str, out: str | Path, manifest: str, base: TrainConfig, archs=ARCH
     for arch in archs or ARCHITECTURES:
         for seed in (seeds if arch == DEPLOYED else seeds[:1]):
             config = protocol_config(data, manifest, out, arch, seed, base)
-            results[f"{arch}-s{seed}"] = run_one(config, latency_image)
+            results[f"{arch}-s{seed}"] = run_one(config, latency_image, timing_runs)
     write_page(results, base, Path(docs), out)
     return results
 
 
-def run_one(config: TrainConfig, latency_image: str | None) -> dict:
+def run_one(config: TrainConfig, latency_image: str | None, timing_runs: int = 50) -> dict:
     run_dir = Path(config.out)
     result_file = run_dir / "result.json"
     if result_file.exists():
@@ -73,8 +73,10 @@ def run_one(config: TrainConfig, latency_image: str | None) -> dict:
         "params_m": models.count_parameters(predictor.model) / 1e6,
         "mflops": profile.count_flops(predictor.model, predictor.input_size) / 1e6,
         "weights_mb": profile.file_megabytes(model_file),
-        "latency": profile.measure_latency(predictor, latency_image or predictor_input_example(config), runs=50),
-        "throughput_b32": profile.measure_throughput(predictor.model, predictor.input_size, batch=32),
+        "latency": profile.measure_latency(predictor, latency_image or predictor_input_example(config), runs=timing_runs,
+                                           warmup=min(5, timing_runs)),
+        "throughput_b32": profile.measure_throughput(predictor.model, predictor.input_size, batch=32,
+                                                     runs=max(1, timing_runs // 10)),
         "train_wall_s": payload["training"]["wall_time_s"],
         "epochs_run": payload["training"]["epochs_run"],
         "hardware": payload["training"]["hardware"],
