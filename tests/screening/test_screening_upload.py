@@ -93,6 +93,11 @@ def test_invalid_screening_output_fails_the_smear(fake_ml, smear_factory, bad, m
     assert not Prediction.objects.filter(smear=cell).exists()
 
 
+def test_label_at_the_threshold_within_rounding_is_accepted():
+    result = {**screening_result(0.31), "probabilities": {"blast": 0.3099999999, "normal": 0.6900000001}}
+    assert services.validate_result(result, "cell")[:2] == ("screening", "blast")
+
+
 def test_a_screening_result_for_a_field_is_refused(fake_ml, smear_factory):
     fake_ml.staging.result = screening_result(0.9)
     field = smear_factory(kind="field")
