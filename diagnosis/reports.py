@@ -12,7 +12,8 @@ from . import services
 
 DECISION_SUPPORT_NOTE = (
     "The model's classification is decision support only (a pre-classification). "
-    "The diagnosis is the final stage signed out by the pathologist."
+    "The diagnosis is what the pathologist signed out: the final stage and, for single cells, "
+    "the pathologist's blast/normal labels."
 )
 
 

@@ -677,15 +677,14 @@ def screening_summary_text(case, reviewed=True):
     if not summary["cells"]:
         return ""
     if reviewed and not summary["reviewed"]:
-        return "Single-cell screening: no cell reviewed by a pathologist yet."
+        return "Single-cell screening, pathologist: no cell reviewed yet."
     if reviewed:
-        n, k, frac = summary["reviewed"], summary["reviewed_blasts"], summary["reviewed_fraction"]
-        who = "by the pathologist"
-    else:
-        n, k, frac = summary["screened"], summary["flagged"], summary["flagged_fraction"]
-        who = "flagged by the model"
+        frac = summary["reviewed_fraction"]
+        return (f"Single-cell screening, pathologist: {summary['reviewed_blasts']} of {summary['reviewed']} "
+                f"reviewed cells blast ({frac:.0%}).")
+    frac = summary["flagged_fraction"]
     pct = f" ({frac:.0%})" if frac is not None else ""
-    return f"Single-cell screening: {k} of {n} cells blast {who}{pct}."
+    return f"Single-cell screening, model: {summary['flagged']} of {summary['screened']} cells flagged as blast{pct}."
 
 
 # --------------------------------------------------------------------------

@@ -41,7 +41,11 @@
         if (bar) { bar.style.width = (p * 100).toFixed(1) + "%"; }
         text(probs.querySelector('[data-prob-text="' + s + '"]'), p.toFixed(2));
       });
-      if (item.threshold != null) { text(probs.querySelector('[data-field="threshold"]'), item.threshold.toFixed(2)); }
+      if (item.threshold != null) {
+        text(probs.querySelector('[data-field="threshold"]'), item.threshold.toFixed(2));
+        var mark = probs.querySelector("[data-threshold-mark]");
+        if (mark) { mark.style.left = (item.threshold * 100).toFixed(1) + "%"; }
+      }
       text(probs.querySelector('[data-field="model"]'), item.model);
     }
     return true;

@@ -55,7 +55,7 @@ def test_cells_only_case_signs_out_without_a_stage(cell, pathologist, path_clien
     case.refresh_from_db()
     assert case.is_signed_out and case.final_stage == "" and case.signed_out_stage == ""
     event = AuditEvent.objects.get(case=case, action="sign_out")
-    assert event.detail == "Single-cell screening: 1 of 2 cells blast by the pathologist (50%)."
+    assert event.detail == "Single-cell screening, pathologist: 1 of 2 reviewed cells blast (50%)."
     page = path_client.get(case.get_absolute_url()).content.decode()
     assert "Single-cell screening (no stage)" in page and "Screening: 1 of 2 reviewed cells blast" in page
     # Locked: a cell review after sign-out changes nothing.
@@ -83,7 +83,7 @@ def test_mixed_case_needs_a_stage_from_the_fields(cell, field, pathologist, case
     services.sign_out(case, pathologist, "Pro")
     case.refresh_from_db()
     assert case.signed_out_stage == "Pro"
-    assert "1 of 1 cells blast" in AuditEvent.objects.get(case=case, action="sign_out").detail
+    assert "1 of 1 reviewed cells blast" in AuditEvent.objects.get(case=case, action="sign_out").detail
 
 
 def test_review_queue_counts_flagged_cells(cell, field, case, patient, technician, path_client):
@@ -97,7 +97,7 @@ def test_review_queue_counts_flagged_cells(cell, field, case, patient, technicia
     assert not mixed.low_confidence and not mixed.disagreement  # cells do not drive the staging flags
     assert (only.n_cells, only.blasts_flagged, only.min_confidence, only.flagged) == (1, 0, None, False)
     page = path_client.get(reverse("diagnosis:review_queue")).content.decode()
-    assert "2 of 3 cells blast" in page
+    assert "2 of 3 cells flagged blast" in page
 
 
 @pytest.fixture
@@ -120,8 +120,8 @@ def test_report_has_the_screening_section(signed_mixed, path_client, case, patho
     f, (c1, c2, c3) = signed_mixed
     html = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
     section = html.split("data-report-screening>")[1].split("</section>")[0]
-    for text in ("Single-cell screening: 1 of 3 cells blast flagged by the model (33%).",
-                 "Single-cell screening: 2 of 3 cells blast by the pathologist (67%).",
+    for text in ("Single-cell screening, model: 1 of 3 cells flagged as blast (33%).",
+                 "Single-cell screening, pathologist: 2 of 3 reviewed cells blast (67%).",
                  c1.original_filename, "0.90", "0.31", "Blast morphology.", "sensitivity"):
         assert text in section, text
     assert f.original_filename not in section and f.original_filename in html
@@ -130,8 +130,8 @@ def test_report_has_the_screening_section(signed_mixed, path_client, case, patho
 
     reader = PdfReader(io.BytesIO(response.content))
     text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
-    for expected in ("Single-cell screening (blast vs normal)", "1 of 3 cells blast flagged by the model",
-                     "2 of 3 cells blast by the pathologist", "P(blast)", "Threshold", "0.31", "0.90", "Blast",
+    for expected in ("Single-cell screening (blast vs normal)", "1 of 3 cells flagged as blast",
+                     "2 of 3 reviewed cells blast", "P(blast)", "Threshold", "0.31", "0.90", "Blast",
                      "Normal", "Blast morphology.", "Pre-B", "fake_screening 0.0-test", pathologist.email):
         assert expected in text, expected
 
@@ -145,7 +145,7 @@ def test_report_pdf_of_a_cells_only_case(cell, pathologist, path_client, case):
 
     pdf = path_client.get(reverse("diagnosis:case_report_pdf", args=[case.pk])).content
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages).split())
-    assert "none (single cells only)" in text and "1 of 1 cells blast by the pathologist" in text
+    assert "none (single cells only)" in text and "pathologist: 1 of 1 reviewed cells blast" in text
 
 
 def test_export_puts_cells_in_blast_and_normal_folders(signed_mixed, tmp_path, case, path_client):
