@@ -23,6 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "taleqani-all"
+CELLS = REPO.parent / "shared" / "data" / "cnmc-fold1"  # single cells: all/ (blasts) and hem/ (normal)
+SCREENING_WEIGHTS = REPO / "ml" / "weights" / "screening.pt"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "demo-passphrase-not-for-production"
 
@@ -82,7 +84,19 @@ def build_demo():
         if classify:
             for smear in outcome.accepted:
                 classify_smear(smear.pk)  # the real model, synchronously
-    return Case.objects.get(accession_number="ACC-2026-0187"), Case.objects.get(accession_number="ACC-2026-0199")
+    screening_case = None
+    if SCREENING_WEIGHTS.is_file() and (CELLS / "all").is_dir() and (CELLS / "hem").is_dir():
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        patient = Patient.objects.create(lab_id="P-4410", sex="M", birth_year=2011, created_by=tech)
+        screening_case = Case.objects.create(patient=patient, accession_number="ACC-2026-0205", created_by=tech,
+                                             clinical_note="Single cells segmented from the marrow aspirate.")
+        paths = sorted((CELLS / "all").glob("*.png"))[:4] + sorted((CELLS / "hem").glob("*.png"))[:4]
+        files = [SimpleUploadedFile(p.name, p.read_bytes()) for p in paths]
+        for smear in services.add_smears(screening_case, files, tech, kind="cell").accepted:
+            classify_smear(smear.pk)  # the real screening model, synchronously
+    return (Case.objects.get(accession_number="ACC-2026-0187"), Case.objects.get(accession_number="ACC-2026-0199"),
+            screening_case)
 
 
 def wait_for(url, timeout=60):
@@ -114,7 +128,8 @@ def main():
         DJANGO_SETTINGS_MODULE="leukportal.settings",
     )
     sys.path.insert(0, str(REPO))
-    detail_case, pending_case = build_demo()
+    detail_case, pending_case, screening_case = build_demo()
+    screening_url = screening_case.get_absolute_url() if screening_case else None
     # Resolve URLs now: Django refuses database access inside Playwright's event loop.
     detail_url, pending_url = detail_case.get_absolute_url(), pending_case.get_absolute_url()
     upload_url, patient_url = f"/cases/{pending_case.pk}/upload/", detail_case.patient.get_absolute_url()
@@ -141,6 +156,9 @@ def main():
             page.goto(base + detail_url)
             page.wait_for_selector(".probs:not([hidden])")
             page.screenshot(path=str(out / "case_detail.png"), full_page=True)
+            if screening_url:
+                page.goto(base + screening_url)
+                page.screenshot(path=str(out / "case_detail_screening.png"), full_page=True)
             page.goto(base + upload_url)
             demo = sorted((DATA / "Pro").glob("*.jpg"))[-1:] if (DATA / "Pro").is_dir() else []
             bad = tmp / "lab-report.pdf"
