@@ -111,12 +111,12 @@ class LearningRateAdjuster:
             self.reductions_without_improvement = 0
             self.best_state = copy.deepcopy(model.state_dict())
             self.best_epoch = epoch
-            self.log(f"LRA epoch {epoch}: {monitor} improved (train acc {train_accuracy:.4f}, val loss {val_loss:.4f}); "
+            self.log(f"LRA epoch {epoch + 1}: {monitor} improved (train acc {train_accuracy:.4f}, val loss {val_loss:.4f}); "
                      f"best weights saved, lr stays {self.lr:.2e}")
             return False
         self.wait += 1
         if self.wait < self.patience:
-            self.log(f"LRA epoch {epoch}: {monitor} did not improve ({self.wait}/{self.patience}); lr stays {self.lr:.2e}")
+            self.log(f"LRA epoch {epoch + 1}: {monitor} did not improve ({self.wait}/{self.patience}); lr stays {self.lr:.2e}")
             return False
         new_lr = self.lr * self.factor
         self._set_lr(new_lr)
@@ -124,11 +124,11 @@ class LearningRateAdjuster:
         self.reductions_without_improvement += 1
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
-        self.log(f"LRA epoch {epoch}: {monitor} did not improve for {self.patience} epochs; lr lowered to {new_lr:.2e}, "
-                 f"weights restored from epoch {self.best_epoch} "
+        self.log(f"LRA epoch {epoch + 1}: {monitor} did not improve for {self.patience} epochs; lr lowered to {new_lr:.2e}, "
+                 f"weights restored from epoch {self.best_epoch + 1} "
                  f"({self.reductions_without_improvement}/{self.stop_patience} reductions without improvement)")
         if self.reductions_without_improvement >= self.stop_patience:
-            self.log(f"LRA epoch {epoch}: early stop, no improvement after {self.stop_patience} reductions")
+            self.log(f"LRA epoch {epoch + 1}: early stop, no improvement after {self.stop_patience} reductions")
             return True
         return False
 
@@ -254,8 +254,16 @@ def collect_logits(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, 
     return torch.cat(logits), torch.cat(labels)
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Temperature scaling (Guo et al. 2017): one scalar that minimises validation NLL."""
+TEMPERATURE_BOUNDS = (0.25, 4.0)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, log=None) -> float:
+    """Temperature scaling (Guo et al. 2017): one scalar that minimises validation NLL.
+
+    Searched within TEMPERATURE_BOUNDS: on a validation split with (almost) no errors the NLL keeps
+    falling as T -> 0, which would make every probability 0 or 1 and leave the portal's low-confidence
+    flags meaningless; a bound keeps the probabilities informative, and hitting it is logged.
+    """
     log_t = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
 
@@ -266,7 +274,12 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
+    fitted = float(log_t.detach().exp())
+    lo, hi = TEMPERATURE_BOUNDS
+    if not lo <= fitted <= hi and log is not None:
+        log(f"temperature: NLL optimum {fitted:.3g} lies outside [{lo}, {hi}] (validation too clean to calibrate "
+            f"further); using {min(max(fitted, lo), hi)}")
+    return min(max(fitted, lo), hi)
 
 
 def hardware() -> str:
@@ -382,7 +395,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)  # atomic: a kill never leaves half a file
 
     adjuster.restore_best(model)
-    temperature = fit_temperature(*collect_logits(model, val_loader)) if len(val_set) else 1.0
+    temperature = fit_temperature(*collect_logits(model, val_loader), log=log) if len(val_set) else 1.0
     log(f"training done in {elapsed / 60:.1f} min; best epoch {adjuster.best_epoch}; temperature {temperature:.3f}")
     return save_model(out / "model.pt", model, config, classes, temperature, history, elapsed, adjuster.best_epoch)
 
@@ -398,8 +411,8 @@ def export(run_dir: str | Path) -> Path:
     own = model.state_dict()
     model.load_state_dict({k: v for k, v in best.items() if k in own})
     samples = mldata.read_manifest(config.manifest)
-    val = mldata.ImageTensorDataset(config.data, [s for s in samples if s.split == "val"], config.classes,
+    val = mldata.ImageTensorDataset(config.data, [s for s in samples if s.split in config.val_splits], config.classes,
                                     config.img_size)
-    temperature = fit_temperature(*collect_logits(model, DataLoader(val, batch_size=64)))
+    temperature = fit_temperature(*collect_logits(model, DataLoader(val, batch_size=64)), log=print)
     return save_model(run_dir / "model.pt", model, config, config.classes, temperature, state["history"],
                       state["elapsed"], state["adjuster"].get("best_epoch", -1))

@@ -36,7 +36,7 @@ def test_lra_restores_best_weights_when_it_lowers_the_rate_and_stops_after_patie
         model.weight.add_(5.0)
     assert lra.step(1, model, 1.0, val_loss=2.0) is False
     assert torch.equal(model.weight, best["weight"]), "weights were not restored"
-    assert "restored from epoch 0" in log[-1]
+    assert "restored from epoch 1 " in log[-1]
     assert lra.step(2, model, 1.0, val_loss=3.0) is True
     assert "early stop" in log[-1]
 
@@ -55,7 +55,7 @@ def test_a_tiny_training_run_lowers_the_loss_and_writes_a_usable_model(tiny_mode
     history = json.loads((out / "history.json").read_text())
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     log = (out / "train.log").read_text()
-    assert "LRA epoch 0" in log and "training done" in log
+    assert "LRA epoch 1:" in log and "training done" in log
     payload = read_payload(tiny_model_file)
     assert payload["classes"] == ["Benign", "Early", "Pre", "Pro"]
     assert payload["training"]["manifest_sha256"]
