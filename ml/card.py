@@ -235,9 +235,10 @@ def ship_screening(report_dir: str | Path, latency_image: str | Path, name: str 
         + "; ".join(f"{k}: {', '.join(v)}" for k, v in report["subjects"].items() if k != "test") + ".",
         f"- Training balanced by **{report['chosen_balance']}** (chosen over the alternatives by CV), augmentation "
         "(flips, 90° rotations, small affine, brightness/contrast/saturation/hue jitter) on training cells only.",
-        f"- Threshold: the highest cut keeping blast sensitivity >= 0.95 on the pooled out-of-fold predictions; the final "
-        f"model was then trained on all CV subjects for {report['final_epochs']} epochs "
-        f"({report['train_wall_s'] / 60:.1f} min on {report['hardware']}).",
+        f"- Deployed model: the fold model `{report['deployed_fold_model']}` of the chosen balancing (best validation "
+        f"AUC), trained on subjects {', '.join(report['deployed_training_subjects'])} "
+        f"({report['train_wall_s'] / 60:.1f} min on {report['hardware']}); threshold: the highest cut keeping blast "
+        "sensitivity >= 0.95 on its own validation subjects.",
         "",
         "## Results",
         "",

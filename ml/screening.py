@@ -176,44 +176,60 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
             oof_p.append(p)
             oof_y.append(y)
             best_epochs.append(predictor.payload["training"]["best_epoch"] + 1)
-            fold_rows.append({"fold": fold, "subjects": sorted({subject_of(s.path) for s in held}),
-                              "auc": screening_metrics(p, y, 0.5)["roc_auc"]})
+            own = choose_threshold(p, y)
+            fold_rows.append({"fold": fold, "model_file": str(model_file),
+                              "subjects": sorted({subject_of(s.path) for s in held}),
+                              "own_threshold": own, "metrics": screening_metrics(p, y, own)})
         p, y = np.concatenate(oof_p), np.concatenate(oof_y)
         threshold = choose_threshold(p, y)
         cv[mode] = {"threshold": threshold, "oof": screening_metrics(p, y, threshold), "folds": fold_rows,
                     "best_epochs": best_epochs, "curve": (y, p)}
     chosen = max(cv, key=lambda m: (cv[m]["oof"]["specificity"], cv[m]["oof"]["roc_auc"]))
-    threshold = cv[chosen]["threshold"]
-    epochs = max(1, round(float(np.mean(cv[chosen]["best_epochs"]))))
+    # The deployed model is the chosen mode's fold model with the best validation AUC, with the threshold
+    # chosen on its own validation subjects: a cut only means something on the scale of the model it was
+    # chosen for (a model retrained on all subjects scores on another scale; see "all_subjects" below).
+    best_fold = max(cv[chosen]["folds"], key=lambda f: f["metrics"]["roc_auc"])
+    deployed_file, threshold = Path(best_fold["model_file"]), best_fold["own_threshold"]
+    update_payload(deployed_file, threshold=threshold, positive_class=POSITIVE, temperature=1.0,
+                   screening={"chosen_balance": chosen, "validation_fold": best_fold["fold"],
+                              "min_sensitivity": MIN_SENSITIVITY})
+    test = [s for s in samples if s.split == "test"]
+    y_test = np.array([FOLDER_TO_LABEL[s.label] == POSITIVE for s in test])
+    predictor = Predictor(deployed_file)
+    p_test = blast_probability(predictor, data, test)
 
+    # For comparison only: a model trained on every CV subject, with the pooled out-of-fold threshold.
+    epochs = max(1, round(float(np.mean(cv[chosen]["best_epochs"]))))
     final = replace(base, **common, balance=chosen, out=str(out / "final"), train_splits=folds, val_splits=[],
                     epochs=epochs, min_epochs=epochs, stop_patience=10**6)
     final_file = Path(final.out) / "model.pt"
     if not final_file.exists():
         train(final, resume=True)
-    update_payload(final_file, threshold=threshold, positive_class=POSITIVE, temperature=1.0,
-                   screening={"chosen_balance": chosen, "cv_threshold": threshold, "min_sensitivity": MIN_SENSITIVITY})
-    predictor = Predictor(final_file)
-    test = [s for s in samples if s.split == "test"]
-    p_test = blast_probability(predictor, data, test)
-    y_test = np.array([FOLDER_TO_LABEL[s.label] == POSITIVE for s in test])
+    p_all = blast_probability(Predictor(final_file), data, test)
+
     report = {
-        "model": predictor.name, "model_version": predictor.version, "model_file": str(final_file),
-        "model_sha256": mldata.sha256_file(final_file), "manifest": str(manifest),
+        "model": predictor.name, "model_version": predictor.version, "model_file": str(deployed_file),
+        "model_sha256": mldata.sha256_file(deployed_file), "manifest": str(manifest),
         "manifest_sha256": mldata.sha256_file(manifest), "arch": base.arch, "img_size": base.img_size,
-        "threshold": threshold, "chosen_balance": chosen, "final_epochs": epochs,
+        "threshold": threshold, "chosen_balance": chosen, "deployed_fold_model": best_fold["fold"],
+        "deployed_training_subjects": sorted({subject_of(s.path) for s in samples
+                                              if s.split.startswith("fold") and s.split != best_fold["fold"]}),
         "subjects": {split: sorted({subject_of(s.path) for s in samples if s.split == split})
                      for split in ["test", *folds]},
         "cv": {m: {k: v for k, v in r.items() if k != "curve"} for m, r in cv.items()},
         "test": screening_metrics(p_test, y_test, threshold),
         "test_per_subject": per_subject(test, p_test, threshold),
+        "all_subjects": {"epochs": epochs, "pooled_oof_threshold": cv[chosen]["threshold"],
+                         "test": screening_metrics(p_all, y_test, cv[chosen]["threshold"]),
+                         "test_at_own_scale_for_reference_auc": float(roc_auc_score(y_test, p_all))},
         "train_wall_s": predictor.payload["training"]["wall_time_s"],
         "hardware": predictor.payload["training"]["hardware"],
         "config": {k: v for k, v in asdict(base).items() if k in ("arch", "img_size", "lr", "batch_size", "epochs",
                                                                   "augment_strength", "pretrained_weights")},
     }
     curves = {f"CV out-of-fold, {m}": cv[m]["curve"] for m in cv}
-    curves["test subjects, final model"] = (y_test, p_test)
+    curves["test subjects, deployed model"] = (y_test, p_test)
+    curves["test subjects, all-subjects model"] = (y_test, p_all)
     plot_roc(curves, {"test at threshold": (1 - report["test"]["specificity"], report["test"]["sensitivity"])},
              out / "roc.png", f"{base.arch}: blast vs normal cell, subject-level")
     (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -246,14 +262,29 @@ def markdown(report: dict) -> str:
         + f" — {n_cv} subjects.",
         f"- Balancing compared by CV: " + ", ".join(
             f"{m} (OOF specificity {fmt(r['oof']['specificity'])}, AUC {fmt(r['oof']['roc_auc'])})" for m, r in report["cv"].items())
-        + f"; chosen: **{report['chosen_balance']}**; final model trained on all CV subjects for {report['final_epochs']} epochs.",
+        + f"; chosen: **{report['chosen_balance']}**.",
+        f"- Deployed: the {report['chosen_balance']} model of fold `{report['deployed_fold_model']}` (best validation AUC), "
+        f"trained on subjects {', '.join(report['deployed_training_subjects'])}; its threshold was chosen on its own "
+        "validation subjects.",
         "",
         "| evaluation | subjects | cells (blast/normal) | sensitivity | specificity | F1 (blast) | weighted F1 | balanced acc. | ROC AUC |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        metrics_rows("**test, final model**", report["test"], f"{len(subjects['test'])}"),
+        metrics_rows("**test, deployed model**", report["test"], f"{len(subjects['test'])}"),
+        metrics_rows(f"test, model on all CV subjects ({report['all_subjects']['epochs']} epochs) at the pooled OOF "
+                     "threshold — not deployed", report["all_subjects"]["test"], f"{len(subjects['test'])}"),
     ]
     for mode, r in report["cv"].items():
         lines.append(metrics_rows(f"CV out-of-fold, {mode}", r["oof"], f"{n_cv}"))
+    lines += ["", "The model retrained on all CV subjects ranks cells at least as well (see its AUC) but its "
+              "probabilities sit on another scale, so the threshold chosen on the fold models does not carry over "
+              "to it: that is why the deployed model is a fold model with a threshold of its own.",
+              "", "Per fold (threshold chosen on the fold's own validation subjects):", "",
+              "| balance | fold | validation subjects | threshold | sensitivity | specificity | AUC |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for mode, r in report["cv"].items():
+        lines += [f"| {mode} | {f['fold']} | {', '.join(f['subjects'])} | {f['own_threshold']:.4f} | "
+                  f"{fmt(f['metrics']['sensitivity'])} | {fmt(f['metrics']['specificity'])} | {fmt(f['metrics']['roc_auc'])} |"
+                  for f in r["folds"]]
     lines += ["", "Per test subject (all cells of a subject share its diagnosis):", "",
               "| subject | truth | cells | flagged as blast | fraction |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['subject']} | {r['truth']} | {r['cells']} | {r['flagged']} | {r['flagged_fraction']:.3f} |"

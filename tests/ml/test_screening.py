@@ -88,18 +88,19 @@ def test_the_protocol_reports_cv_and_test_subjects_and_stores_the_threshold(scre
     out, report = screening_run
     assert set(report["subjects"]) == {"test", "fold0", "fold1"}
     assert report["cv"]["undersample"]["oof"]["sensitivity"] >= 0.95
+    assert "all_subjects" in report and report["deployed_fold_model"] in ("fold0", "fold1")
     for key in ("sensitivity", "specificity", "f1", "weighted_f1", "balanced_accuracy", "roc_auc"):
         assert key in report["test"]
     assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
     assert "Per test subject" in (out / "report.md").read_text()
-    predictor = Predictor(out / "final" / "model.pt")
+    predictor = Predictor(report["model_file"])
     assert predictor.threshold == pytest.approx(report["threshold"])
     assert predictor.positive_class == "blast" and predictor.classes == ("blast", "normal")
 
 
 def test_screening_predictions_follow_the_contract_and_the_threshold(screening_run):
     out, report = screening_run
-    predictor = Predictor(out / "final" / "model.pt")
+    predictor = Predictor(report["model_file"])
     results = predictor.predict([draw_cell(True, 1), draw_cell(False, 2).convert("L")])
     for result in results:
         assert set(result) == {"label", "probabilities", "threshold", "model", "model_version"}
@@ -114,7 +115,7 @@ def test_cli_predict_with_the_screening_model(screening_run, tmp_path):
     draw_cell(True, 3).save(cell)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
-    result = subprocess.run([sys.executable, "-m", "ml", "predict", "--model", str(out / "final" / "model.pt"), "--json",
+    result = subprocess.run([sys.executable, "-m", "ml", "predict", "--model", report["model_file"], "--json",
                              str(cell), str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert lines[0]["label"] in {"blast", "normal"} and "threshold" in lines[0]
