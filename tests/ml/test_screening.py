@@ -110,7 +110,7 @@ def test_screening_predictions_follow_the_contract_and_the_threshold(screening_r
 
 
 def test_cli_predict_with_the_screening_model(screening_run, tmp_path):
-    out, _ = screening_run
+    out, report = screening_run
     cell = tmp_path / "cell.png"
     draw_cell(True, 3).save(cell)
     bad = tmp_path / "bad.png"
