@@ -42,8 +42,10 @@ run: migrate
 worker: migrate
 	$(VENV)/bin/celery -A leukportal worker --concurrency $${CONCURRENCY:-1} --loglevel INFO
 
+# One torch thread per process: the tests' models are tiny, and the end-to-end tests run a
+# Celery worker beside pytest, where two multi-threaded processes on two cores spin-wait.
 test: install
-	$(PY) -m pytest
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest
 
 screenshots: migrate
 	$(PY) scripts/screenshots.py
