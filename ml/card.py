@@ -30,6 +30,19 @@ def train_command(config: dict) -> str:
     return " ".join(parts)
 
 
+def confident_errors(report: dict, confidence: float = 0.95) -> list[str]:
+    """How many test errors the model made with near-certain confidence, and where they cluster."""
+    errors = report.get("errors", [])
+    if not errors:
+        return []
+    sure = [e for e in errors if e["confidence"] >= confidence]
+    groups = Counter(f"{e['true']} → {e['predicted']}" for e in sure).most_common(2)
+    return [f"- {len(sure)} of the {len(errors)} test errors were made with confidence >= {confidence} "
+            f"(most often {', '.join(f'{name} ({n})' for name, n in groups)}); several are consecutive files of one "
+            "class, probably one slide that looks unlike the rest. A confident answer is no guarantee: the low-"
+            "confidence flag catches uncertain smears, not these. Every smear needs the pathologist's review."]
+
+
 def met(value: float, rule: tuple[str, float]) -> str:
     op, bound = rule
     ok = value >= bound if op == ">=" else value <= bound
@@ -183,6 +196,7 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
         f"- Final validation accuracy {history[-1]['val_acc']:.4f} (last epoch)." if history else "",
         "",
         "## Limitations",
+        *confident_errors(report),
         "- Trained on one hospital's images (one camera, one staining protocol); other labs' smears may differ "
         "in stain and illumination. Validate locally before use.",
         "- The split keeps runs of neighbouring images together but patient identities are not available, so "
