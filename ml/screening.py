@@ -258,9 +258,9 @@ def markdown(report: dict) -> str:
         f">= {MIN_SENSITIVITY} on the out-of-fold predictions of subject-grouped cross-validation.",
         "",
         f"- Test subjects (untouched): {', '.join(subjects['test'])} — {len(subjects['test'])} subjects.",
-        f"- Cross-validation subjects: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in subjects.items() if k != "test")
+        "- Cross-validation subjects: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in subjects.items() if k != "test")
         + f" — {n_cv} subjects.",
-        f"- Balancing compared by CV: " + ", ".join(
+        "- Balancing compared by CV: " + ", ".join(
             f"{m} (OOF specificity {fmt(r['oof']['specificity'])}, AUC {fmt(r['oof']['roc_auc'])})" for m, r in report["cv"].items())
         + f"; chosen: **{report['chosen_balance']}**.",
         f"- Deployed: the {report['chosen_balance']} model of fold `{report['deployed_fold_model']}` (best validation AUC), "

@@ -7,14 +7,12 @@ split manifest the run used.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np

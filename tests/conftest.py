@@ -1,4 +1,7 @@
 """Shared fixtures for the portal tests (accounts, diagnosis, ...)."""
+import os
+import shutil
+
 import pytest
 from django.contrib.auth.models import Group
 from tests.portal_testutils import PASSWORD
@@ -63,3 +66,27 @@ def case(db, patient, technician):
     from diagnosis.models import Case
 
     return Case.objects.create(patient=patient, accession_number="ACC-0001", created_by=technician)
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """Headless system Chromium driven by Playwright; skips with the reason when either is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls stay synchronous.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_page(browser):
+    return browser.new_page()

@@ -19,3 +19,12 @@ def image_bytes(fmt="PNG", size=(64, 48), color=(200, 80, 120), seed=0):
 
 def upload(name, data, content_type="application/octet-stream"):
     return SimpleUploadedFile(name, data, content_type=content_type)
+
+
+def browser_login(page, base, user):
+    """Sign in through the real login form, as a person would."""
+    page.goto(base + "/accounts/login/")
+    page.fill("input[name=login]", user.email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/cases/")

@@ -1,42 +1,18 @@
 """The case page updates itself in real headless Chromium while a smear is
 classified: no reload, driven by the JSON status endpoint."""
-import os
-import shutil
-
 import pytest
 
 from diagnosis import services
-from tests.portal_testutils import PASSWORD
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from tests.portal_testutils import browser_login
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
-
-
-@pytest.fixture
-def browser_page(monkeypatch):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    # Playwright's sync API runs an event loop in this thread; the test's own
-    # ORM calls are still plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser.new_page()
-        browser.close()
 
 
 def test_case_page_follows_classification_without_reload(browser_page, live_server, technician, smear_factory, case):
     page = browser_page
     smear = smear_factory()
     services.refresh_case(case)
-    page.goto(live_server.url + "/accounts/login/")
-    page.fill("input[name=login]", technician.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(live_server.url + "/cases/")
+    browser_login(page, live_server.url, technician)
     page.goto(live_server.url + case.get_absolute_url())
     card = f'[data-smear="{smear.pk}"]'
     assert page.inner_text(f'{card} [data-field="status"]') == "Queued"

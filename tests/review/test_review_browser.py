@@ -5,7 +5,6 @@ and opens the report. Screenshots go to $SCREENSHOT_DIR (`make screenshots` sets
 docs/screenshots/ to refresh the README's pictures), else to a temporary folder, so a test
 run never rewrites committed files."""
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,27 +13,13 @@ from PIL import Image, ImageDraw
 
 from diagnosis import tasks
 from diagnosis.models import AuditEvent, Case, Patient
-from tests.portal_testutils import PASSWORD
+from tests.portal_testutils import browser_login
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data" / "taleqani-all"
 SHOTS = Path(os.environ.get("SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "leukportal-screenshots")
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
 
 
 def smear_files(tmp_path):
@@ -54,14 +39,6 @@ def smear_files(tmp_path):
     return paths + [bad]
 
 
-def login(page, base, user):
-    page.goto(base + "/accounts/login/")
-    page.fill("input[name=login]", user.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(base + "/cases/")
-
-
 def shot(page, name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / name), full_page=True)
@@ -74,7 +51,7 @@ def test_upload_review_sign_out_report(browser, live_server, technician, patholo
                                clinical_note="Suspected ALL; blasts on film.")
 
     tech = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-    login(tech, base, technician)
+    browser_login(tech, base, technician)
     tech.goto(base + f"/cases/{case.pk}/upload/")
     tech.check("input[name=kind][value=field]")
     tech.set_input_files("input[type=file]", [str(p) for p in smear_files(tmp_path)])
@@ -91,7 +68,7 @@ def test_upload_review_sign_out_report(browser, live_server, technician, patholo
     shot(tech, "upload_queue.png")
 
     page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-    login(page, base, pathologist)
+    browser_login(page, base, pathologist)
     page.goto(base + "/review/")
     assert page.locator(f'[data-review-queue] tr[data-case="{case.pk}"]').count() == 1
     shot(page, "review_queue.png")

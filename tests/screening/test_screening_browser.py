@@ -4,23 +4,18 @@ bars) and the screening summary follows, without a reload."""
 import pytest
 
 from diagnosis import services
-from tests.diagnosis.test_diagnosis_browser import browser_page  # noqa: F401
-from tests.portal_testutils import PASSWORD
+from tests.portal_testutils import browser_login
 
 from .conftest import screening_result, staging_result
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
 
-def test_case_page_follows_cells_and_fields(browser_page, live_server, technician, smear_factory, case):  # noqa: F811
+def test_case_page_follows_cells_and_fields(browser_page, live_server, technician, smear_factory, case):
     page = browser_page
     cell, field = smear_factory(kind="cell"), smear_factory(kind="field")
     services.refresh_case(case)
-    page.goto(live_server.url + "/accounts/login/")
-    page.fill("input[name=login]", technician.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(live_server.url + "/cases/")
+    browser_login(page, live_server.url, technician)
     page.goto(live_server.url + case.get_absolute_url())
     page.evaluate("window.__noReload = true")
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 def test_confirm_and_override_a_cell(cell, pathologist, path_client, case):
     blast, normal = cell(0.9), cell(0.1)
     page = path_client.get(reverse("diagnosis:case_review", args=[case.pk])).content.decode()
-    assert f'<option value="blast" selected>Blast (model)</option>' in page
+    assert '<option value="blast" selected>Blast (model)</option>' in page
     assert "threshold 0.31" in page and "Early Pre-B" not in page  # a cell's choices are blast/normal only
     with pytest.raises(services.ReviewError, match="reason is required"):
         services.review_smear(normal, pathologist, "blast")
