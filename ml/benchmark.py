@@ -20,8 +20,9 @@ from .evaluate import evaluate
 from .predict import Predictor
 from .train import TrainConfig, train
 
-ARCHITECTURES = ["xception_bigru", "efficientnet_b3_bigru", "efficientnet_b3_vit", "mobilenetv3_lstm",
-                 "efficientnet_lite0_bigru"]
+# Cheapest first, so an interrupted benchmark has finished rows to show when it resumes.
+ARCHITECTURES = ["mobilenetv3_lstm", "efficientnet_lite0_bigru", "efficientnet_b3_bigru", "efficientnet_b3_vit",
+                 "xception_bigru"]
 DEPLOYED = "mobilenetv3_lstm"
 # Two-sided 95% Student t quantiles by degrees of freedom, for the seed confidence interval.
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
