@@ -4,16 +4,21 @@ from . import services
 from .models import AuditEvent, Case, CaseAddendum, Patient, Prediction, RejectedUpload, Smear
 
 
-class CaseInline(admin.TabularInline):
-    model = Case
-    fields = ["accession_number", "status", "suggested_stage", "created_at"]
-    readonly_fields = fields
+class ReadOnlyInline(admin.TabularInline):
+    """Related rows listed with links to their own pages; nothing is added or deleted from here."""
+
     extra = 0
     show_change_link = True
     can_delete = False
 
     def has_add_permission(self, request, obj=None):
         return False
+
+
+class CaseInline(ReadOnlyInline):
+    model = Case
+    fields = ["accession_number", "status", "suggested_stage", "created_at"]
+    readonly_fields = fields
 
 
 @admin.register(Patient)
@@ -30,16 +35,10 @@ class PatientAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
 
-class SmearInline(admin.TabularInline):
+class SmearInline(ReadOnlyInline):
     model = Smear
     fields = ["original_filename", "kind", "status", "attempts", "error", "created_at"]
     readonly_fields = fields
-    extra = 0
-    show_change_link = True
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Case)

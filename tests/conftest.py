@@ -55,6 +55,12 @@ def tech_client(client, technician):
 
 
 @pytest.fixture
+def path_client(client, pathologist):
+    client.force_login(pathologist)
+    return client
+
+
+@pytest.fixture
 def patient(db, technician):
     from diagnosis.models import Patient
 

@@ -23,9 +23,3 @@ def classified(smear_factory, case):
         return smear
 
     return make
-
-
-@pytest.fixture
-def path_client(client, pathologist):
-    client.force_login(pathologist)
-    return client

@@ -108,9 +108,3 @@ def field(smear_factory, case):
         return smear
 
     return make
-
-
-@pytest.fixture
-def path_client(client, pathologist):
-    client.force_login(pathologist)
-    return client
