@@ -77,7 +77,7 @@ def make_heatmap(prediction, predictor, smear):
         from ml.explain import gradcam, overlay
 
         source = _image_source(smear)
-        heatmap, explained = gradcam(predictor, source)
+        heatmap, explained = gradcam(predictor, source, target=prediction.label)  # no second prediction
         buf = io.BytesIO()
         overlay(source, heatmap).convert("RGB").save(buf, "JPEG", quality=88)
         services.store_heatmap(prediction.pk, buf.getvalue(), explained)

@@ -107,7 +107,7 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
     training = payload.get("training", {})
     config = training.get("config", {})
     spec = models.get_spec(payload["arch"])
-    manifest = [s for s in mldata.read_manifest(report["manifest"])]
+    manifest = mldata.read_manifest(report["manifest"])
     counts = Counter((s.split, s.label) for s in manifest)
     classes = list(predictor.classes)
     flops = profile.count_flops(predictor.model, predictor.input_size)

@@ -309,11 +309,20 @@ def preprocess(image: Image.Image, size: int):
 
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (tensor - mean) / std
+    return normalise(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+
+
+_MEAN_STD: dict = {}
+
+
+def normalise(images):
+    """uint8 image tensor(s) (..., 3, H, W) -> float, scaled to [0, 1] and standardised with ImageNet mean/std."""
+    import torch
+
+    if not _MEAN_STD:  # built once per process: this runs for every training image
+        _MEAN_STD["mean"] = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        _MEAN_STD["std"] = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (images.float() / 255.0 - _MEAN_STD["mean"]) / _MEAN_STD["std"]
 
 
 def training_augmentation(size: int, strength: float = 1.0):
@@ -364,12 +373,7 @@ class ImageTensorDataset:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        import torch
-
         image = self.images[index]
         if self.augment is not None:
             image = self.augment(image)
-        x = image.float() / 255.0
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        return (x - mean) / std, self.labels[index]
+        return normalise(image), self.labels[index]

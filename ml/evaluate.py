@@ -84,10 +84,11 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
     manifest = manifest or payload_manifest
     if not manifest or not Path(manifest).is_file():
         raise FileNotFoundError(f"split manifest not found: {manifest!r}; pass --manifest")
-    samples = [s for s in mldata.read_manifest(manifest) if s.split == split]
+    every = mldata.read_manifest(manifest)
+    samples = [s for s in every if s.split == split]
     if not samples:
         raise ValueError(f"the manifest has no {split!r} images")
-    problems = mldata.check_manifest(mldata.read_manifest(manifest), data)
+    problems = mldata.check_manifest(every, data)
     if problems:
         raise ValueError("manifest problems: " + "; ".join(problems[:5]))
     classes = list(predictor.classes)

@@ -12,7 +12,9 @@ from . import data as mldata
 
 
 def gradcam(predictor, image, target: str | None = None) -> tuple[np.ndarray, str]:
-    """(heat map in [0, 1] of shape (input_size, input_size), the class it explains)."""
+    """(heat map in [0, 1] of shape (input_size, input_size), the class it explains).
+
+    Pass ``target`` (the label already predicted) to skip a second forward pass."""
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

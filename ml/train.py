@@ -219,8 +219,6 @@ def teacher_soft_targets(config: TrainConfig, train_set, classes, log) -> torch.
     if teacher_split != mldata.sha256_file(Path(config.manifest)):
         raise ValueError("the teacher was trained on another split: its soft labels could leak test images")
     log(f"distillation: teacher {payload['model_version']} (alpha {config.distill_alpha}, T {config.distill_temperature})")
-    mean = torch.tensor(mldata.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(mldata.IMAGENET_STD).view(1, 3, 1, 1)
     targets = []
     starts = range(0, len(train_set), 64)
     if config.progress:
@@ -228,9 +226,9 @@ def teacher_soft_targets(config: TrainConfig, train_set, classes, log) -> torch.
 
         starts = tqdm(starts, desc="teacher soft labels", leave=False)
     for start in starts:
-        images = train_set.images[start:start + 64].float() / 255.0
+        images = mldata.normalise(train_set.images[start:start + 64])
         views = [torch.rot90(v, k, dims=(-2, -1)) for v in (images, images.flip(-1)) for k in range(4)]
-        probs = sum(torch.softmax(teacher((v - mean) / std) / config.distill_temperature, dim=1) for v in views)
+        probs = sum(torch.softmax(teacher(v) / config.distill_temperature, dim=1) for v in views)
         targets.append(probs / len(views))
     log(f"distillation: soft labels for {len(train_set)} training images ready")
     return torch.cat(targets)
