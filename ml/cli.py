@@ -19,7 +19,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "label_smoothing", "threshold", "factor", "augment_strength"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
-    parser.add_argument("--balance", choices=["oversample", "undersample", "none"], default=defaults.balance)
+    parser.add_argument("--balance", choices=["oversample", "undersample", "weight", "none"], default=defaults.balance)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (smoke runs)")
     parser.add_argument("--pretrained-weights", metavar="FILE", help="local timm checkpoint for the backbone")
@@ -129,7 +129,15 @@ def cmd_screening(args) -> int:
     base = TrainConfig(data=args.data, arch=args.arch, out="", epochs=args.epochs, img_size=args.img_size,
                        batch_size=args.batch_size, lr=args.lr, pretrained_weights=pretrained, threads=args.threads,
                        progress=not args.no_progress)
-    report = screening.run(args.data, args.out, args.manifest, base, balance_modes=args.balance_modes, seed=args.seed)
+    report = screening.run(args.data, args.out, args.manifest, base, balance_modes=args.balance_modes, seed=args.seed,
+                           cv_only=args.cv_only)
+    if args.cv_only:
+        for mode, r in report["cv"].items():
+            oof = r["oof"]
+            print(f"{args.arch} {args.img_size}px {mode}: out-of-fold sensitivity {oof['sensitivity']:.4f}, specificity "
+                  f"{oof['specificity']:.4f}, weighted F1 {oof['weighted_f1']:.4f}, AUC {oof['roc_auc']:.4f}")
+        print(f"cross-validation only (test subjects not read); summary in {args.out}/cv.json")
+        return 0
     t = report["test"]
     print(f"test subjects {report['subjects']['test']}: sensitivity {t['sensitivity']:.4f}, specificity "
           f"{t['specificity']:.4f}, weighted F1 {t['weighted_f1']:.4f}, AUC {t['roc_auc']:.4f} at threshold "
@@ -201,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     scr.add_argument("--lr", type=float, default=1e-3)
     scr.add_argument("--seed", type=int, default=0)
     scr.add_argument("--threads", type=int)
-    scr.add_argument("--balance-modes", nargs="+", default=["undersample", "oversample"])
+    scr.add_argument("--balance-modes", nargs="+", default=["undersample", "oversample"],
+                     choices=["undersample", "oversample", "weight", "none"])
+    scr.add_argument("--cv-only", action="store_true",
+                     help="compare settings on the CV subjects only; the test subjects are not read")
     scr.add_argument("--no-progress", action="store_true")
 
     ship = commands.add_parser("ship", help="copy a model into ml/weights and write its model card")

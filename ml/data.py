@@ -279,13 +279,14 @@ def balanced_indices(labels: Sequence[int], mode: str = "oversample", seed: int 
     """Indices of one training epoch with classes balanced.
 
     ``oversample`` repeats minority images (each repeat gets its own augmentation),
-    ``undersample`` draws the majority down to the smallest class, ``none`` keeps all.
+    ``undersample`` draws the majority down to the smallest class, ``none`` keeps all, and so does
+    ``weight``, which balances through the loss instead (see ``class_weights``).
     """
     rng = random.Random(seed)
     by_class: dict[int, list[int]] = defaultdict(list)
     for index, label in enumerate(labels):
         by_class[label].append(index)
-    if mode == "none":
+    if mode in ("none", "weight"):
         chosen = list(range(len(labels)))
     elif mode == "oversample":
         target = max(len(v) for v in by_class.values())
@@ -296,9 +297,18 @@ def balanced_indices(labels: Sequence[int], mode: str = "oversample", seed: int 
         target = min(len(v) for v in by_class.values())
         chosen = [i for idx in by_class.values() for i in rng.sample(idx, target)]
     else:
-        raise ValueError(f"unknown balancing mode {mode!r}: use oversample, undersample or none")
+        raise ValueError(f"unknown balancing mode {mode!r}: use oversample, undersample, weight or none")
     rng.shuffle(chosen)
     return chosen
+
+
+def class_weights(labels: Sequence[int], n_classes: int) -> list[float]:
+    """Inverse-frequency loss weights, scaled so a balanced set gets 1.0 for every class."""
+    counts = Counter(labels)
+    missing = [c for c in range(n_classes) if not counts[c]]
+    if missing:
+        raise ValueError(f"class indices {missing} have no training images: class weights are undefined")
+    return [len(labels) / (n_classes * counts[c]) for c in range(n_classes)]
 
 
 # --------------------------------------------------------------------------- tensors and augmentation

@@ -144,11 +144,7 @@ def blast_probability(predictor: Predictor, root, samples) -> np.ndarray:
     return probs[:, predictor.classes.index(POSITIVE)]
 
 
-def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, balance_modes=("undersample", "oversample"),
-        seed: int = 0) -> dict:
-    """The whole protocol; resumable (finished runs are reused). Writes OUT/report.json, report.md, roc.png."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def load_subject_manifest(data: str, manifest: str | Path, seed: int = 0) -> list:
     manifest = Path(manifest)
     if not manifest.is_file():
         mldata.write_manifest(make_subject_split(data, seed=seed), manifest)
@@ -156,10 +152,22 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
     problems = mldata.check_manifest(samples, data)
     if problems:
         raise ValueError("manifest problems: " + "; ".join(problems[:5]))
-    folds = sorted({s.split for s in samples if s.split.startswith("fold")})
-    common = dict(data=str(data), manifest=str(manifest), task="screening", class_names=[FOLDER_TO_LABEL[c] for c in
-                  sorted(FOLDER_TO_LABEL)], classes=sorted(FOLDER_TO_LABEL), seed=seed)
+    return samples
 
+
+def common_config(data: str, manifest: str | Path, seed: int) -> dict:
+    return dict(data=str(data), manifest=str(manifest), task="screening", class_names=[FOLDER_TO_LABEL[c] for c in
+                sorted(FOLDER_TO_LABEL)], classes=sorted(FOLDER_TO_LABEL), seed=seed)
+
+
+def cross_validate(data: str, out: Path, manifest: str | Path, samples: list, base: TrainConfig,
+                   balance_modes=("undersample", "oversample"), seed: int = 0) -> dict:
+    """Subject-grouped CV per balancing mode: out-of-fold P(blast), pooled threshold and metrics.
+
+    Touches only the fold subjects; the test subjects are not read.
+    """
+    folds = sorted({s.split for s in samples if s.split.startswith("fold")})
+    common = common_config(data, manifest, seed)
     cv: dict[str, dict] = {}
     for mode in balance_modes:
         oof_p, oof_y, best_epochs, fold_rows = [], [], [], []
@@ -179,11 +187,40 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
             own = choose_threshold(p, y)
             fold_rows.append({"fold": fold, "model_file": str(model_file),
                               "subjects": sorted({subject_of(s.path) for s in held}),
-                              "own_threshold": own, "metrics": screening_metrics(p, y, own)})
+                              "own_threshold": own, "metrics": screening_metrics(p, y, own),
+                              "train_wall_s": predictor.payload["training"]["wall_time_s"]})
         p, y = np.concatenate(oof_p), np.concatenate(oof_y)
         threshold = choose_threshold(p, y)
         cv[mode] = {"threshold": threshold, "oof": screening_metrics(p, y, threshold), "folds": fold_rows,
                     "best_epochs": best_epochs, "curve": (y, p)}
+    return cv
+
+
+def cv_summary(cv: dict, base: TrainConfig) -> dict:
+    """What a CV-only comparison records: per mode, pooled OOF metrics and per-fold metrics (no test data)."""
+    return {"arch": base.arch, "img_size": base.img_size, "epochs": base.epochs,
+            "pretrained_weights": bool(base.pretrained_weights),
+            "cv": {m: {k: v for k, v in r.items() if k != "curve"} for m, r in cv.items()}}
+
+
+def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, balance_modes=("undersample", "oversample"),
+        seed: int = 0, cv_only: bool = False) -> dict:
+    """The whole protocol; resumable (finished runs are reused). Writes OUT/report.json, report.md, roc.png.
+
+    With ``cv_only`` it stops after cross-validation and writes OUT/cv.json: settings are compared
+    on the fold subjects only, so the test subjects are read once, for the configuration chosen.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Path(manifest)
+    samples = load_subject_manifest(data, manifest, seed)
+    folds = sorted({s.split for s in samples if s.split.startswith("fold")})
+    common = common_config(data, manifest, seed)
+    cv = cross_validate(data, out, manifest, samples, base, balance_modes, seed)
+    if cv_only:
+        summary = cv_summary(cv, base)
+        (out / "cv.json").write_text(json.dumps(summary, indent=1))
+        return summary
     chosen = max(cv, key=lambda m: (cv[m]["oof"]["specificity"], cv[m]["oof"]["roc_auc"]))
     # The deployed model is the chosen mode's fold model with the best validation AUC, with the threshold
     # chosen on its own validation subjects: a cut only means something on the scale of the model it was

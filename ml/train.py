@@ -37,7 +37,7 @@ class TrainConfig:
     label_smoothing: float = 0.05
     img_size: int = 224
     seed: int = 0
-    balance: str = "oversample"  # oversample | undersample | none (training split only)
+    balance: str = "oversample"  # oversample | undersample | weight (loss) | none; training split only
     augment_strength: float = 1.0
     # LRA: watch training accuracy until `threshold`, then validation loss.
     threshold: float = 0.9
@@ -322,7 +322,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         model.load_state_dict({k: v for k, v in init["state_dict"].items() if k in own})
         log(f"initialised from {config.init_weights} ({init['model_version']})")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    weight = None
+    if config.balance == "weight":
+        weight = torch.tensor(mldata.class_weights(train_set.labels, len(classes)), dtype=torch.float32)
+        log("class weights " + ", ".join(f"{c} {w:.3f}" for c, w in zip(classes, weight.tolist())))
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     adjuster = LearningRateAdjuster(optimizer, config.threshold, config.factor, config.patience,
                                     config.stop_patience, log=log)
     history: list[dict] = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -39,7 +40,18 @@ def test_a_tiny_benchmark_trains_evaluates_resumes_and_writes_the_page(smear_fol
                           docs=tmp_path / "docs")
     assert again == json.loads(json.dumps(results))
     assert (tmp_path / "runs" / "mobilenetv3_lstm-s0" / "model.pt").stat().st_mtime_ns == stamp
+    # The committed record alone is enough: with the scratch run folder gone, nothing is retrained.
+    record = tmp_path / "docs" / "benchmark" / "results"
+    assert (record / "mobilenetv3_lstm-s1.json").is_file() and (record / "mobilenetv3_lstm-s1.png").is_file()
+    shutil.rmtree(tmp_path / "runs")
+    from_record = benchmark.run(str(smear_folder), tmp_path / "runs", str(manifest), base, archs=archs, seeds=(0, 1),
+                                docs=tmp_path / "docs")
+    assert from_record == again
+    assert not (tmp_path / "runs" / "mobilenetv3_lstm-s0").exists()
     # Another protocol in the same folder is refused rather than mixed in.
     with pytest.raises(ValueError, match="another protocol"):
         benchmark.run(str(smear_folder), tmp_path / "runs", str(manifest),
+                      TrainConfig(**{**base.__dict__, "epochs": 2}), archs=archs, docs=tmp_path / "docs")
+    with pytest.raises(ValueError, match="another protocol"):
+        benchmark.run(str(smear_folder), tmp_path / "fresh-runs", str(manifest),
                       TrainConfig(**{**base.__dict__, "epochs": 2}), archs=archs, docs=tmp_path / "docs")

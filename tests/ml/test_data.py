@@ -113,14 +113,25 @@ def test_committed_manifest_of_the_real_data_has_no_leak(real_data):
             assert abs(counts[label] / total[label] - share) < 0.06, (split, label)
 
 
-@pytest.mark.parametrize("mode", ["oversample", "undersample", "none"])
+@pytest.mark.parametrize("mode", ["oversample", "undersample", "weight", "none"])
 def test_balancing(mode):
     labels = [0] * 30 + [1] * 10 + [2] * 5
     chosen = data.balanced_indices(labels, mode, seed=1)
     counts = Counter(labels[i] for i in chosen)
-    expected = {"oversample": {0: 30, 1: 30, 2: 30}, "undersample": {0: 5, 1: 5, 2: 5}, "none": {0: 30, 1: 10, 2: 5}}
+    expected = {"oversample": {0: 30, 1: 30, 2: 30}, "undersample": {0: 5, 1: 5, 2: 5}, "none": {0: 30, 1: 10, 2: 5},
+                "weight": {0: 30, 1: 10, 2: 5}}
     assert counts == expected[mode]
     assert chosen == data.balanced_indices(labels, mode, seed=1)  # reproducible
+
+
+def test_class_weights_balance_the_loss_by_inverse_frequency():
+    labels = [0] * 30 + [1] * 10 + [2] * 5
+    weights = data.class_weights(labels, 3)
+    assert weights == pytest.approx([45 / 90, 45 / 30, 45 / 15])
+    # Each class then carries the same total weight in the loss.
+    assert {round(w * n, 6) for w, n in zip(weights, (30, 10, 5))} == {15.0}
+    with pytest.raises(ValueError, match="no training images"):
+        data.class_weights([0, 0, 2], 3)
 
 
 def test_augmentation_keeps_shape_and_changes_pixels():

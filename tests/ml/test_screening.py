@@ -130,3 +130,18 @@ def test_committed_cnmc_manifest_is_subject_disjoint():
     samples = mldata.read_manifest(manifest)
     assert mldata.check_manifest(samples, REAL_CNMC if REAL_CNMC.is_dir() else None) == []
     assert {s.split for s in samples} == {"test", "fold0", "fold1"}
+
+
+def test_cross_validation_only_compares_settings_without_reading_the_test_subjects(cell_folder, tmp_path, monkeypatch):
+    base = TrainConfig(data=str(cell_folder), arch="mobilenetv3_screen", out="", epochs=1, img_size=48,
+                       batch_size=16, progress=False)
+    read = []
+    real = screening.blast_probability
+    monkeypatch.setattr(screening, "blast_probability",
+                        lambda predictor, root, samples: read.extend(s.split for s in samples) or real(predictor, root, samples))
+    summary = screening.run(str(cell_folder), tmp_path, tmp_path / "manifest.csv", base, balance_modes=("weight",),
+                            cv_only=True)
+    assert set(summary["cv"]) == {"weight"} and summary["cv"]["weight"]["oof"]["sensitivity"] >= 0.95
+    assert read and "test" not in read
+    assert (tmp_path / "cv.json").is_file() and not (tmp_path / "report.json").exists()
+    assert "class weights" in (tmp_path / "cv-weight-fold0" / "train.log").read_text()
