@@ -40,6 +40,14 @@ def test_a_tiny_benchmark_trains_evaluates_resumes_and_writes_the_page(smear_fol
                           docs=tmp_path / "docs")
     assert again == json.loads(json.dumps(results))
     assert (tmp_path / "runs" / "mobilenetv3_lstm-s0" / "model.pt").stat().st_mtime_ns == stamp
+    # Costs can be timed again (on a quiet CPU) without retraining; the record keeps the new timing.
+    timed = benchmark.run(str(smear_folder), tmp_path / "runs", str(manifest), base, archs=archs[:1], seeds=(0,),
+                          docs=tmp_path / "docs", timing_runs=3, remeasure_costs=True)
+    assert timed["mobilenetv3_lstm-s0"]["latency"]["runs"] == 3
+    assert (tmp_path / "runs" / "mobilenetv3_lstm-s0" / "model.pt").stat().st_mtime_ns == stamp
+    again = benchmark.run(str(smear_folder), tmp_path / "runs", str(manifest), base, archs=archs, seeds=(0, 1),
+                          docs=tmp_path / "docs")
+    assert again["mobilenetv3_lstm-s0"] == timed["mobilenetv3_lstm-s0"]
     # The committed record alone is enough: with the scratch run folder gone, nothing is retrained.
     record = tmp_path / "docs" / "benchmark" / "results"
     assert (record / "mobilenetv3_lstm-s1.json").is_file() and (record / "mobilenetv3_lstm-s1.png").is_file()

@@ -128,7 +128,7 @@ def test_cells_only_case_has_no_suggested_stage(cell, case):
 
 def test_case_page_shows_cells_and_summary(cell, field, smear_factory, case, tech_client):
     field("Pro", 0.9)
-    blast, normal = cell(0.8), cell(0.1)
+    blast, _normal = cell(0.8), cell(0.1)
     smear_factory(kind="cell")  # still queued
     page = tech_client.get(case.get_absolute_url()).content.decode()
     assert f'data-smear="{blast.pk}" data-kind="cell"' in page
