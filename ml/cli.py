@@ -114,7 +114,8 @@ def cmd_benchmark(args) -> int:
                        img_size=args.img_size, batch_size=args.batch_size, progress=not args.no_progress,
                        threads=args.threads)
     results = benchmark.run(args.data, args.out, args.manifest, base, archs=args.archs, seeds=tuple(args.seeds),
-                            docs=args.docs, remeasure_costs=args.remeasure_costs)
+                            docs=args.docs, remeasure_costs=args.remeasure_costs,
+                            deployed_report=args.deployed_report)
     print(f"{len(results)} runs; page written to {args.docs}/benchmark.md")
     return 0
 
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds for the deployed model")
     bench.add_argument("--docs", default="docs", help="where benchmark.md and its images go")
     bench.add_argument("--no-progress", action="store_true")
+    bench.add_argument("--deployed-report", default="ml/reports/mobilenetv3_lstm/report.json",
+                       help="the shipped model's own evaluation, quoted in the recommendation ('' for none)")
     bench.add_argument("--remeasure-costs", action="store_true",
                        help="time every finished model again (latency, throughput) and update the record")
 

@@ -24,6 +24,7 @@ from . import data as mldata
 from . import models
 from .checkpoint import save_model
 
+
 @dataclass
 class TrainConfig:
     data: str

@@ -63,3 +63,37 @@ def test_a_tiny_benchmark_trains_evaluates_resumes_and_writes_the_page(smear_fol
     with pytest.raises(ValueError, match="another protocol"):
         benchmark.run(str(smear_folder), tmp_path / "fresh-runs", str(manifest),
                       TrainConfig(**{**base.__dict__, "epochs": 2}), archs=archs, docs=tmp_path / "docs")
+
+
+def row(arch, macro_f1, latency_ms):
+    return {"arch": arch, "macro_f1": macro_f1, "latency": {"median_ms": latency_ms}, "params_m": 1.0,
+            "weights_mb": 4.0}
+
+
+def test_the_recommendation_picks_the_best_model_within_the_latency_budget():
+    rows = [row("mobilenetv3_lstm", 0.90, 8), row("xception_bigru", 0.95, 120), row("efficientnet_b3_bigru", 0.92, 25)]
+    text = benchmark.recommendation(rows)
+    assert "`efficientnet_b3_bigru` has the best macro-F1" in text
+    assert "`xception_bigru` scores higher" in text and "beyond the budget" in text
+
+
+def test_the_recommendation_weighs_imagenet_initialisation_against_the_deployed_model():
+    rows = [row("mobilenetv3_lstm", 0.90, 8), row("efficientnet_lite0_bigru", 0.95, 20)]
+    deployed = {"version": "v1", "accuracy": 0.97, "macro_f1": 0.97, "ece": 0.02, "img_size": 224, "epochs": 25,
+                "distilled": True, "warm_start": True, "report": "r.json"}
+    text = benchmark.recommendation(rows, deployed)
+    assert "ImageNet initialisation adds" in text and "+0.0500" in text
+    assert "distilled from an ImageNet-initialised teacher" in text
+    assert "should not change on this evidence" in text
+    assert "should change to `efficientnet_lite0_bigru`" in benchmark.recommendation(rows, {**deployed, "macro_f1": 0.93})
+
+
+def test_the_deployed_summary_reads_the_shipped_report_and_training_config():
+    from pathlib import Path
+
+    weights = Path(benchmark.__file__).parent / "weights" / "mobilenetv3_lstm.pt"
+    report = Path(benchmark.__file__).parent / "reports" / "mobilenetv3_lstm" / "report.json"
+    summary = benchmark.deployed_summary(report, weights)
+    assert summary["accuracy"] == json.loads(report.read_text())["accuracy"]
+    assert summary["img_size"] == 224 and summary["distilled"]
+    assert benchmark.deployed_summary(report.with_name("missing.json"), weights) is None
