@@ -150,7 +150,7 @@ def cmd_ship(args) -> int:
     from .card import ship, ship_screening
 
     if args.name == "screening":
-        print(ship_screening(args.report, args.latency_image))
+        print(ship_screening(args.report, args.latency_image, comparisons=args.compare))
     else:
         print(ship(args.model, args.report, args.name, args.latency_image))
     return 0
@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ship.add_argument("--report", required=True, help="folder with the evaluation's report.json")
     ship.add_argument("--name", required=True)
     ship.add_argument("--latency-image", required=True, help="an image to time end-to-end prediction on")
+    ship.add_argument("--compare", nargs="*", default=[], metavar="CV_JSON",
+                      help="screening: cv.json files of settings compared by --cv-only, tabulated in the card")
 
     args = parser.parse_args(argv)
     handlers = {"split": cmd_split, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,

@@ -81,6 +81,50 @@ def choose_threshold(p_blast: np.ndarray, is_blast: np.ndarray, min_sensitivity:
     return float(positives[needed - 1])
 
 
+# Pooled validation sensitivities a cut may be chosen for: 0.95 itself, then margins above it, because a
+# cut chosen on a few subjects loses sensitivity on a new subject whose blasts score lower.
+SENSITIVITY_TARGETS = (0.95, 0.97, 0.98, 0.99)
+
+
+def subject_transfer(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]], targets=SENSITIVITY_TARGETS) -> dict:
+    """How a threshold carries over to a subject it was not chosen on, for each target sensitivity.
+
+    ``folds`` holds, per fold model, its validation cells as (subject ids, is_blast, P(blast)). Within each
+    fold, every blast subject in turn is left out, the cut is chosen on the fold's other blast subjects and
+    scored on the one left out; normal subjects are scored at the cut chosen on all of the fold's blasts.
+    Only cross-validation subjects are used.
+    """
+    result = {}
+    for target in targets:
+        flagged = total = 0
+        per_subject, specificities = [], []
+        for subjects, is_blast, p_blast in folds:
+            blast_subjects = sorted(set(subjects[is_blast]))
+            for left_out in blast_subjects if len(blast_subjects) > 1 else []:
+                others = is_blast & (subjects != left_out)
+                cut = choose_threshold(p_blast[others], np.ones(int(others.sum()), bool), target)
+                mine = p_blast[is_blast & (subjects == left_out)]
+                flagged, total = flagged + int((mine >= cut).sum()), total + len(mine)
+                per_subject.append({"subject": str(left_out), "sensitivity": float((mine >= cut).mean())})
+            cut = choose_threshold(p_blast, is_blast, target)
+            for normal in sorted(set(subjects[~is_blast])):
+                specificities.append(float((p_blast[~is_blast & (subjects == normal)] < cut).mean()))
+        result[f"{target:.2f}"] = {
+            "target": target, "left_out_sensitivity": flagged / total if total else float("nan"),
+            "worst_subject_sensitivity": min((r["sensitivity"] for r in per_subject), default=float("nan")),
+            "subjects_at_or_above_0.95": sum(r["sensitivity"] >= MIN_SENSITIVITY for r in per_subject),
+            "subjects": len(per_subject), "per_subject": per_subject,
+            "normal_specificity": float(np.mean(specificities)) if specificities else float("nan")}
+    return result
+
+
+def choose_sensitivity_target(transfer: dict) -> float:
+    """The smallest target whose cut, chosen without a subject, still kept >= 0.95 of that subject's blasts
+    (pooled over the left-out subjects); the largest target if none did."""
+    rows = sorted(transfer.values(), key=lambda r: r["target"])
+    return next((r["target"] for r in rows if r["left_out_sensitivity"] >= MIN_SENSITIVITY), rows[-1]["target"])
+
+
 def screening_metrics(p_blast: np.ndarray, is_blast: np.ndarray, threshold: float) -> dict:
     p_blast, is_blast = np.asarray(p_blast, dtype=float), np.asarray(is_blast, dtype=bool)
     flagged = p_blast >= threshold
@@ -170,7 +214,7 @@ def cross_validate(data: str, out: Path, manifest: str | Path, samples: list, ba
     common = common_config(data, manifest, seed)
     cv: dict[str, dict] = {}
     for mode in balance_modes:
-        oof_p, oof_y, best_epochs, fold_rows = [], [], [], []
+        oof_p, oof_y, best_epochs, fold_rows, fold_data = [], [], [], [], []
         for fold in folds:
             config = replace(base, **common, balance=mode, out=str(out / f"cv-{mode}-{fold}"),
                              train_splits=[f for f in folds if f != fold], val_splits=[fold])
@@ -183,6 +227,7 @@ def cross_validate(data: str, out: Path, manifest: str | Path, samples: list, ba
             y = np.array([FOLDER_TO_LABEL[s.label] == POSITIVE for s in held])
             oof_p.append(p)
             oof_y.append(y)
+            fold_data.append((np.array([subject_of(s.path) for s in held]), y, p))
             best_epochs.append(predictor.payload["training"]["best_epoch"] + 1)
             own = choose_threshold(p, y)
             fold_rows.append({"fold": fold, "model_file": str(model_file),
@@ -191,16 +236,21 @@ def cross_validate(data: str, out: Path, manifest: str | Path, samples: list, ba
                               "train_wall_s": predictor.payload["training"]["wall_time_s"]})
         p, y = np.concatenate(oof_p), np.concatenate(oof_y)
         threshold = choose_threshold(p, y)
+        transfer = subject_transfer(fold_data)
         cv[mode] = {"threshold": threshold, "oof": screening_metrics(p, y, threshold), "folds": fold_rows,
-                    "best_epochs": best_epochs, "curve": (y, p)}
+                    "best_epochs": best_epochs, "transfer": transfer,
+                    "sensitivity_target": choose_sensitivity_target(transfer), "curve": (y, p), "fold_data": fold_data}
     return cv
+
+
+PRIVATE = ("curve", "fold_data")  # arrays kept in memory for plots and thresholds, not written to JSON
 
 
 def cv_summary(cv: dict, base: TrainConfig) -> dict:
     """What a CV-only comparison records: per mode, pooled OOF metrics and per-fold metrics (no test data)."""
     return {"arch": base.arch, "img_size": base.img_size, "epochs": base.epochs,
             "pretrained_weights": bool(base.pretrained_weights),
-            "cv": {m: {k: v for k, v in r.items() if k != "curve"} for m, r in cv.items()}}
+            "cv": {m: {k: v for k, v in r.items() if k not in PRIVATE} for m, r in cv.items()}}
 
 
 def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, balance_modes=("undersample", "oversample"),
@@ -225,11 +275,16 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
     # The deployed model is the chosen mode's fold model with the best validation AUC, with the threshold
     # chosen on its own validation subjects: a cut only means something on the scale of the model it was
     # chosen for (a model retrained on all subjects scores on another scale; see "all_subjects" below).
-    best_fold = max(cv[chosen]["folds"], key=lambda f: f["metrics"]["roc_auc"])
-    deployed_file, threshold = Path(best_fold["model_file"]), best_fold["own_threshold"]
+    # Its cut is chosen for the sensitivity target that, in leave-one-subject-out checks on the CV
+    # subjects, still gave a new subject >= 0.95 of its blasts (see subject_transfer).
+    best_index = max(range(len(cv[chosen]["folds"])), key=lambda i: cv[chosen]["folds"][i]["metrics"]["roc_auc"])
+    best_fold = cv[chosen]["folds"][best_index]
+    target = cv[chosen]["sensitivity_target"]
+    _, fold_y, fold_p = cv[chosen]["fold_data"][best_index]
+    deployed_file, threshold = Path(best_fold["model_file"]), choose_threshold(fold_p, fold_y, target)
     update_payload(deployed_file, threshold=threshold, positive_class=POSITIVE, temperature=1.0,
                    screening={"chosen_balance": chosen, "validation_fold": best_fold["fold"],
-                              "min_sensitivity": MIN_SENSITIVITY})
+                              "min_sensitivity": MIN_SENSITIVITY, "validation_sensitivity_target": target})
     test = [s for s in samples if s.split == "test"]
     y_test = np.array([FOLDER_TO_LABEL[s.label] == POSITIVE for s in test])
     predictor = Predictor(deployed_file)
@@ -248,12 +303,14 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
         "model": predictor.name, "model_version": predictor.version, "model_file": str(deployed_file),
         "model_sha256": mldata.sha256_file(deployed_file), "manifest": str(manifest),
         "manifest_sha256": mldata.sha256_file(manifest), "arch": base.arch, "img_size": base.img_size,
-        "threshold": threshold, "chosen_balance": chosen, "deployed_fold_model": best_fold["fold"],
+        "threshold": threshold, "sensitivity_target": target, "chosen_balance": chosen,
+        "deployed_fold_model": best_fold["fold"],
+        "deployed_validation": screening_metrics(fold_p, fold_y, threshold),
         "deployed_training_subjects": sorted({subject_of(s.path) for s in samples
                                               if s.split.startswith("fold") and s.split != best_fold["fold"]}),
         "subjects": {split: sorted({subject_of(s.path) for s in samples if s.split == split})
                      for split in ["test", *folds]},
-        "cv": {m: {k: v for k, v in r.items() if k != "curve"} for m, r in cv.items()},
+        "cv": {m: {k: v for k, v in r.items() if k not in PRIVATE} for m, r in cv.items()},
         "test": screening_metrics(p_test, y_test, threshold),
         "test_per_subject": per_subject(test, p_test, threshold),
         "all_subjects": {"epochs": epochs, "pooled_oof_threshold": cv[chosen]["threshold"],
@@ -291,8 +348,11 @@ def markdown(report: dict) -> str:
         f"# Screening model `{report['model']}` ({report['model_version']})",
         "",
         f"Blast vs normal single cells (C-NMC 2019 fold 1), subject-level protocol, input {report['img_size']} px. "
-        f"Decision: blast when P(blast) >= **{report['threshold']:.4f}**, the highest cut that kept blast sensitivity "
-        f">= {MIN_SENSITIVITY} on the out-of-fold predictions of subject-grouped cross-validation.",
+        f"Decision: blast when P(blast) >= **{report['threshold']:.4f}**, the highest cut that keeps blast sensitivity "
+        f">= {report['sensitivity_target']:.2f} on the deployed model's own validation subjects. The target "
+        f"{report['sensitivity_target']:.2f} (not simply {MIN_SENSITIVITY}) is the smallest that, in leave-one-subject-out "
+        f"checks on the cross-validation subjects, still flagged >= {MIN_SENSITIVITY} of a new subject's blasts "
+        "(table below).",
         "",
         f"- Test subjects (untouched): {', '.join(subjects['test'])} — {len(subjects['test'])} subjects.",
         "- Cross-validation subjects: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in subjects.items() if k != "test")
@@ -307,6 +367,8 @@ def markdown(report: dict) -> str:
         "| evaluation | subjects | cells (blast/normal) | sensitivity | specificity | F1 (blast) | weighted F1 | balanced acc. | ROC AUC |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         metrics_rows("**test, deployed model**", report["test"], f"{len(subjects['test'])}"),
+        metrics_rows(f"validation subjects of the deployed model ({report['deployed_fold_model']})",
+                     report["deployed_validation"], f"{len(subjects[report['deployed_fold_model']])}"),
         metrics_rows(f"test, model on all CV subjects ({report['all_subjects']['epochs']} epochs) at the pooled OOF "
                      "threshold — not deployed", report["all_subjects"]["test"], f"{len(subjects['test'])}"),
     ]
@@ -315,7 +377,17 @@ def markdown(report: dict) -> str:
     lines += ["", "The model retrained on all CV subjects ranks cells at least as well (see its AUC) but its "
               "probabilities sit on another scale, so the threshold chosen on the fold models does not carry over "
               "to it: that is why the deployed model is a fold model with a threshold of its own.",
-              "", "Per fold (threshold chosen on the fold's own validation subjects):", "",
+              "", f"How a cut carries over to a new subject ({report['chosen_balance']} fold models; leave one blast "
+              "subject out of a fold's validation subjects, choose the cut on the others, score the one left out; "
+              "normal subjects scored at the cut from all of the fold's blasts):", "",
+              "| target sensitivity | left-out blast subjects | pooled sensitivity on them | worst subject | subjects >= 0.95 "
+              "| normal-subject specificity |", "| --- | --- | --- | --- | --- | --- |"]
+    transfer = report["cv"][report["chosen_balance"]]["transfer"]
+    lines += [f"| {r['target']:.2f}{' (chosen)' if r['target'] == report['sensitivity_target'] else ''} | "
+              f"{r['subjects']} | {fmt(r['left_out_sensitivity'])} | {fmt(r['worst_subject_sensitivity'])} | "
+              f"{r['subjects_at_or_above_0.95']}/{r['subjects']} | {fmt(r['normal_specificity'])} |"
+              for r in transfer.values()]
+    lines += ["", "Per fold (threshold for 0.95 chosen on the fold's own validation subjects):", "",
               "| balance | fold | validation subjects | threshold | sensitivity | specificity | AUC |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for mode, r in report["cv"].items():

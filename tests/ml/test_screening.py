@@ -75,6 +75,29 @@ def test_threshold_is_the_highest_cut_keeping_sensitivity():
     assert screening.screening_metrics(p, y, screening.choose_threshold(p, y, 1.0))["sensitivity"] == 1.0
 
 
+def test_subject_transfer_scores_each_blast_subject_at_a_cut_chosen_without_it():
+    # Subject A's blasts score high, B's low: a cut chosen on A alone misses B's blasts, and vice versa.
+    subjects = np.array(["A"] * 10 + ["B"] * 10 + ["H"] * 10)
+    is_blast = np.array([True] * 20 + [False] * 10)
+    p_blast = np.concatenate([np.linspace(0.8, 0.99, 10), np.linspace(0.3, 0.7, 10), np.linspace(0.0, 0.5, 10)])
+    transfer = screening.subject_transfer([(subjects, is_blast, p_blast)], targets=(0.95, 0.99))
+    at95 = transfer["0.95"]
+    assert at95["subjects"] == 2
+    # Left out, B is scored at A's cut (0.8): none of its blasts reach it; A at B's cut (0.3 + ...) all do.
+    assert {r["subject"]: r["sensitivity"] for r in at95["per_subject"]} == {"A": 1.0, "B": 0.0}
+    assert at95["left_out_sensitivity"] == pytest.approx(0.5)
+    assert at95["worst_subject_sensitivity"] == 0.0
+    # Nothing reached 0.95 on a left-out subject: the largest target is the safest choice.
+    assert screening.choose_sensitivity_target(transfer) == 0.99
+
+
+def test_the_smallest_target_that_carries_over_is_chosen():
+    transfer = {"0.95": {"target": 0.95, "left_out_sensitivity": 0.93},
+                "0.97": {"target": 0.97, "left_out_sensitivity": 0.955},
+                "0.99": {"target": 0.99, "left_out_sensitivity": 0.99}}
+    assert screening.choose_sensitivity_target(transfer) == 0.97
+
+
 @pytest.fixture(scope="module")
 def screening_run(cell_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("screening-run")
@@ -88,11 +111,15 @@ def test_the_protocol_reports_cv_and_test_subjects_and_stores_the_threshold(scre
     out, report = screening_run
     assert set(report["subjects"]) == {"test", "fold0", "fold1"}
     assert report["cv"]["undersample"]["oof"]["sensitivity"] >= 0.95
+    assert report["sensitivity_target"] in screening.SENSITIVITY_TARGETS
+    assert report["deployed_validation"]["sensitivity"] >= report["sensitivity_target"]
+    assert set(report["cv"]["undersample"]["transfer"]) == {f"{t:.2f}" for t in screening.SENSITIVITY_TARGETS}
     assert "all_subjects" in report and report["deployed_fold_model"] in ("fold0", "fold1")
     for key in ("sensitivity", "specificity", "f1", "weighted_f1", "balanced_accuracy", "roc_auc"):
         assert key in report["test"]
     assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
     assert "Per test subject" in (out / "report.md").read_text()
+    assert "How a cut carries over to a new subject" in (out / "report.md").read_text()
     predictor = Predictor(report["model_file"])
     assert predictor.threshold == pytest.approx(report["threshold"])
     assert predictor.positive_class == "blast" and predictor.classes == ("blast", "normal")
@@ -145,3 +172,15 @@ def test_cross_validation_only_compares_settings_without_reading_the_test_subjec
     assert read and "test" not in read
     assert (tmp_path / "cv.json").is_file() and not (tmp_path / "report.json").exists()
     assert "class weights" in (tmp_path / "cv-weight-fold0" / "train.log").read_text()
+
+
+def test_the_card_tabulates_settings_compared_by_cross_validation(tmp_path):
+    from ml.card import comparison_section
+
+    oof = {"sensitivity": 0.95, "specificity": 0.5, "weighted_f1": 0.8, "roc_auc": 0.85}
+    summary = {"arch": "efficientnet_b3_screen", "img_size": 128, "epochs": 8, "pretrained_weights": False,
+               "cv": {"undersample": {"oof": oof, "folds": [{"train_wall_s": 60}, {"train_wall_s": 180}]}}}
+    (tmp_path / "cv.json").write_text(json.dumps(summary))
+    table = "\n".join(comparison_section([tmp_path / "cv.json"]))
+    assert "| `efficientnet_b3_screen` | random | 128 | 8 | undersample | 0.9500 | 0.5000 | 0.8000 | 0.8500 | 2.0 |" in table
+    assert comparison_section([]) == []
