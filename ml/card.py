@@ -174,7 +174,6 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
         f"Confusion matrix and misclassified files: [`ml/reports/{name}/report.md`](../reports/{name}/report.md). "
         f"Reproduce: `python -m ml evaluate --data ../shared/data/taleqani-all --model {name}`.",
         "",
-        *comparison_section(comparisons),
         "## Speed",
         f"- One {predictor.input_size}x{predictor.input_size} image, once loaded, from a JPEG path to probabilities "
         f"(decode, resize, normalise, forward, softmax): median **{latency['median_ms']:.1f} ms**, "
