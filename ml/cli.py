@@ -124,7 +124,7 @@ def cmd_screening(args) -> int:
     from . import models, screening
     from .train import TrainConfig
 
-    pretrained = args.pretrained_weights
+    pretrained = args.pretrained_weights or None  # "" means random initialisation
     if pretrained == "imagenet-lite0":
         pretrained = str(models.efficientnet_lite0_imagenet_file())
     base = TrainConfig(data=args.data, arch=args.arch, out="", epochs=args.epochs, img_size=args.img_size,

@@ -184,3 +184,15 @@ def test_the_card_tabulates_settings_compared_by_cross_validation(tmp_path):
     table = "\n".join(comparison_section([tmp_path / "cv.json"]))
     assert "| `efficientnet_b3_screen` | random | 128 | 8 | undersample | 0.9500 | 0.5000 | 0.8000 | 0.8500 | 2.0 |" in table
     assert comparison_section([]) == []
+
+
+def test_cli_cross_validates_a_randomly_initialised_model(cell_folder, tmp_path):
+    out = tmp_path / "cv"
+    result = subprocess.run([sys.executable, "-m", "ml", "screening", "--data", str(cell_folder), "--out", str(out),
+                             "--manifest", str(tmp_path / "manifest.csv"), "--arch", "mobilenetv3_screen",
+                             "--pretrained-weights", "", "--epochs", "1", "--img-size", "48", "--balance-modes",
+                             "undersample", "--cv-only", "--no-progress"],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    assert "out-of-fold sensitivity" in result.stdout
+    assert json.loads((out / "cv.json").read_text())["pretrained_weights"] is False
