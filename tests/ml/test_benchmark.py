@@ -86,6 +86,20 @@ def test_the_recommendation_weighs_imagenet_initialisation_against_the_deployed_
     assert "distilled from an ImageNet-initialised teacher" in text
     assert "should not change on this evidence" in text
     assert "should change to `efficientnet_lite0_bigru`" in benchmark.recommendation(rows, {**deployed, "macro_f1": 0.93})
+    # With both error lists known, a higher score alone is not enough: the paired test must agree.
+    rows[1]["errors"] = ["a.jpg", "b.jpg"]
+    close = {**deployed, "macro_f1": 0.93, "n": 400, "errors": ["a.jpg", "c.jpg", "d.jpg"]}
+    text = benchmark.recommendation(rows, close)
+    assert "within chance" in text and "should not change" in text
+    far = {**close, "errors": [f"{i}.jpg" for i in range(20)]}
+    assert "should change to `efficientnet_lite0_bigru`" in benchmark.recommendation(rows, far)
+
+
+def test_mcnemar_counts_disagreements_and_gives_an_exact_p_value():
+    test = benchmark.mcnemar(["a", "b"], ["b", "c", "d", "e", "f", "g", "h", "i", "j"])
+    assert (test["only_a_wrong"], test["only_b_wrong"]) == (1, 8)
+    assert test["p_value"] == pytest.approx(2 * (1 + 9) / 512)  # 2 * P(X <= 1), X ~ Bin(9, 0.5)
+    assert benchmark.mcnemar(["a"], ["a"])["p_value"] == 1.0
 
 
 def test_the_deployed_summary_reads_the_shipped_report_and_training_config():
@@ -96,4 +110,5 @@ def test_the_deployed_summary_reads_the_shipped_report_and_training_config():
     summary = benchmark.deployed_summary(report, weights)
     assert summary["accuracy"] == json.loads(report.read_text())["accuracy"]
     assert summary["img_size"] == 224 and summary["distilled"]
+    assert len(summary["errors"]) == round(summary["n"] * (1 - summary["accuracy"]))
     assert benchmark.deployed_summary(report.with_name("missing.json"), weights) is None
