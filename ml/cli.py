@@ -131,7 +131,7 @@ def cmd_screening(args) -> int:
                        batch_size=args.batch_size, lr=args.lr, pretrained_weights=pretrained, threads=args.threads,
                        progress=not args.no_progress)
     report = screening.run(args.data, args.out, args.manifest, base, balance_modes=args.balance_modes, seed=args.seed,
-                           cv_only=args.cv_only)
+                           cv_only=args.cv_only, all_subjects_model=not args.no_all_subjects_model)
     if args.cv_only:
         for mode, r in report["cv"].items():
             oof = r["oof"]
@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     scr.add_argument("--threads", type=int)
     scr.add_argument("--balance-modes", nargs="+", default=["undersample", "oversample"],
                      choices=["undersample", "oversample", "weight", "none"])
+    scr.add_argument("--no-all-subjects-model", action="store_true",
+                     help="skip the comparison model retrained on every CV subject")
     scr.add_argument("--cv-only", action="store_true",
                      help="compare settings on the CV subjects only; the test subjects are not read")
     scr.add_argument("--no-progress", action="store_true")

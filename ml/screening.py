@@ -6,10 +6,12 @@ With only a few normal subjects, settings are chosen by subject-grouped cross-va
 1. ``test``: a few subjects of each class held out, untouched until the final evaluation.
 2. The other subjects are dealt into folds (``fold0``, ``fold1``, ...), one normal subject per fold
    where possible. For each balancing mode, one model per fold is trained on the other folds and
-   predicts its own fold: these out-of-fold (OOF) probabilities choose the balancing mode and the
-   decision threshold (the highest P(blast) cut that keeps OOF blast sensitivity >= 0.95).
-3. The final model is trained on every non-test subject for the epochs the folds needed, and is
-   scored once on the test subjects at that threshold.
+   predicts its own fold: these out-of-fold (OOF) probabilities choose the balancing mode.
+3. Leave-one-subject-out checks within each fold's validation subjects choose the sensitivity
+   target a cut needs so that a new subject still gets >= 0.95 of its blasts flagged.
+4. The deployed model is the chosen mode's fold model with the best validation AUC; its cut is the
+   highest P(blast) that keeps that target on its own validation subjects. It is scored once on the
+   test subjects. Optionally, for comparison, a model retrained on every CV subject is scored too.
 """
 from __future__ import annotations
 
@@ -254,7 +256,7 @@ def cv_summary(cv: dict, base: TrainConfig) -> dict:
 
 
 def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, balance_modes=("undersample", "oversample"),
-        seed: int = 0, cv_only: bool = False) -> dict:
+        seed: int = 0, cv_only: bool = False, all_subjects_model: bool = True) -> dict:
     """The whole protocol; resumable (finished runs are reused). Writes OUT/report.json, report.md, roc.png.
 
     With ``cv_only`` it stops after cross-validation and writes OUT/cv.json: settings are compared
@@ -291,13 +293,18 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
     p_test = blast_probability(predictor, data, test)
 
     # For comparison only: a model trained on every CV subject, with the pooled out-of-fold threshold.
-    epochs = max(1, round(float(np.mean(cv[chosen]["best_epochs"]))))
-    final = replace(base, **common, balance=chosen, out=str(out / "final"), train_splits=folds, val_splits=[],
-                    epochs=epochs, min_epochs=epochs, stop_patience=10**6)
-    final_file = Path(final.out) / "model.pt"
-    if not final_file.exists():
-        train(final, resume=True)
-    p_all = blast_probability(Predictor(final_file), data, test)
+    all_subjects, p_all = None, None
+    if all_subjects_model:
+        epochs = max(1, round(float(np.mean(cv[chosen]["best_epochs"]))))
+        final = replace(base, **common, balance=chosen, out=str(out / "final"), train_splits=folds, val_splits=[],
+                        epochs=epochs, min_epochs=epochs, stop_patience=10**6)
+        final_file = Path(final.out) / "model.pt"
+        if not final_file.exists():
+            train(final, resume=True)
+        p_all = blast_probability(Predictor(final_file), data, test)
+        all_subjects = {"epochs": epochs, "pooled_oof_threshold": cv[chosen]["threshold"],
+                        "test": screening_metrics(p_all, y_test, cv[chosen]["threshold"]),
+                        "test_at_own_scale_for_reference_auc": float(roc_auc_score(y_test, p_all))}
 
     report = {
         "model": predictor.name, "model_version": predictor.version, "model_file": str(deployed_file),
@@ -313,9 +320,7 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
         "cv": {m: {k: v for k, v in r.items() if k not in PRIVATE} for m, r in cv.items()},
         "test": screening_metrics(p_test, y_test, threshold),
         "test_per_subject": per_subject(test, p_test, threshold),
-        "all_subjects": {"epochs": epochs, "pooled_oof_threshold": cv[chosen]["threshold"],
-                         "test": screening_metrics(p_all, y_test, cv[chosen]["threshold"]),
-                         "test_at_own_scale_for_reference_auc": float(roc_auc_score(y_test, p_all))},
+        "all_subjects": all_subjects,
         "train_wall_s": predictor.payload["training"]["wall_time_s"],
         "hardware": predictor.payload["training"]["hardware"],
         "config": {k: v for k, v in asdict(base).items() if k in ("arch", "img_size", "lr", "batch_size", "epochs",
@@ -323,7 +328,8 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
     }
     curves = {f"CV out-of-fold, {m}": cv[m]["curve"] for m in cv}
     curves["test subjects, deployed model"] = (y_test, p_test)
-    curves["test subjects, all-subjects model"] = (y_test, p_all)
+    if p_all is not None:
+        curves["test subjects, all-subjects model"] = (y_test, p_all)
     plot_roc(curves, {"test at threshold": (1 - report["test"]["specificity"], report["test"]["sensitivity"])},
              out / "roc.png", f"{base.arch}: blast vs normal cell, subject-level")
     (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -369,15 +375,18 @@ def markdown(report: dict) -> str:
         metrics_rows("**test, deployed model**", report["test"], f"{len(subjects['test'])}"),
         metrics_rows(f"validation subjects of the deployed model ({report['deployed_fold_model']})",
                      report["deployed_validation"], f"{len(subjects[report['deployed_fold_model']])}"),
-        metrics_rows(f"test, model on all CV subjects ({report['all_subjects']['epochs']} epochs) at the pooled OOF "
-                     "threshold — not deployed", report["all_subjects"]["test"], f"{len(subjects['test'])}"),
     ]
+    if report["all_subjects"]:
+        lines.append(metrics_rows(f"test, model on all CV subjects ({report['all_subjects']['epochs']} epochs) at the "
+                                  "pooled OOF threshold — not deployed", report["all_subjects"]["test"],
+                                  f"{len(subjects['test'])}"))
     for mode, r in report["cv"].items():
         lines.append(metrics_rows(f"CV out-of-fold, {mode}", r["oof"], f"{n_cv}"))
-    lines += ["", "The model retrained on all CV subjects ranks cells at least as well (see its AUC) but its "
-              "probabilities sit on another scale, so the threshold chosen on the fold models does not carry over "
-              "to it: that is why the deployed model is a fold model with a threshold of its own.",
-              "", f"How a cut carries over to a new subject ({report['chosen_balance']} fold models; leave one blast "
+    if report["all_subjects"]:
+        lines += ["", "The model retrained on all CV subjects ranks cells differently from the fold models and its "
+                  "probabilities sit on another scale, so the threshold chosen on the fold models does not carry "
+                  "over to it: that is why the deployed model is a fold model with a threshold of its own."]
+    lines += ["", f"How a cut carries over to a new subject ({report['chosen_balance']} fold models; leave one blast "
               "subject out of a fold's validation subjects, choose the cut on the others, score the one left out; "
               "normal subjects scored at the cut from all of the fold's blasts):", "",
               "| target sensitivity | left-out blast subjects | pooled sensitivity on them | worst subject | subjects >= 0.95 "

@@ -196,3 +196,13 @@ def test_cli_cross_validates_a_randomly_initialised_model(cell_folder, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "out-of-fold sensitivity" in result.stdout
     assert json.loads((out / "cv.json").read_text())["pretrained_weights"] is False
+
+
+def test_the_all_subjects_comparison_model_can_be_skipped(cell_folder, tmp_path):
+    base = TrainConfig(data=str(cell_folder), arch="mobilenetv3_screen", out="", epochs=1, img_size=48,
+                       batch_size=16, progress=False)
+    report = screening.run(str(cell_folder), tmp_path, tmp_path / "manifest.csv", base, balance_modes=("undersample",),
+                           all_subjects_model=False)
+    assert report["all_subjects"] is None and not (tmp_path / "final").exists()
+    assert "sensitivity" in report["test"]
+    assert "model on all CV subjects" not in (tmp_path / "report.md").read_text()
