@@ -207,24 +207,38 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
 
 
 def comparison_section(summaries: list[str | Path]) -> list[str]:
-    """Settings compared by cross-validation only (``python -m ml screening --cv-only``), one row per mode."""
+    """Settings compared by cross-validation (``python -m ml screening --cv-only``), one row per mode.
+
+    Where the same folder also holds a full run's ``report.json``, that candidate's test-subject result
+    is shown too, so a choice made after looking at it is visible as such.
+    """
     if not summaries:
         return []
     lines = ["## Settings compared by cross-validation", "",
-             "Each row: out-of-fold predictions of the subject-grouped folds (the test subjects were not read), "
-             "at the pooled cut for sensitivity 0.95.", "",
+             "Out-of-fold (OOF) predictions of the subject-grouped folds, at the pooled cut for sensitivity 0.95; "
+             "the test subjects were not read for these. The last columns show a candidate's test-subject result "
+             "where it was also run in full.", "",
              "| backbone | init | input | epochs | balance | OOF sensitivity | OOF specificity | OOF weighted F1 | "
-             "OOF AUC | training per fold (min) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "OOF AUC | training per fold (min) | test sensitivity / specificity / weighted F1 (threshold) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in summaries:
-        summary = json.loads(Path(path).read_text())
+        path = Path(path)
+        summary = json.loads(path.read_text())
+        full = path.with_name("report.json")
+        report = json.loads(full.read_text()) if full.exists() else None
         for mode, r in summary["cv"].items():
             oof = r["oof"]
             minutes = [f["train_wall_s"] / 60 for f in r["folds"] if "train_wall_s" in f]
             per_fold = f"{sum(minutes) / len(minutes):.1f}" if minutes else "n/a"
+            test = "not run"
+            if report and report["chosen_balance"] == mode:
+                t = report["test"]
+                test = (f"{t['sensitivity']:.4f} / {t['specificity']:.4f} / {t['weighted_f1']:.4f} "
+                        f"({report['threshold']:.4f})")
             lines.append(f"| `{summary['arch']}` | {'ImageNet' if summary['pretrained_weights'] else 'random'} | "
                          f"{summary['img_size']} | {summary['epochs']} | {mode} | {oof['sensitivity']:.4f} | "
                          f"{oof['specificity']:.4f} | {oof['weighted_f1']:.4f} | {oof['roc_auc']:.4f} | "
-                         f"{per_fold} |")
+                         f"{per_fold} | {test} |")
     return [*lines, ""]
 
 

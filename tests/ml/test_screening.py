@@ -182,8 +182,14 @@ def test_the_card_tabulates_settings_compared_by_cross_validation(tmp_path):
                "cv": {"undersample": {"oof": oof, "folds": [{"train_wall_s": 60}, {"train_wall_s": 180}]}}}
     (tmp_path / "cv.json").write_text(json.dumps(summary))
     table = "\n".join(comparison_section([tmp_path / "cv.json"]))
-    assert "| `efficientnet_b3_screen` | random | 128 | 8 | undersample | 0.9500 | 0.5000 | 0.8000 | 0.8500 | 2.0 |" in table
+    assert ("| `efficientnet_b3_screen` | random | 128 | 8 | undersample | 0.9500 | 0.5000 | 0.8000 | 0.8500 | 2.0 | "
+            "not run |") in table
     assert comparison_section([]) == []
+    # A candidate that was also run in full shows its test-subject result.
+    report = {"chosen_balance": "undersample", "threshold": 0.4,
+              "test": {"sensitivity": 0.9, "specificity": 0.6, "weighted_f1": 0.75}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert "| 0.9000 / 0.6000 / 0.7500 (0.4000) |" in "\n".join(comparison_section([tmp_path / "cv.json"]))
 
 
 def test_cli_cross_validates_a_randomly_initialised_model(cell_folder, tmp_path):
