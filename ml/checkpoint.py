@@ -35,7 +35,8 @@ def save_model(path: Path, model, config, classes, temperature, history, elapsed
         "std": list(mldata.IMAGENET_STD),
         "temperature": float(temperature),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "model_version": f"{config.arch}-{stamp:%Y%m%d}-s{config.seed}",
+        # Date and time: two models trained on one day must not share a version in the audit trail.
+        "model_version": f"{config.arch}-{stamp:%Y%m%d-%H%M%S}-s{config.seed}",
         "training": {
             "config": {k: v for k, v in asdict(config).items() if k != "extra"},
             "manifest_sha256": manifest_sha,
