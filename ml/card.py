@@ -206,6 +206,14 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
     ])
 
 
+def screening_command(report: dict) -> str:
+    config = report["config"]
+    pretrained = "" if config.get("pretrained_weights") else " --pretrained-weights ''"
+    return (f"python -m ml screening --data ../shared/data/cnmc-fold1 --out runs/screening --arch {config['arch']}"
+            f"{pretrained} --img-size {config['img_size']} --epochs {config['epochs']} --balance-modes "
+            + " ".join(report["cv"]) + ("" if report.get("all_subjects") else " --no-all-subjects-model"))
+
+
 def comparison_section(summaries: list[str | Path]) -> list[str]:
     """Settings compared by cross-validation (``python -m ml screening --cv-only``), one row per mode.
 
@@ -291,6 +299,9 @@ def ship_screening(report_dir: str | Path, latency_image: str | Path, name: str 
         f"({report['train_wall_s'] / 60:.1f} min on {report['hardware']}); threshold: the highest cut keeping blast "
         f"sensitivity >= {report['sensitivity_target']:.2f} on its own validation subjects (the target with a margin "
         "above 0.95 that leave-one-subject-out checks showed a new subject needs; see Results).",
+        f"- Command: `{screening_command(report)}`. Training on this CPU is not bit-for-bit repeatable (a rerun in "
+        "a later session gave fold models with other weights and thresholds), so the shipped file, its sha256 and "
+        "this report belong together.",
         "",
         "## Results",
         "",
