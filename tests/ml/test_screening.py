@@ -190,6 +190,13 @@ def test_the_card_tabulates_settings_compared_by_cross_validation(tmp_path):
               "test": {"sensitivity": 0.9, "specificity": 0.6, "weighted_f1": 0.75}}
     (tmp_path / "report.json").write_text(json.dumps(report))
     assert "| 0.9000 / 0.6000 / 0.7500 (0.4000) |" in "\n".join(comparison_section([tmp_path / "cv.json"]))
+    # The deployed setting leads the table, and the row with the best OOF specificity is named.
+    deployed = {**report, "img_size": 128, "config": {"arch": "efficientnet_lite0_screen", "epochs": 4,
+                                                       "pretrained_weights": "lite0.pth"},
+                "cv": {"undersample": {"oof": {**oof, "specificity": 0.6}, "folds": []}}}
+    table = "\n".join(comparison_section([tmp_path / "cv.json"], deployed))
+    assert table.index("`efficientnet_lite0_screen` (deployed) | ImageNet") < table.index("`efficientnet_b3_screen`")
+    assert "`efficientnet_lite0_screen` at 128 px with undersample (deployed), 0.6000" in table
 
 
 def test_cli_cross_validates_a_randomly_initialised_model(cell_folder, tmp_path):
