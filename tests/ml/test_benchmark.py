@@ -10,6 +10,10 @@ from ml import benchmark
 from ml.train import TrainConfig
 
 
+def test_seed_summary_of_no_runs_is_empty_rather_than_an_error():
+    assert benchmark.seed_summary([])["n"] == 0
+
+
 def test_seed_summary_gives_mean_spread_and_a_t_interval():
     s = benchmark.seed_summary([0.90, 0.92, 0.94])
     assert s["mean"] == pytest.approx(0.92)
@@ -43,7 +47,7 @@ def test_a_tiny_benchmark_trains_evaluates_resumes_and_writes_the_page(smear_fol
     # Costs can be timed again (on a quiet CPU) without retraining; the record keeps the new timing.
     timed = benchmark.run(str(smear_folder), tmp_path / "runs", str(manifest), base, archs=archs[:1], seeds=(0,),
                           docs=tmp_path / "docs", timing_runs=3, remeasure_costs=True)
-    assert timed["mobilenetv3_lstm-s0"]["latency"]["runs"] == 3
+    assert timed["mobilenetv3_lstm-s0"]["latency"]["runs"] == 3 and timed["mobilenetv3_lstm-s0"]["costs_remeasured"]
     assert (tmp_path / "runs" / "mobilenetv3_lstm-s0" / "model.pt").stat().st_mtime_ns == stamp
     again = benchmark.run(str(smear_folder), tmp_path / "runs", str(manifest), base, archs=archs, seeds=(0, 1),
                           docs=tmp_path / "docs")
