@@ -248,7 +248,8 @@ def comparison_section(summaries: list[str | Path], deployed: dict | None = None
     lines = ["## Settings compared by cross-validation", "",
              "Out-of-fold (OOF) predictions of the subject-grouped folds, at the pooled cut for sensitivity 0.95; "
              "the test subjects were not read for these. The last column shows a candidate's test-subject result "
-             "where it was also run in full.", "",
+             "where it was also run in full. Training times are wall-clock on a shared 2-core CPU (jobs ran side by "
+             "side, and one was paused while others ran), so they compare only roughly.", "",
              "| backbone | init | input | epochs | balance | OOF sensitivity | OOF specificity | OOF weighted F1 | "
              "OOF AUC | training per fold (min) | test sensitivity / specificity / weighted F1 (threshold) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
