@@ -3,7 +3,7 @@
 ``python -m ml benchmark --data DIR --out DIR`` trains each model with the same manifest,
 augmentation, budget and seed, evaluates it on the manifest's test split and measures its cost.
 It resumes: a model whose ``model.pt`` exists is not trained again, an interrupted one continues
-from its checkpoint. Each finished run's result (metrics, costs, confusion matrix) is also recorded
+from its checkpoint. Each finished run's result (metrics, costs, confusion matrix) is recorded
 beside the page in ``DOCS/benchmark/results/``, which is committed: run folders are scratch and may
 be lost between sessions, the record is not, so a later session resumes from it without retraining.
 Results are only combined under one protocol: the protocol is saved with the run folder and with the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import models, profile
 from .evaluate import evaluate
-from .predict import Predictor
+from .predict import WEIGHTS_DIR, Predictor
 from .train import TrainConfig, train
 
 # Cheapest first, so an interrupted benchmark has finished rows to show when it resumes.
@@ -66,30 +66,23 @@ def run(data: str, out: str | Path, manifest: str, base: TrainConfig, archs=ARCH
                                                        record)
     deployed = None
     if deployed_report:
-        weights = Path(__file__).parent / "weights" / f"{DEPLOYED}.pt"
-        deployed = deployed_summary(Path(deployed_report), weights)
+        deployed = deployed_summary(Path(deployed_report), WEIGHTS_DIR / f"{DEPLOYED}.pt")
     write_page(results, base, Path(docs), out, deployed)
     return results
 
 
-def run_one(config: TrainConfig, latency_image: str | None, timing_runs: int = 50,
-            record: Path | None = None) -> dict:
+def run_one(config: TrainConfig, latency_image: str | None, timing_runs: int, record: Path) -> dict:
+    """Train (or resume), evaluate and time one model; its result is written once, to the record."""
     run_dir = Path(config.out)
-    recorded = record / f"{run_dir.name}.json" if record else None
-    if recorded and recorded.exists():
-        result = json.loads(recorded.read_text())
-        evaluation = run_dir / "eval" / "report.json"
-        if "errors" not in result and evaluation.exists():  # recorded before errors were kept: add them
-            result["errors"] = sorted(e["path"] for e in json.loads(evaluation.read_text())["errors"])
-            recorded.write_text(json.dumps(result, indent=1))
-        return result
-    result_file = run_dir / "result.json"
-    if result_file.exists():
-        return keep_record(json.loads(result_file.read_text()), recorded)
+    recorded = record / f"{run_dir.name}.json"
+    if recorded.exists():
+        return json.loads(recorded.read_text())
     model_file = run_dir / "model.pt"
     if not model_file.exists():
         train(config, resume=True)
     report = evaluate(str(model_file), config.data, config.manifest, "test", run_dir / "eval")
+    png = recorded.with_suffix(".png")
+    shutil.copyfile(run_dir / "eval" / "confusion_matrix.png", png)
     predictor = Predictor(model_file)
     payload = predictor.payload
     result = {
@@ -103,11 +96,11 @@ def run_one(config: TrainConfig, latency_image: str | None, timing_runs: int = 5
         "train_wall_s": payload["training"]["wall_time_s"],
         "epochs_run": payload["training"]["epochs_run"],
         "hardware": payload["training"]["hardware"],
-        "confusion_png": str(run_dir / "eval" / "confusion_matrix.png"),
+        "confusion_png": str(png),
         "errors": sorted(e["path"] for e in report["errors"]),
     }
-    result_file.write_text(json.dumps(result, indent=1))
-    return keep_record(result, recorded)
+    recorded.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def measure_costs(config: TrainConfig, predictor: Predictor, latency_image: str | None, timing_runs: int) -> dict:
@@ -119,27 +112,14 @@ def measure_costs(config: TrainConfig, predictor: Predictor, latency_image: str 
     }
 
 
-def remeasure(config: TrainConfig, result: dict, latency_image: str | None, timing_runs: int,
-              record: Path | None) -> dict:
+def remeasure(config: TrainConfig, result: dict, latency_image: str | None, timing_runs: int, record: Path) -> dict:
     """Time a finished model again, e.g. on a quiet CPU after training ran beside the first timing."""
     model_file = Path(config.out) / "model.pt"
     if not model_file.exists():
         raise FileNotFoundError(f"{model_file} is gone: its costs can only be re-measured from the trained model")
     result = {**result, **measure_costs(config, Predictor(model_file), latency_image, timing_runs),
               "costs_remeasured": True}
-    if record:
-        (record / f"{Path(config.out).name}.json").write_text(json.dumps(result, indent=1))
-    return result
-
-
-def keep_record(result: dict, recorded: Path | None) -> dict:
-    """Copy a finished run's result and confusion matrix into the committed record."""
-    if recorded is None:
-        return result
-    png = recorded.with_suffix(".png")
-    shutil.copyfile(result["confusion_png"], png)
-    result = {**result, "confusion_png": str(png)}
-    recorded.write_text(json.dumps(result, indent=1))
+    (record / f"{Path(config.out).name}.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -250,8 +230,6 @@ def recommendation(rows: list[dict], deployed: dict | None = None) -> str:
 
 def write_page(results: dict, base: TrainConfig, docs: Path, out: Path, deployed: dict | None = None) -> Path:
     docs.mkdir(parents=True, exist_ok=True)
-    images = docs / "benchmark"
-    images.mkdir(exist_ok=True)
     rows = [r for key, r in results.items() if r["seed"] == 0]
     hardware = rows[0]["hardware"] if rows else "?"
     classes = list(rows[0]["per_class"]) if rows else []
@@ -295,9 +273,7 @@ def write_page(results: dict, base: TrainConfig, docs: Path, out: Path, deployed
                      f"{r['latency']['median_ms']:.1f} | {r['throughput_b32']:.1f} | {r['train_wall_s'] / 60:.1f} |")
     lines += ["", "## Confusion matrices", ""]
     for r in rows:
-        target = images / f"{r['arch']}.png"
-        shutil.copyfile(r["confusion_png"], target)
-        lines.append(f"- [`{r['arch']}`](benchmark/{target.name})")
+        lines.append(f"- [`{r['arch']}`](benchmark/results/{Path(r['confusion_png']).name})")
     seeds = [r["accuracy"] for r in results.values() if r["arch"] == DEPLOYED]
     summary = seed_summary(seeds)
     lines += ["", f"## `{DEPLOYED}` over {summary['n']} training seeds", "",

@@ -34,7 +34,8 @@ def test_a_tiny_benchmark_trains_evaluates_resumes_and_writes_the_page(smear_fol
     page = (tmp_path / "docs" / "benchmark.md").read_text()
     for arch in archs:
         assert f"| `{arch}` |" in page
-        assert (tmp_path / "docs" / "benchmark" / f"{arch}.png").is_file()
+        assert f"(benchmark/results/{arch}-s0.png)" in page
+        assert (tmp_path / "docs" / "benchmark" / "results" / f"{arch}-s0.png").is_file()
     assert "over 2 training seeds" in page and "Recommendation" in page
     row = results["mobilenetv3_lstm-s0"]
     assert row["latency"]["median_ms"] > 0 and row["mflops"] > 0 and row["params_m"] > 0
