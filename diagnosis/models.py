@@ -118,14 +118,16 @@ class Case(models.Model):
 
     def compute_suggestion(self):
         """The suggested case-level stage: mean of the probability vectors of
-        the classified blood-smear fields (single cells never count), its
+        the classified blood-smear fields (single cells never count; nor do
+        fields outside the model's domain or marked not assessable), its
         argmax, and that class's mean probability.
 
         Returns (stage, confidence, n_smears) or (None, None, 0) when no smear
         has been classified yet. This is the only implementation of the rule.
         """
         predictions = list(
-            Prediction.objects.filter(smear__case=self, smear__status=Smear.Status.DONE, smear__kind=Smear.Kind.FIELD)
+            Prediction.objects.filter(smear__case=self, smear__status=Smear.Status.DONE, smear__kind=Smear.Kind.FIELD,
+                                      in_domain=True, smear__not_assessable=False)
         )
         if not predictions:
             return None, None, 0
@@ -141,14 +143,21 @@ class Case(models.Model):
         (classified), flagged as blast by the model (label from its
         sensitivity-tuned threshold), and reviewed / called blast by the
         pathologist. This is the only implementation of the rule."""
-        cells = list(self.smears.filter(kind=Smear.Kind.CELL).select_related("prediction"))
-        screened = [c for c in cells if c.status == Smear.Status.DONE and hasattr(c, "prediction")]
+        every = list(self.smears.filter(kind=Smear.Kind.CELL).select_related("prediction"))
+        not_assessable = [c for c in every if c.not_assessable]
+        cells = [c for c in every if not c.not_assessable]
+        classified = [c for c in cells if c.status == Smear.Status.DONE and hasattr(c, "prediction")]
+        outside = [c for c in classified if not c.prediction.in_domain]
+        # Cells outside the model's domain were not judged by the screen: they count as uploaded, not screened.
+        screened = [c for c in classified if c.prediction.in_domain]
         flagged = sum(1 for c in screened if c.prediction.label == CellLabel.BLAST)
-        reviewed = [c for c in screened if c.review_label]
+        reviewed = [c for c in classified if c.review_label]
         confirmed = sum(1 for c in reviewed if c.review_label == CellLabel.BLAST)
         thresholds = sorted({c.prediction.threshold for c in screened if c.prediction.threshold is not None})
         return {
             "cells": len(cells),
+            "outside_domain": len(outside),
+            "not_assessable": len(not_assessable),
             "screened": len(screened),
             "flagged": flagged,
             "flagged_fraction": flagged / len(screened) if screened else None,
@@ -221,6 +230,15 @@ class Smear(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="smears_reviewed"
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
+    # "Not assessable" (services.mark_not_assessable): the pathologist judges the image unusable (out of
+    # focus, wrong specimen, not a smear...). Such a smear needs no review label and counts nowhere: not
+    # in the case's suggestion, the screening summary, sign-out requirements, report counts or export.
+    not_assessable = models.BooleanField(default=False, db_index=True)
+    not_assessable_reason = models.CharField(max_length=500, blank=True)
+    not_assessable_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="smears_not_assessable"
+    )
+    not_assessable_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at", "pk"]
@@ -242,6 +260,18 @@ class Smear(models.Model):
     def is_overridden(self):
         prediction = getattr(self, "prediction", None)
         return bool(self.review_label and prediction and self.review_label != prediction.label)
+
+    @property
+    def outside_domain(self):
+        """Classified, but the model judged the image unlike its training images: no suggestion."""
+        prediction = getattr(self, "prediction", None)
+        return bool(prediction is not None and not prediction.in_domain)
+
+    @property
+    def has_suggestion(self):
+        """The model's label may be shown as a suggestion: classified, in domain, and assessable."""
+        prediction = getattr(self, "prediction", None)
+        return bool(prediction is not None and prediction.in_domain and not self.not_assessable)
 
 
 class Prediction(models.Model):
@@ -272,6 +302,12 @@ class Prediction(models.Model):
     # the prediction itself is never lost because of the heat map.
     heatmap = models.FileField(upload_to=heatmap_upload_to, max_length=255, blank=True)
     heatmap_error = models.TextField(blank=True)
+    # The model's domain check (ml.domain): False when the image is unlike the model's training images.
+    # The label and probabilities are kept for transparency, but the portal shows no suggestion and
+    # leaves such a smear out of the case's suggestion and screening summary.
+    in_domain = models.BooleanField(default=True, db_index=True)
+    domain_score = models.FloatField(null=True, blank=True)
+    domain_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -379,6 +415,8 @@ class AuditEvent(models.Model):
         FINAL_STAGE = "final_stage", "Final stage set"
         SIGN_OUT = "sign_out", "Case signed out"
         ADDENDUM = "addendum", "Addendum"
+        NOT_ASSESSABLE = "not_assessable", "Smear marked not assessable"
+        ASSESSABLE = "assessable", "Smear marked assessable again"
 
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="audit_events")
     smear = models.ForeignKey(Smear, on_delete=models.PROTECT, null=True, blank=True, related_name="audit_events")

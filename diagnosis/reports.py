@@ -21,11 +21,15 @@ def report_context(case):
     smears = list(case.smears.select_related("prediction", "reviewed_by").order_by("created_at", "pk"))
     versions = sorted({f"{s.prediction.model_name} {s.prediction.model_version}".strip()
                        for s in smears if hasattr(s, "prediction")})
-    fields = [s for s in smears if s.kind != s.Kind.CELL]
-    cells = [s for s in smears if s.kind == s.Kind.CELL]
+    # Smears marked not assessable are listed apart and count nowhere (tables, screening summary).
+    assessable = [s for s in smears if not s.not_assessable]
+    fields = [s for s in assessable if s.kind != s.Kind.CELL]
+    cells = [s for s in assessable if s.kind == s.Kind.CELL]
     return {
         "smears": fields,
         "cells": cells,
+        "not_assessable": [s for s in smears if s.not_assessable],
+        "outside_domain": sum(1 for s in assessable if s.outside_domain),
         "screening": case.screening_summary(),
         "screening_text": services.screening_summary_text(case, reviewed=False),
         "screening_reviewed_text": services.screening_summary_text(case, reviewed=True),
@@ -105,9 +109,15 @@ def case_report_pdf(case):
     if ctx["cells"]:
         story += [p("Single-cell screening (blast vs normal)", "Heading2"),
                   p(ctx["screening_text"]), p(ctx["screening_reviewed_text"]),
-                  p("The screening model calls a cell a blast when P(blast) is at least its threshold, which was "
-                    "chosen for a sensitivity of at least 0.95: it prefers false alarms to missed blasts.", "Italic"),
+                  p("The screening model flags a cell for review when P(blast) is at least its threshold, which was "
+                    "chosen for a sensitivity of at least 0.95: it prefers false alarms to missed blasts. The "
+                    "pathologist's label is the one that calls a cell blast or normal.", "Italic"),
                   _cell_table(ctx["cells"], styles, p)]
+    if ctx["not_assessable"]:
+        story += [p("Not assessable (left out of every count)", "Heading2")]
+        for smear in ctx["not_assessable"]:
+            who = smear.not_assessable_by.email if smear.not_assessable_by else ""
+            story.append(p(f"{smear.original_filename}: {smear.not_assessable_reason} ({who})"))
     if ctx["addenda"]:
         story.append(p("Addenda", "Heading2"))
         for addendum in ctx["addenda"]:
@@ -120,6 +130,23 @@ def case_report_pdf(case):
               p(f"Generated {ctx['generated_at']:%Y-%m-%d %H:%M %Z} by LeukPortal.", "Italic")]
     doc.build(story)
     return buf.getvalue()
+
+
+OUTSIDE_DOMAIN = "Outside the model's domain: no suggestion"
+
+
+def model_text(smear):
+    """The model's answer for a report row: the suggestion, or why there is none."""
+    pred = getattr(smear, "prediction", None)
+    if pred is None:
+        return smear.get_status_display()
+    if not pred.in_domain:
+        return f"{OUTSIDE_DOMAIN} ({pred.domain_reason})."
+    if pred.is_screening:
+        flag = "flagged for review" if pred.label == "blast" else "not flagged"
+        return f"{flag}, P(blast) {pred.blast_probability:.2f}"
+    return (f"{pred.label_display} ({pred.confidence:.2f})\n" +
+            " ".join(f"{k} {v:.2f}" for k, v in pred.ordered_probabilities()))
 
 
 def _final_text(smear):
@@ -152,8 +179,10 @@ def _cell_table(cells, styles, p):
         rows.append([
             _image_flowable(smear.thumbnail, 2.2) if smear.thumbnail else p("–"), heat,
             Paragraph(escape(smear.original_filename), styles["BodyText"]),
-            p(pred.label_display if pred else smear.get_status_display()),
-            p(f"{pred.blast_probability:.2f}" if pred else "–"),
+            p(model_text(smear) if pred and not pred.in_domain else
+              ("flagged for review" if pred and pred.label == "blast" else "not flagged") if pred
+              else smear.get_status_display()),
+            p(f"{pred.blast_probability:.2f}" if pred and pred.in_domain else "–"),
             p(f"{pred.threshold:.2f}" if pred and pred.threshold is not None else "–"),
             Paragraph(escape(_final_text(smear)).replace("\n", "<br/>"), styles["BodyText"]),
         ])
@@ -169,8 +198,7 @@ def _smear_table(smears, styles, p):
     rows = [["Thumbnail", "Heat map", "Smear", "Model", "Final label"]]
     for smear in smears:
         pred = getattr(smear, "prediction", None)
-        model = (f"{pred.label_display} ({pred.confidence:.2f})\n" +
-                 " ".join(f"{k} {v:.2f}" for k, v in pred.ordered_probabilities())) if pred else smear.get_status_display()
+        model = model_text(smear)
         heat = _image_flowable(pred.heatmap, 3.2) if pred and pred.heatmap else p("heat map unavailable")
         final = _final_text(smear)
         rows.append([

@@ -42,6 +42,7 @@ class CaseReviewView(RolePermissionRequiredMixin, DetailView):
             smears=smears,
             final_labels=[(label, services.label_display(label)) for label in services.labels_for_case(case)],
             problems=services.sign_out_problems(case),
+            outside_domain=sum(1 for s in smears if s.outside_domain and not s.not_assessable),
             screening=case.screening_summary(),
             has_fields=case.has_field_smears(),
             addenda=case.addenda.select_related("author"),
@@ -65,6 +66,33 @@ class SmearReviewView(RolePermissionRequiredMixin, View):
             messages.error(request, f"“{smear.original_filename}”: {exc}")
         else:
             messages.success(request, f"“{smear.original_filename}” reviewed.")
+        return redirect(_review_url(smear.case) + f"#smear-{smear.pk}")
+
+
+class SmearAssessabilityView(RolePermissionRequiredMixin, View):
+    """POST action=not_assessable (with a reason) or action=assessable: the pathologist's judgement that an
+    image cannot be assessed, audited, and respected by sign-out, suggestion, report and export."""
+
+    permission_required = "diagnosis.review_case"
+    http_method_names = ["post"]
+
+    def post(self, request, pk):
+        smear = get_object_or_404(Smear.objects.select_related("case"), pk=pk)
+        action = request.POST.get("action", "")
+        try:
+            if action == "not_assessable":
+                services.mark_not_assessable(smear, request.user, request.POST.get("reason", ""))
+                messages.success(request, f"“{smear.original_filename}” marked not assessable.")
+            elif action == "assessable":
+                services.mark_assessable(smear, request.user, request.POST.get("reason", ""))
+                messages.success(request, f"“{smear.original_filename}” is assessable again and needs a review.")
+            else:
+                messages.error(request, "Unknown action.")
+        except services.CaseLocked as exc:
+            messages.error(request, str(exc))
+            return HttpResponse(str(exc), status=409) if _wants_status(request) else redirect(_review_url(smear.case))
+        except services.ReviewError as exc:
+            messages.error(request, f"“{smear.original_filename}”: {exc}")
         return redirect(_review_url(smear.case) + f"#smear-{smear.pk}")
 
 

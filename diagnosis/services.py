@@ -282,11 +282,30 @@ def validate_result(result, kind=Smear.Kind.FIELD):
     return Prediction.Task.STAGING, stage, probs, None
 
 
+def validate_domain(result):
+    """The domain check's verdict in a predictor's dict: (in_domain, domain_score, reason).
+    Every result of `ml` carries it; a result without one is refused rather than shown as a suggestion."""
+    in_domain = result.get("in_domain") if isinstance(result, dict) else None
+    if not isinstance(in_domain, bool):
+        raise InvalidModelOutput("the model's result has no domain check verdict (in_domain).")
+    try:
+        score = float(result["domain_score"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidModelOutput(f"the model's result has no usable domain score ({exc!r}).") from None
+    if not math.isfinite(score):
+        raise InvalidModelOutput("the model's domain score is not a finite number.")
+    reason = str(result.get("reason") or "").strip()[:300]
+    if not in_domain and not reason:
+        reason = "the image is unlike the images the model was trained on"
+    return in_domain, score, reason if not in_domain else ""
+
+
 def record_prediction(smear_id, result, latency_ms):
     """Store the prediction of a smear this worker has claimed (either model's
-    output, checked against the smear's kind)."""
+    output, checked against the smear's kind), with the domain check's verdict."""
     kind = Smear.objects.filter(pk=smear_id).values_list("kind", flat=True).first() or Smear.Kind.FIELD
     task, label, probs, threshold = validate_result(result, kind)
+    in_domain, domain_score, domain_reason = validate_domain(result)
     with transaction.atomic():
         smear = Smear.objects.select_for_update().get(pk=smear_id)
         if smear.status != Smear.Status.PROCESSING:
@@ -301,6 +320,9 @@ def record_prediction(smear_id, result, latency_ms):
             probabilities=probs,
             threshold=threshold,
             latency_ms=max(0, int(round(latency_ms))),
+            in_domain=in_domain,
+            domain_score=domain_score,
+            domain_reason=domain_reason,
         )
         smear.status = Smear.Status.DONE
         smear.error = ""
@@ -308,6 +330,9 @@ def record_prediction(smear_id, result, latency_ms):
         detail = ", ".join(f"{k} {p:.3f}" for k, p in probs.items())
         if threshold is not None:
             detail += f"; threshold on P(blast) {threshold:.3f}"
+        detail += f"; domain score {domain_score:.3f}"
+        if not in_domain:
+            detail += f"; outside the model's domain, no suggestion: {domain_reason}"
         record_event(
             smear.case, AuditEvent.Action.PREDICTION, smear=smear, new_value=label,
             model_version=f"{prediction.model_name} {prediction.model_version}".strip(), detail=detail,
@@ -452,6 +477,11 @@ def _smear_status_item(smear, can_retry):
         "probabilities": dict(prediction.ordered_probabilities()) if prediction else None,
         "threshold": prediction.threshold if prediction else None,
         "model": f"{prediction.model_name} {prediction.model_version}" if prediction else None,
+        "in_domain": prediction.in_domain if prediction else None,
+        "domain_score": prediction.domain_score if prediction else None,
+        "domain_reason": prediction.domain_reason if prediction else "",
+        "not_assessable": smear.not_assessable,
+        "not_assessable_reason": smear.not_assessable_reason,
     }
 
 
@@ -566,8 +596,11 @@ def review_smear(smear, user, label, reason=""):
         allowed = labels_for_smear(smear)
         if label not in allowed:
             raise ReviewError(f"“{label}” is not a label of this smear's model ({', '.join(allowed)}).")
+        if smear.not_assessable:
+            raise ReviewError("This smear is marked not assessable; mark it assessable again to label it.")
         model_label = smear.prediction.label
-        if label != model_label and not reason:
+        # Outside its domain the model made no suggestion: there is nothing to confirm or to argue against.
+        if label != model_label and not reason and smear.prediction.in_domain:
             raise ReviewError("A reason is required when you change the model's label.")
         previous = smear.review_label or model_label
         smear.review_label, smear.review_reason = label, reason
@@ -578,6 +611,54 @@ def review_smear(smear, user, label, reason=""):
             case, action, actor=user, smear=smear, old_value=previous, new_value=label, reason=reason,
             model_version=f"{smear.prediction.model_name} {smear.prediction.model_version}".strip(),
         )
+
+
+NOT_ASSESSABLE_REASON_MAX = 500
+
+
+def mark_not_assessable(smear, user, reason):
+    """Mark a classified or failed smear "not assessable" (a reason is required). It then counts nowhere:
+    not in the suggestion, the screening summary, sign-out requirements, report counts or the export.
+    Refused once the case is signed out. Returns the audit event."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReviewError("Say why the smear is not assessable.")
+    if len(reason) > NOT_ASSESSABLE_REASON_MAX:
+        raise ReviewError(f"The reason is limited to {NOT_ASSESSABLE_REASON_MAX} characters.")
+    with transaction.atomic():
+        case = _lock_case(smear.case)
+        smear = Smear.objects.select_for_update().get(pk=smear.pk)
+        if smear.status not in (Smear.Status.DONE, Smear.Status.FAILED):
+            raise ReviewError("Only a classified or failed smear can be marked not assessable.")
+        if smear.not_assessable:
+            raise ReviewError("This smear is already marked not assessable.")
+        smear.not_assessable, smear.not_assessable_reason = True, reason
+        smear.not_assessable_by, smear.not_assessable_at = user, timezone.now()
+        smear.save(update_fields=["not_assessable", "not_assessable_reason", "not_assessable_by", "not_assessable_at",
+                                  "updated_at"])
+        event = record_event(case, AuditEvent.Action.NOT_ASSESSABLE, actor=user, smear=smear,
+                             old_value=smear.review_label or "", new_value="not assessable", reason=reason)
+        _refresh_case_by_id(case.pk)
+    return event
+
+
+def mark_assessable(smear, user, reason=""):
+    """Undo "not assessable" before sign-out (audited); the smear needs a review again."""
+    with transaction.atomic():
+        case = _lock_case(smear.case)
+        smear = Smear.objects.select_for_update().get(pk=smear.pk)
+        if not smear.not_assessable:
+            raise ReviewError("This smear is not marked not assessable.")
+        previous = smear.not_assessable_reason
+        smear.not_assessable, smear.not_assessable_reason = False, ""
+        smear.not_assessable_by, smear.not_assessable_at = None, None
+        smear.save(update_fields=["not_assessable", "not_assessable_reason", "not_assessable_by", "not_assessable_at",
+                                  "updated_at"])
+        event = record_event(case, AuditEvent.Action.ASSESSABLE, actor=user, smear=smear,
+                             old_value="not assessable", new_value="assessable",
+                             reason=(reason or "").strip() or f"was: {previous}")
+        _refresh_case_by_id(case.pk)
+    return event
 
 
 def set_final_stage(case, user, final_stage, comment=""):
@@ -609,16 +690,18 @@ def _set_final_stage(case, user, final_stage, comment):
 def sign_out_problems(case):
     """Why a case cannot be signed out yet (empty list: it can)."""
     problems = []
-    counts = case.smear_counts()
+    # Smears marked not assessable need nothing more: they are left out of every requirement.
+    assessable = case.smears.filter(not_assessable=False)
+    counts = {s: assessable.filter(status=s).count() for s in Smear.Status.values}
     if counts[Smear.Status.QUEUED] or counts[Smear.Status.PROCESSING]:
         problems.append("some smears are still being classified")
     if counts[Smear.Status.FAILED]:
-        problems.append("some smears failed classification (retry them first)")
+        problems.append("some smears failed classification (retry them or mark them not assessable)")
     if not counts[Smear.Status.DONE]:
-        problems.append("no smear has been classified")
-    unreviewed = case.smears.filter(status=Smear.Status.DONE, review_label="").count()
+        problems.append("no assessable smear has been classified")
+    unreviewed = assessable.filter(status=Smear.Status.DONE, review_label="").count()
     if unreviewed:
-        problems.append(f"{unreviewed} smear(s) not yet confirmed or reclassified")
+        problems.append(f"{unreviewed} smear(s) not yet confirmed, reclassified or marked not assessable")
     return problems
 
 
@@ -684,7 +767,10 @@ def screening_summary_text(case, reviewed=True):
                 f"reviewed cells blast ({frac:.0%}).")
     frac = summary["flagged_fraction"]
     pct = f" ({frac:.0%})" if frac is not None else ""
-    return f"Single-cell screening, model: {summary['flagged']} of {summary['screened']} cells flagged as blast{pct}."
+    text = f"Single-cell screening, model: {summary['flagged']} of {summary['screened']} cells flagged by the screen{pct}."
+    if summary["outside_domain"]:
+        text += f" {summary['outside_domain']} cell(s) outside the model's domain (not screened)."
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -701,10 +787,11 @@ class QueueEntry:
     reviewed: int
     n_cells: int = 0
     blasts_flagged: int = 0
+    outside_domain: int = 0  # smears the model could not judge: the pathologist must look at them
 
     @property
     def flagged(self):
-        return self.low_confidence or self.disagreement
+        return self.low_confidence or self.disagreement or bool(self.outside_domain)
 
 
 def review_queue(threshold=None):
@@ -724,11 +811,13 @@ def review_queue(threshold=None):
     )
     entries = []
     for case in cases:
-        done = [s for s in case.smears.all() if s.status == Smear.Status.DONE and hasattr(s, "prediction")]
+        done = [s for s in case.smears.all()
+                if s.status == Smear.Status.DONE and hasattr(s, "prediction") and not s.not_assessable]
         if not done:
             continue
-        fields = [s.prediction for s in done if s.kind == Smear.Kind.FIELD]
-        cells = [s.prediction for s in done if s.kind == Smear.Kind.CELL]
+        outside = [s for s in done if not s.prediction.in_domain]
+        fields = [s.prediction for s in done if s.kind == Smear.Kind.FIELD and s.prediction.in_domain]
+        cells = [s.prediction for s in done if s.kind == Smear.Kind.CELL and s.prediction.in_domain]
         confidences = [p.confidence for p in fields]
         stages = sorted({p.label for p in fields})
         entries.append(
@@ -742,6 +831,7 @@ def review_queue(threshold=None):
                 reviewed=sum(1 for s in case.smears.all() if s.review_label),
                 n_cells=len(cells),
                 blasts_flagged=sum(1 for p in cells if p.label == CellLabel.BLAST),
+                outside_domain=len(outside),
             )
         )
     return entries
@@ -754,7 +844,7 @@ def reviewed_smears():
     """Smears with a pathologist label in signed-out cases (the labels that
     are final), with their predictions."""
     return (
-        Smear.objects.filter(case__signed_out_at__isnull=False, status=Smear.Status.DONE)
+        Smear.objects.filter(case__signed_out_at__isnull=False, status=Smear.Status.DONE, not_assessable=False)
         .exclude(review_label="")
         .filter(prediction__isnull=False)
         .select_related("prediction", "case", "reviewed_by")
@@ -770,6 +860,9 @@ def agreement_stats(smears=None, kind=None):
     smears = list(reviewed_smears() if smears is None else smears)
     if kind is not None:
         smears = [s for s in smears if s.kind == kind]
+    # The model made no suggestion for an image outside its domain: nothing to agree or disagree with.
+    outside = sum(1 for s in smears if not s.prediction.in_domain)
+    smears = [s for s in smears if s.prediction.in_domain]
     labels = []
     for smear in smears:
         labels += [label for label in smear.prediction.labels if label not in labels]
@@ -782,6 +875,7 @@ def agreement_stats(smears=None, kind=None):
         "n": len(smears),
         "agree": agree,
         "agreement": agree / len(smears) if smears else None,
+        "outside_domain": outside,
         "labels": labels,
         "matrix": [(m, [matrix[m].get(f, 0) for f in labels]) for m in labels],
     }
@@ -794,7 +888,8 @@ def agreement_by_kind(smears=None):
 
 
 EXPORT_CSV = "labels.csv"
-EXPORT_COLUMNS = ["file", "final_label", "model_label", "model_version", "reviewer", "case_accession", "sha256"]
+EXPORT_COLUMNS = ["file", "final_label", "model_label", "model_in_domain", "model_version", "reviewer", "case_accession",
+                  "sha256"]
 #: Export subfolder and class folders (always created) per smear kind.
 EXPORT_LAYOUT = {
     Smear.Kind.FIELD: ("staging", tuple(Stage.values)),
@@ -832,7 +927,7 @@ def export_reviewed(dest, smears=None):
                 out.write(chunk)
         rows[smear.kind].append(
             [
-                relative, smear.review_label, smear.prediction.label,
+                relative, smear.review_label, smear.prediction.label, int(smear.prediction.in_domain),
                 f"{smear.prediction.model_name} {smear.prediction.model_version}".strip(),
                 smear.reviewed_by.email if smear.reviewed_by else "", smear.case.accession_number, smear.sha256,
             ]

@@ -62,7 +62,8 @@ def classify_smear(smear_id):
         logger.exception("Classification of smear %s failed: %s", smear.pk, reason)
         services.mark_failed(smear.pk, reason)
         return "failed"
-    if prediction is not None:
+    # No heat map for an image outside the model's domain: it would explain an answer the portal does not give.
+    if prediction is not None and prediction.in_domain:
         make_heatmap(prediction, predictor, smear)
     return "done"
 

@@ -15,6 +15,7 @@ urlpatterns = [
     path("smears/<int:pk>/thumbnail/", views.SmearFileView.as_view(field="thumbnail"), name="smear_thumbnail"),
     path("smears/<int:pk>/heatmap/", views.SmearFileView.as_view(field="heatmap"), name="smear_heatmap"),
     path("smears/<int:pk>/review/", review_views.SmearReviewView.as_view(), name="smear_review"),
+    path("smears/<int:pk>/assessable/", review_views.SmearAssessabilityView.as_view(), name="smear_assessable"),
     path("review/", review_views.ReviewQueueView.as_view(), name="review_queue"),
     path("review/dashboard/", review_views.DashboardView.as_view(), name="dashboard"),
     path("review/export.zip", review_views.ExportView.as_view(), name="export_reviewed"),

@@ -342,3 +342,33 @@ def ship_screening(report_dir: str | Path, latency_image: str | Path, name: str 
     card_path = WEIGHTS_DIR / f"{name}.md"
     card_path.write_text(card)
     return card_path
+
+
+def replace_section(card: str | Path, heading: str, text: str, before: str = "## Limitations") -> Path:
+    """Rewrite one '## ' section of a model card (from its heading to the next one), or insert it before
+    ``before`` (or at the end) when the card has none yet."""
+    card = Path(card)
+    lines = card.read_text().splitlines()
+    new = text.rstrip("\n").splitlines()
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = new + [""]
+    elif before in lines:
+        at = lines.index(before)
+        lines[at:at] = new + [""]
+    else:
+        lines += [""] + new
+    card.write_text("\n".join(lines).rstrip("\n") + "\n")
+    return card
+
+
+def refresh_weights_line(card: str | Path, weights: str | Path) -> None:
+    """Keep the card's size and sha256 of the weights file true after the file was updated in place."""
+    import re
+
+    card, weights = Path(card), Path(weights)
+    text = card.read_text()
+    text = re.sub(r"sha256 `[0-9a-f]{64}`", f"sha256 `{mldata.sha256_file(weights)}`", text, count=1)
+    text = re.sub(r"\(\d+\.\d+ MB\)", f"({weights.stat().st_size / 1e6:.2f} MB)", text, count=1)
+    card.write_text(text)

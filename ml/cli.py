@@ -66,9 +66,44 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
     out = args.out or f"runs/eval/{Path(str(args.model)).stem}-{args.split}"
-    report = evaluate(args.model, args.data, args.manifest, args.split, out)
+    report = evaluate(args.model, args.data, args.manifest, args.split, out, domain=not args.no_domain,
+                      other_data=args.other_data)
     print(f"{report['model']} on {report['split']} (n={report['n']}): accuracy {report['accuracy']:.4f}, "
           f"macro-F1 {report['macro_f1']:.4f}, ECE {report['ece']:.4f}; report in {out}/")
+    print_domain_rows(report.get("domain"))
+    return 0
+
+
+def print_domain_rows(domain_report: dict | None) -> None:
+    for row in (domain_report or {}).get("rows", []):
+        what = "flagged" if row["in_domain_set"] else "caught (flagged)"
+        print(f"  domain check, {row['set']}: {what} {row['flagged']}/{row['n']} ({row['flagged_rate']:.1%})")
+
+
+def cmd_fit_domain(args) -> int:
+    from .domain_fit import evaluate_domain, fit_model_domain, markdown_section
+    from .predict import Predictor, resolve_model_path
+
+    check = fit_model_domain(args.model, args.data, args.other_data, target_rate=args.rate,
+                             progress=not args.no_progress)
+    print(f"domain check fitted and written to {resolve_model_path(args.model)}: cut {check.cut:.4f}, "
+          f"validation flagged {check.fit_record['val_flagged_rate']:.1%}")
+    if args.card or args.report:
+        import json
+
+        predictor = Predictor(resolve_model_path(args.model))
+        report = evaluate_domain(predictor, args.data, check.fit_record["manifest"], "test", args.other_data,
+                                 progress=not args.no_progress)
+        print_domain_rows(report)
+        if args.report:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.report).write_text(json.dumps(report, indent=1))
+        if args.card:
+            from .card import refresh_weights_line, replace_section
+
+            replace_section(args.card, "## Domain check", markdown_section(report))
+            refresh_weights_line(args.card, resolve_model_path(args.model))
+            print(f"model card section written: {args.card}")
     return 0
 
 
@@ -93,7 +128,11 @@ def cmd_predict(args) -> int:
         else:
             label = line.get("stage", line.get("label"))
             probs = ", ".join(f"{k} {v:.3f}" for k, v in line["probabilities"].items())
-            print(f"{path}: {label} ({probs})", flush=True)
+            if line["in_domain"]:
+                print(f"{path}: {label} ({probs}; domain score {line['domain_score']:.3f})", flush=True)
+            else:
+                print(f"{path}: outside the model's domain, no suggestion: {line['reason']} (domain score "
+                      f"{line['domain_score']:.3f}; the model's output would be {label}: {probs})", flush=True)
     if failed:
         print(f"{failed} of {len(args.files)} files could not be read", file=sys.stderr)
     return 1 if failed else 0
@@ -175,6 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--manifest", help="defaults to the manifest the model was trained with")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--out", help="report folder (default runs/eval/NAME-SPLIT)")
+    evaluate.add_argument("--other-data", help="the other model's data set (C-NMC for staging, Taleqani for "
+                          "screening): its untouched split is one of the out-of-domain sets")
+    evaluate.add_argument("--no-domain", action="store_true", help="skip the domain check's out-of-domain sets")
+
+    fit_domain = commands.add_parser("fit-domain", help="fit a model's domain check on its own splits, store it in "
+                                     "the model file, and measure it")
+    fit_domain.add_argument("--model", required=True, help="model file or shipped name (the file is updated)")
+    fit_domain.add_argument("--data", required=True, help="the model's data set (its manifest's root)")
+    fit_domain.add_argument("--other-data", help="the other model's data set, for the kind classifier")
+    fit_domain.add_argument("--rate", type=float, default=0.01, help="target false-flag rate on the validation split")
+    fit_domain.add_argument("--report", help="write the measurement (JSON) here")
+    fit_domain.add_argument("--card", help="model card (markdown) whose '## Domain check' section is rewritten")
+    fit_domain.add_argument("--no-progress", action="store_true")
 
     predict = commands.add_parser("predict", help="classify image files")
     predict.add_argument("files", nargs="+", metavar="FILE")
@@ -232,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     handlers = {"split": cmd_split, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,
-                "predict": cmd_predict, "export": cmd_export, "benchmark": cmd_benchmark, "screening": cmd_screening,
+                "predict": cmd_predict, "fit-domain": cmd_fit_domain, "export": cmd_export, "benchmark": cmd_benchmark, "screening": cmd_screening,
                 "ship": cmd_ship}
     try:
         return handlers[args.command](args)

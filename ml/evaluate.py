@@ -80,7 +80,8 @@ def plot_confusion_matrix(matrix, classes, path: Path, title: str) -> Path:
 
 
 def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, split: str = "test",
-             out: str | Path | None = None, batch_size: int = 32) -> dict:
+             out: str | Path | None = None, batch_size: int = 32, domain: bool = False,
+             other_data: str | Path | None = None) -> dict:
     """Score a model (file path or shipped name) on one split of a manifest; write the report to ``out``."""
     from .predict import Predictor, resolve_model_path
 
@@ -116,6 +117,10 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
         "errors": [{"path": s.path, "true": s.label, "predicted": classes[int(p.argmax())], "confidence": float(p.max())}
                    for s, p, y in zip(samples, probabilities, labels) if int(p.argmax()) != int(y)],
     })
+    if domain:
+        from .domain_fit import evaluate_domain
+
+        report["domain"] = evaluate_domain(predictor, data, manifest, split, other_data)
     if out is not None:
         write_report(report, out)
     return report
@@ -156,6 +161,10 @@ def markdown_summary(report: dict) -> str:
     for name, row in zip(report["classes"], report["confusion_matrix"]):
         lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
     lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
+    if report.get("domain"):
+        from .domain_fit import markdown_section
+
+        lines += [markdown_section(report["domain"])]
     if report["errors"]:
         lines += [f"Misclassified ({len(report['errors'])}):", ""]
         lines += [f"- `{e['path']}`: {e['true']} → {e['predicted']} ({e['confidence']:.2f})" for e in report["errors"][:40]]

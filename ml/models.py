@@ -153,9 +153,16 @@ class HybridClassifier(nn.Module):
         return self.feature_tap(self.backbone.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_embedding(x)[0]
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, embedding) from one pass. The embedding, which the domain check scores, is the backbone's
+        globally pooled feature map followed by the sequence head's summary (the classifier's input)."""
         fmap = self.features(x)
         tokens = self.project(fmap.flatten(2).transpose(1, 2))  # (B, H*W, token_dim), raster order
-        return self.classifier(self.dropout(self.sequence(tokens)))
+        summary = self.sequence(tokens)
+        logits = self.classifier(self.dropout(summary))
+        return logits, torch.cat([fmap.mean(dim=(2, 3)), summary], dim=1)
 
 
 def prune_unused_children(backbone: nn.Module, input_size: int) -> torch.Tensor:

@@ -6,6 +6,11 @@ for each, a dict with one probability per class (summing to 1):
 
 - staging model:   {"stage": "Pre", "probabilities": {"Benign": p, "Early": p, "Pre": p, "Pro": p}, ...}
 - screening model: {"label": "blast", "probabilities": {"blast": p, "normal": p}, "threshold": t, ...}
+
+Every result also says whether the image lies inside the model's domain (``ml.domain``), computed in the
+same forward pass: ``"in_domain": true|false``, ``"domain_score": float`` in [0, 1] (higher = more like
+the training images) and, when not in domain, ``"reason"``: a sentence for the technician. The label and
+probabilities stay in the result for transparency; the portal shows no suggestion for such an image.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 
 from . import data as mldata
+from . import domain as mldomain
 from .checkpoint import load_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -57,6 +63,8 @@ class Predictor:
         self.temperature = float(self.payload.get("temperature", 1.0))
         self.threshold = self.payload.get("threshold")  # screening: P(blast) at or above -> "blast"
         self.positive_class = self.payload.get("positive_class")
+        # The fitted domain check travels in the model file; a file without one gets the quality rule only.
+        self.domain = mldomain.DomainCheck.from_payload(self.payload["domain"]) if self.payload.get("domain") else None
         self._lock = threading.Lock()  # one forward at a time: the model is shared by threads of a process
 
     def __repr__(self) -> str:
@@ -64,18 +72,41 @@ class Predictor:
 
     def preprocess(self, image) -> torch.Tensor:
         """Path/bytes/PIL -> normalised (3, S, S) tensor; raises ml.ImageError for unreadable input."""
-        return mldata.preprocess(mldata.load_image(image), self.input_size)
+        return self.prepare(image)[0]
+
+    def prepare(self, image) -> tuple[torch.Tensor, np.ndarray]:
+        """(normalised (3, S, S) tensor, image statistics for the domain check), from one decode and resize."""
+        rgb = mldata.load_image(image)
+        if rgb.size != (self.input_size, self.input_size):
+            rgb = rgb.resize((self.input_size, self.input_size), mldata.Image.BILINEAR)
+        array = np.asarray(rgb)
+        return mldata.normalise(torch.from_numpy(array.copy()).permute(2, 0, 1)), mldomain.image_statistics(array)
 
     @torch.inference_mode()
+    def predict_outputs(self, images, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits (N, classes), embeddings (N, D), image statistics (N, k)) from one forward pass per batch."""
+        images = list(images)
+        logits, embeddings, stats = [], [], []
+        for start in range(0, len(images), batch_size):
+            prepared = [self.prepare(image) for image in images[start:start + batch_size]]
+            batch = torch.stack([tensor for tensor, _ in prepared])
+            with self._lock:
+                batch_logits, batch_embeddings = self.model.forward_with_embedding(batch)
+            logits.append(batch_logits.double().numpy())
+            embeddings.append(batch_embeddings.double().numpy())
+            stats += [s for _, s in prepared]
+        if not logits:
+            return np.zeros((0, len(self.classes))), np.zeros((0, 0)), np.zeros((0, len(mldomain.STAT_NAMES)))
+        return np.concatenate(logits), np.concatenate(embeddings), np.stack(stats)
+
     def predict_logits(self, images, batch_size: int = 32) -> np.ndarray:
         """Raw logits, shape (len(images), len(classes))."""
-        images = list(images)
-        chunks = []
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.preprocess(image) for image in images[start:start + batch_size]])
-            with self._lock:
-                chunks.append(self.model(batch).double().numpy())
-        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
+        return self.predict_outputs(images, batch_size)[0]
+
+    def domain_results(self, embeddings: np.ndarray, stats: np.ndarray) -> list[dict]:
+        if self.domain is None:
+            return mldomain.quality_only(stats)
+        return self.domain.score(embeddings, stats)
 
     def probabilities(self, logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
         """Softmax of logits / T (the model's fitted temperature unless given)."""
@@ -106,8 +137,11 @@ class Predictor:
         return result
 
     def predict(self, images, batch_size: int = 32) -> list[dict]:
-        """One result dict per image, in order. Raises ml.ImageError naming the first unreadable image."""
-        return [self.result(p) for p in self.predict_proba(images, batch_size)]
+        """One result dict per image, in order, with the domain check's verdict.
+        Raises ml.ImageError naming the first unreadable image."""
+        logits, embeddings, stats = self.predict_outputs(images, batch_size)
+        return [{**self.result(p), **d}
+                for p, d in zip(self.probabilities(logits), self.domain_results(embeddings, stats))]
 
 
 @functools.lru_cache(maxsize=8)

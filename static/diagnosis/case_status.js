@@ -26,13 +26,30 @@
     text(status, item.status_display);
     var stage = card.querySelector('[data-field="stage"]');
     stage.replaceChildren();
-    if (item.stage) { stage.appendChild(badge("stage-badge stage-" + item.stage, item.stage_display)); }
+    var suggestion = item.stage && item.in_domain !== false && !item.not_assessable;
+    if (item.not_assessable) {
+      stage.appendChild(badge("text-bg-secondary", "Not assessable"));
+    } else if (item.stage && item.in_domain === false) {
+      // The model could not judge this image: no stage, no probability bars, only the reason.
+      stage.appendChild(badge("text-bg-warning", "Outside the model's domain: no suggestion"));
+    } else if (item.stage && item.kind === "cell") {
+      stage.appendChild(badge("stage-badge stage-" + (item.stage === "blast" ? "blast" : "normal"),
+        item.stage === "blast" ? "flagged for review" : "not flagged"));
+    } else if (item.stage) {
+      stage.appendChild(badge("stage-badge stage-" + item.stage, item.stage_display));
+    }
+    var domain = card.querySelector('[data-field="domain"]');
+    if (domain) {
+      var reason = item.domain_reason || "";
+      text(domain, item.not_assessable ? "Not assessable: " + item.not_assessable_reason
+        : (item.stage && item.in_domain === false ? reason.charAt(0).toUpperCase() + reason.slice(1) + "." : ""));
+    }
     text(card.querySelector('[data-field="error"]'), item.status === "failed" ? item.error : "");
     card.querySelector('[data-field="retry"]').hidden = !item.can_retry;
     var probs = card.querySelector('[data-field="probs"]');
     if (!probs) { return true; }  // pages without probability bars (the upload queue)
-    probs.hidden = !item.probabilities;
-    if (item.probabilities) {
+    probs.hidden = !suggestion;
+    if (suggestion && item.probabilities) {
       // Either model: the four stages of a field, or blast/normal of a cell
       // (a cell's card shows the P(blast) bar and the threshold).
       Object.keys(item.probabilities).forEach(function (s) {
@@ -71,12 +88,17 @@
       var pct = screening.screened ? " (" + Math.round(100 * screening.flagged / screening.screened) + " %)" : "";
       var line = document.querySelector("[data-screening-summary]");
       line.replaceChildren();
-      line.appendChild(document.createTextNode(
-        screening.screened + " cell" + (screening.screened === 1 ? "" : "s") + " screened · "));
       var strong = document.createElement("strong");
       strong.textContent = screening.flagged;
       line.appendChild(strong);
-      line.appendChild(document.createTextNode(" flagged as blast" + pct));
+      line.appendChild(document.createTextNode(" of " + screening.screened + " cell" +
+        (screening.screened === 1 ? "" : "s") + " flagged by the screen" + pct));
+      var outside = document.querySelector("[data-screening-outside]");
+      if (outside) {
+        outside.hidden = !screening.outside_domain;
+        text(outside, screening.outside_domain + " cell" + (screening.outside_domain === 1 ? "" : "s") +
+          " outside the model's domain: not screened, no suggestion.");
+      }
     }
     var suggestion = document.querySelector("[data-case-suggestion]");
     if (suggestion) {
@@ -90,7 +112,7 @@
       } else {
         var none = document.createElement("span");
         none.className = "text-muted fs-6";
-        none.textContent = "No classified smear yet.";
+        none.textContent = "No suggestion: no classified blood-smear field inside the model's domain.";
         suggestion.appendChild(none);
       }
     }

@@ -21,7 +21,8 @@ def test_case_page_follows_classification_without_reload(browser_page, live_serv
     assert services.claim_smear(smear.pk)
     probabilities = {"Benign": 0.1, "Early": 0.2, "Pre": 0.3, "Pro": 0.4}
     services.record_prediction(
-        smear.pk, {"stage": "Pro", "probabilities": probabilities, "model": "demo", "model_version": "1"}, 5
+        smear.pk, {"stage": "Pro", "probabilities": probabilities, "model": "demo", "model_version": "1",
+                    "in_domain": True, "domain_score": 0.5}, 5
     )
 
     page.wait_for_selector(f"{card} .smear-status-done", timeout=20_000)

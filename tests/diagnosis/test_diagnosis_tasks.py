@@ -39,7 +39,8 @@ class FakePredictor:
             raise self.error
         stage = max(self.probabilities, key=self.probabilities.get)
         return [
-            {"stage": stage, "probabilities": dict(self.probabilities), "model": self.name, "model_version": self.version}
+            {"stage": stage, "probabilities": dict(self.probabilities), "model": self.name, "model_version": self.version,
+             "in_domain": True, "domain_score": 0.5}
             for _ in images
         ]
 
@@ -223,7 +224,7 @@ def test_case_suggestion_is_mean_of_probability_vectors(smear_factory, case):
         smear = smear_factory(status="processing")
         probabilities = dict(zip(CLASSES, vector))
         result = {"stage": max(probabilities, key=probabilities.get), "probabilities": probabilities,
-                  "model": "m", "model_version": "1"}
+                  "model": "m", "model_version": "1", "in_domain": True, "domain_score": 0.5}
         services.record_prediction(smear.pk, result, 12.5)
     smear_factory(status="failed")  # ignored by the suggestion
     services.refresh_case(case)

@@ -8,7 +8,8 @@ def result(stage, confidence=0.8, model="fake_model", version="0.0-test"):
     others = [s for s in ("Benign", "Early", "Pre", "Pro") if s != stage]
     rest = (1 - confidence) / 3
     probabilities = {stage: confidence, **{s: rest for s in others}}
-    return {"stage": stage, "probabilities": probabilities, "model": model, "model_version": version}
+    return {"stage": stage, "probabilities": probabilities, "model": model, "model_version": version,
+            "in_domain": True, "domain_score": 0.5}
 
 
 @pytest.fixture

@@ -67,10 +67,22 @@ def test_gradcam_failure_keeps_the_prediction(predictor, smear_factory, monkeypa
         raise RuntimeError("no gradients today")
 
     monkeypatch.setattr(ml.explain, "gradcam", broken)
+    from django.core.files.base import ContentFile
+
     smear = smear_factory()
+    smear.image.save("real.jpg", ContentFile(smear_image_bytes()[0]), save=True)  # in the model's domain
     assert tasks.classify_smear(smear.pk) == "done"
     prediction = Prediction.objects.get(smear=smear)
     smear.refresh_from_db()
     assert smear.status == "done" and not prediction.heatmap
     assert "Heat map unavailable" in prediction.heatmap_error and "no gradients today" in prediction.heatmap_error
     assert smear.audit_events.filter(action="prediction").exists()
+
+
+def test_no_heat_map_for_an_image_outside_the_models_domain(predictor, smear_factory):
+    """A blank field is classified (stored with its verdict) but gets no heat map: there is no suggestion to explain."""
+    smear = smear_factory()  # a nearly uniform generated image
+    assert tasks.classify_smear(smear.pk) == "done"
+    prediction = Prediction.objects.get(smear=smear)
+    assert prediction.in_domain is False and prediction.domain_reason == "blank or nearly uniform image"
+    assert not prediction.heatmap

@@ -19,13 +19,16 @@ def screening_result(p_blast, threshold=THRESHOLD, model="fake_screening", versi
         "threshold": threshold,
         "model": model,
         "model_version": version,
+        "in_domain": True,
+        "domain_score": 0.5,
     }
 
 
 def staging_result(stage, confidence=0.8, model="fake_model", version="0.0-test"):
     others = [s for s in ("Benign", "Early", "Pre", "Pro") if s != stage]
     probabilities = {stage: confidence, **{s: (1 - confidence) / 3 for s in others}}
-    return {"stage": stage, "probabilities": probabilities, "model": model, "model_version": version}
+    return {"stage": stage, "probabilities": probabilities, "model": model, "model_version": version,
+            "in_domain": True, "domain_score": 0.5}
 
 
 class FakeImageError(ValueError):

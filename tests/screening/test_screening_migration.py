@@ -23,6 +23,12 @@ def migrate(targets):
     return executor.loader.project_state(targets).apps
 
 
+def latest():
+    """Every app's newest migration: the schema today's models read."""
+    executor = MigrationExecutor(connection)
+    return executor.loader.graph.leaf_nodes()
+
+
 def test_existing_staging_predictions_survive_the_migration():
     old_apps = migrate(BEFORE)
     try:
@@ -39,12 +45,15 @@ def test_existing_staging_predictions_survive_the_migration():
                                      latency_ms=12, **OLD)
     finally:
         migrate(AFTER)
+        migrate(latest())
     prediction = Prediction.objects.get(smear__original_filename="old.png")
     assert prediction.smear.kind == "field"
     assert (prediction.task, prediction.label, prediction.threshold) == ("staging", "Pre", None)
     assert prediction.probabilities == {"Benign": 0.05, "Early": 0.15, "Pre": 0.7, "Pro": 0.1}
     assert prediction.labels == ("Benign", "Early", "Pre", "Pro") and prediction.confidence == pytest.approx(0.7)
     assert (prediction.model_name, prediction.model_version, prediction.latency_ms) == ("mobilenetv3_lstm", "v1", 12)
+    # Predictions made before the domain check existed stay suggestions, with no score (never checked).
+    assert (prediction.in_domain, prediction.domain_score, prediction.domain_reason) == (True, None, "")
     prediction.smear.case.refresh_from_db()
     assert prediction.smear.case.compute_suggestion()[0] == "Pre"
 
@@ -54,4 +63,4 @@ def test_existing_staging_predictions_survive_the_migration():
         row = old_apps.get_model("diagnosis", "Prediction").objects.get(smear__original_filename="old.png")
         assert row.stage == "Pre" and {k: getattr(row, k) for k in OLD} == OLD
     finally:
-        migrate(AFTER)
+        migrate(latest())

@@ -97,7 +97,7 @@ def test_review_queue_counts_flagged_cells(cell, field, case, patient, technicia
     assert not mixed.low_confidence and not mixed.disagreement  # cells do not drive the staging flags
     assert (only.n_cells, only.blasts_flagged, only.min_confidence, only.flagged) == (1, 0, None, False)
     page = path_client.get(reverse("diagnosis:review_queue")).content.decode()
-    assert "2 of 3 cells flagged blast" in page
+    assert "2 of 3 cells flagged by the screen" in page
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_report_has_the_screening_section(signed_mixed, path_client, case, patho
     f, (c1, c2, c3) = signed_mixed
     html = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
     section = html.split("data-report-screening>")[1].split("</section>")[0]
-    for text in ("Single-cell screening, model: 1 of 3 cells flagged as blast (33%).",
+    for text in ("Single-cell screening, model: 1 of 3 cells flagged by the screen (33%).",
                  "Single-cell screening, pathologist: 2 of 3 reviewed cells blast (67%).",
                  c1.original_filename, "0.90", "0.31", "Blast morphology.", "sensitivity"):
         assert text in section, text
@@ -130,8 +130,8 @@ def test_report_has_the_screening_section(signed_mixed, path_client, case, patho
 
     reader = PdfReader(io.BytesIO(response.content))
     text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
-    for expected in ("Single-cell screening (blast vs normal)", "1 of 3 cells flagged as blast",
-                     "2 of 3 reviewed cells blast", "P(blast)", "Threshold", "0.31", "0.90", "Blast",
+    for expected in ("Single-cell screening (blast vs normal)", "1 of 3 cells flagged by the screen",
+                     "2 of 3 reviewed cells blast", "P(blast)", "Threshold", "0.31", "0.90", "flagged for review", "Blast",
                      "Normal", "Blast morphology.", "Pre-B", "fake_screening 0.0-test", pathologist.email):
         assert expected in text, expected
 

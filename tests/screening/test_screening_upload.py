@@ -133,10 +133,12 @@ def test_case_page_shows_cells_and_summary(cell, field, smear_factory, case, tec
     page = tech_client.get(case.get_absolute_url()).content.decode()
     assert f'data-smear="{blast.pk}" data-kind="cell"' in page
     assert 'data-prob-text="blast">0.80<' in page and 'data-prob-text="blast">0.10<' in page
-    assert 'data-field="threshold">0.31<' in page and ">Blast<" in page and ">Normal<" in page
+    # A cell above the threshold is "flagged for review", not a bare "Blast": the pathologist calls blasts.
+    assert 'data-field="threshold">0.31<' in page and ">flagged for review<" in page and ">not flagged<" in page
+    assert ">Blast<" not in page
     assert 'data-prob-text="Pro">0.90<' in page  # the field keeps its four bars
     summary = page.split("data-screening-summary>")[1].split("</div>")[0]
-    assert "2 cells screened" in summary and "<strong>1</strong> flagged as blast (50 %)" in summary
+    assert "<strong>1</strong> of 2 cells flagged by the screen (50 %)" in summary
 
 
 def test_status_json_for_polling(cell, field, case, tech_client):

@@ -1,0 +1,249 @@
+"""Domain check: does an image resemble the images a model was trained on?
+
+A model answers every input, even a blank page. This check says, in the same pass as the prediction,
+whether the answer can be trusted at all. It combines three established pieces, all fitted when the
+model is built and stored in the model file (nothing here is a hand-set threshold on a score):
+
+1. **Feature distance** (Lee et al., 2018): class-conditional Gaussians with one shared, Ledoit-Wolf
+   shrunk covariance on the model's own embedding (pooled backbone features + the classifier's input),
+   fitted on the training split; an image's score is its Mahalanobis distance to the nearest class.
+   Unlike the softmax, which is near 1 for almost anything, this distance grows with how far the image
+   lies from everything the model has seen.
+2. **Image-statistics distance**: the same Mahalanobis distance on a few colour, brightness and texture
+   statistics of the resized image (one Gaussian over all training images). It catches stain, exposure
+   and focus far outside the training images even where the features happen to look ordinary.
+3. **The other kind**: a logistic regression on the same statistics, trained on this model's training
+   images against the training images of the portal's *other* model (segmented single cells on black
+   for the staging model, smear fields for the screening model), so a wrong upload is named as such.
+
+Each distance becomes a conformal p-value against the validation split (the share of validation images
+at least as far out); ``domain_score`` is the smaller of the two, in (0, 1], higher = more typical.
+The cut on it is fitted on the validation split for a target false-flag rate. An image is in domain
+when its score reaches the cut, the kind classifier does not call it the other kind, and it passes the
+quality rule below. At run time this module needs numpy only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Quality rule, applied before any fitted check: a field whose luminance varies by less than 2% of the
+# 8-bit range is blank (an empty slide, a lens cap, a white page) whatever the model says of it.
+UNIFORM_LUMINANCE_STD = 0.02
+DOMAIN_FORMAT = "leukportal-domain/1"
+
+STAT_NAMES = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "mean_saturation", "std_saturation",
+              "mean_value", "dark_fraction", "bright_fraction", "luminance_std", "gradient_energy", "laplacian_energy",
+              "gradient_per_contrast", "laplacian_per_contrast")
+
+REASONS = {
+    "uniform": "blank or nearly uniform image",
+    ("staging", "other_kind"): "looks like a single segmented cell, not a blood-smear field: upload it as a single cell",
+    ("staging", "unlike"): "colours and texture unlike any training smear",
+    ("screening", "other_kind"): ("looks like a blood-smear field or an unsegmented crop, not a single segmented cell "
+                                  "on a black background: upload a field as a smear field"),
+    ("screening", "unlike"): "colours and texture unlike any training cell image",
+}
+
+
+def image_statistics(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> the statistics vector named by ``STAT_NAMES`` (values in about [0, 1])."""
+    x = np.asarray(rgb, dtype=np.float32) / 255.0
+    flat = x.reshape(-1, 3)
+    luminance = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    high, low = x.max(axis=2), x.min(axis=2)
+    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)
+    gradient = laplacian = 0.0
+    if min(luminance.shape) > 2:
+        gradient = (np.abs(np.diff(luminance, axis=0)).mean() + np.abs(np.diff(luminance, axis=1)).mean()) / 2
+        laplacian = np.abs(4 * luminance[1:-1, 1:-1] - luminance[:-2, 1:-1] - luminance[2:, 1:-1]
+                           - luminance[1:-1, :-2] - luminance[1:-1, 2:]).mean()
+    contrast = luminance.std() + 1e-3
+    # Fine detail relative to contrast: what focus blur removes and exposure or stain changes keep.
+    return np.array([
+        *flat.mean(axis=0), *flat.std(axis=0), saturation.mean(), saturation.std(), high.mean(),
+        (luminance < 0.1).mean(), (luminance > 0.9).mean(), luminance.std(), gradient, laplacian,
+        gradient / contrast, laplacian / contrast,
+    ], dtype=np.float64)
+
+
+def is_uniform(stats: np.ndarray) -> bool:
+    return bool(stats[STAT_NAMES.index("luminance_std")] < UNIFORM_LUMINANCE_STD)
+
+
+# --------------------------------------------------------------------------- pieces
+
+@dataclass
+class GaussianDistance:
+    """Mahalanobis distance to the nearest of one or more Gaussians that share one covariance."""
+    center: np.ndarray  # (D,) standardisation
+    scale: np.ndarray  # (D,)
+    means: np.ndarray  # (C, D), standardised space
+    precision: np.ndarray  # (D, D)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, labels: np.ndarray | None = None) -> "GaussianDistance":
+        from sklearn.covariance import LedoitWolf
+
+        x = np.asarray(x, dtype=np.float64)
+        labels = np.zeros(len(x), dtype=int) if labels is None else np.asarray(labels)
+        center, scale = x.mean(axis=0), x.std(axis=0)
+        scale = np.where(scale > 1e-8, scale, 1.0)
+        z = (x - center) / scale
+        classes = sorted(set(labels.tolist()))
+        means = np.stack([z[labels == c].mean(axis=0) for c in classes])
+        residual = z - means[np.searchsorted(classes, labels)]
+        precision = LedoitWolf(assume_centered=True).fit(residual).precision_
+        return cls(center, scale, means, precision)
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
+        d = z[:, None, :] - self.means[None, :, :]  # (N, C, D)
+        squared = np.einsum("ncd,de,nce->nc", d, self.precision, d)
+        return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k).tolist() for k in ("center", "scale", "means", "precision")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GaussianDistance":
+        return cls(*(np.asarray(_plain(d[k]), dtype=np.float64) for k in ("center", "scale", "means", "precision")))
+
+
+@dataclass
+class KindClassifier:
+    """Logistic regression on image statistics: P(the other model's kind of image)."""
+    center: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+
+    @classmethod
+    def fit(cls, own: np.ndarray, other: np.ndarray) -> "KindClassifier":
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.concatenate([own, other]).astype(np.float64)
+        y = np.r_[np.zeros(len(own)), np.ones(len(other))]
+        center, scale = x.mean(axis=0), x.std(axis=0)
+        scale = np.where(scale > 1e-8, scale, 1.0)
+        model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit((x - center) / scale, y)
+        return cls(center, scale, model.coef_[0], float(model.intercept_[0]))
+
+    def probability(self, stats: np.ndarray) -> np.ndarray:
+        z = (np.asarray(stats, dtype=np.float64) - self.center) / self.scale
+        return 1.0 / (1.0 + np.exp(-(z @ self.coef + self.intercept)))
+
+    def to_dict(self) -> dict:
+        return {"center": self.center.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(),
+                "intercept": self.intercept}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KindClassifier":
+        return cls(np.asarray(_plain(d["center"])), np.asarray(_plain(d["scale"])), np.asarray(_plain(d["coef"])),
+                   float(d["intercept"]))
+
+
+def conformal_p(reference_sorted: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """Share of reference (validation) images at least as far out as each distance, (1 + k) / (n + 1)."""
+    n = len(reference_sorted)
+    at_least = n - np.searchsorted(reference_sorted, distances, side="left")
+    return (1.0 + at_least) / (n + 1.0)
+
+
+# --------------------------------------------------------------------------- the check
+
+@dataclass
+class DomainCheck:
+    task: str  # "staging" | "screening": which sentences explain a flag
+    features: GaussianDistance
+    stats: GaussianDistance
+    kind: KindClassifier | None
+    feature_reference: np.ndarray  # sorted validation distances
+    stats_reference: np.ndarray
+    cut: float  # domain_score below this -> not in domain
+    fit_record: dict
+
+    def score(self, embeddings: np.ndarray, stats: np.ndarray) -> list[dict]:
+        """One {"in_domain", "domain_score"[, "reason"]} per image."""
+        stats = np.asarray(stats, dtype=np.float64)
+        p_features = conformal_p(self.feature_reference, self.features.distance(embeddings))
+        p_stats = conformal_p(self.stats_reference, self.stats.distance(stats))
+        other = self.kind.probability(stats) if self.kind is not None else np.zeros(len(stats))
+        results = []
+        for pf, ps, po, s in zip(p_features, p_stats, other, stats):
+            score = float(min(pf, ps))
+            if is_uniform(s):
+                results.append(flag(0.0, REASONS["uniform"]))
+            elif po >= 0.5:
+                results.append(flag(score, REASONS[(self.task, "other_kind")]))
+            elif score < self.cut:
+                results.append(flag(score, REASONS[(self.task, "unlike")]))
+            else:
+                results.append({"in_domain": True, "domain_score": score})
+        return results
+
+    def to_payload(self) -> dict:
+        """Plain numbers, lists and strings: the model file still loads with ``weights_only=True``."""
+        return {
+            "format": DOMAIN_FORMAT, "task": self.task, "features": self.features.to_dict(),
+            "stats": self.stats.to_dict(), "kind": self.kind.to_dict() if self.kind else None,
+            "feature_reference": self.feature_reference.tolist(), "stats_reference": self.stats_reference.tolist(),
+            "cut": self.cut, "fit": self.fit_record,
+        }
+
+    @classmethod
+    def from_payload(cls, d: dict) -> "DomainCheck":
+        if d.get("format") != DOMAIN_FORMAT:
+            raise ValueError(f"unknown domain check format {d.get('format')!r}")
+        return cls(d["task"], GaussianDistance.from_dict(d["features"]), GaussianDistance.from_dict(d["stats"]),
+                   KindClassifier.from_dict(d["kind"]) if d.get("kind") else None,
+                   np.asarray(_plain(d["feature_reference"]), dtype=np.float64),
+                   np.asarray(_plain(d["stats_reference"]), dtype=np.float64), float(d["cut"]), dict(d.get("fit", {})))
+
+
+def flag(score: float, reason: str) -> dict:
+    return {"in_domain": False, "domain_score": float(score), "reason": reason}
+
+
+def quality_only(stats: np.ndarray) -> list[dict]:
+    """For a model file without a fitted check: only the blank-image rule applies (score 1 = not judged)."""
+    return [flag(0.0, REASONS["uniform"]) if is_uniform(s) else {"in_domain": True, "domain_score": 1.0}
+            for s in np.asarray(stats)]
+
+
+def fit(task: str, train_embeddings, train_labels, train_stats, val_embeddings, val_stats,
+        other_stats=None, target_rate: float = 0.01) -> DomainCheck:
+    """Fit every piece on the training split; calibrate the p-values and the cut on the validation split.
+
+    ``target_rate`` is the share of in-domain validation images the cut may flag (the false-flag rate
+    aimed at); the cut is the validation score quantile that flags no more than that share."""
+    if task not in ("staging", "screening"):
+        raise ValueError(f"unknown task {task!r}")
+    features = GaussianDistance.fit(train_embeddings, train_labels)
+    stats = GaussianDistance.fit(train_stats)
+    kind = KindClassifier.fit(np.asarray(train_stats), np.asarray(other_stats)) \
+        if other_stats is not None and len(other_stats) else None
+    feature_reference = np.sort(features.distance(val_embeddings))
+    stats_reference = np.sort(stats.distance(val_stats))
+    val_scores = np.sort(np.minimum(conformal_p(feature_reference, features.distance(val_embeddings)),
+                                    conformal_p(stats_reference, stats.distance(val_stats))))
+    cut = float(val_scores[int(np.floor(target_rate * len(val_scores)))]) if len(val_scores) else 0.0
+    check = DomainCheck(task, features, stats, kind, feature_reference, stats_reference, cut, {})
+    flagged = [not r["in_domain"] for r in check.score(val_embeddings, val_stats)]
+    check.fit_record = {
+        "method": "min of conformal p-values of class-conditional Mahalanobis distance (tied Ledoit-Wolf covariance) "
+                  "on the embedding and Mahalanobis distance on image statistics; logistic-regression kind classifier",
+        "target_false_flag_rate": target_rate,
+        "n_train": int(len(train_stats)), "n_val": int(len(val_stats)),
+        "n_other_kind": int(len(other_stats)) if other_stats is not None else 0,
+        "val_flagged_rate": float(np.mean(flagged)) if flagged else 0.0,
+        "embedding_dim": int(np.asarray(train_embeddings).shape[1]),
+        "stat_names": list(STAT_NAMES),
+    }
+    return check
+
+
+def _plain(value):
+    """Tensors (a model file may hold them) -> numpy-friendly values."""
+    return value.tolist() if hasattr(value, "tolist") else value

@@ -1,0 +1,167 @@
+"""The domain check: every prediction says whether the image is like the model's training images."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ml
+from ml import domain as mldomain
+from ml.checkpoint import read_payload, update_payload
+from ml.domain_fit import evaluate_domain, fit_model_domain, generated_images, markdown_section
+from ml.predict import Predictor
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def draw_cell(seed: int, size: int = 64) -> Image.Image:
+    """A segmented single cell: one purple disc on a black background (the C-NMC look)."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (size, size), (0, 0, 0))
+    from PIL import ImageDraw
+
+    r = int(rng.integers(size // 4, size // 3))
+    c = size // 2 + int(rng.integers(-4, 5))
+    ImageDraw.Draw(image).ellipse([c - r, c - r, c + r, c + r], fill=(120 + int(rng.integers(-20, 20)), 60, 160))
+    return image
+
+
+@pytest.fixture(scope="module")
+def fitted_model(tiny_model_file, smear_folder, tmp_path_factory) -> Path:
+    """A copy of the tiny model with its domain check fitted on its own splits and generated cells."""
+    folder = tmp_path_factory.mktemp("domain")
+    path = folder / "model.pt"
+    shutil.copy(tiny_model_file, path)
+    cells = []
+    for i in range(30):
+        cells.append(folder / f"cell-{i}.png")
+        draw_cell(i).save(cells[-1])
+    fit_model_domain(path, smear_folder, None, target_rate=0.01, progress=False, other_paths=cells)
+    return path
+
+
+def test_image_statistics_have_one_value_per_name_and_see_blank_images():
+    stats = mldomain.image_statistics(np.full((32, 32, 3), 250, dtype=np.uint8))
+    assert stats.shape == (len(mldomain.STAT_NAMES),)
+    assert mldomain.is_uniform(stats)
+    assert not mldomain.is_uniform(mldomain.image_statistics(np.asarray(draw_cell(0))))
+
+
+def test_every_result_carries_the_contract_keys(fitted_model, smear_folder):
+    predictor = Predictor(fitted_model)
+    image = next((smear_folder / "Pre").iterdir())
+    [result] = predictor.predict([image])
+    assert set(result) >= {"stage", "probabilities", "in_domain", "domain_score"}
+    assert isinstance(result["in_domain"], bool)
+    assert 0.0 <= result["domain_score"] <= 1.0
+    assert ("reason" in result) == (not result["in_domain"])
+
+
+def test_most_in_domain_test_images_pass(fitted_model, smear_folder):
+    predictor = Predictor(fitted_model)
+    manifest = predictor.payload["training"]["config"]["manifest"]
+    report = evaluate_domain(predictor, smear_folder, manifest, "test")
+    own = report["rows"][0]
+    assert own["in_domain_set"] and own["n"] > 0
+    assert own["flagged_rate"] <= 0.25  # a tiny model on 64 generated images; the real rates are in the cards
+
+
+def test_blank_noise_and_text_images_are_flagged_with_a_reason(fitted_model):
+    predictor = Predictor(fitted_model)
+    blank, noise, text = (generated_images(kind, n=6) for kind in ("blank", "noise", "text"))
+    results = predictor.predict(blank + noise + text)
+    assert all(not r["in_domain"] for r in results)
+    assert {r["reason"] for r in results[:6]} == {"blank or nearly uniform image"}
+    assert all(r["reason"] for r in results)
+    assert all(r["stage"] in ml.STAGES for r in results)  # the label stays, for transparency
+
+
+def test_the_other_kind_is_named(fitted_model, tmp_path):
+    """A single segmented cell given to the staging model is caught and called a cell."""
+    predictor = Predictor(fitted_model)
+    results = predictor.predict([draw_cell(100 + i) for i in range(5)])
+    assert all(not r["in_domain"] for r in results)
+    assert all("single segmented cell" in r["reason"] for r in results)
+
+
+def test_the_cut_is_read_from_the_model_file(fitted_model, smear_folder, tmp_path):
+    stored = read_payload(fitted_model)["domain"]
+    assert Predictor(fitted_model).domain.cut == pytest.approx(stored["cut"])
+    assert stored["fit"]["target_false_flag_rate"] == 0.01
+    strict = tmp_path / "strict.pt"
+    shutil.copy(fitted_model, strict)
+    update_payload(strict, domain={**stored, "cut": 1.01})  # no score reaches it: everything is flagged
+    image = next((smear_folder / "Early").iterdir())
+    [result] = Predictor(strict).predict([image])
+    assert result["in_domain"] is False
+    assert result["reason"] == "colours and texture unlike any training smear"
+
+
+def test_a_model_without_a_fitted_check_applies_the_blank_rule_only(tiny_model_file, smear_folder):
+    predictor = Predictor(tiny_model_file)
+    assert predictor.domain is None
+    blank, smear = predictor.predict([Image.new("RGB", (64, 64), "white"), next((smear_folder / "Pro").iterdir())])
+    assert (blank["in_domain"], blank["reason"]) == (False, "blank or nearly uniform image")
+    assert smear["in_domain"] is True
+
+
+def test_predict_cli_json_lines_carry_the_verdict(fitted_model, smear_folder, tmp_path, capsys):
+    from ml.cli import main
+
+    blank = tmp_path / "blank.jpg"
+    Image.new("RGB", (300, 200), (255, 255, 255)).save(blank)
+    assert main(["predict", "--json", "--model", str(fitted_model), str(blank)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["in_domain"] is False and line["reason"] == "blank or nearly uniform image"
+    assert isinstance(line["domain_score"], float) and "stage" in line and "probabilities" in line
+
+
+def test_card_section_tabulates_every_set_against_its_target(fitted_model, smear_folder):
+    predictor = Predictor(fitted_model)
+    report = evaluate_domain(predictor, smear_folder, predictor.payload["training"]["config"]["manifest"], "test")
+    section = markdown_section(report)
+    assert section.startswith("## Domain check")
+    for row in report["rows"]:
+        assert f"| {row['set']} | {row['n']} |" in section
+    assert "flagged <= 2%" in section and "answered <= 5%" in section
+
+
+# --------------------------------------------------------------------------- the shipped models, real images
+
+def _real(folder: str) -> Path:
+    path = SHARED / folder
+    if not path.is_dir():
+        pytest.skip(f"real images not present at {path} (the shared data set is only on CI and dev machines)")
+    return path
+
+
+def _first(manifest: str, split: str, label: str | None = None) -> str:
+    from ml.data import read_manifest
+
+    return next(s.path for s in read_manifest(REPO / "ml" / "splits" / manifest)
+                if s.split == split and (label is None or s.label == label))
+
+
+def test_shipped_staging_model_accepts_a_real_field_and_names_a_real_cell():
+    fields, cells = _real("taleqani-all"), _real("cnmc-fold1")
+    predictor = ml.load_predictor("staging")
+    assert predictor.domain is not None, "the shipped staging model has a fitted domain check"
+    field, cell = predictor.predict([fields / _first("taleqani-all.csv", "test", "Pre"),
+                                     cells / _first("cnmc-fold1.csv", "test")])
+    assert field["in_domain"] is True
+    assert cell["in_domain"] is False and "single segmented cell" in cell["reason"]
+
+
+def test_shipped_screening_model_accepts_a_real_cell_and_names_a_real_field():
+    fields, cells = _real("taleqani-all"), _real("cnmc-fold1")
+    predictor = ml.load_predictor("screening")
+    assert predictor.domain is not None, "the shipped screening model has a fitted domain check"
+    cell, field = predictor.predict([cells / _first("cnmc-fold1.csv", "test", "hem"),
+                                     fields / _first("taleqani-all.csv", "test")])
+    assert cell["in_domain"] is True
+    assert field["in_domain"] is False and "not a single segmented cell" in field["reason"]
