@@ -50,3 +50,16 @@ def test_robustness_command_line(tiny_model_file, smear_folder, tmp_path, capsys
     assert main(["robustness", "--data", str(smear_folder), "--model", str(tiny_model_file), "--perturbations",
                  "sepia"]) == 2
     assert "unknown perturbations" in capsys.readouterr().err
+
+
+def test_the_shipped_card_gets_the_section_of_its_own_weights_only(tiny_model_file, smear_folder, tmp_path):
+    from ml.card import robustness_section
+
+    report = robustness.run(tiny_model_file, smear_folder, which="rotation", limit=4, out=tmp_path)
+    assert robustness_section(tmp_path / "absent", report["model_sha256"], "staging") == ""
+    section = robustness_section(tmp_path, report["model_sha256"], "staging")
+    assert "## Robustness to acquisition changes" in section and "../reports/staging/robustness.png" in section
+    import pytest
+
+    with pytest.raises(ValueError, match="other weights"):
+        robustness_section(tmp_path, "0" * 64, "staging")
