@@ -69,22 +69,24 @@ def classify_smear(smear_id):
 
 
 def make_heatmap(prediction, predictor, smear):
-    """Grad-CAM overlay for the stored prediction. Any failure (including the
-    soft time limit) is logged and recorded on the prediction as "heat map
-    unavailable"; the prediction itself is already committed and stays."""
+    """Heat map overlay for the stored prediction's label: the occlusion map of
+    `ml.explain.heatmap` (it passed the deletion test where Grad-CAM failed,
+    see ml/README.md). Any failure (including the soft time limit) is logged
+    and recorded on the prediction as "heat map unavailable"; the prediction
+    itself is already committed and stays."""
     try:
         import io
 
-        from ml.explain import gradcam, overlay
+        from ml.explain import heatmap, overlay
 
         source = _image_source(smear)
-        heatmap, explained = gradcam(predictor, source, target=prediction.label)  # no second prediction
+        heat = heatmap(predictor, source, target=prediction.label)  # explains the stored label
         buf = io.BytesIO()
-        overlay(source, heatmap).convert("RGB").save(buf, "JPEG", quality=88)
-        services.store_heatmap(prediction.pk, buf.getvalue(), explained)
+        overlay(source, heat).convert("RGB").save(buf, "JPEG", quality=88)
+        services.store_heatmap(prediction.pk, buf.getvalue(), prediction.label)
         return True
     except Exception as exc:  # SoftTimeLimitExceeded is an Exception too
-        logger.exception("Grad-CAM for smear %s failed; the prediction is kept", smear.pk)
+        logger.exception("Heat map for smear %s failed; the prediction is kept", smear.pk)
         services.heatmap_failed(prediction.pk, f"Heat map unavailable: {type(exc).__name__}: {exc}")
         return False
 

@@ -22,7 +22,8 @@ def train_command(config: dict) -> str:
     defaults = TrainConfig(data="", arch="", out="")
     parts = [f"python -m ml train --data {config.get('data')} --arch {config.get('arch')} --out {config.get('out')}"]
     for key in ("manifest", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "img_size", "seed", "balance",
-                "augment_strength", "threshold", "factor", "patience", "stop_patience", "pretrained_weights",
+                "augment_strength", "stain_augment", "stain_strength", "illumination", "blur_prob", "blur_sigma",
+                "threshold", "factor", "patience", "stop_patience", "pretrained_weights",
                 "init_weights", "teacher", "distill_alpha", "distill_temperature"):
         value = config.get(key)
         if key == "manifest" or (value is not None and value != getattr(defaults, key)):
@@ -63,10 +64,25 @@ def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_imag
     if mldata.sha256_file(target) != report["model_sha256"]:
         raise ValueError("the evaluation report was made with other weights than the ones being shipped")
     card = model_card(predictor, target, report, profile.measure_latency(predictor, latency_image),
-                      Path(latency_image).name, name)
+                      Path(latency_image).name, name) + robustness_section(report_dir, report["model_sha256"], name)
     card_path = WEIGHTS_DIR / f"{name}.md"
     card_path.write_text(card)
     return card_path
+
+
+def robustness_section(report_dir: Path, model_sha256: str, name: str) -> str:
+    """The card's robustness section from ``robustness.json`` in the report folder (written by
+    ``python -m ml robustness --out`` into it), or "" when there is none. A suite run on other weights
+    is refused, as the evaluation report is."""
+    path = Path(report_dir) / "robustness.json"
+    if not path.is_file():
+        return ""
+    from .robustness import card_section
+
+    suite = json.loads(path.read_text())
+    if suite["model_sha256"] != model_sha256:
+        raise ValueError("the robustness report was made with other weights than the ones being shipped")
+    return "\n" + card_section(suite, plot=f"../reports/{name}/robustness.png")
 
 
 def describe_model_file(path: str | None) -> str:
@@ -140,8 +156,13 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
         f"{predictor.input_size}x{predictor.input_size} (bilinear, aspect not kept: the training fields are square).",
         f"- Normalisation: mean {payload['mean']}, std {payload['std']} (ImageNet statistics).",
         f"- Class order: {classes} (Early = Early Pre-B, Pre = Pre-B, Pro = Pro-B ALL; Benign = hematogones).",
-        f"- Output: softmax of logits / T with temperature T = {predictor.temperature:.3f}, fitted on the "
-        "validation split (temperature scaling); the stage is the most probable class."
+        (f"- Output: softmax of logits / T with temperature T = {predictor.temperature:.3f}, fitted on "
+         f"{payload['calibration']['examples']} examples: the {payload['calibration']['fitted_on']}, clean and under "
+         f"{len(payload['calibration']['perturbations'])} acquisition changes ({payload['calibration']['errors']} "
+         "errors to calibrate on; `python -m ml calibrate`); the stage is the most probable class."
+         if "calibration" in payload else
+         f"- Output: softmax of logits / T with temperature T = {predictor.temperature:.3f}, fitted on the "
+         "validation split (temperature scaling); the stage is the most probable class.")
         + (" The NLL optimum lay below the search bound (the validation split has almost no errors), so T sits "
            "at the bound: probabilities are sharpened but stay informative for the low-confidence review flags."
            if abs(predictor.temperature - TEMPERATURE_BOUNDS[0]) < 1e-9 else ""),

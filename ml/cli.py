@@ -20,6 +20,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("lr", "weight_decay", "label_smoothing", "threshold", "factor", "augment_strength"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
     parser.add_argument("--balance", choices=["oversample", "undersample", "weight", "none"], default=defaults.balance)
+    parser.add_argument("--stain-augment", choices=["none", "hed"], default=defaults.stain_augment,
+                        help="stain jitter in HED space (training images only)")
+    for name in ("stain_strength", "illumination", "blur_prob", "blur_sigma"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (smoke runs)")
     parser.add_argument("--pretrained-weights", metavar="FILE", help="local timm checkpoint for the backbone")
@@ -195,6 +199,70 @@ def cmd_ship(args) -> int:
     return 0
 
 
+def cmd_robustness(args) -> int:
+    from . import robustness
+
+    out = args.out or f"runs/robustness/{Path(str(args.model)).stem}-{args.split}"
+    report = robustness.run(args.model, args.data, args.manifest, args.split, out, which=args.perturbations,
+                            limit=args.limit)
+    print("\n".join(robustness.table(report)))
+    mild = [r for r in report["perturbations"] if r["mild"]]
+    print(f"{len(mild) - len(report['mild_below_target'])} of {len(mild)} mild changes at accuracy >= "
+          f"{report['target']}; report in {out}/ ({report['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from . import load_predictor
+    from .explain import METHODS, overlay
+
+    predictor = load_predictor(args.model)
+    target = args.target
+    if target is not None and target not in predictor.classes:
+        raise ValueError(f"unknown class {target!r}; the model's classes: {', '.join(predictor.classes)}")
+    from .data import load_image
+
+    image = load_image(args.file)
+    result = predictor.predict([image])[0]
+    label = result.get("stage", result.get("label"))
+    heat = METHODS[args.method](predictor, image, target or label)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    overlay(image, heat).save(args.out)
+    print(f"{args.file}: {label} ({result['probabilities'][label]:.3f}); {args.method} map of {target or label} "
+          f"written to {args.out}")
+    return 0
+
+
+def cmd_explain_eval(args) -> int:
+    from .explain import evaluate
+
+    out = args.out or f"runs/explain/{Path(str(args.model)).stem}-{args.split}"
+    report = evaluate(args.model, args.data, args.manifest, args.split, args.methods, args.limit, out)
+    for name, r in report["methods"].items():
+        print(f"{name}: blurring the hottest {r['fraction']:.0%} costs the predicted class {r['hottest_drop']:.4f}, "
+              f"the coldest {r['coldest_drop']:.4f} (ratio {r['ratio']:.2f}; log-odds {r['hottest_log_odds_drop']:.3f} "
+              f"vs {r['coldest_log_odds_drop']:.3f}); {'passes' if r['passes'] else 'fails'} the target "
+              f"(>= 0.2 and >= 3x); {r['seconds_per_map']:.2f} s per map; n={r['n']}")
+    print(f"report in {out}/explain.json")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .calibrate import calibrate
+
+    report = calibrate(args.model, args.data, args.manifest, which=args.perturbations, limit=args.limit,
+                       write=not args.dry_run, out=args.out)
+    c, before, after = report["calibration"], report["before"], report["after"]
+    print(f"temperature {c['previous_temperature']:.3f} -> {c['temperature']:.3f}, fitted on {c['examples']} "
+          f"examples ({c['images']} {c['fitted_on']} x clean + {len(c['perturbations'])} perturbations, "
+          f"{c['errors']} errors)")
+    for when, e in (("before", before), ("after", after)):
+        print(f"{when}: ECE clean test {e['clean_ece']:.4f}, under perturbation {e['perturbed_ece']:.4f} "
+              f"(worst {e['worst_perturbation']}: {e['worst_perturbation_ece']:.4f})")
+    print(f"written into {args.model}" if report["written"] else "dry run: the model file is unchanged")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -282,9 +350,45 @@ def main(argv: list[str] | None = None) -> int:
     ship.add_argument("--compare", nargs="*", default=[], metavar="CV_JSON",
                       help="screening: cv.json files of settings compared by --cv-only, tabulated in the card")
 
+    rob = commands.add_parser("robustness", help="accuracy per acquisition change (stain, light, focus, framing...)")
+    rob.add_argument("--data", required=True)
+    rob.add_argument("--model", required=True, help="model file or shipped name")
+    rob.add_argument("--manifest", help="defaults to the manifest the model was trained with")
+    rob.add_argument("--split", default="test", choices=["train", "val", "test"])
+    rob.add_argument("--out", help="report folder (default runs/robustness/NAME-SPLIT)")
+    rob.add_argument("--perturbations", default="all", help="all, mild, or comma-separated families/names")
+    rob.add_argument("--limit", type=int, help="score only N images of the split (smoke runs)")
+
+    exp = commands.add_parser("explain", help="heat map of one image as an overlay PNG")
+    exp.add_argument("file", metavar="FILE")
+    exp.add_argument("--out", required=True, help="PNG to write")
+    exp.add_argument("--model", default=None, help="shipped name or model file")
+    exp.add_argument("--target", help="class to explain (default: the predicted one)")
+    exp.add_argument("--method", default="occlusion", choices=["occlusion", "gradcam"])
+
+    exe = commands.add_parser("explain-eval", help="deletion test of the heat map methods on a split")
+    exe.add_argument("--data", required=True)
+    exe.add_argument("--model", required=True, help="model file or shipped name")
+    exe.add_argument("--manifest", help="defaults to the manifest the model was trained with")
+    exe.add_argument("--split", default="test", choices=["train", "val", "test"])
+    exe.add_argument("--methods", nargs="+", default=["occlusion", "gradcam"], choices=["occlusion", "gradcam"])
+    exe.add_argument("--limit", type=int, help="use only N images of the split")
+    exe.add_argument("--out", help="report folder (default runs/explain/NAME-SPLIT)")
+
+    cal = commands.add_parser("calibrate", help="refit a model file's temperature on the perturbed validation split")
+    cal.add_argument("--data", required=True)
+    cal.add_argument("--model", required=True, help="model file (rewritten in place unless --dry-run)")
+    cal.add_argument("--manifest", help="defaults to the manifest the model was trained with")
+    cal.add_argument("--perturbations", default="all", help="all, mild, or comma-separated families/names")
+    cal.add_argument("--limit", type=int, help="use only N images per split (smoke runs)")
+    cal.add_argument("--out", help="folder for calibration.json")
+    cal.add_argument("--dry-run", action="store_true", help="report only; leave the model file as it is")
+
     args = parser.parse_args(argv)
-    handlers = {"split": cmd_split, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,
-                "predict": cmd_predict, "fit-domain": cmd_fit_domain, "export": cmd_export, "benchmark": cmd_benchmark, "screening": cmd_screening,
+    handlers = {"robustness": cmd_robustness, "explain": cmd_explain, "explain-eval": cmd_explain_eval,
+                "calibrate": cmd_calibrate, "split": cmd_split, "models": cmd_models, "train": cmd_train,
+                "evaluate": cmd_evaluate, "predict": cmd_predict, "fit-domain": cmd_fit_domain, "export": cmd_export,
+                "benchmark": cmd_benchmark, "screening": cmd_screening,
                 "ship": cmd_ship}
     try:
         return handlers[args.command](args)

@@ -335,9 +335,18 @@ def normalise(images):
     return (images.float() / 255.0 - _MEAN_STD["mean"]) / _MEAN_STD["std"]
 
 
-def training_augmentation(size: int, strength: float = 1.0):
-    """Dihedral flips/rotations, small affine shifts and stain/illumination jitter (on uint8 tensors)."""
+def training_augmentation(size: int, strength: float = 1.0, stain: str = "none", stain_strength: float = 0.05,
+                          illumination: float = 0.0, blur_prob: float = 0.0, blur_sigma: float = 1.5):
+    """Dihedral flips/rotations, small affine shifts and colour jitter scaled by ``strength`` (on uint8
+    tensors), followed by the acquisition steps of ``stain.acquisition_augmentation`` (HED stain jitter,
+    illumination, focus blur). None when nothing is switched on."""
     from torchvision.transforms import v2
+
+    from .stain import acquisition_augmentation
+
+    acquisition = acquisition_augmentation(stain, stain_strength, illumination, blur_prob, blur_sigma)
+    if strength <= 0:
+        return v2.Compose(acquisition) if acquisition else None
 
     class RandomRot90(v2.Transform):
         def __call__(self, x):
@@ -353,6 +362,7 @@ def training_augmentation(size: int, strength: float = 1.0):
                         scale=(1 - 0.08 * strength, 1 + 0.12 * strength)),
         v2.ColorJitter(brightness=0.2 * strength, contrast=0.2 * strength,
                        saturation=0.2 * strength, hue=0.03 * strength),
+        *acquisition,
     ])
 
 

@@ -40,6 +40,12 @@ class TrainConfig:
     seed: int = 0
     balance: str = "oversample"  # oversample | undersample | weight (loss) | none; training split only
     augment_strength: float = 1.0
+    # Acquisition augmentation (training images only): HED stain jitter, illumination, focus blur.
+    stain_augment: str = "none"  # none | hed
+    stain_strength: float = 0.05
+    illumination: float = 0.0  # brightness and gamma x U(1 - s, 1 + s)
+    blur_prob: float = 0.0
+    blur_sigma: float = 1.5
     # LRA: watch training accuracy until `threshold`, then validation loss.
     threshold: float = 0.9
     factor: float = 0.5
@@ -304,7 +310,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         config.threshold = float("inf")  # nothing to validate on: the LRA watches training accuracy throughout
         log("no validation split: fixed epochs, LRA on training accuracy, temperature 1")
 
-    augment = mldata.training_augmentation(config.img_size, config.augment_strength) if config.augment_strength > 0 else None
+    augment = mldata.training_augmentation(config.img_size, config.augment_strength, stain=config.stain_augment,
+                                           stain_strength=config.stain_strength, illumination=config.illumination,
+                                           blur_prob=config.blur_prob, blur_sigma=config.blur_sigma)
     train_set = mldata.ImageTensorDataset(config.data, train_samples, classes, config.img_size, augment, config.progress)
     val_set = mldata.ImageTensorDataset(config.data, val_samples, classes, config.img_size, None, config.progress)
     val_loader = DataLoader(val_set, batch_size=64, shuffle=False, num_workers=config.num_workers)

@@ -1,6 +1,6 @@
-"""Grad-CAM with the real predictor: shape of the heat map, and the worker
-storing the overlay beside the prediction; a Grad-CAM failure keeps the
-prediction and records "heat map unavailable"."""
+"""Heat maps with the real predictor: Grad-CAM's shape (kept for comparison),
+the worker storing the occlusion map's overlay beside the prediction, and a
+heat map failure keeping the prediction with "heat map unavailable"."""
 import io
 from pathlib import Path
 
@@ -60,13 +60,32 @@ def test_task_stores_prediction_and_heatmap(predictor, smear_factory):
         assert Image.open(fh).size == size
 
 
-def test_gradcam_failure_keeps_the_prediction(predictor, smear_factory, monkeypatch):
+def test_worker_explains_the_stored_label_with_the_occlusion_map(predictor, smear_factory, monkeypatch):
+    import numpy as np
+
+    import ml.explain
+
+    calls = []
+
+    def recording(predictor_, image, target=None, **kwargs):
+        calls.append(target)
+        return np.zeros((predictor_.input_size, predictor_.input_size), dtype=np.float32)
+
+    monkeypatch.setattr(ml.explain, "heatmap", recording)
+    monkeypatch.setattr(ml.explain, "gradcam", lambda *a, **k: pytest.fail("the worker must not use Grad-CAM"))
+    smear = smear_factory()
+    assert tasks.classify_smear(smear.pk) == "done"
+    prediction = Prediction.objects.get(smear=smear)
+    assert calls == [prediction.label] and prediction.heatmap and prediction.heatmap_error == ""
+
+
+def test_heatmap_failure_keeps_the_prediction(predictor, smear_factory, monkeypatch):
     import ml.explain
 
     def broken(*args, **kwargs):
         raise RuntimeError("no gradients today")
 
-    monkeypatch.setattr(ml.explain, "gradcam", broken)
+    monkeypatch.setattr(ml.explain, "heatmap", broken)
     from django.core.files.base import ContentFile
 
     smear = smear_factory()

@@ -1,0 +1,65 @@
+"""The robustness suite on a tiny model and a few generated images: the table, JSON, plot and card section."""
+from __future__ import annotations
+
+import json
+
+from ml import robustness
+from ml.cli import main
+from ml.perturb import FAMILIES, PERTURBATIONS
+
+
+def test_robustness_run_writes_every_family_into_json_table_and_plot(tiny_model_file, smear_folder, tmp_path):
+    report = robustness.run(tiny_model_file, smear_folder, out=tmp_path, limit=4)
+    assert report["n"] == 4 and report["split"] == "test" and report["limited"]
+    assert [r["name"] for r in report["perturbations"]] == [p.name for p in PERTURBATIONS]
+    assert {r["family"] for r in report["perturbations"]} == set(FAMILIES)
+    for row in report["perturbations"]:
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["ece"] <= 1.0
+        assert row["meets_target"] == (row["accuracy"] >= robustness.MILD_TARGET)
+    assert report["mild_below_target"] == [r["name"] for r in report["perturbations"]
+                                           if r["mild"] and r["accuracy"] < 0.97]
+    saved = json.loads((tmp_path / "robustness.json").read_text())
+    assert saved["clean"] == report["clean"]
+    table = (tmp_path / "robustness.md").read_text()
+    for family in FAMILIES:
+        assert f"| {family} |" in table
+    assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_same_images_give_the_same_numbers_twice(tiny_model_file, smear_folder):
+    runs = [robustness.run(tiny_model_file, smear_folder, which="stain,framing", limit=6) for _ in range(2)]
+    assert runs[0]["perturbations"] == runs[1]["perturbations"]
+
+
+def test_card_section_states_the_verdict_and_links_the_plot(tiny_model_file, smear_folder):
+    report = robustness.run(tiny_model_file, smear_folder, which="mild", limit=4)
+    section = robustness.card_section(report)
+    assert section.startswith("## Robustness to acquisition changes")
+    mild = len(report["perturbations"])
+    assert f"of {mild} mild changes meet the target" in section
+    assert "![accuracy per acquisition change](robustness.png)" in section
+    assert "| stain | bluer | R x0.93, G x0.97, B x1.08 | mild |" in section
+
+
+def test_robustness_command_line(tiny_model_file, smear_folder, tmp_path, capsys):
+    assert main(["robustness", "--data", str(smear_folder), "--model", str(tiny_model_file), "--out", str(tmp_path),
+                 "--perturbations", "focus,JPEG", "--limit", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "| focus | slightly out of focus |" in printed and "mild changes at accuracy >= 0.97" in printed
+    assert (tmp_path / "robustness.json").is_file()
+    assert main(["robustness", "--data", str(smear_folder), "--model", str(tiny_model_file), "--perturbations",
+                 "sepia"]) == 2
+    assert "unknown perturbations" in capsys.readouterr().err
+
+
+def test_the_shipped_card_gets_the_section_of_its_own_weights_only(tiny_model_file, smear_folder, tmp_path):
+    from ml.card import robustness_section
+
+    report = robustness.run(tiny_model_file, smear_folder, which="rotation", limit=4, out=tmp_path)
+    assert robustness_section(tmp_path / "absent", report["model_sha256"], "staging") == ""
+    section = robustness_section(tmp_path, report["model_sha256"], "staging")
+    assert "## Robustness to acquisition changes" in section and "../reports/staging/robustness.png" in section
+    import pytest
+
+    with pytest.raises(ValueError, match="other weights"):
+        robustness_section(tmp_path, "0" * 64, "staging")
