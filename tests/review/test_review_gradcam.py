@@ -73,7 +73,10 @@ def test_worker_explains_the_stored_label_with_the_occlusion_map(predictor, smea
 
     monkeypatch.setattr(ml.explain, "heatmap", recording)
     monkeypatch.setattr(ml.explain, "gradcam", lambda *a, **k: pytest.fail("the worker must not use Grad-CAM"))
+    from django.core.files.base import ContentFile
+
     smear = smear_factory()
+    smear.image.save("real.jpg", ContentFile(smear_image_bytes()[0]), save=True)  # in the model's domain
     assert tasks.classify_smear(smear.pk) == "done"
     prediction = Prediction.objects.get(smear=smear)
     assert calls == [prediction.label] and prediction.heatmap and prediction.heatmap_error == ""
