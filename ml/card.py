@@ -22,7 +22,7 @@ def train_command(config: dict) -> str:
     defaults = TrainConfig(data="", arch="", out="")
     parts = [f"python -m ml train --data {config.get('data')} --arch {config.get('arch')} --out {config.get('out')}"]
     for key in ("manifest", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "img_size", "seed", "balance",
-                "augment_strength", "stain_augment", "stain_strength", "illumination", "blur_prob", "blur_sigma",
+                "augment_strength", "stain_augment", "stain_strength", "illumination", "blur_prob", "blur_sigma", "rgb_gain",
                 "threshold", "factor", "patience", "stop_patience", "pretrained_weights",
                 "init_weights", "teacher", "distill_alpha", "distill_temperature"):
         value = config.get(key)

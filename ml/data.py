@@ -336,7 +336,8 @@ def normalise(images):
 
 
 def training_augmentation(size: int, strength: float = 1.0, stain: str = "none", stain_strength: float = 0.05,
-                          illumination: float = 0.0, blur_prob: float = 0.0, blur_sigma: float = 1.5):
+                          illumination: float = 0.0, blur_prob: float = 0.0, blur_sigma: float = 1.5,
+                          rgb_gain: float = 0.0):
     """Dihedral flips/rotations, small affine shifts and colour jitter scaled by ``strength`` (on uint8
     tensors), followed by the acquisition steps of ``stain.acquisition_augmentation`` (HED stain jitter,
     illumination, focus blur). None when nothing is switched on."""
@@ -344,7 +345,7 @@ def training_augmentation(size: int, strength: float = 1.0, stain: str = "none",
 
     from .stain import acquisition_augmentation
 
-    acquisition = acquisition_augmentation(stain, stain_strength, illumination, blur_prob, blur_sigma)
+    acquisition = acquisition_augmentation(stain, stain_strength, illumination, blur_prob, blur_sigma, rgb_gain)
     if strength <= 0:
         return v2.Compose(acquisition) if acquisition else None
 

@@ -77,6 +77,19 @@ class Illumination(torch.nn.Module):
         return (x.clamp(0, 1) * 255.0).round().to(torch.uint8)
 
 
+class ChannelGains(torch.nn.Module):
+    """Camera white balance and stain hue: each of R, G, B multiplied by its own U(1 - s, 1 + s)."""
+
+    def __init__(self, strength: float = 0.1, generator: torch.Generator | None = None):
+        super().__init__()
+        self.strength = float(strength)
+        self.generator = generator
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        gains = 1 + self.strength * (torch.rand(3, generator=self.generator, dtype=torch.float64) * 2 - 1)
+        return (image.double() * gains.view(3, 1, 1)).clamp(0, 255).round().to(torch.uint8)
+
+
 class RandomBlur(torch.nn.Module):
     """Focus blur: with probability ``p`` a Gaussian blur of sigma U(0.1, max_sigma) pixels."""
 
@@ -97,7 +110,8 @@ class RandomBlur(torch.nn.Module):
 
 
 def acquisition_augmentation(stain: str = "none", stain_strength: float = 0.05, illumination: float = 0.0,
-                             blur_prob: float = 0.0, blur_sigma: float = 1.5) -> list[torch.nn.Module]:
+                             blur_prob: float = 0.0, blur_sigma: float = 1.5,
+                             rgb_gain: float = 0.0) -> list[torch.nn.Module]:
     """The stain/illumination/blur steps selected by the training options (empty when all are off)."""
     steps: list[torch.nn.Module] = []
     if stain == "hed":
@@ -105,6 +119,8 @@ def acquisition_augmentation(stain: str = "none", stain_strength: float = 0.05, 
             steps.append(HedJitter(stain_strength))
     elif stain != "none":
         raise ValueError(f"unknown stain augmentation {stain!r}: use hed or none")
+    if rgb_gain > 0:
+        steps.append(ChannelGains(rgb_gain))
     if illumination > 0:
         steps.append(Illumination(illumination))
     if blur_prob > 0:

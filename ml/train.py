@@ -44,6 +44,7 @@ class TrainConfig:
     stain_augment: str = "none"  # none | hed
     stain_strength: float = 0.05
     illumination: float = 0.0  # brightness and gamma x U(1 - s, 1 + s)
+    rgb_gain: float = 0.0  # white balance: R, G, B each x U(1 - s, 1 + s)
     blur_prob: float = 0.0
     blur_sigma: float = 1.5
     # LRA: watch training accuracy until `threshold`, then validation loss.
@@ -312,7 +313,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
     augment = mldata.training_augmentation(config.img_size, config.augment_strength, stain=config.stain_augment,
                                            stain_strength=config.stain_strength, illumination=config.illumination,
-                                           blur_prob=config.blur_prob, blur_sigma=config.blur_sigma)
+                                           blur_prob=config.blur_prob, blur_sigma=config.blur_sigma,
+                                           rgb_gain=config.rgb_gain)
     train_set = mldata.ImageTensorDataset(config.data, train_samples, classes, config.img_size, augment, config.progress)
     val_set = mldata.ImageTensorDataset(config.data, val_samples, classes, config.img_size, None, config.progress)
     val_loader = DataLoader(val_set, batch_size=64, shuffle=False, num_workers=config.num_workers)
