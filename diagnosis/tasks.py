@@ -60,7 +60,9 @@ def classify_smear(smear_id):
     except Exception as exc:
         reason = _readable_reason(exc)
         logger.exception("Classification of smear %s failed: %s", smear.pk, reason)
-        services.mark_failed(smear.pk, reason)
+        # A deadlock or lock timeout that outlived record_prediction's own
+        # retries: the sweep queues the smear again by itself.
+        services.mark_failed(smear.pk, reason, transient=services.is_transient_db_error(exc))
         return "failed"
     if prediction is not None:
         make_heatmap(prediction, predictor, smear)
@@ -100,6 +102,8 @@ def _readable_reason(exc):
         return f"The image could not be read by the model: {exc}"
     if isinstance(exc, services.InvalidModelOutput):
         return f"Classification failed: {exc}"
+    if services.is_transient_db_error(exc):
+        return f"Temporary database error ({exc}); the smear will be queued again automatically."
     return f"Classification failed: {type(exc).__name__}: {exc}"
 
 
