@@ -895,9 +895,8 @@ def sign_out(case, user, final_stage, comment=""):
         locked.signed_out_patient_lab_id = locked.patient.lab_id
         locked.save(update_fields=["signed_out_by", "signed_out_at", "signed_out_stage", "signed_out_by_name",
                                    "signed_out_by_email", "signed_out_patient_lab_id", "updated_at"])
-        signer = f"Signed by {locked.signer_display}."
         record_event(locked, AuditEvent.Action.SIGN_OUT, actor=user, new_value=final_stage, reason=comment,
-                     detail=" ".join(filter(None, [signer, screening_summary_text(locked)])))
+                     detail=screening_summary_text(locked))
     case.refresh_from_db()
     return case
 
