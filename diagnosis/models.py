@@ -330,6 +330,10 @@ class Prediction(models.Model):
     # the prediction itself is never lost because of the heat map.
     heatmap = models.FileField(upload_to=heatmap_upload_to, max_length=255, blank=True)
     heatmap_error = models.TextField(blank=True)
+    # A heat map lost with its worker (neither stored nor failed) is sent again
+    # by the sweep: when last sent, and how many times (services.sweep_stale_smears).
+    heatmap_requested_at = models.DateTimeField(null=True, blank=True)
+    heatmap_attempts = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]

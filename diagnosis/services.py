@@ -577,6 +577,46 @@ def sweep_stale_smears(now=None):
     return {"requeued": len(requeued), "failed": len(failed), "resent": len(resent)}
 
 
+def resend_lost_heatmaps(now=None) -> int:
+    """Heat maps lost with their worker: a prediction whose heat map is neither
+    stored nor failed SMEAR_STALE_AFTER_SECONDS after it was made (or last
+    requested) gets it requested again; after SMEAR_MAX_ATTEMPTS requests it
+    is recorded as unavailable. Run by the periodic sweep task. Returns the
+    number of requests sent."""
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.SMEAR_STALE_AFTER_SECONDS)
+    max_attempts = settings.SMEAR_MAX_ATTEMPTS
+    lost = Prediction.objects.filter(heatmap="", heatmap_error="").filter(
+        Q(heatmap_requested_at__isnull=True, created_at__lt=stale_before) | Q(heatmap_requested_at__lt=stale_before)
+    )
+    sent = []
+    for prediction in lost.only("pk", "heatmap_attempts"):
+        claim = Prediction.objects.filter(pk=prediction.pk, heatmap="", heatmap_error="",
+                                          heatmap_attempts=prediction.heatmap_attempts)
+        if prediction.heatmap_attempts >= max_attempts:
+            claim.update(heatmap_error=f"Heat map unavailable: the worker stopped while computing it "
+                                       f"({prediction.heatmap_attempts} attempts).")
+        elif claim.update(heatmap_attempts=prediction.heatmap_attempts + 1, heatmap_requested_at=now):
+            if enqueue_heatmap(prediction.pk):
+                sent.append(prediction.pk)
+    if sent:
+        logger.warning("Sweep: heat maps requested again for predictions %s", sent)
+    return len(sent)
+
+
+def enqueue_heatmap(prediction_id):
+    """Send the message that computes a prediction's heat map again (sent by
+    name: the web process never imports the task module's ml side)."""
+    from celery import current_app
+
+    try:
+        current_app.send_task("diagnosis.retry_heatmap", (prediction_id,), queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+    except Exception:  # broker down: the next sweep sends it again
+        logger.exception("Could not queue the heat map of prediction %s", prediction_id)
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------
 # Case state
 # --------------------------------------------------------------------------

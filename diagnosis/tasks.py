@@ -109,4 +109,23 @@ def _readable_reason(exc):
 
 @shared_task(name="diagnosis.sweep_stale_smears", ignore_result=True)
 def sweep_stale_smears():
-    return services.sweep_stale_smears()
+    counts = services.sweep_stale_smears()
+    services.resend_lost_heatmaps()  # heat maps lost with their worker (it logs what it sends)
+    return counts
+
+
+@shared_task(name="diagnosis.retry_heatmap", ignore_result=True)
+def retry_heatmap(prediction_id):
+    """Compute the heat map of a prediction whose worker died while computing
+    it (sent by the sweep). Does nothing when it was stored or failed meanwhile."""
+    from .models import Prediction
+
+    prediction = Prediction.objects.select_related("smear").filter(pk=prediction_id, heatmap="", heatmap_error="").first()
+    if prediction is None:
+        return "skipped"
+    try:
+        predictor = load_predictor_for(prediction.smear.kind)
+    except Exception as exc:
+        services.heatmap_failed(prediction.pk, f"Heat map unavailable: {type(exc).__name__}: {exc}")
+        return "failed"
+    return "done" if make_heatmap(prediction, predictor, prediction.smear) else "failed"

@@ -42,6 +42,16 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.AddField(
+            model_name='prediction',
+            name='heatmap_attempts',
+            field=models.PositiveSmallIntegerField(default=0),
+        ),
+        migrations.AddField(
+            model_name='prediction',
+            name='heatmap_requested_at',
+            field=models.DateTimeField(blank=True, null=True),
+        ),
+        migrations.AddField(
             model_name='case',
             name='signed_out_by_email',
             field=models.EmailField(blank=True, max_length=254),

@@ -123,3 +123,60 @@ def test_sweep_stops_retrying_transient_failures_after_the_attempt_limit(smear_f
     smear = smear_factory(status="failed", transient_failure=True, attempts=settings.SMEAR_MAX_ATTEMPTS)
     assert services.sweep_stale_smears()["requeued"] == 0
     assert Smear.objects.get(pk=smear.pk).status == "failed"
+
+
+# --- Issue 13, item 12: a heat map lost with its worker is computed again ---------
+@pytest.fixture
+def sent_heatmaps(monkeypatch):
+    sent = []
+    monkeypatch.setattr(services, "enqueue_heatmap", lambda pk: sent.append(pk) or True)
+    return sent
+
+
+@pytest.fixture
+def lost_heatmap(smear_factory, settings):
+    """A prediction made long ago whose worker died during Grad-CAM."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from diagnosis.models import Prediction
+
+    smear = smear_factory(status="processing")
+    prediction = services.record_prediction(smear.pk, result("Pre"), 5)
+    long_ago = timezone.now() - timedelta(seconds=settings.SMEAR_STALE_AFTER_SECONDS + 60)
+    Prediction.objects.filter(pk=prediction.pk).update(created_at=long_ago)
+    return prediction
+
+
+def test_sweep_requests_a_lost_heat_map_again_and_the_task_stores_it(lost_heatmap, sent_heatmaps, monkeypatch):
+    from diagnosis import tasks
+    from tests.portal_testutils import image_bytes
+
+    from diagnosis.tasks import sweep_stale_smears
+
+    sweep_stale_smears()  # the periodic task
+    assert sent_heatmaps == [lost_heatmap.pk]
+    assert services.resend_lost_heatmaps() == 0  # not again until it is stale once more
+    monkeypatch.setattr(tasks, "load_predictor_for", lambda kind: object())
+    monkeypatch.setattr(tasks, "make_heatmap",
+                        lambda prediction, predictor, smear: services.store_heatmap(prediction.pk, image_bytes("JPEG")))
+    assert tasks.retry_heatmap(lost_heatmap.pk) == "done"
+    lost_heatmap.refresh_from_db()
+    assert lost_heatmap.heatmap and lost_heatmap.label == "Pre"
+    assert tasks.retry_heatmap(lost_heatmap.pk) == "skipped"  # a duplicate message does nothing
+
+
+def test_heat_map_that_keeps_killing_its_worker_is_marked_unavailable(lost_heatmap, sent_heatmaps, settings):
+    from diagnosis.models import Prediction
+
+    Prediction.objects.filter(pk=lost_heatmap.pk).update(heatmap_attempts=settings.SMEAR_MAX_ATTEMPTS)
+    assert services.resend_lost_heatmaps() == 0 and sent_heatmaps == []
+    lost_heatmap.refresh_from_db()
+    assert "worker stopped while computing it" in lost_heatmap.heatmap_error
+
+
+def test_recent_prediction_without_heat_map_is_left_to_its_worker(smear_factory, sent_heatmaps):
+    smear = smear_factory(status="processing")
+    services.record_prediction(smear.pk, result("Pre"), 5)
+    assert services.resend_lost_heatmaps() == 0 and sent_heatmaps == []
