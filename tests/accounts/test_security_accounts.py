@@ -207,8 +207,20 @@ def test_every_page_carries_a_content_security_policy_without_inline_script(clie
     assert "default-src 'none'" in policy and "script-src 'self'" in policy
     assert "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
     assert "frame-ancestors 'none'" in policy
-    # The templates keep to it: no inline script elements or handlers.
-    page = response.content.decode()
-    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", page)
-    assert not re.search(r"\son[a-z]+=\"", page)
     assert "Content-Security-Policy" in Client().get(reverse("account_login"))
+
+
+def test_templates_have_no_inline_script_or_event_handler():
+    from pathlib import Path
+
+    for template in (Path(__file__).resolve().parents[2] / "templates").rglob("*.html"):
+        text = template.read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", text), template
+        assert not re.search(r"\son[a-z]+\s*=", text), template
+        assert "javascript:" not in text, template
+
+
+def test_technician_may_set_up_mfa_optionally(client, technician):
+    client.force_login(technician)
+    assert 'href="/accounts/2fa/"' in client.get(reverse("diagnosis:case_list")).content.decode()
+    assert client.get(reverse("mfa_index")).status_code == 200
