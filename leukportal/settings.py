@@ -165,7 +165,8 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # --- Cache (login rate limits) -----------------------------------------------
 # Rate limits must hold across web processes and machines: a shared cache.
 # Defaults to the Redis broker's server when the broker is Redis; otherwise
-# (development, one process) memory.
+# (development, one process) memory. In production prefer a Redis database of
+# its own (CACHE_URL=rediscache://host:6379/1): a cache clear() flushes its database.
 _broker_url = env.str("CELERY_BROKER_URL", default="filesystem://")
 CACHES = {
     "default": env.cache(

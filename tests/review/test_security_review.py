@@ -41,21 +41,20 @@ def test_patient_form_refuses_lab_ids_with_path_characters(tech_client):
 def test_export_zip_never_writes_outside_its_folder_even_for_a_legacy_hostile_accession(
     signed_out, path_client, tmp_path, monkeypatch
 ):
-    target = tmp_path / "outside"
-    # Stored before validation existed (or by a raw update): the export must still be safe.
-    Case.objects.filter(pk=signed_out.pk).update(accession_number=f"../../../../../../{target}/NAME")
     import tempfile
 
+    # The export folder is tmp_path/tmp/leukportal-export-*/reviewed/staging/Pre/: five levels up is tmp_path.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
+    # Stored before validation existed (or by a raw update): the export must still be safe.
+    Case.objects.filter(pk=signed_out.pk).update(accession_number="../../../../../pwned")
     response = path_client.get(reverse("diagnosis:export_reviewed"))
     assert response.status_code == 200
     names = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()
     assert all(name.startswith("reviewed/") and ".." not in name.split("/") for name in names)
     smear = signed_out.smears.get()
-    assert f"reviewed/staging/Pre/_.._.._.._.._.._" in " ".join(names)
-    assert any(name.endswith(f"-{smear.pk}.png") for name in names)
-    assert not target.exists()
+    assert f"reviewed/staging/Pre/_.._.._.._.._pwned-{smear.pk}.png" in names
+    assert list(tmp_path.rglob("pwned*")) == []
 
 
 def test_export_refuses_a_path_that_escapes_its_folder(tmp_path):
