@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 APT_PACKAGES := pkg-config default-libmysqlclient-dev build-essential
 
-.PHONY: install system-deps migrate run worker test screenshots clean-var
+.PHONY: install system-deps migrate run serve worker test screenshots clean-var
 
 system-deps:
 	@if ! { command -v pkg-config >/dev/null && pkg-config --exists mysqlclient; }; then \
@@ -38,6 +38,14 @@ run: migrate
 	$(VENV)/bin/celery -A leukportal worker -B --concurrency 1 --loglevel INFO & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
 	$(PY) manage.py runserver $(HOST):$(PORT)
+
+# Production web server (instead of runserver): gunicorn, behind a TLS proxy that
+# serves STATIC_ROOT at /static/. Needs DEBUG=0, SECRET_KEY and ALLOWED_HOSTS (README, Security).
+serve: migrate
+	$(PY) manage.py collectstatic --noinput
+	$(VENV)/bin/gunicorn leukportal.wsgi:application --bind $(HOST):$(PORT) \
+		--workers $${WEB_WORKERS:-3} --timeout 60 --max-requests 1000 --max-requests-jitter 100 \
+		--forwarded-allow-ips "$${FORWARDED_ALLOW_IPS:-127.0.0.1}" --access-logfile -
 
 worker: migrate
 	$(VENV)/bin/celery -A leukportal worker --concurrency $${CONCURRENCY:-1} --loglevel INFO

@@ -32,7 +32,11 @@ class PatientAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if not change:
             obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+            return super().save_model(request, obj, form, change)
+        # Through the service: every changed field lands in the audit trail of
+        # the patient's cases with before and after.
+        changes = {f: getattr(obj, f) for f in form.changed_data if f in services.PATIENT_EDITABLE_FIELDS}
+        services.update_patient(Patient.objects.get(pk=obj.pk), request.user, **changes)
 
 
 class SmearInline(ReadOnlyInline):
@@ -74,7 +78,16 @@ class CaseAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if not change:
             obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+            return super().save_model(request, obj, form, change)
+        # Through the service: audited with before/after, refused after sign-out.
+        changes = {f: getattr(obj, f) for f in form.changed_data if f in services.CASE_EDITABLE_FIELDS}
+        services.update_case(Case.objects.get(pk=obj.pk), request.user, **changes)
+
+    def has_change_permission(self, request, obj=None):
+        # A signed-out case is changed only by an addendum in the portal.
+        if obj is not None and obj.is_signed_out:
+            return False
+        return super().has_change_permission(request, obj)
 
 
 @admin.register(Smear)

@@ -70,7 +70,8 @@ class SmearUploadForm(forms.Form):
         mb = settings.SMEAR_MAX_UPLOAD_BYTES / (1024 * 1024)
         self.fields["images"].help_text = (
             f"One or more images of the kind chosen above ({', '.join(ALLOWED_FORMATS.values())}); "
-            f"up to {mb:g} MB and {settings.SMEAR_MAX_PIXELS / 1e6:g} megapixels each, "
+            f"up to {mb:g} MB and {settings.SMEAR_MAX_PIXELS / 1e6:g} megapixels each, at least "
+            f"{settings.SMEAR_MIN_SIDE_PX} pixels on each side and at most {settings.SMEAR_MAX_ASPECT_RATIO:g}:1, "
             f"{settings.SMEAR_MAX_FILES_PER_UPLOAD} files per upload."
         )
         self.helper = FormHelper()

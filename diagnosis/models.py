@@ -2,7 +2,7 @@ import uuid
 from pathlib import PurePath
 
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
@@ -24,6 +24,16 @@ class CellLabel(models.TextChoices):
     NORMAL = "normal", "Normal"
 
 
+#: Identifiers typed by people end up in file names, zip paths and HTTP
+#: headers (export, PDF download): a strict character set keeps them from ever
+#: becoming a path ("../") or breaking a header (newline, quote).
+IDENTIFIER_VALIDATOR = RegexValidator(
+    r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z",
+    "Use letters, digits, dot, hyphen and underscore only (starting with a letter or digit, at most 64).",
+    code="invalid_identifier",
+)
+
+
 #: The label set of each model, in the model's order.
 STAGING_LABELS = tuple(Stage.values)
 SCREENING_LABELS = tuple(CellLabel.values)
@@ -37,7 +47,8 @@ class Patient(models.Model):
         UNKNOWN = "U", "Unknown"
 
     lab_id = models.CharField(
-        "lab identifier", max_length=64, unique=True, help_text="The laboratory's identifier for this patient."
+        "lab identifier", max_length=64, unique=True, validators=[IDENTIFIER_VALIDATOR],
+        help_text="The laboratory's identifier for this patient (letters, digits, . - _).",
     )
     sex = models.CharField(max_length=1, choices=Sex.choices, default=Sex.UNKNOWN)
     birth_year = models.PositiveSmallIntegerField(
@@ -75,7 +86,10 @@ class Case(models.Model):
         ATTENTION = "attention", "Needs attention"
 
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="cases")
-    accession_number = models.CharField(max_length=64, unique=True)
+    accession_number = models.CharField(
+        max_length=64, unique=True, validators=[IDENTIFIER_VALIDATOR],
+        help_text="Letters, digits, dot, hyphen and underscore.",
+    )
     clinical_note = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.EMPTY, db_index=True)
     # Case-level suggestion: see compute_suggestion(); stored so lists can filter.
@@ -96,6 +110,12 @@ class Case(models.Model):
     signed_out_at = models.DateTimeField(null=True, blank=True, db_index=True)
     # The final stage as signed out; final_stage may later change by addendum.
     signed_out_stage = models.CharField(max_length=32, blank=True)
+    # Who signed out, as they were named at that moment: a later change of the
+    # account's name or email never rewrites a past sign-out.
+    signed_out_by_name = models.CharField(max_length=255, blank=True)
+    signed_out_by_email = models.EmailField(max_length=254, blank=True)
+    # The identifiers as signed out (the report shows these after sign-out).
+    signed_out_patient_lab_id = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -115,6 +135,23 @@ class Case(models.Model):
     @property
     def is_signed_out(self):
         return self.signed_out_at is not None
+
+    @property
+    def signer_display(self):
+        """The signer of the sign-out as recorded then ("Name <email>"); rows
+        signed out before the snapshot existed fall back to the account."""
+        if not self.is_signed_out:
+            return ""
+        name, email = self.signed_out_by_name, self.signed_out_by_email
+        if not email and self.signed_out_by_id:
+            user = self.signed_out_by
+            name, email = user.get_full_name() or user.email, user.email
+        return email if not name or name == email else f"{name} <{email}>"
+
+    @property
+    def report_patient_lab_id(self):
+        """The patient identifier of the report: as signed out once signed out."""
+        return self.signed_out_patient_lab_id or self.patient.lab_id
 
     def compute_suggestion(self):
         """The suggested case-level stage: mean of the probability vectors of
@@ -177,10 +214,20 @@ class Case(models.Model):
         return counts
 
 
+#: Stored file extension and served content type per detected image format.
+IMAGE_FORMAT_FILES = {
+    "JPEG": (".jpg", "image/jpeg"),
+    "PNG": (".png", "image/png"),
+    "TIFF": (".tif", "image/tiff"),
+    "BMP": (".bmp", "image/bmp"),
+}
+
+
 def smear_upload_to(instance, filename):
-    # Stored under a random name: original names may carry patient data or
-    # collide; the original is kept in Smear.original_filename.
-    suffix = PurePath(filename).suffix.lower()[:8]
+    # Stored under a random name with the extension of the format Pillow
+    # detected, never the upload's: a name like "x.html" must not decide how
+    # the file is stored or served. The original is kept in original_filename.
+    suffix = IMAGE_FORMAT_FILES.get(instance.image_format, (".img",))[0]
     return f"smears/{timezone.now():%Y/%m}/{uuid.uuid4().hex}{suffix}"
 
 
@@ -239,11 +286,22 @@ class Smear(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="smears_not_assessable"
     )
     not_assessable_at = models.DateTimeField(null=True, blank=True)
+    # Incremented by every review: the review form sends the version it showed,
+    # so a second pathologist reviewing the same smear sees a conflict.
+    review_version = models.PositiveIntegerField(default=0)
+    # The last failure was a temporary database error (deadlock, lock wait):
+    # the sweep queues the smear again instead of waiting for a person.
+    transient_failure = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["created_at", "pk"]
         permissions = [("retry_smear", "Can re-queue a failed smear")]
         indexes = [models.Index(fields=["status", "claimed_at"])]
+        constraints = [
+            # The duplicate check of add_smears, enforced by the database so
+            # that two simultaneous uploads of one image cannot both store it.
+            models.UniqueConstraint(fields=["case", "sha256"], name="smear_unique_image_per_case"),
+        ]
 
     def __str__(self):
         return f"{self.original_filename} ({self.case})"
@@ -308,6 +366,10 @@ class Prediction(models.Model):
     in_domain = models.BooleanField(default=True, db_index=True)
     domain_score = models.FloatField(null=True, blank=True)
     domain_reason = models.CharField(max_length=300, blank=True)
+    # A heat map lost with its worker (neither stored nor failed) is sent again
+    # by the sweep: when last sent, and how many times (services.sweep_stale_smears).
+    heatmap_requested_at = models.DateTimeField(null=True, blank=True)
+    heatmap_attempts = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
@@ -417,6 +479,8 @@ class AuditEvent(models.Model):
         ADDENDUM = "addendum", "Addendum"
         NOT_ASSESSABLE = "not_assessable", "Smear marked not assessable"
         ASSESSABLE = "assessable", "Smear marked assessable again"
+        CASE_CHANGED = "case_changed", "Case data changed"
+        PATIENT_CHANGED = "patient_changed", "Patient data changed"
 
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="audit_events")
     smear = models.ForeignKey(Smear, on_delete=models.PROTECT, null=True, blank=True, related_name="audit_events")

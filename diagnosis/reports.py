@@ -82,12 +82,12 @@ def case_report_pdf(case):
     story = [p(f"Case report {case.accession_number}", "Title")]
     patient = case.patient
     info = [
-        ["Patient", patient.lab_id, "Accession", case.accession_number],
+        ["Patient", case.report_patient_lab_id, "Accession", case.accession_number],
         ["Sex", patient.get_sex_display(), "Birth year", str(patient.birth_year or "–")],
         ["Case opened", f"{case.created_at:%Y-%m-%d %H:%M}", "Opened by", case.created_by.email],
         ["Final stage", ctx["final_stage_display"] or ("none (single cells only)" if ctx["cells"] and not ctx["smears"]
                                                       else "not set"), "Model", ", ".join(ctx["model_versions"]) or "–"],
-        ["Signed out by", case.signed_out_by.email if case.signed_out_by else "NOT SIGNED OUT",
+        ["Signed out by", case.signer_display or "NOT SIGNED OUT",
          "Signed out at", f"{case.signed_out_at:%Y-%m-%d %H:%M %Z}" if case.signed_out_at else "–"],
     ]
     if case.signed_out_stage and case.signed_out_stage != case.final_stage:

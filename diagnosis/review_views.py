@@ -3,6 +3,7 @@ dashboard; and the technician's upload queue. Rules live in services.py."""
 
 from django.contrib import messages
 from django.http import HttpResponse, JsonResponse
+from django.utils.http import content_disposition_header
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.views import View
@@ -57,11 +58,17 @@ class SmearReviewView(RolePermissionRequiredMixin, View):
 
     def post(self, request, pk):
         smear = get_object_or_404(Smear.objects.select_related("case"), pk=pk)
+        version = request.POST.get("version", "")
         try:
-            services.review_smear(smear, request.user, request.POST.get("label", ""), request.POST.get("reason", ""))
+            services.review_smear(smear, request.user, request.POST.get("label", ""), request.POST.get("reason", ""),
+                                  expected_version=int(version) if version.isdigit() else None)
         except services.CaseLocked as exc:
             messages.error(request, str(exc))
             return HttpResponse(str(exc), status=409) if _wants_status(request) else redirect(_review_url(smear.case))
+        except services.ReviewConflict as exc:
+            messages.error(request, f"“{smear.original_filename}”: {exc}")
+            if _wants_status(request):
+                return HttpResponse(str(exc), status=409)
         except services.ReviewError as exc:
             messages.error(request, f"“{smear.original_filename}”: {exc}")
         else:
@@ -168,7 +175,10 @@ class CaseReportPdfView(RolePermissionRequiredMixin, View):
         case = get_object_or_404(Case.objects.select_related("patient", "created_by", "signed_out_by"), pk=pk)
         pdf = reports.case_report_pdf(case)
         response = HttpResponse(pdf, content_type="application/pdf")
-        response["Content-Disposition"] = f'attachment; filename="report-{case.accession_number}.pdf"'
+        # Built from the primary key and a sanitised accession by Django's own
+        # helper: no typed character can break or add a header.
+        filename = f"report-{case.pk}-{services.safe_name_part(case.accession_number)}.pdf"
+        response["Content-Disposition"] = content_disposition_header(True, filename)
         response["Cache-Control"] = "no-store"
         return response
 

@@ -3,22 +3,27 @@
 Views, Celery tasks and the admin call these functions; none of them
 re-implements a rule.
 """
+import functools
 import hashlib
 import io
 import logging
 import math
+import random
+import time
 import warnings
+from struct import error as struct_error
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from PIL import Image
 
 from .models import (
+    IMAGE_FORMAT_FILES,
     SCREENING_LABELS,
     AuditEvent,
     Case,
@@ -64,16 +69,64 @@ def _human_bytes(n):
         n /= 1024
 
 
+def _size_and_limit(size, limit):
+    """"25.3 MB; the limit is 25.0 MB", in exact bytes when rounding would
+    make the two look equal."""
+    if _human_bytes(size) == _human_bytes(limit):
+        return f"{size:,} bytes; the limit is {limit:,} bytes ({_human_bytes(limit)})"
+    return f"{_human_bytes(size)}; the limit is {_human_bytes(limit)}"
+
+
+#: Leading bytes of the accepted formats: a file that starts like one of them
+#: but that Pillow cannot identify has a damaged header, not a wrong format.
+FORMAT_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+#: Pillow format names read as one of ALLOWED_FORMATS. MPO is the
+#: multi-picture JPEG that cameras write; its first frame is a plain JPEG.
+FORMAT_ALIASES = {"MPO": "JPEG"}
+
+
+def _signature_format(upload):
+    upload.seek(0)
+    head = upload.read(16)
+    upload.seek(0)
+    for signature, name in FORMAT_SIGNATURES:
+        if head.startswith(signature):
+            return name
+    return None
+
+
+def _check_shape(width, height):
+    """Refuse images too small or too elongated to be a smear field or a cell:
+    SMEAR_MIN_SIDE_PX for the short side, SMEAR_MAX_ASPECT_RATIO for long/short."""
+    min_side, max_ratio = settings.SMEAR_MIN_SIDE_PX, settings.SMEAR_MAX_ASPECT_RATIO
+    if min(width, height) < min_side:
+        raise RejectedImage(
+            f"the image is only {width}×{height} pixels; each side must be at least {min_side} pixels "
+            "(a smear field or a cell needs more detail than that)."
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > max_ratio:
+        raise RejectedImage(
+            f"the image is {width}×{height} pixels, {ratio:.1f} times longer than wide; at most {max_ratio:g}:1 "
+            "is accepted (is it a strip or a cropped border rather than a smear?)."
+        )
+
+
 def check_image(upload):
     """Validate one uploaded file as a smear image; return a CheckedImage or
-    raise RejectedImage with a readable reason. Reads the whole file."""
+    raise RejectedImage with a readable reason. Reads the whole file. Any
+    input ends in one of the two: never an unexpected exception."""
     size = upload.size
     if size == 0:
         raise RejectedImage("the file is empty.")
     if size > settings.SMEAR_MAX_UPLOAD_BYTES:
-        raise RejectedImage(
-            f"the file is {_human_bytes(size)}; the limit is {_human_bytes(settings.SMEAR_MAX_UPLOAD_BYTES)}."
-        )
+        raise RejectedImage(f"the file is {_size_and_limit(size, settings.SMEAR_MAX_UPLOAD_BYTES)}.")
     digest = hashlib.sha256()
     upload.seek(0)
     for chunk in upload.chunks():
@@ -85,15 +138,18 @@ def check_image(upload):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             upload.seek(0)
             with Image.open(upload, formats=list(ALLOWED_FORMATS)) as img:
-                fmt, (width, height) = img.format, img.size
+                fmt, (width, height) = FORMAT_ALIASES.get(img.format, img.format), img.size
+                if fmt not in ALLOWED_FORMATS:
+                    raise RejectedImage(f"this is not an image in an accepted format ({allowed}).")
                 if width * height > max_pixels:
                     raise RejectedImage(
                         f"the image is {width}×{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels."
                     )
+                _check_shape(width, height)
                 img.verify()  # structure and checksums (PNG CRCs, ...)
             upload.seek(0)
             with Image.open(upload, formats=list(ALLOWED_FORMATS)) as img:
-                img.load()  # decodes every pixel: truncated data fails here
+                img.load()  # decodes every pixel (first frame of an MPO): truncated data fails here
                 thumb = img.convert("RGB")
                 thumb.thumbnail(THUMBNAIL_SIZE)
                 buf = io.BytesIO()
@@ -101,10 +157,15 @@ def check_image(upload):
     except RejectedImage:
         raise
     except Image.UnidentifiedImageError:
+        looks_like = _signature_format(upload)
+        if looks_like:
+            raise RejectedImage(
+                f"the file starts like a {looks_like} image but its header is damaged, so it cannot be read."
+            ) from None
         raise RejectedImage(f"this is not an image in an accepted format ({allowed}).") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RejectedImage(f"the image has more than the limit of {max_pixels:,} pixels.") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, TypeError, struct_error) as exc:
         detail = str(exc) or type(exc).__name__
         if "truncated" in detail:
             raise RejectedImage("the image file is truncated (incomplete upload or damaged file).") from None
@@ -134,35 +195,44 @@ def add_smears(case, uploads, user, *, kind):
     transaction has committed. Rejected files are returned with reasons;
     they never prevent the valid ones from being stored. A signed-out case
     takes no more smears (CaseLocked). `kind` (Smear.Kind: a blood-smear
-    field or a single cell) applies to the whole batch and decides the model."""
+    field or a single cell) applies to the whole batch and decides the model.
+
+    The sign-out check and the duplicate check run again after the case row
+    is locked, inside the transaction: a sign-out or another upload of the
+    same image that happened while the files were being checked wins. The
+    (case, sha256) unique constraint refuses a duplicate even then."""
     if kind not in Smear.Kind.values:
         raise ValueError(f"Unknown smear kind {kind!r}; expected one of {', '.join(Smear.Kind.values)}.")
     if Case.objects.filter(pk=case.pk, signed_out_at__isnull=False).exists():
         raise CaseLocked(f"Case {case.accession_number} is signed out; it takes no more smears.")
     checked, rejected = [], []
-    seen = dict(case.smears.values_list("sha256", "original_filename"))
     for upload in uploads:
         name = upload.name or "(unnamed file)"
         try:
-            image = check_image(upload)
+            checked.append(check_image(upload))
         except RejectedImage as exc:
             rejected.append((name, str(exc)))
-            continue
-        if image.sha256 in seen:
-            rejected.append((name, f"the same image is already in this case (as “{seen[image.sha256]}”)."))
-            continue
-        seen[image.sha256] = name
-        checked.append(image)
 
     accepted = []
     with transaction.atomic():
-        Case.objects.select_for_update().filter(pk=case.pk).first()
-        for name, reason in rejected:
-            RejectedUpload.objects.create(case=case, filename=name[:255], reason=reason, uploaded_by=user)
-            record_event(case, AuditEvent.Action.UPLOAD_REJECTED, actor=user, detail=f"{name}: {reason}")
+        locked = Case.objects.select_for_update().get(pk=case.pk)
+        if locked.is_signed_out:
+            raise CaseLocked(f"Case {locked.accession_number} was signed out meanwhile; it takes no more smears.")
+        seen = dict(Smear.objects.filter(case=locked).values_list("sha256", "original_filename"))
+        unique = []
         for image in checked:
+            name = image.upload.name or "(unnamed file)"
+            if image.sha256 in seen:
+                rejected.append((name, _duplicate_reason(seen[image.sha256])))
+            else:
+                seen[image.sha256] = name
+                unique.append(image)
+        for name, reason in rejected:
+            _record_rejected(locked, user, name, reason)
+        for image in unique:
+            name = image.upload.name or "(unnamed file)"
             smear = Smear(
-                case=case,
+                case=locked,
                 kind=kind,
                 sha256=image.sha256,
                 width=image.width,
@@ -173,19 +243,43 @@ def add_smears(case, uploads, user, *, kind):
                 uploaded_by=user,
                 status=Smear.Status.QUEUED,
             )
-            smear.image.save(image.upload.name or "smear", image.upload, save=False)
-            smear.thumbnail.save("thumb.jpg", ContentFile(image.thumbnail_jpeg), save=False)
-            smear.save()
+            try:
+                with transaction.atomic():  # savepoint: a duplicate refused by the database skips this file only
+                    smear.image.save("smear", image.upload, save=False)
+                    smear.thumbnail.save("thumb.jpg", ContentFile(image.thumbnail_jpeg), save=False)
+                    smear.save()
+            except IntegrityError:
+                _delete_files(smear)
+                rejected.append((name, _duplicate_reason(None)))
+                _record_rejected(locked, user, name, rejected[-1][1])
+                continue
             record_event(
-                case, AuditEvent.Action.UPLOAD, actor=user, smear=smear,
+                locked, AuditEvent.Action.UPLOAD, actor=user, smear=smear,
                 detail=(f"{smear.original_filename} ({smear.get_kind_display()}; {smear.width}×{smear.height} "
                         f"{smear.image_format}, sha256 {smear.sha256})"),
             )
             accepted.append(smear)
             transaction.on_commit(lambda pk=smear.pk: enqueue_classification(pk))
         if accepted:
-            refresh_case(case)
+            refresh_case(locked)
     return UploadOutcome(accepted=accepted, rejected=rejected)
+
+
+def _record_rejected(case, user, name, reason):
+    RejectedUpload.objects.create(case=case, filename=name[:255], reason=reason, uploaded_by=user)
+    record_event(case, AuditEvent.Action.UPLOAD_REJECTED, actor=user, detail=f"{name}: {reason}")
+
+
+def _duplicate_reason(existing_name):
+    if existing_name:
+        return f"the same image is already in this case (as “{existing_name}”)."
+    return "the same image is already in this case."
+
+
+def _delete_files(smear):
+    for field in (smear.image, smear.thumbnail):
+        if field:
+            field.storage.delete(field.name)
 
 
 # --------------------------------------------------------------------------
@@ -202,6 +296,46 @@ def enqueue_classification(smear_id):
         logger.exception("Could not queue smear %s; the sweep will re-send it", smear_id)
         return False
     return True
+
+
+# --------------------------------------------------------------------------
+# Transient database errors
+# --------------------------------------------------------------------------
+#: MySQL/MariaDB error codes of a transaction that may succeed when run again:
+#: 1213 deadlock (the server rolled it back), 1205 lock wait timeout.
+TRANSIENT_DB_ERROR_CODES = {1205, 1213}
+TRANSACTION_ATTEMPTS = 4
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """A deadlock, a lock wait timeout or SQLite's "database is locked": the
+    same transaction run again later can succeed."""
+    if not isinstance(exc, OperationalError):
+        return False
+    code = exc.args[0] if exc.args else None
+    return code in TRANSIENT_DB_ERROR_CODES or "database is locked" in str(exc) or "deadlock" in str(exc).lower()
+
+
+def retry_transaction(func):
+    """Run a function that opens its own transaction again (with a short random
+    back-off) when the database rolled it back for a transient reason. Inside
+    an outer transaction nothing is retried: the outer one is lost and must be
+    retried by its own caller."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                return func(*args, **kwargs)
+            except OperationalError as exc:
+                if (attempt == TRANSACTION_ATTEMPTS or not is_transient_db_error(exc)
+                        or transaction.get_connection().in_atomic_block):
+                    raise
+                logger.warning("%s: transient database error (%s); attempt %s of %s",
+                               func.__name__, exc, attempt + 1, TRANSACTION_ATTEMPTS)
+                time.sleep(random.uniform(0.02, 0.1) * 2**attempt)
+
+    return wrapper
 
 
 # --------------------------------------------------------------------------
@@ -300,13 +434,24 @@ def validate_domain(result):
     return in_domain, score, reason if not in_domain else ""
 
 
+@retry_transaction
 def record_prediction(smear_id, result, latency_ms):
     """Store the prediction of a smear this worker has claimed (either model's
-    output, checked against the smear's kind), with the domain check's verdict."""
-    kind = Smear.objects.filter(pk=smear_id).values_list("kind", flat=True).first() or Smear.Kind.FIELD
+    output, checked against the smear's kind).
+
+    Locks the case row first, then the smear, as every writer of a case does
+    (upload, review, sign-out): one lock order means two workers finishing
+    smears of one case wait for each other instead of deadlocking. A deadlock
+    or lock timeout still reported by the database runs the transaction again."""
+    row = Smear.objects.filter(pk=smear_id).values_list("kind", "case_id").first()
+    if row is None:
+        logger.warning("Smear %s is gone; prediction dropped", smear_id)
+        return None
+    kind, case_id = row
     task, label, probs, threshold = validate_result(result, kind)
     in_domain, domain_score, domain_reason = validate_domain(result)
     with transaction.atomic():
+        case = Case.objects.select_for_update().get(pk=case_id)
         smear = Smear.objects.select_for_update().get(pk=smear_id)
         if smear.status != Smear.Status.PROCESSING:
             logger.warning("Smear %s is %s, not processing; prediction dropped", smear_id, smear.status)
@@ -326,7 +471,8 @@ def record_prediction(smear_id, result, latency_ms):
         )
         smear.status = Smear.Status.DONE
         smear.error = ""
-        smear.save(update_fields=["status", "error", "updated_at"])
+        smear.transient_failure = False
+        smear.save(update_fields=["status", "error", "transient_failure", "updated_at"])
         detail = ", ".join(f"{k} {p:.3f}" for k, p in probs.items())
         if threshold is not None:
             detail += f"; threshold on P(blast) {threshold:.3f}"
@@ -334,10 +480,10 @@ def record_prediction(smear_id, result, latency_ms):
         if not in_domain:
             detail += f"; outside the model's domain, no suggestion: {domain_reason}"
         record_event(
-            smear.case, AuditEvent.Action.PREDICTION, smear=smear, new_value=label,
+            case, AuditEvent.Action.PREDICTION, smear=smear, new_value=label,
             model_version=f"{prediction.model_name} {prediction.model_version}".strip(), detail=detail,
         )
-        _refresh_case_by_id(smear.case_id)
+        _refresh_case_by_id(case_id)
     return prediction
 
 
@@ -356,17 +502,24 @@ def heatmap_failed(prediction_id, reason):
     Prediction.objects.filter(pk=prediction_id).update(heatmap_error=reason[:2000])
 
 
-def mark_failed(smear_id, reason):
+@retry_transaction
+def mark_failed(smear_id, reason, *, transient=False):
     """Mark a claimed smear failed with a readable reason; nothing else in the
-    case is touched, the image stays stored and the smear can be retried."""
+    case is touched, the image stays stored and the smear can be retried.
+    `transient` (a temporary database error) lets the sweep retry it by itself.
+    Locks the case first, like record_prediction."""
+    case_id = Smear.objects.filter(pk=smear_id).values_list("case_id", flat=True).first()
+    if case_id is None:
+        return False
     with transaction.atomic():
+        case = Case.objects.select_for_update().get(pk=case_id)
         updated = Smear.objects.filter(pk=smear_id, status=Smear.Status.PROCESSING).update(
-            status=Smear.Status.FAILED, error=reason[:2000], updated_at=timezone.now()
+            status=Smear.Status.FAILED, error=reason[:2000], transient_failure=transient, updated_at=timezone.now()
         )
         if updated:
-            smear = Smear.objects.select_related("case").get(pk=smear_id)
-            record_event(smear.case, AuditEvent.Action.CLASSIFICATION_FAILED, smear=smear, detail=reason)
-            _refresh_case_by_id(smear.case_id)
+            smear = Smear.objects.get(pk=smear_id)
+            record_event(case, AuditEvent.Action.CLASSIFICATION_FAILED, smear=smear, detail=reason)
+            _refresh_case_by_id(case_id)
     return bool(updated)
 
 
@@ -374,8 +527,9 @@ def retry_smear(smear, user=None):
     """Put a failed smear back in the queue. Returns False when it was not
     failed (e.g. someone else retried it already)."""
     with transaction.atomic():
+        Case.objects.select_for_update().filter(pk=smear.case_id).first()  # case first: one lock order
         updated = Smear.objects.filter(pk=smear.pk, status=Smear.Status.FAILED).update(
-            status=Smear.Status.QUEUED, claimed_at=None, updated_at=timezone.now()
+            status=Smear.Status.QUEUED, claimed_at=None, transient_failure=False, updated_at=timezone.now()
         )
         if updated:
             record_event(smear.case, AuditEvent.Action.RETRY, actor=user, smear=smear, old_value=Smear.Status.FAILED,
@@ -393,7 +547,9 @@ def sweep_stale_smears(now=None):
       failed once it has used SMEAR_MAX_ATTEMPTS attempts;
     * queued for longer than SMEAR_RESEND_QUEUED_AFTER_SECONDS (the message may
       have been lost, e.g. the broker was down at upload time): message sent
-      again; a duplicate is harmless because of claim_smear.
+      again; a duplicate is harmless because of claim_smear;
+    * failed by a temporary database error (deadlock, lock wait timeout) with
+      attempts left: queued again without waiting for a person.
 
     Returns a dict of counts.
     """
@@ -406,6 +562,7 @@ def sweep_stale_smears(now=None):
     for smear in stale.only("pk", "attempts", "case_id", "claimed_at"):
         still_stale = Smear.objects.filter(pk=smear.pk, status=Smear.Status.PROCESSING, claimed_at=smear.claimed_at)
         with transaction.atomic():
+            Case.objects.select_for_update().filter(pk=smear.case_id).first()  # case first: one lock order
             if smear.attempts >= max_attempts:
                 reason = (
                     f"Classification did not finish after {smear.attempts} attempts "
@@ -420,6 +577,19 @@ def sweep_stale_smears(now=None):
                 requeued.append(smear.pk)
                 _refresh_case_by_id(smear.case_id)
                 transaction.on_commit(lambda pk=smear.pk: enqueue_classification(pk))
+    transient = Smear.objects.filter(status=Smear.Status.FAILED, transient_failure=True, attempts__lt=max_attempts)
+    for smear in transient.only("pk", "case_id"):
+        with transaction.atomic():
+            Case.objects.select_for_update().filter(pk=smear.case_id).first()
+            if Smear.objects.filter(pk=smear.pk, status=Smear.Status.FAILED, transient_failure=True).update(
+                status=Smear.Status.QUEUED, claimed_at=None, transient_failure=False, updated_at=now
+            ):
+                requeued.append(smear.pk)
+                record_event(Case.objects.get(pk=smear.case_id), AuditEvent.Action.RETRY, smear=smear,
+                             old_value=Smear.Status.FAILED, new_value=Smear.Status.QUEUED,
+                             detail="Queued again by the sweep after a temporary database error.")
+                _refresh_case_by_id(smear.case_id)
+                transaction.on_commit(lambda pk=smear.pk: enqueue_classification(pk))
     for pk in Smear.objects.filter(status=Smear.Status.QUEUED, updated_at__lt=resend_before).values_list(
         "pk", flat=True
     ):
@@ -430,6 +600,46 @@ def sweep_stale_smears(now=None):
     if requeued or failed or resent:
         logger.warning("Sweep: re-queued %s, failed %s, re-sent %s", requeued, failed, resent)
     return {"requeued": len(requeued), "failed": len(failed), "resent": len(resent)}
+
+
+def resend_lost_heatmaps(now=None) -> int:
+    """Heat maps lost with their worker: a prediction whose heat map is neither
+    stored nor failed SMEAR_STALE_AFTER_SECONDS after it was made (or last
+    requested) gets it requested again; after SMEAR_MAX_ATTEMPTS requests it
+    is recorded as unavailable. Run by the periodic sweep task. Returns the
+    number of requests sent."""
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.SMEAR_STALE_AFTER_SECONDS)
+    max_attempts = settings.SMEAR_MAX_ATTEMPTS
+    lost = Prediction.objects.filter(heatmap="", heatmap_error="").filter(
+        Q(heatmap_requested_at__isnull=True, created_at__lt=stale_before) | Q(heatmap_requested_at__lt=stale_before)
+    )
+    sent = []
+    for prediction in lost.only("pk", "heatmap_attempts"):
+        claim = Prediction.objects.filter(pk=prediction.pk, heatmap="", heatmap_error="",
+                                          heatmap_attempts=prediction.heatmap_attempts)
+        if prediction.heatmap_attempts >= max_attempts:
+            claim.update(heatmap_error=f"Heat map unavailable: the worker stopped while computing it "
+                                       f"({prediction.heatmap_attempts} attempts).")
+        elif claim.update(heatmap_attempts=prediction.heatmap_attempts + 1, heatmap_requested_at=now):
+            if enqueue_heatmap(prediction.pk):
+                sent.append(prediction.pk)
+    if sent:
+        logger.warning("Sweep: heat maps requested again for predictions %s", sent)
+    return len(sent)
+
+
+def enqueue_heatmap(prediction_id):
+    """Send the message that computes a prediction's heat map again (sent by
+    name: the web process never imports the task module's ml side)."""
+    from celery import current_app
+
+    try:
+        current_app.send_task("diagnosis.retry_heatmap", (prediction_id,), queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+    except Exception:  # broker down: the next sweep sends it again
+        logger.exception("Could not queue the heat map of prediction %s", prediction_id)
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -537,6 +747,75 @@ def record_event(case, action, *, actor=None, smear=None, old_value="", new_valu
     )
 
 
+#: Fields of a case and a patient that people may edit (admin), each change audited.
+CASE_EDITABLE_FIELDS = ("patient", "accession_number", "clinical_note")
+PATIENT_EDITABLE_FIELDS = ("lab_id", "sex", "birth_year")
+
+
+def _audit_value(obj, field):
+    value = getattr(obj, field)
+    if hasattr(obj, f"get_{field}_display"):
+        return getattr(obj, f"get_{field}_display")()
+    return "" if value is None else str(value)
+
+
+def update_case(case: Case, user, **changes) -> Case:
+    """Change a case's own data (patient, accession number, clinical note),
+    recording one audit event per changed field with before and after. A
+    signed-out case is refused (CaseLocked): its data changes only through an
+    addendum. Used by the admin; call it from a shell the same way."""
+    unknown = set(changes) - set(CASE_EDITABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"Not editable on a case: {', '.join(sorted(unknown))}.")
+    with transaction.atomic():
+        locked = _lock_case(case)
+        changed = []
+        for field, value in changes.items():
+            before = _audit_value(locked, field)
+            setattr(locked, field, value)
+            after = _audit_value(locked, field)
+            if before != after:
+                changed.append(field)
+                record_event(locked, AuditEvent.Action.CASE_CHANGED, actor=user, old_value=before,
+                             new_value=after, detail=f"{Case._meta.get_field(field).verbose_name}: {before!r} → {after!r}")
+        if changed:
+            locked.full_clean(validate_unique=True)
+            locked.save(update_fields=[*changed, "updated_at"])
+    case.refresh_from_db()
+    return case
+
+
+def update_patient(patient, user, **changes):
+    """Change a patient's data, recording each changed field with before and
+    after in the audit trail of every case of the patient. Signed-out reports
+    keep the patient identifier they were signed with
+    (Case.signed_out_patient_lab_id)."""
+    from .models import Patient
+
+    unknown = set(changes) - set(PATIENT_EDITABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"Not editable on a patient: {', '.join(sorted(unknown))}.")
+    with transaction.atomic():
+        cases = list(Case.objects.select_for_update().filter(patient=patient).order_by("pk"))
+        locked = Patient.objects.select_for_update().get(pk=patient.pk)
+        changed = []
+        for field, value in changes.items():
+            before = _audit_value(locked, field)
+            setattr(locked, field, value)
+            after = _audit_value(locked, field)
+            if before != after:
+                changed.append(field)
+                label = Patient._meta.get_field(field).verbose_name
+                for case in cases:
+                    record_event(case, AuditEvent.Action.PATIENT_CHANGED, actor=user, old_value=before,
+                                 new_value=after, detail=f"Patient {label}: {before!r} → {after!r}")
+        if changed:
+            locked.full_clean(validate_unique=True)
+            locked.save(update_fields=changed)
+    patient.refresh_from_db()
+    return patient
+
+
 # --------------------------------------------------------------------------
 # Pathologist review
 # --------------------------------------------------------------------------
@@ -546,6 +825,10 @@ class ReviewError(ValueError):
 
 class CaseLocked(ReviewError):
     pass
+
+
+class ReviewConflict(ReviewError):
+    """Someone else reviewed the smear after this form was shown."""
 
 
 def labels_for_smear(smear):
@@ -583,16 +866,25 @@ def _lock_case(case):
     return locked
 
 
-def review_smear(smear, user, label, reason=""):
+def review_smear(smear, user, label, reason="", *, expected_version=None):
     """Confirm (label == the model's) or reclassify one smear. A reason is
     required when the label differs from the model's. Refused once the case
-    is signed out. Returns the audit event."""
+    is signed out. `expected_version` is the smear's review_version the form
+    showed: when another review was saved since, ReviewConflict is raised
+    instead of silently overwriting it (optimistic locking). Returns the
+    audit event."""
     reason = (reason or "").strip()
     with transaction.atomic():
         case = _lock_case(smear.case)
         smear = Smear.objects.select_for_update().select_related("prediction").get(pk=smear.pk)
         if smear.status != Smear.Status.DONE or not hasattr(smear, "prediction"):
             raise ReviewError("Only a classified smear can be reviewed.")
+        if expected_version is not None and expected_version != smear.review_version:
+            who = smear.reviewed_by.email if smear.reviewed_by else "someone else"
+            raise ReviewConflict(
+                f"{who} reviewed this smear meanwhile (now “{label_display(smear.review_label)}”); "
+                "your change was not saved. Look at the current review and submit again if needed."
+            )
         allowed = labels_for_smear(smear)
         if label not in allowed:
             raise ReviewError(f"“{label}” is not a label of this smear's model ({', '.join(allowed)}).")
@@ -605,7 +897,9 @@ def review_smear(smear, user, label, reason=""):
         previous = smear.review_label or model_label
         smear.review_label, smear.review_reason = label, reason
         smear.reviewed_by, smear.reviewed_at = user, timezone.now()
-        smear.save(update_fields=["review_label", "review_reason", "reviewed_by", "reviewed_at", "updated_at"])
+        smear.review_version += 1
+        smear.save(update_fields=["review_label", "review_reason", "reviewed_by", "reviewed_at", "review_version",
+                                  "updated_at"])
         action = AuditEvent.Action.CONFIRM if label == model_label else AuditEvent.Action.OVERRIDE
         return record_event(
             case, action, actor=user, smear=smear, old_value=previous, new_value=label, reason=reason,
@@ -717,7 +1011,13 @@ def sign_out(case, user, final_stage, comment=""):
         _set_final_stage(locked, user, final_stage, comment)
         now = timezone.now()
         locked.signed_out_by, locked.signed_out_at, locked.signed_out_stage = user, now, final_stage
-        locked.save(update_fields=["signed_out_by", "signed_out_at", "signed_out_stage", "updated_at"])
+        # Snapshot of the signer and the identifiers as signed: later account or
+        # patient edits never change what was signed.
+        locked.signed_out_by_name = (user.get_full_name() or user.email)[:255]
+        locked.signed_out_by_email = user.email
+        locked.signed_out_patient_lab_id = locked.patient.lab_id
+        locked.save(update_fields=["signed_out_by", "signed_out_at", "signed_out_stage", "signed_out_by_name",
+                                   "signed_out_by_email", "signed_out_patient_lab_id", "updated_at"])
         record_event(locked, AuditEvent.Action.SIGN_OUT, actor=user, new_value=final_stage, reason=comment,
                      detail=screening_summary_text(locked))
     case.refresh_from_db()
@@ -897,6 +1197,27 @@ EXPORT_LAYOUT = {
 }
 
 
+def safe_name_part(text: str) -> str:
+    """A piece of a file name or header built from user-typed text: anything
+    outside letters, digits, dot, hyphen and underscore becomes "_", and no
+    leading dot (so "..", "/" and newlines can never appear)."""
+    import re
+
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", str(text))[:64].lstrip(".")
+    return cleaned or "_"
+
+
+def _inside(folder, relative):
+    """folder/relative, refused unless it resolves inside folder."""
+    from pathlib import Path
+
+    folder = Path(folder).resolve()
+    target = (folder / relative).resolve()
+    if not target.is_relative_to(folder):
+        raise ValueError(f"Refusing to write {relative!r} outside the export folder.")
+    return target
+
+
 def export_reviewed(dest, smears=None):
     """Write every reviewed smear of signed-out cases (confirmed or changed by
     the pathologist) into DEST/staging/<final stage>/ (blood-smear fields) and
@@ -905,7 +1226,7 @@ def export_reviewed(dest, smears=None):
     DEST/staging` (or DEST/screening). DEST must be empty or absent.
     Returns the number of images written."""
     import csv
-    from pathlib import Path, PurePath
+    from pathlib import Path
 
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
@@ -917,12 +1238,13 @@ def export_reviewed(dest, smears=None):
         for label in labels:  # the model's classes always exist, even when empty
             (dest / sub / label).mkdir(parents=True, exist_ok=True)
     for smear in smears:
-        sub = EXPORT_LAYOUT[smear.kind][0]
-        folder = dest / sub / smear.review_label
-        folder.mkdir(parents=True, exist_ok=True)
-        suffix = PurePath(smear.image.name).suffix.lower() or ".png"
-        relative = f"{smear.review_label}/{smear.case.accession_number}-{smear.pk}{suffix}"
-        with smear.image.open("rb") as src, open(dest / sub / relative, "wb") as out:
+        sub, labels = EXPORT_LAYOUT[smear.kind]
+        if smear.review_label not in labels:  # never a path component that is not a known class
+            raise ValueError(f"Smear {smear.pk} has the unknown label {smear.review_label!r}; not exported.")
+        suffix = IMAGE_FORMAT_FILES.get(smear.image_format, (".img",))[0]
+        relative = f"{smear.review_label}/{safe_name_part(smear.case.accession_number)}-{smear.pk}{suffix}"
+        target = _inside(dest / sub, relative)
+        with smear.image.open("rb") as src, open(target, "xb") as out:
             for chunk in src.chunks():
                 out.write(chunk)
         rows[smear.kind].append(

@@ -60,7 +60,9 @@ def classify_smear(smear_id):
     except Exception as exc:
         reason = _readable_reason(exc)
         logger.exception("Classification of smear %s failed: %s", smear.pk, reason)
-        services.mark_failed(smear.pk, reason)
+        # A deadlock or lock timeout that outlived record_prediction's own
+        # retries: the sweep queues the smear again by itself.
+        services.mark_failed(smear.pk, reason, transient=services.is_transient_db_error(exc))
         return "failed"
     # No heat map for an image outside the model's domain: it would explain an answer the portal does not give.
     if prediction is not None and prediction.in_domain:
@@ -103,9 +105,30 @@ def _readable_reason(exc):
         return f"The image could not be read by the model: {exc}"
     if isinstance(exc, services.InvalidModelOutput):
         return f"Classification failed: {exc}"
+    if services.is_transient_db_error(exc):
+        return f"Temporary database error ({exc}); the smear will be queued again automatically."
     return f"Classification failed: {type(exc).__name__}: {exc}"
 
 
 @shared_task(name="diagnosis.sweep_stale_smears", ignore_result=True)
 def sweep_stale_smears():
-    return services.sweep_stale_smears()
+    counts = services.sweep_stale_smears()
+    services.resend_lost_heatmaps()  # heat maps lost with their worker (it logs what it sends)
+    return counts
+
+
+@shared_task(name="diagnosis.retry_heatmap", ignore_result=True)
+def retry_heatmap(prediction_id):
+    """Compute the heat map of a prediction whose worker died while computing
+    it (sent by the sweep). Does nothing when it was stored or failed meanwhile."""
+    from .models import Prediction
+
+    prediction = Prediction.objects.select_related("smear").filter(pk=prediction_id, heatmap="", heatmap_error="").first()
+    if prediction is None:
+        return "skipped"
+    try:
+        predictor = load_predictor_for(prediction.smear.kind)
+    except Exception as exc:
+        services.heatmap_failed(prediction.pk, f"Heat map unavailable: {type(exc).__name__}: {exc}")
+        return "failed"
+    return "done" if make_heatmap(prediction, predictor, prediction.smear) else "failed"

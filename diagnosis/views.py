@@ -1,3 +1,5 @@
+from pathlib import PurePath
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, JsonResponse
@@ -12,7 +14,7 @@ from accounts.roles import has_role
 
 from . import services
 from .forms import CaseFilterForm, CaseForm, PatientForm, SmearUploadForm
-from .models import Case, Patient, Smear, Stage
+from .models import IMAGE_FORMAT_FILES, Case, Patient, Smear, Stage
 
 
 @login_required
@@ -146,7 +148,12 @@ class SmearRetryView(RolePermissionRequiredMixin, View):
 
 class SmearFileView(RolePermissionRequiredMixin, View):
     """Serves a smear image or its thumbnail to users allowed to see smears.
-    Media files are never served publicly."""
+    Media files are never served publicly.
+
+    The content type comes from the format detected at upload (thumbnails and
+    heat maps are always JPEG), never from a file name, and the response
+    forbids sniffing and any active content: an image that is also HTML or
+    script (a polyglot) is only ever shown as an image."""
 
     permission_required = "diagnosis.view_smear"
     field = "image"
@@ -163,10 +170,19 @@ class SmearFileView(RolePermissionRequiredMixin, View):
             handle = file.open("rb")
         except FileNotFoundError:
             raise Http404("The file is missing from storage.") from None
-        download_name = smear.original_filename if self.field == "image" else f"{self.field}-{smear.pk}.jpg"
-        response = FileResponse(handle, filename=download_name)
-        response["Cache-Control"] = "private, max-age=3600"
+        if self.field == "image":
+            extension, content_type = IMAGE_FORMAT_FILES.get(smear.image_format, (".img", "application/octet-stream"))
+        else:
+            extension, content_type = ".jpg", "image/jpeg"
+        if self.field == "image":  # the typed name, made safe, with the detected format's extension
+            download_name = f"{services.safe_name_part(PurePath(smear.original_filename).stem)}{extension}"
+        else:
+            download_name = f"{self.field}-{smear.pk}{extension}"
+        response = FileResponse(handle, filename=download_name, content_type=content_type)
+        response["Cache-Control"] = "no-store, private"  # patient data: no copy in browser or proxy caches
         response["X-Content-Type-Options"] = "nosniff"
+        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+        response["Cross-Origin-Resource-Policy"] = "same-origin"
         return response
 
 

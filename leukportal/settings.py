@@ -54,6 +54,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "allauth",
     "allauth.account",
+    "allauth.mfa",
+    "csp",
     "crispy_forms",
     "crispy_bootstrap5",
     "accounts",
@@ -62,13 +64,19 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    # Before CSRF: turns Django's bare 400 for too many files into the form's message.
+    "leukportal.middleware.TooManyFilesMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "leukportal.middleware.IdleSessionTimeoutMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "accounts.middleware.RequireMFAMiddleware",
+    "leukportal.middleware.NoStoreMiddleware",
 ]
 
 ROOT_URLCONF = "leukportal.urls"
@@ -127,6 +135,23 @@ ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_EMAIL_VERIFICATION = env.str("ACCOUNT_EMAIL_VERIFICATION", default="optional")
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = True
+# Failed logins are limited per account (the email typed), never per IP
+# alone: a lab behind one NAT address must not be locked out by one person's
+# typos or by an attacker. All login attempts from one IP are capped generously.
+ACCOUNT_RATE_LIMITS = {
+    "login_failed": env.str("LOGIN_FAILED_RATE_LIMIT", default="5/5m/key"),
+    "login": env.str("LOGIN_RATE_LIMIT", default="100/m/ip"),
+}
+# Sensitive account changes (email, password, MFA) ask for the password again.
+ACCOUNT_REAUTHENTICATION_REQUIRED = True
+
+# --- Multi-factor authentication (allauth.mfa) --------------------------------
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = env.str("MFA_TOTP_ISSUER", default="LeukPortal")
+# Roles that must set up TOTP before they see anything else
+# (accounts.middleware.RequireMFAMiddleware). Superusers always must when any
+# role is listed. Empty to make MFA optional for everyone.
+MFA_REQUIRED_ROLES = env.list("MFA_REQUIRED_ROLES", default=["Pathologist", "Admin"])
 ACCOUNT_SESSION_REMEMBER = None
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "home"
@@ -137,12 +162,64 @@ vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="LeukPortal <leukportal@localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
+# --- Cache (login rate limits) -----------------------------------------------
+# Rate limits must hold across web processes and machines: a shared cache.
+# Defaults to the Redis broker's server when the broker is Redis; otherwise
+# (development, one process) memory. In production prefer a Redis database of
+# its own (CACHE_URL=rediscache://host:6379/1): a cache clear() flushes its database.
+_broker_url = env.str("CELERY_BROKER_URL", default="filesystem://")
+CACHES = {
+    "default": env.cache(
+        "CACHE_URL",
+        default=_broker_url if _broker_url.startswith(("redis://", "rediss://")) else "locmemcache://",
+    )
+}
+CACHES["default"].setdefault("KEY_PREFIX", "leukportal")
+
 # --- Security (effective when DEBUG is off) ---------------------------------
+# `manage.py check --deploy` is clean with DEBUG=0 (tests/test_deploy.py).
 SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+# Behind a TLS-terminating proxy (nginx) that sets X-Forwarded-Proto.
+if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Idle timeout: a session unused for this long is signed out
+# (leukportal.middleware.IdleSessionTimeoutMiddleware; the pages' background
+# polling does not count as use). The cookie itself lasts a working day at most.
+SESSION_IDLE_TIMEOUT_SECONDS = env.int("SESSION_IDLE_TIMEOUT_SECONDS", default=30 * 60)
+SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=12 * 3600)
+
+# Content Security Policy (django-csp) on every response. Starts from nothing
+# allowed; each allowance says why. CSP_REPORT_ONLY=1 sends it as report-only.
+_csp = {
+    "default-src": ["'none'"],
+    "script-src": ["'self'"],  # static/ scripts only; templates have no inline script
+    "style-src": ["'self'"],  # static/ stylesheets
+    # The probability bars set their width in a style attribute; a style
+    # attribute cannot run script.
+    "style-src-attr": ["'unsafe-inline'"],
+    "img-src": ["'self'", "data:"],  # smear images, thumbnails, heat maps; Bootstrap's SVG data icons
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],  # the status polling (fetch)
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+    "base-uri": ["'none'"],
+    "object-src": ["'none'"],
+}
+if env.bool("CSP_REPORT_ONLY", default=False):
+    CONTENT_SECURITY_POLICY_REPORT_ONLY = {"DIRECTIVES": _csp}
+else:
+    CONTENT_SECURITY_POLICY = {"DIRECTIVES": _csp}
 
 # --- i18n / time --------------------------------------------------------------
 LANGUAGE_CODE = "en-gb"
@@ -167,6 +244,9 @@ CRISPY_TEMPLATE_PACK = "bootstrap5"
 SMEAR_MAX_UPLOAD_BYTES = env.int("SMEAR_MAX_UPLOAD_BYTES", default=25 * 1024 * 1024)
 SMEAR_MAX_PIXELS = env.int("SMEAR_MAX_PIXELS", default=40_000_000)
 SMEAR_MAX_FILES_PER_UPLOAD = env.int("SMEAR_MAX_FILES_PER_UPLOAD", default=50)
+# Smaller images, or longer than this ratio, are not smear fields or cells.
+SMEAR_MIN_SIDE_PX = env.int("SMEAR_MIN_SIDE_PX", default=64)
+SMEAR_MAX_ASPECT_RATIO = env.float("SMEAR_MAX_ASPECT_RATIO", default=5.0)
 SMEAR_MAX_ATTEMPTS = env.int("SMEAR_MAX_ATTEMPTS", default=3)
 DATA_UPLOAD_MAX_NUMBER_FILES = SMEAR_MAX_FILES_PER_UPLOAD
 # Larger uploads spool to a temporary file instead of memory.

@@ -1,3 +1,4 @@
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.urls import include, path
 
@@ -5,6 +6,8 @@ from diagnosis.views import home
 
 admin.site.site_header = "LeukPortal administration"
 admin.site.site_title = "LeukPortal admin"
+# The admin signs in through allauth's login (its rate limits, MFA), never its own form.
+admin.site.login = secure_admin_login(admin.site.login)
 
 urlpatterns = [
     path("", home, name="home"),

@@ -7,6 +7,25 @@ from django.contrib.auth.models import Group
 from tests.portal_testutils import PASSWORD
 
 
+@pytest.fixture(autouse=True)
+def mfa_off_unless_marked(request, settings):
+    """Most tests sign users in with force_login and test other things: MFA is
+    required for no role there. Tests marked `mfa` keep the configured roles."""
+    if not request.node.get_closest_marker("mfa"):
+        settings.MFA_REQUIRED_ROLES = []
+
+
+@pytest.fixture(autouse=True)
+def private_cache(settings):
+    """A fresh in-memory cache per test, so that login rate limits never carry
+    over from one test to another (and a Redis cache is never flushed)."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": "test"}}
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def make_user(db, django_user_model):
     counter = {"n": 0}

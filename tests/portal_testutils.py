@@ -7,7 +7,7 @@ from PIL import Image
 PASSWORD = "a-long-test-passphrase-42"
 
 
-def image_bytes(fmt="PNG", size=(64, 48), color=(200, 80, 120), seed=0):
+def image_bytes(fmt="PNG", size=(96, 64), color=(200, 80, 120), seed=0):
     """A small real image in the given format. Different seeds give different
     bytes (and so different sha256)."""
     img = Image.new("RGB", size, color)

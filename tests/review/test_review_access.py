@@ -11,7 +11,11 @@ REVIEWERS = ("Pathologist", "Admin")
 
 @pytest.fixture
 def objects(classified, case):
+    from diagnosis import services
+    from tests.portal_testutils import image_bytes
+
     smear = classified("Pre")
+    services.store_heatmap(smear.prediction.pk, image_bytes("JPEG"))
     return {"case": case, "smear": smear}
 
 
@@ -23,6 +27,7 @@ PAGES = [
     ("diagnosis:case_review", "case", REVIEWERS, "get", None),
     ("diagnosis:case_report", "case", ROLES, "get", None),
     ("diagnosis:case_report_pdf", "case", ROLES, "get", None),
+    ("diagnosis:smear_heatmap", "smear", ROLES, "get", None),
     ("diagnosis:upload_queue", None, ("Technician", "Admin"), "get", None),
     ("diagnosis:upload_queue_status", None, ("Technician", "Admin"), "get", None),
     ("diagnosis:smear_review", "smear", REVIEWERS, "post", {"label": "Pre"}),
