@@ -78,7 +78,7 @@ def test_report_html_and_pdf(reviewed, path_client, case, pathologist):
     services.add_addendum(case, pathologist, "Flow cytometry confirms.", "")
     html = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
     for text in (case.accession_number, case.patient.lab_id, "Pre-B", "fake_model 0.0-test", pathologist.email,
-                 "decision support", "Flow cytometry confirms.", "window.print()"):
+                 "decision support", "Flow cytometry confirms.", "data-print"):
         assert text in html
     response = path_client.get(reverse("diagnosis:case_report_pdf", args=[case.pk]))
     assert response["Content-Type"] == "application/pdf" and response.content.startswith(b"%PDF")
