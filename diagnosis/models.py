@@ -441,6 +441,7 @@ class AuditEvent(models.Model):
         FINAL_STAGE = "final_stage", "Final stage set"
         SIGN_OUT = "sign_out", "Case signed out"
         ADDENDUM = "addendum", "Addendum"
+        CASE_OPENED = "case_opened", "Case opened"
         CASE_CHANGED = "case_changed", "Case data changed"
         PATIENT_CHANGED = "patient_changed", "Patient data changed"
 
