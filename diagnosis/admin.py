@@ -78,7 +78,9 @@ class CaseAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if not change:
             obj.created_by = request.user
-            return super().save_model(request, obj, form, change)
+            super().save_model(request, obj, form, change)
+            services.record_case_opened(obj, request.user)  # the admin's add view runs in one transaction
+            return
         # Through the service: audited with before/after, refused after sign-out.
         changes = {f: getattr(obj, f) for f in form.changed_data if f in services.CASE_EDITABLE_FIELDS}
         services.update_case(Case.objects.get(pk=obj.pk), request.user, **changes)

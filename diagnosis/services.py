@@ -759,6 +759,14 @@ def _audit_value(obj, field):
     return "" if value is None else str(value)
 
 
+def record_case_opened(case: Case, user) -> AuditEvent:
+    """First entry of a case's audit trail: who opened it, for which patient,
+    with which accession number and note. Call it in the transaction that
+    creates the case (the case form and the admin do)."""
+    return record_event(case, AuditEvent.Action.CASE_OPENED, actor=user, new_value=case.accession_number,
+                        detail=f"Patient {case.patient.lab_id}; clinical note: {case.clinical_note!r}")
+
+
 def update_case(case: Case, user, **changes) -> Case:
     """Change a case's own data (patient, accession number, clinical note),
     recording one audit event per changed field with before and after. A

@@ -2,6 +2,7 @@ from pathlib import PurePath
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
@@ -90,7 +91,10 @@ class CaseCreateView(RolePermissionRequiredMixin, CreateView):
     def form_valid(self, form):
         form.instance.created_by = self.request.user
         messages.success(self.request, f"Case {form.instance.accession_number} created. Now upload its smears.")
-        return super().form_valid(form)
+        with transaction.atomic():  # the case and the first entry of its audit trail together
+            response = super().form_valid(form)
+            services.record_case_opened(self.object, self.request.user)
+        return response
 
     def get_success_url(self):
         return reverse("diagnosis:smear_upload", args=[self.object.pk])

@@ -126,6 +126,7 @@ def main():
         CELERY_BROKER_URL="filesystem://",
         CELERY_BROKER_DIR=str(tmp / "broker"),  # nothing consumes it: demo only
         DJANGO_SETTINGS_MODULE="leukportal.settings",
+        MFA_REQUIRED_ROLES="",  # demo accounts sign in with a password only (no authenticator app in a headless browser)
     )
     sys.path.insert(0, str(REPO))
     detail_case, pending_case, screening_case = build_demo()

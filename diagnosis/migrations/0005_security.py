@@ -79,7 +79,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='auditevent',
             name='action',
-            field=models.CharField(choices=[('upload', 'Smear uploaded'), ('upload_rejected', 'Upload rejected'), ('prediction', 'Model prediction'), ('classification_failed', 'Classification failed'), ('retry', 'Classification retried'), ('confirm', 'Smear label confirmed'), ('override', 'Smear label changed'), ('final_stage', 'Final stage set'), ('sign_out', 'Case signed out'), ('addendum', 'Addendum'), ('case_changed', 'Case data changed'), ('patient_changed', 'Patient data changed')], db_index=True, max_length=32),
+            field=models.CharField(choices=[('upload', 'Smear uploaded'), ('upload_rejected', 'Upload rejected'), ('prediction', 'Model prediction'), ('classification_failed', 'Classification failed'), ('retry', 'Classification retried'), ('confirm', 'Smear label confirmed'), ('override', 'Smear label changed'), ('final_stage', 'Final stage set'), ('sign_out', 'Case signed out'), ('addendum', 'Addendum'), ('case_opened', 'Case opened'), ('case_changed', 'Case data changed'), ('patient_changed', 'Patient data changed')], db_index=True, max_length=32),
         ),
         migrations.AlterField(
             model_name='case',

@@ -178,3 +178,20 @@ def test_update_case_from_a_shell_is_audited_and_refused_after_sign_out(case, si
     with pytest.raises(services.CaseLocked):
         services.update_case(signed_out, pathologist, clinical_note="late edit")
     assert not AuditEvent.objects.filter(action=AuditEvent.Action.CASE_CHANGED).exists()
+
+
+def test_opening_a_case_is_the_first_entry_of_its_audit_trail(tech_client, technician, patient):
+    response = tech_client.post(reverse("diagnosis:case_create"),
+                                {"patient": patient.pk, "accession_number": "ACC-NEW", "clinical_note": "Fever."})
+    assert response.status_code == 302
+    case = Case.objects.get(accession_number="ACC-NEW")
+    [event] = AuditEvent.objects.filter(case=case)
+    assert (event.action, event.actor, event.new_value) == ("case_opened", technician, "ACC-NEW")
+    assert "P-0001" in event.detail and "Fever." in event.detail
+
+
+def test_a_case_added_in_the_admin_is_audited_too(superuser_client, patient):
+    data = admin_case_form(Case(patient=patient, accession_number="ACC-ADMIN", clinical_note=""))
+    assert superuser_client.post(reverse("admin:diagnosis_case_add"), data).status_code == 302
+    case = Case.objects.get(accession_number="ACC-ADMIN")
+    assert list(case.audit_events.values_list("action", flat=True)) == ["case_opened"]
