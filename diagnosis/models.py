@@ -4,8 +4,11 @@ from pathlib import PurePath
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Lower, Trim
 from django.urls import reverse
 from django.utils import timezone
+
+from .formatting import format_when
 
 
 class Stage(models.TextChoices):
@@ -24,6 +27,27 @@ class CellLabel(models.TextChoices):
     NORMAL = "normal", "Normal"
 
 
+#: Length limits of the free texts (forms, services and templates read them).
+IDENTIFIER_MAX_LENGTH = 64
+CLINICAL_NOTE_MAX_LENGTH = 2000
+REVIEW_COMMENT_MAX_LENGTH = 2000
+REVIEW_REASON_MAX_LENGTH = 1000
+ADDENDUM_MAX_LENGTH = 4000
+
+
+def identifier_key(field_name):
+    """A stored, unique copy of an identifier without letter case and
+    surrounding spaces: the database itself refuses "p-0002" next to
+    "P-0002 ", for every writer (forms, admin, shell, bulk inserts)."""
+    return models.GeneratedField(
+        expression=Lower(Trim(field_name)),
+        output_field=models.CharField(max_length=IDENTIFIER_MAX_LENGTH),
+        db_persist=True,
+        unique=True,
+        editable=False,
+    )
+
+
 #: The label set of each model, in the model's order.
 STAGING_LABELS = tuple(Stage.values)
 SCREENING_LABELS = tuple(CellLabel.values)
@@ -37,8 +61,13 @@ class Patient(models.Model):
         UNKNOWN = "U", "Unknown"
 
     lab_id = models.CharField(
-        "lab identifier", max_length=64, unique=True, help_text="The laboratory's identifier for this patient."
+        "lab identifier",
+        max_length=IDENTIFIER_MAX_LENGTH,
+        unique=True,
+        help_text=f"The laboratory's identifier for this patient, up to {IDENTIFIER_MAX_LENGTH} characters. "
+        "Letter case and surrounding spaces do not make a new identifier.",
     )
+    lab_id_key = identifier_key("lab_id")
     sex = models.CharField(max_length=1, choices=Sex.choices, default=Sex.UNKNOWN)
     birth_year = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1900), MaxValueValidator(2100)]
@@ -60,8 +89,73 @@ class Patient(models.Model):
     def clean(self):
         from django.core.exceptions import ValidationError
 
+        self.lab_id = (self.lab_id or "").strip()
         if self.birth_year and self.birth_year > timezone.now().year:
             raise ValidationError({"birth_year": "The birth year cannot be in the future."})
+
+    def validate_unique(self, exclude=None):
+        super().validate_unique(exclude)
+        check_identifier_unique(self, "lab_id", exclude, "A patient with lab identifier")
+
+    def save(self, *args, **kwargs):
+        self.lab_id = (self.lab_id or "").strip()
+        super().save(*args, **kwargs)
+
+
+def check_identifier_unique(obj, field_name, exclude, what):
+    """Form-level twin of identifier_key: a readable error instead of the
+    database's IntegrityError when an identifier differs only in case or
+    surrounding spaces from an existing one."""
+    from django.core.exceptions import ValidationError
+
+    if exclude and field_name in exclude:
+        return
+    value = (getattr(obj, field_name) or "").strip()
+    if not value:
+        return
+    clash = type(obj)._default_manager.filter(**{f"{field_name}_key": value.lower()}).exclude(pk=obj.pk).first()
+    if clash is not None:
+        raise ValidationError(
+            {field_name: f"{what} “{getattr(clash, field_name)}” already exists (identifiers ignore letter case "
+             "and surrounding spaces)."}
+        )
+
+
+class CaseState(models.TextChoices):
+    """Where a case stands in the lab's workflow (CaseQuerySet.with_state)."""
+
+    AWAITING_CLASSIFICATION = "awaiting_classification", "Awaiting classification"
+    AWAITING_REVIEW = "awaiting_review", "Awaiting review"
+    IN_REVIEW = "in_review", "In review"
+    SIGNED_OUT = "signed_out", "Signed out"
+    ADDENDUM = "addendum", "Signed out, with addendum"
+
+
+class CaseQuerySet(models.QuerySet):
+    def with_state(self):
+        """Annotate `workflow_state` (a CaseState value), so lists show and
+        filter the state in the database. The only implementation of the rule:
+
+        * signed out and amended: addendum; signed out: signed out;
+        * every smear classified, and a smear reviewed or a final stage saved: in review;
+        * every smear classified, nothing reviewed yet: awaiting review;
+        * otherwise (no smear, smears queued or failed): awaiting classification.
+        """
+        reviewed = Smear.objects.filter(case=models.OuterRef("pk")).exclude(review_label="")
+        amended = CaseAddendum.objects.filter(case=models.OuterRef("pk"))
+        return self.annotate(
+            workflow_state=models.Case(
+                models.When(models.Exists(amended), signed_out_at__isnull=False, then=models.Value(CaseState.ADDENDUM)),
+                models.When(signed_out_at__isnull=False, then=models.Value(CaseState.SIGNED_OUT)),
+                models.When(
+                    models.Q(status="done") & (~models.Q(final_stage="") | models.Exists(reviewed)),
+                    then=models.Value(CaseState.IN_REVIEW),
+                ),
+                models.When(status="done", then=models.Value(CaseState.AWAITING_REVIEW)),
+                default=models.Value(CaseState.AWAITING_CLASSIFICATION),
+                output_field=models.CharField(max_length=32),
+            )
+        )
 
 
 class Case(models.Model):
@@ -74,9 +168,28 @@ class Case(models.Model):
         DONE = "done", "All smears classified"
         ATTENTION = "attention", "Needs attention"
 
+    class Specimen(models.TextChoices):
+        PERIPHERAL_BLOOD = "peripheral_blood", "Peripheral blood"
+        BONE_MARROW = "bone_marrow", "Bone marrow aspirate"
+        OTHER = "other", "Other"
+
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="cases")
-    accession_number = models.CharField(max_length=64, unique=True)
-    clinical_note = models.TextField(blank=True)
+    accession_number = models.CharField(
+        max_length=IDENTIFIER_MAX_LENGTH,
+        unique=True,
+        help_text=f"Up to {IDENTIFIER_MAX_LENGTH} characters. Letter case and surrounding spaces do not make a "
+        "new accession number.",
+    )
+    accession_key = identifier_key("accession_number")
+    specimen_type = models.CharField(
+        max_length=32, choices=Specimen.choices, default=Specimen.PERIPHERAL_BLOOD, help_text="Printed on the report."
+    )
+    collection_date = models.DateField(
+        null=True, blank=True, help_text="The day the specimen was collected (printed on the report)."
+    )
+    clinical_note = models.TextField(
+        blank=True, max_length=CLINICAL_NOTE_MAX_LENGTH, help_text=f"Up to {CLINICAL_NOTE_MAX_LENGTH} characters."
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.EMPTY, db_index=True)
     # Case-level suggestion: see compute_suggestion(); stored so lists can filter.
     suggested_stage = models.CharField(max_length=8, choices=Stage.choices, blank=True, db_index=True)
@@ -89,13 +202,15 @@ class Case(models.Model):
     # empty for a case of single cells only, whose result is the reviewed
     # screening summary (Case.screening_summary).
     final_stage = models.CharField(max_length=32, blank=True, db_index=True)
-    review_comment = models.TextField(blank=True)
+    review_comment = models.TextField(blank=True, max_length=REVIEW_COMMENT_MAX_LENGTH)
     signed_out_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="cases_signed_out"
     )
     signed_out_at = models.DateTimeField(null=True, blank=True, db_index=True)
     # The final stage as signed out; final_stage may later change by addendum.
     signed_out_stage = models.CharField(max_length=32, blank=True)
+
+    objects = CaseQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -112,9 +227,32 @@ class Case(models.Model):
     def get_absolute_url(self):
         return reverse("diagnosis:case_detail", args=[self.pk])
 
+    def clean(self):
+        self.accession_number = (self.accession_number or "").strip()
+
+    def validate_unique(self, exclude=None):
+        super().validate_unique(exclude)
+        check_identifier_unique(self, "accession_number", exclude, "A case with accession number")
+
+    def save(self, *args, **kwargs):
+        self.accession_number = (self.accession_number or "").strip()
+        super().save(*args, **kwargs)
+
     @property
     def is_signed_out(self):
         return self.signed_out_at is not None
+
+    @property
+    def state(self):
+        """The CaseState of this case (from the list's annotation when there is one)."""
+        value = self.__dict__.get("workflow_state")
+        if value is None:
+            value = type(self).objects.with_state().values_list("workflow_state", flat=True).get(pk=self.pk)
+        return CaseState(value)
+
+    @property
+    def state_display(self):
+        return self.state.label
 
     def compute_suggestion(self):
         """The suggested case-level stage: mean of the probability vectors of
@@ -216,7 +354,7 @@ class Smear(models.Model):
     # Pathologist review of this smear (services.review_smear): the label is
     # one of the labels of the model that classified it.
     review_label = models.CharField(max_length=32, blank=True)
-    review_reason = models.TextField(blank=True)
+    review_reason = models.TextField(blank=True, max_length=REVIEW_REASON_MAX_LENGTH)
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="smears_reviewed"
     )
@@ -326,7 +464,7 @@ class CaseAddendum(models.Model):
     earlier addenda stay as they were."""
 
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="addenda")
-    text = models.TextField()
+    text = models.TextField(max_length=ADDENDUM_MAX_LENGTH)
     # The final stage the addendum sets, or blank when it leaves it as it was.
     new_final_stage = models.CharField(max_length=32, blank=True)
     previous_final_stage = models.CharField(max_length=32, blank=True)
@@ -338,7 +476,7 @@ class CaseAddendum(models.Model):
         verbose_name_plural = "case addenda"
 
     def __str__(self):
-        return f"Addendum to {self.case} ({self.created_at:%Y-%m-%d %H:%M})"
+        return f"Addendum to {self.case} ({format_when(self.created_at)})"
 
     def save(self, *args, **kwargs):
         if self.pk is not None and not self._state.adding:
@@ -398,7 +536,7 @@ class AuditEvent(models.Model):
         ordering = ["created_at", "pk"]
 
     def __str__(self):
-        return f"{self.get_action_display()} · {self.case} · {self.created_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.get_action_display()} · {self.case} · {format_when(self.created_at)}"
 
     def save(self, *args, **kwargs):
         if self.pk is not None and not self._state.adding:

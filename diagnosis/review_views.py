@@ -29,7 +29,7 @@ class ReviewQueueView(RolePermissionRequiredMixin, TemplateView):
 class CaseReviewView(RolePermissionRequiredMixin, DetailView):
     permission_required = "diagnosis.review_case"
     template_name = "diagnosis/case_review.html"
-    queryset = Case.objects.select_related("patient", "created_by", "signed_out_by")
+    queryset = Case.objects.with_state().select_related("patient", "created_by", "signed_out_by")
     context_object_name = "case"
 
     def get_context_data(self, **kwargs):
@@ -124,7 +124,7 @@ class CaseReportView(RolePermissionRequiredMixin, DetailView):
 
     permission_required = ("diagnosis.view_case", "diagnosis.view_smear")
     template_name = "diagnosis/case_report.html"
-    queryset = Case.objects.select_related("patient", "created_by", "signed_out_by")
+    queryset = Case.objects.with_state().select_related("patient", "created_by", "signed_out_by")
     context_object_name = "case"
 
     def get_context_data(self, **kwargs):

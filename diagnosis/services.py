@@ -19,6 +19,9 @@ from django.utils import timezone
 from PIL import Image
 
 from .models import (
+    ADDENDUM_MAX_LENGTH,
+    REVIEW_COMMENT_MAX_LENGTH,
+    REVIEW_REASON_MAX_LENGTH,
     SCREENING_LABELS,
     AuditEvent,
     Case,
@@ -29,6 +32,7 @@ from .models import (
     Smear,
     Stage,
 )
+from .formatting import format_when
 from .models import label_display as _label_display
 
 logger = logging.getLogger(__name__)
@@ -543,11 +547,19 @@ def label_display(label):
     return _label_display(label)
 
 
+def check_length(text: str, limit: int, what: str) -> str:
+    """The text, or ReviewError when it is longer than the field allows
+    (every free text is bounded; the message says the limit)."""
+    if len(text) > limit:
+        raise ReviewError(f"{what} is {len(text):,} characters long; the limit is {limit:,} characters.")
+    return text
+
+
 def _lock_case(case):
     locked = Case.objects.select_for_update().get(pk=case.pk)
     if locked.is_signed_out:
         raise CaseLocked(
-            f"Case {locked.accession_number} was signed out on {locked.signed_out_at:%Y-%m-%d %H:%M}; "
+            f"Case {locked.accession_number} was signed out on {format_when(locked.signed_out_at)}; "
             "changes now go through an addendum."
         )
     return locked
@@ -557,7 +569,7 @@ def review_smear(smear, user, label, reason=""):
     """Confirm (label == the model's) or reclassify one smear. A reason is
     required when the label differs from the model's. Refused once the case
     is signed out. Returns the audit event."""
-    reason = (reason or "").strip()
+    reason = check_length((reason or "").strip(), REVIEW_REASON_MAX_LENGTH, "The reason")
     with transaction.atomic():
         case = _lock_case(smear.case)
         smear = Smear.objects.select_for_update().select_related("prediction").get(pk=smear.pk)
@@ -593,6 +605,7 @@ def _set_final_stage(case, user, final_stage, comment):
     """The final stage is a staging label. A case with no blood-smear field
     (single cells only) has no stage: its final stage stays empty and its
     result is the reviewed screening summary."""
+    comment = check_length((comment or "").strip(), REVIEW_COMMENT_MAX_LENGTH, "The comment")
     allowed = labels_for_case(case)
     if not case.has_field_smears():
         if final_stage:
@@ -645,7 +658,7 @@ def add_addendum(case, user, text, new_final_stage=""):
     """Append an addendum to a signed-out case, optionally changing the final
     stage. The original sign-out (signed_out_stage, signer, time) and earlier
     addenda are kept."""
-    text = (text or "").strip()
+    text = check_length((text or "").strip(), ADDENDUM_MAX_LENGTH, "The addendum")
     if not text:
         raise ReviewError("An addendum needs a text.")
     with transaction.atomic():

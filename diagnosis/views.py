@@ -29,7 +29,7 @@ class CaseListView(RolePermissionRequiredMixin, ListView):
 
     def get_queryset(self):
         self.filter_form = CaseFilterForm(self.request.GET or None)
-        qs = Case.objects.select_related("patient", "created_by")
+        qs = Case.objects.with_state().select_related("patient", "created_by")
         return self.filter_form.filter(qs)
 
     def get_context_data(self, **kwargs):
@@ -44,7 +44,7 @@ class CaseListView(RolePermissionRequiredMixin, ListView):
 class CaseDetailView(RolePermissionRequiredMixin, DetailView):
     permission_required = "diagnosis.view_case"
     template_name = "diagnosis/case_detail.html"
-    queryset = Case.objects.select_related("patient", "created_by")
+    queryset = Case.objects.with_state().select_related("patient", "created_by", "signed_out_by")
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
@@ -58,6 +58,7 @@ class CaseDetailView(RolePermissionRequiredMixin, DetailView):
         ctx["addenda"] = self.object.addenda.select_related("author")
         ctx["final_labels"] = [(label, services.label_display(label)) for label in services.labels_for_case(self.object)]
         ctx["screening"] = self.object.screening_summary()
+        ctx["has_fields"] = self.object.has_field_smears()
         ctx["stage_labels"] = Stage.choices
         return ctx
 
@@ -87,8 +88,11 @@ class CaseCreateView(RolePermissionRequiredMixin, CreateView):
 
     def form_valid(self, form):
         form.instance.created_by = self.request.user
+        response = save_or_report_duplicate(super().form_valid, form, "accession_number")
+        if response is None:
+            return self.form_invalid(form)
         messages.success(self.request, f"Case {form.instance.accession_number} created. Now upload its smears.")
-        return super().form_valid(form)
+        return response
 
     def get_success_url(self):
         return reverse("diagnosis:smear_upload", args=[self.object.pk])
@@ -197,7 +201,7 @@ class PatientDetailView(RolePermissionRequiredMixin, DetailView):
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
-        ctx["cases"] = self.object.cases.select_related("created_by").order_by("created_at", "pk")
+        ctx["cases"] = self.object.cases.with_state().select_related("created_by").order_by("created_at", "pk")
         return ctx
 
 
@@ -208,5 +212,22 @@ class PatientCreateView(RolePermissionRequiredMixin, CreateView):
 
     def form_valid(self, form):
         form.instance.created_by = self.request.user
+        response = save_or_report_duplicate(super().form_valid, form, "lab_id")
+        if response is None:
+            return self.form_invalid(form)
         messages.success(self.request, f"Patient {form.instance.lab_id} created.")
-        return super().form_valid(form)
+        return response
+
+
+def save_or_report_duplicate(save, form, field):
+    """Run the view's save; when the database refuses a duplicate identifier
+    (a colleague saved the same one a moment after the form's own check),
+    put the error on the form and return None instead of failing."""
+    from django.db import IntegrityError, transaction
+
+    try:
+        with transaction.atomic():
+            return save(form)
+    except IntegrityError:
+        form.add_error(field, "This identifier already exists (identifiers ignore letter case and surrounding spaces).")
+        return None
