@@ -95,14 +95,14 @@ class Patient(models.Model):
 
     def validate_unique(self, exclude=None):
         super().validate_unique(exclude)
-        check_identifier_unique(self, "lab_id", exclude, "A patient with lab identifier")
+        check_identifier_unique(self, "lab_id", "lab_id_key", exclude, "A patient with lab identifier")
 
     def save(self, *args, **kwargs):
         self.lab_id = (self.lab_id or "").strip()
         super().save(*args, **kwargs)
 
 
-def check_identifier_unique(obj, field_name, exclude, what):
+def check_identifier_unique(obj, field_name, key_name, exclude, what):
     """Form-level twin of identifier_key: a readable error instead of the
     database's IntegrityError when an identifier differs only in case or
     surrounding spaces from an existing one."""
@@ -113,7 +113,7 @@ def check_identifier_unique(obj, field_name, exclude, what):
     value = (getattr(obj, field_name) or "").strip()
     if not value:
         return
-    clash = type(obj)._default_manager.filter(**{f"{field_name}_key": value.lower()}).exclude(pk=obj.pk).first()
+    clash = type(obj)._default_manager.filter(**{key_name: value.lower()}).exclude(pk=obj.pk).first()
     if clash is not None:
         raise ValidationError(
             {field_name: f"{what} “{getattr(clash, field_name)}” already exists (identifiers ignore letter case "
@@ -232,7 +232,7 @@ class Case(models.Model):
 
     def validate_unique(self, exclude=None):
         super().validate_unique(exclude)
-        check_identifier_unique(self, "accession_number", exclude, "A case with accession number")
+        check_identifier_unique(self, "accession_number", "accession_key", exclude, "A case with accession number")
 
     def save(self, *args, **kwargs):
         self.accession_number = (self.accession_number or "").strip()
