@@ -32,12 +32,13 @@ class User(AbstractUser):
     email = models.EmailField("email address", unique=True)
     # How the person is named on cases, reports and the audit trail.
     full_name = models.CharField(
-        "full name", max_length=150, blank=True, help_text="As printed on reports, up to 150 characters."
+        "full name", max_length=150, blank=True, db_default="", help_text="As printed on reports, up to 150 characters."
     )
     title = models.CharField(
         "professional title",
         max_length=64,
         blank=True,
+        db_default="",
         help_text="Optional, e.g. “Dr” or “Consultant haematopathologist”; up to 64 characters.",
     )
 

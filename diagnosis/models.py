@@ -182,7 +182,11 @@ class Case(models.Model):
     )
     accession_key = identifier_key("accession_number")
     specimen_type = models.CharField(
-        max_length=32, choices=Specimen.choices, default=Specimen.PERIPHERAL_BLOOD, help_text="Printed on the report."
+        max_length=32,
+        choices=Specimen.choices,
+        default=Specimen.PERIPHERAL_BLOOD,
+        db_default=Specimen.PERIPHERAL_BLOOD,  # rows written by older code or migrations get it too
+        help_text="Printed on the report.",
     )
     collection_date = models.DateField(
         null=True, blank=True, help_text="The day the specimen was collected (printed on the report)."
@@ -424,6 +428,12 @@ class Prediction(models.Model):
     @property
     def label_display(self):
         return label_display(self.label)
+
+    @property
+    def model_display(self):
+        """A readable model name: "Staging model v2026-11-23" (the architecture stays in model_name)."""
+        kind = "Screening" if self.is_screening else "Staging"
+        return f"{kind} model v{self.model_version}" if self.model_version else f"{kind} model"
 
     @property
     def confidence(self):

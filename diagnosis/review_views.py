@@ -46,6 +46,9 @@ class CaseReviewView(RolePermissionRequiredMixin, DetailView):
             has_fields=case.has_field_smears(),
             addenda=case.addenda.select_related("author"),
             audit_events=case.audit_events.select_related("actor", "smear"),
+            remaining=sum(1 for s in smears if s.status == Smear.Status.DONE and not s.review_label
+                          and hasattr(s, "prediction")),
+            next_case=services.next_case_in_queue(after=case),
         )
         return ctx
 
@@ -66,6 +69,41 @@ class SmearReviewView(RolePermissionRequiredMixin, View):
         else:
             messages.success(request, f"“{smear.original_filename}” reviewed.")
         return redirect(_review_url(smear.case) + f"#smear-{smear.pk}")
+
+
+class ConfirmRemainingView(RolePermissionRequiredMixin, View):
+    """POST: confirm the model's label on every smear not reviewed yet (each audited)."""
+
+    permission_required = "diagnosis.review_case"
+    http_method_names = ["post"]
+
+    def post(self, request, pk):
+        case = get_object_or_404(Case, pk=pk)
+        try:
+            events = services.confirm_remaining(case, request.user)
+        except services.ReviewError as exc:
+            messages.error(request, str(exc))
+            return redirect(case)
+        n = len(events)
+        if n:
+            messages.success(request, f"{n} smear{'s' if n != 1 else ''} confirmed with the model's label.")
+        else:
+            messages.info(request, "Every classified smear was already reviewed; nothing to confirm.")
+        return redirect(_review_url(case) + "#case-diagnosis")
+
+
+class CaseGalleryView(RolePermissionRequiredMixin, DetailView):
+    """All of a case's smears at a glance: thumbnails with the model's and the pathologist's labels."""
+
+    permission_required = ("diagnosis.view_case", "diagnosis.view_smear")
+    template_name = "diagnosis/case_gallery.html"
+    queryset = Case.objects.with_state().select_related("patient")
+    context_object_name = "case"
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(
+            smears=self.object.smears.select_related("prediction").order_by("created_at", "pk"), **kwargs
+        )
 
 
 class CaseFinalizeView(RolePermissionRequiredMixin, View):

@@ -592,6 +592,31 @@ def review_smear(smear, user, label, reason=""):
         )
 
 
+def confirm_remaining(case: Case, user) -> list:
+    """Confirm the model's label on every classified smear of the case that
+    nobody has reviewed yet ("confirm all remaining"). Each smear goes
+    through review_smear, so each gets its own audit event, exactly as if
+    confirmed one by one; smears already reviewed keep their label. All or
+    nothing: refused as a whole (CaseLocked) once the case is signed out.
+    Returns the audit events, in smear order."""
+    with transaction.atomic():
+        _lock_case(case)
+        remaining = case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__isnull=False)
+        return [
+            review_smear(smear, user, smear.prediction.label)
+            for smear in remaining.select_related("prediction", "case").order_by("created_at", "pk")
+        ]
+
+
+def next_case_in_queue(after: Case | None = None) -> Case | None:
+    """The oldest case awaiting review (every smear classified, not signed
+    out), other than `after`: where a pathologist goes after a sign-out."""
+    cases = Case.objects.filter(status=Case.Status.DONE, signed_out_at__isnull=True).order_by("created_at", "pk")
+    if after is not None:
+        cases = cases.exclude(pk=after.pk)
+    return cases.first()
+
+
 def set_final_stage(case, user, final_stage, comment=""):
     """Set (before sign-out) the case's final stage and the comment."""
     with transaction.atomic():

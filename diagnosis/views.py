@@ -59,6 +59,8 @@ class CaseDetailView(RolePermissionRequiredMixin, DetailView):
         ctx["final_labels"] = [(label, services.label_display(label)) for label in services.labels_for_case(self.object)]
         ctx["screening"] = self.object.screening_summary()
         ctx["has_fields"] = self.object.has_field_smears()
+        if self.object.is_signed_out and user.has_perm("diagnosis.review_case"):
+            ctx["next_case"] = services.next_case_in_queue(after=self.object)
         ctx["stage_labels"] = Stage.choices
         return ctx
 

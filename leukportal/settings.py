@@ -235,3 +235,9 @@ LOGGING = {
 # A case with a smear whose predicted-class probability is below this is
 # flagged for closer review in the work queue.
 REVIEW_LOW_CONFIDENCE_THRESHOLD = env.float("REVIEW_LOW_CONFIDENCE_THRESHOLD", default=0.6)
+
+# --- Case report ----------------------------------------------------------------
+# The laboratory's header on the printed and PDF case report.
+LAB_NAME = env.str("LAB_NAME", default="LeukPortal haematology laboratory")
+LAB_ADDRESS = env.str("LAB_ADDRESS", default="")
+LAB_ACCREDITATION = env.str("LAB_ACCREDITATION", default="")
