@@ -11,4 +11,10 @@ LIMITS = {
 
 
 def portal(request):
-    return {"limits": LIMITS}
+    from django.utils.functional import SimpleLazyObject
+
+    from .notifications import unread_count
+
+    user = getattr(request, "user", None)
+    # Lazy: counted only on pages that show the navigation bar.
+    return {"limits": LIMITS, "unread_notifications": SimpleLazyObject(lambda: unread_count(user))}

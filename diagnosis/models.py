@@ -349,6 +349,8 @@ class Smear(models.Model):
     size_bytes = models.PositiveBigIntegerField()
     original_filename = models.CharField(max_length=255)
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="smears_uploaded")
+    # The files uploaded together (one add_smears call): progress bar and "batch done" notification.
+    batch = models.UUIDField(null=True, blank=True, editable=False, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
@@ -571,3 +573,35 @@ class RejectedUpload(models.Model):
 
     def __str__(self):
         return f"{self.filename}: {self.reason}"
+
+
+class Notification(models.Model):
+    """A message for one person in the portal (and by e-mail when
+    NOTIFY_BY_EMAIL is on): a technician's upload batch is classified, a
+    case entered the review queue. Written by diagnosis.notifications in the
+    transaction of the event; `key` makes each event notify a person once."""
+
+    class Kind(models.TextChoices):
+        BATCH_DONE = "batch_done", "Upload classified"
+        CASE_READY = "case_ready", "Case ready for review"
+
+    recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="notifications")
+    text = models.CharField(max_length=255)
+    key = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [models.UniqueConstraint(fields=["recipient", "key"], name="notification_once_per_event")]
+
+    def __str__(self):
+        return f"{self.recipient}: {self.text}"
+
+    def get_absolute_url(self):
+        if self.kind == self.Kind.CASE_READY:
+            return reverse("diagnosis:case_review", args=[self.case_id])
+        return reverse("diagnosis:case_detail", args=[self.case_id])

@@ -11,7 +11,8 @@ from django.views.generic import DetailView, TemplateView
 from accounts.mixins import RolePermissionRequiredMixin
 
 from . import reports, services
-from .models import Case, RejectedUpload, Smear
+from . import notifications
+from .models import Case, Notification, RejectedUpload, Smear
 
 
 class ReviewQueueView(RolePermissionRequiredMixin, TemplateView):
@@ -214,7 +215,8 @@ class UploadQueueView(RolePermissionRequiredMixin, TemplateView):
             .order_by("-created_at", "-pk")[: self.LIMIT]
         )
         rejected = RejectedUpload.objects.filter(uploaded_by=user).select_related("case")[: self.LIMIT]
-        return super().get_context_data(smears=smears, rejected=rejected, **kwargs)
+        batches = notifications.batch_progress(Smear.objects.filter(uploaded_by=user))[:10]
+        return super().get_context_data(smears=smears, rejected=rejected, batches=batches, **kwargs)
 
 
 class UploadQueueStatusView(RolePermissionRequiredMixin, View):
@@ -227,6 +229,10 @@ class UploadQueueStatusView(RolePermissionRequiredMixin, View):
         payload = services.smears_status_payload(
             Smear.objects.filter(pk__in=list(ids[: UploadQueueView.LIMIT])), request.user
         )
+        payload["batches"] = [
+            {k: v for k, v in row.items() if k != "started"}
+            for row in notifications.batch_progress(Smear.objects.filter(uploaded_by=request.user))[:10]
+        ]
         response = JsonResponse(payload)
         response["Cache-Control"] = "no-store"
         return response
@@ -239,3 +245,36 @@ class ExportView(RolePermissionRequiredMixin, View):
 
     def get(self, request):
         return reports.export_zip_response(services.reviewed_smears())
+
+
+class RoleRequiredMixin(RolePermissionRequiredMixin):
+    """Any portal role may open the page (its content is the user's own)."""
+
+    def has_permission(self):
+        from accounts.roles import has_role
+
+        return has_role(self.request.user)
+
+
+class NotificationListView(RoleRequiredMixin, TemplateView):
+    """The signed-in user's notifications, newest first (unread highlighted)."""
+
+    template_name = "diagnosis/notifications.html"
+    LIMIT = 100
+
+    def get_context_data(self, **kwargs):
+        items = Notification.objects.filter(recipient=self.request.user).select_related("case")[: self.LIMIT]
+        return super().get_context_data(notifications=items, **kwargs)
+
+
+class NotificationsReadView(RoleRequiredMixin, View):
+    """POST: mark all of the user's notifications read."""
+
+    http_method_names = ["post"]
+
+    def post(self, request):
+        from django.utils import timezone
+
+        n = Notification.objects.filter(recipient=request.user, read_at=None).update(read_at=timezone.now())
+        messages.success(request, f"{n} notification{'s' if n != 1 else ''} marked as read.")
+        return redirect("diagnosis:notifications")

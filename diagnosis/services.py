@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import math
+import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,6 +33,7 @@ from .models import (
     Smear,
     Stage,
 )
+from . import notifications
 from .formatting import format_when
 from .models import label_display as _label_display
 
@@ -159,6 +161,7 @@ def add_smears(case, uploads, user, *, kind):
         checked.append(image)
 
     accepted = []
+    batch = uuid.uuid4()  # the files of this upload, for its progress bar and "done" notification
     with transaction.atomic():
         Case.objects.select_for_update().filter(pk=case.pk).first()
         for name, reason in rejected:
@@ -175,6 +178,7 @@ def add_smears(case, uploads, user, *, kind):
                 size_bytes=image.size_bytes,
                 original_filename=(image.upload.name or "")[:255],
                 uploaded_by=user,
+                batch=batch,
                 status=Smear.Status.QUEUED,
             )
             smear.image.save(image.upload.name or "smear", image.upload, save=False)
@@ -436,7 +440,9 @@ def _refresh_case_by_id(case_id):
         Case.objects.filter(pk=case.pk).update(
             status=status, suggested_stage=stage or "", suggested_confidence=confidence, updated_at=timezone.now()
         )
+        previous_status = case.status
         case.status, case.suggested_stage, case.suggested_confidence = status, stage or "", confidence
+        notifications.case_refreshed(case, previous_status)
     return case
 
 

@@ -241,3 +241,9 @@ REVIEW_LOW_CONFIDENCE_THRESHOLD = env.float("REVIEW_LOW_CONFIDENCE_THRESHOLD", d
 LAB_NAME = env.str("LAB_NAME", default="LeukPortal haematology laboratory")
 LAB_ADDRESS = env.str("LAB_ADDRESS", default="")
 LAB_ACCREDITATION = env.str("LAB_ACCREDITATION", default="")
+
+# --- Notifications ----------------------------------------------------------------
+# In-portal notifications are always on; with this, each is also e-mailed through
+# the configured EMAIL_URL backend. PORTAL_BASE_URL makes the links in the mails absolute.
+NOTIFY_BY_EMAIL = env.bool("NOTIFY_BY_EMAIL", default=False)
+PORTAL_BASE_URL = env.str("PORTAL_BASE_URL", default="http://127.0.0.1:8000")

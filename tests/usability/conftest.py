@@ -3,7 +3,7 @@ classified fields and cells (from the screening suite)."""
 import pytest
 
 from tests.diagnosis.conftest import fast_password_hasher, media_root, sent_messages, smear_factory  # noqa: F401
-from tests.screening.conftest import cell, field  # noqa: F401
+from tests.screening.conftest import cell, fake_ml, field  # noqa: F401
 
 
 @pytest.fixture
