@@ -44,7 +44,7 @@ class ReadOnlyInline(admin.TabularInline):
 
 class CaseInline(ReadOnlyInline):
     model = Case
-    fields = ["accession_number", "status", "suggested_stage", "created_at"]
+    fields = ["accession_number", "status", "suggested_stage", "final_stage", "signed_out_at", "created_at"]
     readonly_fields = fields
 
 

@@ -3,7 +3,8 @@
 //   1-4            pick the n-th label of the current smear's model
 //   c              confirm: pick the model's label and save
 //   Enter          save the label shown for the current smear
-// Keys typed into a text box, select or button are left alone.
+// Keys typed into a text box or select are left alone; a focused button,
+// switch or slider keeps its own Enter and arrow keys.
 (function () {
   "use strict";
   var cards = Array.prototype.slice.call(document.querySelectorAll("[data-review-smear]"));
@@ -51,9 +52,15 @@
 
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey) { return; }
-    var tag = (event.target.tagName || "").toLowerCase();
-    if (tag === "textarea" || tag === "input" || tag === "select" || tag === "button" || event.target.isContentEditable) { return; }
+    var target = event.target;
+    var tag = (target.tagName || "").toLowerCase();
+    var type = (target.type || "").toLowerCase();
+    var typing = tag === "textarea" || tag === "select" || target.isContentEditable ||
+      (tag === "input" && ["checkbox", "radio", "range", "button", "submit"].indexOf(type) < 0);
+    if (typing) { return; }
     var key = event.key;
+    // A focused button, switch or slider keeps its own Enter and arrow keys.
+    if ((tag === "button" || tag === "input") && (key === "Enter" || key.indexOf("Arrow") === 0)) { return; }
     if (key === "j" || key === "ArrowDown") { select(current + 1); }
     else if (key === "k" || key === "ArrowUp") { select(current - 1); }
     else if (key >= "1" && key <= "4") { pick(parseInt(key, 10) - 1); }
