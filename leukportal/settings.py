@@ -152,6 +152,8 @@ LANGUAGE_CODE = "en-gb"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
+# Date/time formats of en-gb replaced by the portal's one format (leukportal/formats/).
+FORMAT_MODULE_PATH = ["leukportal.formats"]
 
 # --- Static and media ---------------------------------------------------------
 STATIC_URL = "static/"

@@ -36,3 +36,10 @@ def test_refusal_after_sign_out_names_the_time_with_its_zone(reviewed_case, path
     with pytest.raises(services.CaseLocked, match=r"signed out on \d{4}-\d\d-\d\d \d\d:\d\d UTC"):
         services.set_final_stage(reviewed_case, pathologist, "Pro")
     assert timezone.get_current_timezone_name() == "UTC"
+
+
+def test_admin_lists_write_times_in_the_same_format(settings, client, make_user, case):
+    settings.TIME_ZONE = "Europe/Berlin"
+    client.force_login(make_user("Admin", is_staff=True, is_superuser=True))
+    html = client.get(reverse("admin:diagnosis_case_changelist")).content.decode()
+    assert format_when(case.created_at) in html
