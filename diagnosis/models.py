@@ -433,9 +433,20 @@ class Prediction(models.Model):
 
     @property
     def model_display(self):
-        """A readable model name: "Staging model v2026-11-23" (the architecture stays in model_name)."""
+        """A readable model name: "Staging model v2026-11-23 (mobilenetv3_lstm-20261123-0915-s0)"
+        when the version carries a training date (the full version stays, in brackets, so two
+        models of one day differ), else "Staging model v<version>"."""
+        import re
+
         kind = "Screening" if self.is_screening else "Staging"
-        return f"{kind} model v{self.model_version}" if self.model_version else f"{kind} model"
+        version = self.model_version
+        if not version:
+            return f"{kind} model"
+        found = re.search(r"(20\d\d)-?([01]\d)-?([0-3]\d)", version)
+        if not found:
+            return f"{kind} model v{version}"
+        day = "-".join(found.groups())
+        return f"{kind} model v{day}" + ("" if version == day else f" ({version})")
 
     @property
     def confidence(self):

@@ -90,3 +90,12 @@ def test_case_form_takes_specimen_type_and_collection_date_but_not_a_future_date
                            "collection_date": "2026-11-01"})
     case = Case.objects.get(accession_number="ACC-S")
     assert (case.specimen_type, case.collection_date) == ("bone_marrow", datetime.date(2026, 11, 1))
+
+
+@pytest.mark.parametrize("version, shown", [
+    ("mobilenetv3_lstm-20261123-s0", "Staging model v2026-11-23 (mobilenetv3_lstm-20261123-s0)"),
+    ("2026-11-23", "Staging model v2026-11-23"),
+    ("0.0-test", "Staging model v0.0-test"),
+])
+def test_model_names_are_readable_and_keep_the_full_version(version, shown):
+    assert Prediction(task="staging", model_version=version).model_display == shown
