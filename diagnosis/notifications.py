@@ -29,7 +29,7 @@ def batch_progress(smears) -> list[dict]:
     {"batch", "case", "total", "done", "failed", "finished", "percent"}."""
     rows = (
         smears.exclude(batch=None)
-        .values("batch", "case_id", "case__accession_number")
+        .values("batch", "case_id", "case__accession_number", "uploaded_by")
         .annotate(
             total=models.Count("pk"),
             done=models.Count("pk", filter=models.Q(status=Smear.Status.DONE)),
@@ -44,6 +44,7 @@ def batch_progress(smears) -> list[dict]:
         out.append({
             "batch": str(row["batch"]),
             "case": row["case_id"],
+            "uploader": row["uploaded_by"],
             "accession": row["case__accession_number"],
             "total": row["total"],
             "done": row["done"],
@@ -69,10 +70,13 @@ def case_refreshed(case: Case, previous_status: str) -> list[Notification]:
 
 def _finished_batches(case):
     created = []
-    for row in batch_progress(case.smears.all()):
-        if not row["finished"]:
+    finished = [row for row in batch_progress(case.smears.all()) if row["finished"]]
+    told = set(Notification.objects.filter(key__in=[f"batch:{row['batch']}" for row in finished])
+               .values_list("key", flat=True))
+    for row in finished:
+        if f"batch:{row['batch']}" in told:
             continue
-        uploader_id = case.smears.filter(batch=row["batch"]).values_list("uploaded_by", flat=True).first()
+        uploader_id = row["uploader"]
         text = f"Case {case.accession_number}: {row['done']} of {row['total']} image{'s' if row['total'] != 1 else ''} classified"
         if row["failed"]:
             text += f", {row['failed']} failed (retry on the case page)"
@@ -114,10 +118,13 @@ def send_email(notification_id: int) -> bool:
     notification = Notification.objects.select_related("recipient").filter(pk=notification_id, emailed_at=None).first()
     if notification is None or not notification.recipient.email:
         return False
+    # The mail names no patient or case (mail leaves the lab's systems): the link leads to the
+    # portal, where the reader signs in and sees the notification itself.
     try:
         send_mail(
-            subject=f"LeukPortal: {notification.get_kind_display()}",
-            message=f"{notification.text}\n\n{settings.PORTAL_BASE_URL.rstrip('/')}{notification.get_absolute_url()}\n",
+            subject=f"LeukPortal: {notification.get_kind_display().lower()}",
+            message=(f"You have a new LeukPortal notification ({notification.get_kind_display().lower()}).\n\n"
+                     f"{settings.PORTAL_BASE_URL.rstrip('/')}{notification.get_absolute_url()}\n"),
             from_email=None,
             recipient_list=[notification.recipient.email],
         )

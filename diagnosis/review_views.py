@@ -230,7 +230,7 @@ class UploadQueueStatusView(RolePermissionRequiredMixin, View):
             Smear.objects.filter(pk__in=list(ids[: UploadQueueView.LIMIT])), request.user
         )
         payload["batches"] = [
-            {k: v for k, v in row.items() if k != "started"}
+            {k: v for k, v in row.items() if k not in ("started", "uploader")}
             for row in notifications.batch_progress(Smear.objects.filter(uploaded_by=request.user))[:10]
         ]
         response = JsonResponse(payload)

@@ -185,7 +185,7 @@ class PatientListView(RolePermissionRequiredMixin, ListView):
         from django.db.models import Count, Max
 
         qs = Patient.objects.annotate(n_cases=Count("cases"), last_case=Max("cases__created_at")).order_by("lab_id")
-        self.q = self.request.GET.get("q", "").strip()
+        self.q = self.request.GET.get("q", "").strip()[:100]  # identifiers are at most 64 characters
         if self.q:
             qs = qs.filter(lab_id__icontains=self.q)
         return qs

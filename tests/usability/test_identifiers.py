@@ -48,3 +48,14 @@ def test_a_duplicate_saved_between_check_and_insert_gives_a_form_error_not_a_500
     # ... and the database's refusal becomes a message on the form.
     assert response.status_code == 200
     assert "already exists" in response.content.decode()
+
+
+def test_admin_refuses_a_patient_identifier_differing_only_in_case(client, make_user, patient):
+    client.force_login(make_user("Admin", is_staff=True, is_superuser=True))
+    response = client.post(reverse("admin:diagnosis_patient_add"), {
+        "lab_id": "P-0001 ", "sex": "U", "birth_year": "",
+        "cases-TOTAL_FORMS": "0", "cases-INITIAL_FORMS": "0", "cases-MIN_NUM_FORMS": "0", "cases-MAX_NUM_FORMS": "0",
+    })
+    assert response.status_code == 200
+    assert "already exists" in response.content.decode()
+    assert Patient.objects.count() == 1

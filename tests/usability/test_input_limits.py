@@ -71,3 +71,8 @@ def test_an_overlong_search_is_explained_not_a_server_error(path_client):
     response = path_client.get(reverse("diagnosis:case_list"), {"q": "q" * 5000})
     assert response.status_code == 200
     assert "data-filter-errors" in response.content.decode()
+
+
+def test_an_overlong_patient_search_is_cut_not_a_server_error(tech_client, patient):
+    response = tech_client.get(reverse("diagnosis:patient_list"), {"q": "P-0001" + " " * 10 + "x" * 100_000})
+    assert response.status_code == 200

@@ -80,13 +80,17 @@ def test_notifications_page_needs_a_role(client, no_role_user):
     assert client.get(reverse("diagnosis:notifications")).url == reverse("pending_role")
 
 
-def test_notifications_are_emailed_when_configured(settings, uploaded, technician, django_capture_on_commit_callbacks):
+def test_notifications_are_emailed_when_configured_without_patient_identifiers(
+        settings, uploaded, technician, case, django_capture_on_commit_callbacks):
     settings.NOTIFY_BY_EMAIL = True
     with django_capture_on_commit_callbacks(execute=True):
         for smear_id in uploaded:
             tasks.classify_smear(smear_id)
     to_tech = [m for m in mail.outbox if m.to == [technician.email]]
-    assert len(to_tech) == 1 and "2 of 2 images classified" in to_tech[0].body
+    assert len(to_tech) == 1 and "upload classified" in to_tech[0].subject
+    assert f"/cases/{case.pk}/" in to_tech[0].body
+    for message in mail.outbox:  # mail leaves the lab: no patient or case identifier in it
+        assert "P-0001" not in message.body + message.subject and "ACC-0001" not in message.body + message.subject
     assert Notification.objects.get(recipient=technician).emailed_at is not None
 
 
@@ -103,3 +107,18 @@ def test_upload_queue_shows_a_progress_bar_per_batch(uploaded, tech_client):
     assert 'aria-valuenow="50"' in html and "1 of 2 classified" in html
     payload = tech_client.get(reverse("diagnosis:upload_queue_status")).json()
     assert [(b["done"], b["total"], b["percent"], b["finished"]) for b in payload["batches"]] == [(1, 2, 50, False)]
+
+
+def test_a_mail_failure_never_fails_the_classification(settings, uploaded, technician, monkeypatch,
+                                                      django_capture_on_commit_callbacks):
+    settings.NOTIFY_BY_EMAIL = True
+
+    def broken(*args, **kwargs):
+        raise OSError("SMTP server unreachable")
+
+    monkeypatch.setattr("diagnosis.notifications.send_mail", broken)
+    with django_capture_on_commit_callbacks(execute=True):
+        for smear_id in uploaded:
+            assert tasks.classify_smear(smear_id) == "done"
+    note = Notification.objects.get(recipient=technician)
+    assert note.emailed_at is None  # still shown in the portal
