@@ -4,6 +4,7 @@ works the queue, toggles the heat map, reclassifies with a reason, signs out,
 and opens the report. Screenshots go to $SCREENSHOT_DIR (`make screenshots` sets it to
 docs/screenshots/ to refresh the README's pictures), else to a temporary folder, so a test
 run never rewrites committed files."""
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -125,3 +126,8 @@ def test_upload_review_sign_out_report(browser, live_server, technician, patholo
     shot(page, "report.png")
     page.emulate_media(media="print")
     assert not page.is_visible("nav.navbar")
+    # Printed from the browser, the pages are numbered (CSS @page margin box).
+    from pypdf import PdfReader
+
+    printed = PdfReader(io.BytesIO(page.pdf(format="A4")))
+    assert f"Page 1 of {len(printed.pages)}" in printed.pages[0].extract_text()
