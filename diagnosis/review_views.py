@@ -47,8 +47,7 @@ class CaseReviewView(RolePermissionRequiredMixin, DetailView):
             has_fields=case.has_field_smears(),
             addenda=case.addenda.select_related("author"),
             audit_events=case.audit_events.select_related("actor", "smear"),
-            remaining=sum(1 for s in smears if s.status == Smear.Status.DONE and not s.review_label
-                          and hasattr(s, "prediction")),
+            remaining=len(services.confirmable_smears(case)),
             next_case=services.next_case_in_queue(after=case),
         )
         return ctx
@@ -86,10 +85,15 @@ class ConfirmRemainingView(RolePermissionRequiredMixin, View):
             messages.error(request, str(exc))
             return redirect(case)
         n = len(events)
+        left = sum(1 for s in case.smears.filter(status=Smear.Status.DONE, review_label="")
+                   if not getattr(s, "not_assessable", False))
         if n:
             messages.success(request, f"{n} smear{'s' if n != 1 else ''} confirmed with the model's label.")
         else:
-            messages.info(request, "Every classified smear was already reviewed; nothing to confirm.")
+            messages.info(request, "No smear had a model label left to confirm.")
+        if left:
+            messages.warning(request, f"{left} smear{'s' if left != 1 else ''} still need{'s' if left == 1 else ''} "
+                             "your own judgement (no model suggestion to confirm).")
         return redirect(_review_url(case) + "#case-diagnosis")
 
 

@@ -607,11 +607,20 @@ def confirm_remaining(case: Case, user) -> list:
     Returns the audit events, in smear order."""
     with transaction.atomic():
         _lock_case(case)
-        remaining = case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__isnull=False)
-        return [
-            review_smear(smear, user, smear.prediction.label)
-            for smear in remaining.select_related("prediction", "case").order_by("created_at", "pk")
-        ]
+        return [review_smear(smear, user, smear.prediction.label) for smear in confirmable_smears(case)]
+
+
+def confirmable_smears(case: Case) -> list:
+    """The smears "confirm all remaining" would confirm: classified, not yet
+    reviewed, and with a suggestion to confirm. A smear outside the model's
+    domain (its prediction's domain check says no suggestion) or marked not
+    assessable is left for the pathologist to judge one by one; getattr keeps
+    this working whether or not those fields exist on this branch."""
+    remaining = case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__isnull=False)
+    return [
+        smear for smear in remaining.select_related("prediction", "case").order_by("created_at", "pk")
+        if getattr(smear.prediction, "in_domain", True) and not getattr(smear, "not_assessable", False)
+    ]
 
 
 def next_case_in_queue(after: Case | None = None) -> Case | None:
