@@ -8,13 +8,13 @@ from .models import User
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
     ordering = ["email"]
-    list_display = ["email", "first_name", "last_name", "role_list", "is_active", "is_staff", "last_login", "date_joined"]
+    list_display = ["email", "full_name", "title", "role_list", "is_active", "is_staff", "last_login", "date_joined"]
     list_filter = ["groups", "is_active", "is_staff", "is_superuser"]
-    search_fields = ["email", "first_name", "last_name"]
+    search_fields = ["email", "full_name", "first_name", "last_name"]
     readonly_fields = ["last_login", "date_joined"]
     fieldsets = (
         (None, {"fields": ("email", "password")}),
-        (_("Personal info"), {"fields": ("first_name", "last_name")}),
+        (_("Personal info"), {"fields": ("full_name", "title")}),
         (
             _("Role and permissions"),
             {
@@ -25,7 +25,7 @@ class UserAdmin(BaseUserAdmin):
         ),
         (_("Important dates"), {"fields": ("last_login", "date_joined")}),
     )
-    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "full_name", "title", "password1", "password2")}),)
 
     #: Only a superuser may grant these (to anyone, themselves included).
     PRIVILEGE_FIELDS = ("is_staff", "is_superuser", "user_permissions")

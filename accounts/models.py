@@ -30,6 +30,17 @@ class User(AbstractUser):
 
     username = None
     email = models.EmailField("email address", unique=True)
+    # How the person is named on cases, reports and the audit trail.
+    full_name = models.CharField(
+        "full name", max_length=150, blank=True, db_default="", help_text="As printed on reports, up to 150 characters."
+    )
+    title = models.CharField(
+        "professional title",
+        max_length=64,
+        blank=True,
+        db_default="",
+        help_text="Optional, e.g. “Dr” or “Consultant haematopathologist”; up to 64 characters.",
+    )
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
@@ -41,4 +52,15 @@ class User(AbstractUser):
         ordering = ["email"]
 
     def __str__(self):
-        return self.get_full_name() or self.email
+        return self.display_name
+
+    def get_full_name(self):
+        return self.full_name.strip() or super().get_full_name()
+
+    @property
+    def display_name(self):
+        """"Dr Jane Roe" (title and full name), the name alone, or the e-mail address."""
+        name = self.get_full_name()
+        if not name:
+            return self.email
+        return f"{self.title.strip()} {name}".strip()

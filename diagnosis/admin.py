@@ -1,7 +1,34 @@
 from django.contrib import admin, messages
 
 from . import services
-from .models import AuditEvent, Case, CaseAddendum, Patient, Prediction, RejectedUpload, Smear
+from .formatting import format_when, signer_name
+from .models import AuditEvent, Case, CaseAddendum, CaseState, Patient, Prediction, RejectedUpload, Smear
+
+
+class CaseStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return CaseState.choices
+
+    def queryset(self, request, queryset):
+        return queryset.filter(workflow_state=self.value()) if self.value() else queryset
+
+
+class SignedOutFilter(admin.SimpleListFilter):
+    title = "signed out"
+    parameter_name = "signed_out"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Signed out"), ("no", "Not signed out")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(signed_out_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(signed_out_at__isnull=True)
+        return queryset
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -17,7 +44,7 @@ class ReadOnlyInline(admin.TabularInline):
 
 class CaseInline(ReadOnlyInline):
     model = Case
-    fields = ["accession_number", "status", "suggested_stage", "created_at"]
+    fields = ["accession_number", "status", "suggested_stage", "final_stage", "signed_out_at", "created_at"]
     readonly_fields = fields
 
 
@@ -47,10 +74,13 @@ class SmearInline(ReadOnlyInline):
 
 @admin.register(Case)
 class CaseAdmin(admin.ModelAdmin):
-    list_display = ["accession_number", "patient", "status", "suggested_stage", "suggested_confidence", "created_by", "created_at"]
-    list_filter = ["status", "suggested_stage", "created_at"]
+    list_display = [
+        "accession_number", "patient", "state", "final_stage_display", "signed_out", "status", "suggested_stage",
+        "confidence", "created_by", "created_at",
+    ]
+    list_filter = [CaseStateFilter, SignedOutFilter, "final_stage", "status", "suggested_stage", "created_at"]
     search_fields = ["accession_number", "patient__lab_id", "clinical_note"]
-    list_select_related = ["patient", "created_by"]
+    list_select_related = ["patient", "created_by", "signed_out_by"]
     autocomplete_fields = ["patient"]
     readonly_fields = [
         "status", "suggested_stage", "suggested_confidence", "created_by", "created_at", "updated_at",
@@ -59,6 +89,25 @@ class CaseAdmin(admin.ModelAdmin):
     ]
     inlines = [SmearInline]
     actions = ["export_reviewed"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).with_state()
+
+    @admin.display(description="state", ordering="workflow_state")
+    def state(self, obj):
+        return obj.state_display
+
+    @admin.display(description="final stage", ordering="final_stage")
+    def final_stage_display(self, obj):
+        return services.label_display(obj.final_stage) if obj.final_stage else "–"
+
+    @admin.display(description="signed out", ordering="signed_out_at")
+    def signed_out(self, obj):
+        return f"{format_when(obj.signed_out_at)} by {signer_name(obj)}" if obj.is_signed_out else "–"
+
+    @admin.display(description="suggestion confidence", ordering="suggested_confidence")
+    def confidence(self, obj):
+        return "–" if obj.suggested_confidence is None else f"{obj.suggested_confidence:.2f}"
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.is_signed_out:  # locked: changes go through addenda in the portal
@@ -123,14 +172,18 @@ class SmearAdmin(admin.ModelAdmin):
 class PredictionAdmin(admin.ModelAdmin):
     """Model output is a record: read-only here."""
 
-    list_display = ["smear", "task", "label", "probabilities_text", "threshold", "model_name", "model_version", "latency_ms", "created_at"]
+    list_display = ["smear", "task", "label", "probabilities_text", "threshold_text", "model_name", "model_version", "latency_ms", "created_at"]
     list_filter = ["task", "label", "model_name", "model_version", "created_at"]
     search_fields = ["smear__original_filename", "smear__case__accession_number", "smear__case__patient__lab_id"]
     list_select_related = ["smear__case"]
 
     @admin.display(description="probabilities")
     def probabilities_text(self, obj):
-        return ", ".join(f"{label} {p:.3f}" for label, p in obj.ordered_probabilities())
+        return ", ".join(f"{services.label_display(label)} {p:.2f}" for label, p in obj.ordered_probabilities())
+
+    @admin.display(description="threshold", ordering="threshold")
+    def threshold_text(self, obj):
+        return "–" if obj.threshold is None else f"{obj.threshold:.2f}"
 
     def has_add_permission(self, request):
         return False

@@ -3,7 +3,9 @@ from crispy_forms.layout import Submit
 from django import forms
 from django.conf import settings
 
-from .models import Case, Patient, Smear, Stage
+from django.utils import timezone
+
+from .models import Case, CaseState, Patient, Smear, Stage
 from .services import ALLOWED_FORMATS
 
 
@@ -21,8 +23,17 @@ class PatientForm(forms.ModelForm):
 class CaseForm(forms.ModelForm):
     class Meta:
         model = Case
-        fields = ["patient", "accession_number", "clinical_note"]
-        widgets = {"clinical_note": forms.Textarea(attrs={"rows": 4})}
+        fields = ["patient", "accession_number", "specimen_type", "collection_date", "clinical_note"]
+        widgets = {
+            "clinical_note": forms.Textarea(attrs={"rows": 4}),
+            "collection_date": forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+        }
+
+    def clean_collection_date(self):
+        value = self.cleaned_data.get("collection_date")
+        if value and value > timezone.localdate():
+            raise forms.ValidationError("The collection date cannot be in the future.")
+        return value
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -79,23 +90,47 @@ class SmearUploadForm(forms.Form):
 
 
 class CaseFilterForm(forms.Form):
-    q = forms.CharField(label="Patient or accession", required=False)
+    q = forms.CharField(label="Patient or accession", required=False, max_length=100)
+    state = forms.ChoiceField(label="State", choices=[("", "Any state")] + list(CaseState.choices), required=False)
+    final = forms.ChoiceField(
+        label="Final stage", choices=[("", "Any final stage")] + list(Stage.choices), required=False
+    )
     status = forms.ChoiceField(choices=[("", "Any status")] + list(Case.Status.choices), required=False)
     stage = forms.ChoiceField(choices=[("", "Any suggested stage")] + list(Stage.choices), required=False)
+    created_from = forms.DateField(label="Opened from", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    created_to = forms.DateField(label="Opened until", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     patient = forms.ModelChoiceField(queryset=Patient.objects.all(), required=False, widget=forms.HiddenInput)
 
+    def clean(self):
+        data = super().clean()
+        start, end = data.get("created_from"), data.get("created_to")
+        if start and end and start > end:
+            raise forms.ValidationError("“Opened from” is after “Opened until”.")
+        return data
+
     def filter(self, queryset):
-        if not self.is_valid():
+        """The cases matching the valid filters (invalid ones are shown as
+        errors on the form and ignored, never a server error)."""
+        if not self.is_bound:
             return queryset
+        self.is_valid()
         data = self.cleaned_data
-        if data["q"]:
+        if data.get("q"):
             from .services import search_filter
 
-            queryset = queryset.filter(search_filter(data["q"]))
-        if data["status"]:
+            queryset = queryset.filter(search_filter(data["q"].strip()))
+        if data.get("state"):
+            queryset = queryset.filter(workflow_state=data["state"])
+        if data.get("final"):
+            queryset = queryset.filter(final_stage=data["final"])
+        if data.get("status"):
             queryset = queryset.filter(status=data["status"])
-        if data["stage"]:
+        if data.get("stage"):
             queryset = queryset.filter(suggested_stage=data["stage"])
-        if data["patient"]:
+        if data.get("created_from") and "__all__" not in self.errors:
+            queryset = queryset.filter(created_at__date__gte=data["created_from"])
+        if data.get("created_to") and "__all__" not in self.errors:
+            queryset = queryset.filter(created_at__date__lte=data["created_to"])
+        if data.get("patient"):
             queryset = queryset.filter(patient=data["patient"])
         return queryset

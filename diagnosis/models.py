@@ -4,8 +4,11 @@ from pathlib import PurePath
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.db.models.functions import Lower, Trim
 from django.urls import reverse
 from django.utils import timezone
+
+from .formatting import format_when
 
 
 class Stage(models.TextChoices):
@@ -32,6 +35,25 @@ IDENTIFIER_VALIDATOR = RegexValidator(
     "Use letters, digits, dot, hyphen and underscore only (starting with a letter or digit, at most 64).",
     code="invalid_identifier",
 )
+#: Length limits of the free texts (forms, services and templates read them).
+IDENTIFIER_MAX_LENGTH = 64
+CLINICAL_NOTE_MAX_LENGTH = 2000
+REVIEW_COMMENT_MAX_LENGTH = 2000
+REVIEW_REASON_MAX_LENGTH = 1000
+ADDENDUM_MAX_LENGTH = 4000
+
+
+def identifier_key(field_name):
+    """A stored, unique copy of an identifier without letter case and
+    surrounding spaces: the database itself refuses "p-0002" next to
+    "P-0002 ", for every writer (forms, admin, shell, bulk inserts)."""
+    return models.GeneratedField(
+        expression=Lower(Trim(field_name)),
+        output_field=models.CharField(max_length=IDENTIFIER_MAX_LENGTH),
+        db_persist=True,
+        unique=True,
+        editable=False,
+    )
 
 
 #: The label set of each model, in the model's order.
@@ -47,9 +69,14 @@ class Patient(models.Model):
         UNKNOWN = "U", "Unknown"
 
     lab_id = models.CharField(
-        "lab identifier", max_length=64, unique=True, validators=[IDENTIFIER_VALIDATOR],
-        help_text="The laboratory's identifier for this patient (letters, digits, . - _).",
+        "lab identifier",
+        max_length=IDENTIFIER_MAX_LENGTH,
+        unique=True,
+        validators=[IDENTIFIER_VALIDATOR],
+        help_text=f"The laboratory's identifier for this patient: letters, digits, . - _, up to {IDENTIFIER_MAX_LENGTH} "
+        "characters. Letter case and surrounding spaces do not make a new identifier.",
     )
+    lab_id_key = identifier_key("lab_id")
     sex = models.CharField(max_length=1, choices=Sex.choices, default=Sex.UNKNOWN)
     birth_year = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1900), MaxValueValidator(2100)]
@@ -71,8 +98,73 @@ class Patient(models.Model):
     def clean(self):
         from django.core.exceptions import ValidationError
 
+        self.lab_id = (self.lab_id or "").strip()
         if self.birth_year and self.birth_year > timezone.now().year:
             raise ValidationError({"birth_year": "The birth year cannot be in the future."})
+
+    def validate_unique(self, exclude=None):
+        super().validate_unique(exclude)
+        check_identifier_unique(self, "lab_id", "lab_id_key", exclude, "A patient with lab identifier")
+
+    def save(self, *args, **kwargs):
+        self.lab_id = (self.lab_id or "").strip()
+        super().save(*args, **kwargs)
+
+
+def check_identifier_unique(obj, field_name, key_name, exclude, what):
+    """Form-level twin of identifier_key: a readable error instead of the
+    database's IntegrityError when an identifier differs only in case or
+    surrounding spaces from an existing one."""
+    from django.core.exceptions import ValidationError
+
+    if exclude and field_name in exclude:
+        return
+    value = (getattr(obj, field_name) or "").strip()
+    if not value:
+        return
+    clash = type(obj)._default_manager.filter(**{key_name: value.lower()}).exclude(pk=obj.pk).first()
+    if clash is not None:
+        raise ValidationError(
+            {field_name: f"{what} “{getattr(clash, field_name)}” already exists (identifiers ignore letter case "
+             "and surrounding spaces)."}
+        )
+
+
+class CaseState(models.TextChoices):
+    """Where a case stands in the lab's workflow (CaseQuerySet.with_state)."""
+
+    AWAITING_CLASSIFICATION = "awaiting_classification", "Awaiting classification"
+    AWAITING_REVIEW = "awaiting_review", "Awaiting review"
+    IN_REVIEW = "in_review", "In review"
+    SIGNED_OUT = "signed_out", "Signed out"
+    ADDENDUM = "addendum", "Signed out, with addendum"
+
+
+class CaseQuerySet(models.QuerySet):
+    def with_state(self):
+        """Annotate `workflow_state` (a CaseState value), so lists show and
+        filter the state in the database. The only implementation of the rule:
+
+        * signed out and amended: addendum; signed out: signed out;
+        * every smear classified, and a smear reviewed or a final stage saved: in review;
+        * every smear classified, nothing reviewed yet: awaiting review;
+        * otherwise (no smear, smears queued or failed): awaiting classification.
+        """
+        reviewed = Smear.objects.filter(case=models.OuterRef("pk")).exclude(review_label="")
+        amended = CaseAddendum.objects.filter(case=models.OuterRef("pk"))
+        return self.annotate(
+            workflow_state=models.Case(
+                models.When(models.Exists(amended), signed_out_at__isnull=False, then=models.Value(CaseState.ADDENDUM)),
+                models.When(signed_out_at__isnull=False, then=models.Value(CaseState.SIGNED_OUT)),
+                models.When(
+                    models.Q(status="done") & (~models.Q(final_stage="") | models.Exists(reviewed)),
+                    then=models.Value(CaseState.IN_REVIEW),
+                ),
+                models.When(status="done", then=models.Value(CaseState.AWAITING_REVIEW)),
+                default=models.Value(CaseState.AWAITING_CLASSIFICATION),
+                output_field=models.CharField(max_length=32),
+            )
+        )
 
 
 class Case(models.Model):
@@ -85,12 +177,33 @@ class Case(models.Model):
         DONE = "done", "All smears classified"
         ATTENTION = "attention", "Needs attention"
 
+    class Specimen(models.TextChoices):
+        PERIPHERAL_BLOOD = "peripheral_blood", "Peripheral blood"
+        BONE_MARROW = "bone_marrow", "Bone marrow aspirate"
+        OTHER = "other", "Other"
+
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="cases")
     accession_number = models.CharField(
-        max_length=64, unique=True, validators=[IDENTIFIER_VALIDATOR],
-        help_text="Letters, digits, dot, hyphen and underscore.",
+        max_length=IDENTIFIER_MAX_LENGTH,
+        unique=True,
+        validators=[IDENTIFIER_VALIDATOR],
+        help_text=f"Letters, digits, dot, hyphen and underscore, up to {IDENTIFIER_MAX_LENGTH} characters. Letter case "
+        "and surrounding spaces do not make a new accession number.",
     )
-    clinical_note = models.TextField(blank=True)
+    accession_key = identifier_key("accession_number")
+    specimen_type = models.CharField(
+        max_length=32,
+        choices=Specimen.choices,
+        default=Specimen.PERIPHERAL_BLOOD,
+        db_default=Specimen.PERIPHERAL_BLOOD,  # rows written by older code or migrations get it too
+        help_text="Printed on the report.",
+    )
+    collection_date = models.DateField(
+        null=True, blank=True, help_text="The day the specimen was collected (printed on the report)."
+    )
+    clinical_note = models.TextField(
+        blank=True, max_length=CLINICAL_NOTE_MAX_LENGTH, help_text=f"Up to {CLINICAL_NOTE_MAX_LENGTH} characters."
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.EMPTY, db_index=True)
     # Case-level suggestion: see compute_suggestion(); stored so lists can filter.
     suggested_stage = models.CharField(max_length=8, choices=Stage.choices, blank=True, db_index=True)
@@ -103,7 +216,7 @@ class Case(models.Model):
     # empty for a case of single cells only, whose result is the reviewed
     # screening summary (Case.screening_summary).
     final_stage = models.CharField(max_length=32, blank=True, db_index=True)
-    review_comment = models.TextField(blank=True)
+    review_comment = models.TextField(blank=True, max_length=REVIEW_COMMENT_MAX_LENGTH)
     signed_out_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="cases_signed_out"
     )
@@ -116,6 +229,8 @@ class Case(models.Model):
     signed_out_by_email = models.EmailField(max_length=254, blank=True)
     # The identifiers as signed out (the report shows these after sign-out).
     signed_out_patient_lab_id = models.CharField(max_length=64, blank=True)
+
+    objects = CaseQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -131,6 +246,17 @@ class Case(models.Model):
 
     def get_absolute_url(self):
         return reverse("diagnosis:case_detail", args=[self.pk])
+
+    def clean(self):
+        self.accession_number = (self.accession_number or "").strip()
+
+    def validate_unique(self, exclude=None):
+        super().validate_unique(exclude)
+        check_identifier_unique(self, "accession_number", "accession_key", exclude, "A case with accession number")
+
+    def save(self, *args, **kwargs):
+        self.accession_number = (self.accession_number or "").strip()
+        super().save(*args, **kwargs)
 
     @property
     def is_signed_out(self):
@@ -152,6 +278,16 @@ class Case(models.Model):
     def report_patient_lab_id(self):
         """The patient identifier of the report: as signed out once signed out."""
         return self.signed_out_patient_lab_id or self.patient.lab_id
+    def state(self):
+        """The CaseState of this case (from the list's annotation when there is one)."""
+        value = self.__dict__.get("workflow_state")
+        if value is None:
+            value = type(self).objects.with_state().values_list("workflow_state", flat=True).get(pk=self.pk)
+        return CaseState(value)
+
+    @property
+    def state_display(self):
+        return self.state.label
 
     def compute_suggestion(self):
         """The suggested case-level stage: mean of the probability vectors of
@@ -263,6 +399,8 @@ class Smear(models.Model):
     size_bytes = models.PositiveBigIntegerField()
     original_filename = models.CharField(max_length=255)
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="smears_uploaded")
+    # The files uploaded together (one add_smears call): progress bar and "batch done" notification.
+    batch = models.UUIDField(null=True, blank=True, editable=False, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
@@ -272,7 +410,7 @@ class Smear(models.Model):
     # Pathologist review of this smear (services.review_smear): the label is
     # one of the labels of the model that classified it.
     review_label = models.CharField(max_length=32, blank=True)
-    review_reason = models.TextField(blank=True)
+    review_reason = models.TextField(blank=True, max_length=REVIEW_REASON_MAX_LENGTH)
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="smears_reviewed"
     )
@@ -386,6 +524,23 @@ class Prediction(models.Model):
         return label_display(self.label)
 
     @property
+    def model_display(self):
+        """A readable model name: "Staging model v2026-11-23 (mobilenetv3_lstm-20261123-0915-s0)"
+        when the version carries a training date (the full version stays, in brackets, so two
+        models of one day differ), else "Staging model v<version>"."""
+        import re
+
+        kind = "Screening" if self.is_screening else "Staging"
+        version = self.model_version
+        if not version:
+            return f"{kind} model"
+        found = re.search(r"(20\d\d)-?([01]\d)-?([0-3]\d)", version)
+        if not found:
+            return f"{kind} model v{version}"
+        day = "-".join(found.groups())
+        return f"{kind} model v{day}" + ("" if version == day else f" ({version})")
+
+    @property
     def confidence(self):
         """Probability of the model's label."""
         return float(self.probabilities.get(self.label, 0.0))
@@ -424,7 +579,7 @@ class CaseAddendum(models.Model):
     earlier addenda stay as they were."""
 
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="addenda")
-    text = models.TextField()
+    text = models.TextField(max_length=ADDENDUM_MAX_LENGTH)
     # The final stage the addendum sets, or blank when it leaves it as it was.
     new_final_stage = models.CharField(max_length=32, blank=True)
     previous_final_stage = models.CharField(max_length=32, blank=True)
@@ -436,7 +591,7 @@ class CaseAddendum(models.Model):
         verbose_name_plural = "case addenda"
 
     def __str__(self):
-        return f"Addendum to {self.case} ({self.created_at:%Y-%m-%d %H:%M})"
+        return f"Addendum to {self.case} ({format_when(self.created_at)})"
 
     def save(self, *args, **kwargs):
         if self.pk is not None and not self._state.adding:
@@ -501,7 +656,7 @@ class AuditEvent(models.Model):
         ordering = ["created_at", "pk"]
 
     def __str__(self):
-        return f"{self.get_action_display()} · {self.case} · {self.created_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.get_action_display()} · {self.case} · {format_when(self.created_at)}"
 
     def save(self, *args, **kwargs):
         if self.pk is not None and not self._state.adding:
@@ -526,3 +681,35 @@ class RejectedUpload(models.Model):
 
     def __str__(self):
         return f"{self.filename}: {self.reason}"
+
+
+class Notification(models.Model):
+    """A message for one person in the portal (and by e-mail when
+    NOTIFY_BY_EMAIL is on): a technician's upload batch is classified, a
+    case entered the review queue. Written by diagnosis.notifications in the
+    transaction of the event; `key` makes each event notify a person once."""
+
+    class Kind(models.TextChoices):
+        BATCH_DONE = "batch_done", "Upload classified"
+        CASE_READY = "case_ready", "Case ready for review"
+
+    recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="notifications")
+    text = models.CharField(max_length=255)
+    key = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [models.UniqueConstraint(fields=["recipient", "key"], name="notification_once_per_event")]
+
+    def __str__(self):
+        return f"{self.recipient}: {self.text}"
+
+    def get_absolute_url(self):
+        if self.kind == self.Kind.CASE_READY:
+            return reverse("diagnosis:case_review", args=[self.case_id])
+        return reverse("diagnosis:case_detail", args=[self.case_id])

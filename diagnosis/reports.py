@@ -5,10 +5,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from django.conf import settings
 from django.http import FileResponse
 from django.utils import timezone
 
 from . import services
+from .formatting import format_date, format_when, person_name, signer_name
 
 DECISION_SUPPORT_NOTE = (
     "The model's classification is decision support only (a pre-classification). "
@@ -19,8 +21,7 @@ DECISION_SUPPORT_NOTE = (
 
 def report_context(case):
     smears = list(case.smears.select_related("prediction", "reviewed_by").order_by("created_at", "pk"))
-    versions = sorted({f"{s.prediction.model_name} {s.prediction.model_version}".strip()
-                       for s in smears if hasattr(s, "prediction")})
+    versions = sorted({s.prediction.model_display for s in smears if hasattr(s, "prediction")})
     # Smears marked not assessable are listed apart and count nowhere (tables, screening summary).
     assessable = [s for s in smears if not s.not_assessable]
     fields = [s for s in assessable if s.kind != s.Kind.CELL]
@@ -39,6 +40,16 @@ def report_context(case):
         "signed_out_stage_display": services.label_display(case.signed_out_stage) if case.signed_out_stage else "",
         "decision_support_note": DECISION_SUPPORT_NOTE,
         "generated_at": timezone.now(),
+        "lab": lab_header(),
+    }
+
+
+def lab_header() -> dict:
+    """The laboratory's header lines from settings (LAB_NAME, LAB_ADDRESS, LAB_ACCREDITATION)."""
+    return {
+        "name": settings.LAB_NAME,
+        "address": settings.LAB_ADDRESS,
+        "accreditation": settings.LAB_ACCREDITATION,
     }
 
 
@@ -46,7 +57,6 @@ def _image_flowable(field, width_cm):
     from reportlab.lib.units import cm
     from reportlab.platypus import Image as RLImage
     from reportlab.platypus import Paragraph
-    from reportlab.lib.styles import getSampleStyleSheet
 
     try:
         with field.open("rb") as fh:
@@ -59,44 +69,100 @@ def _image_flowable(field, width_cm):
         width = width_cm * cm
         return RLImage(data, width=width, height=width * h / w)
     except Exception:
-        return Paragraph("(image unavailable)", getSampleStyleSheet()["Normal"])
+        return Paragraph("(image unavailable)", _styles()["Normal"])
+
+
+def _styles():
+    """reportlab's sample styles, set in the bundled Unicode fonts."""
+    from reportlab.lib.styles import getSampleStyleSheet
+
+    from . import pdf_fonts
+
+    pdf_fonts.register()
+    styles = getSampleStyleSheet()
+    for style in styles.byName.values():
+        bold = "Bold" in getattr(style, "fontName", "") or style.name.startswith(("Heading", "Title"))
+        italic = "Italic" in style.name or "Oblique" in getattr(style, "fontName", "")
+        style.fontName = pdf_fonts.BOLD if bold else pdf_fonts.ITALIC if italic else pdf_fonts.REGULAR
+    return styles
+
+
+def _numbered_canvas(footer_text):
+    """A canvas class that writes "Page n of N" and the footer on every page
+    (the total is known only after the last page, so pages are kept until then)."""
+    from reportlab.lib.units import cm
+    from reportlab.pdfgen import canvas
+
+    from . import pdf_fonts
+
+    class NumberedCanvas(canvas.Canvas):
+        def __init__(self, *args, **kwargs):
+            kwargs["initialFontName"] = kwargs.get("initialFontName") or pdf_fonts.REGULAR  # no Latin-1 font at all
+            super().__init__(*args, **kwargs)
+            self._pages = []
+
+        def showPage(self):
+            self._pages.append(dict(self.__dict__))
+            self._startPage()
+
+        def save(self):
+            total = len(self._pages)
+            for state in self._pages:
+                self.__dict__.update(state)
+                self.setFont(pdf_fonts.REGULAR, 8)
+                width = self._pagesize[0]
+                self.drawString(1.8 * cm, 1 * cm, footer_text)
+                self.drawRightString(width - 1.8 * cm, 1 * cm, f"Page {self._pageNumber} of {total}")
+                super().showPage()
+            super().save()
+
+    return NumberedCanvas
 
 
 def case_report_pdf(case):
-    """The case report as PDF bytes (reportlab, no system libraries)."""
+    """The case report as PDF bytes (reportlab, bundled Unicode fonts, no system libraries)."""
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
-    from reportlab.lib.styles import getSampleStyleSheet
     from reportlab.lib.units import cm
     from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
-    from xml.sax.saxutils import escape
+
+    from . import pdf_fonts
 
     ctx = report_context(case)
-    styles = getSampleStyleSheet()
+    styles = _styles()
     buf = io.BytesIO()
     doc = SimpleDocTemplate(
         buf, pagesize=A4, title=f"LeukPortal case report {case.accession_number}", author="LeukPortal",
-        leftMargin=1.8 * cm, rightMargin=1.8 * cm, topMargin=1.5 * cm, bottomMargin=1.5 * cm,
+        leftMargin=1.8 * cm, rightMargin=1.8 * cm, topMargin=1.5 * cm, bottomMargin=1.8 * cm,
+        initialFontName=pdf_fonts.REGULAR,
     )
-    p = lambda text, style="Normal": Paragraph(escape(str(text)), styles[style])  # noqa: E731
-    story = [p(f"Case report {case.accession_number}", "Title")]
+    p = lambda text, style="Normal": Paragraph(pdf_fonts.markup(text), styles[style])  # noqa: E731
+    lab = ctx["lab"]
+    story = [p(lab["name"], "Heading2")]
+    story += [p(line) for line in (lab["address"], lab["accreditation"]) if line]
+    story.append(p(f"Case report {case.accession_number}", "Title"))
+    if not case.is_signed_out:
+        story.append(p("Not signed out: this is a preliminary report.", "Heading3"))
     patient = case.patient
+    signer = signer_name(case)
     info = [
         ["Patient", case.report_patient_lab_id, "Accession", case.accession_number],
         ["Sex", patient.get_sex_display(), "Birth year", str(patient.birth_year or "–")],
-        ["Case opened", f"{case.created_at:%Y-%m-%d %H:%M}", "Opened by", case.created_by.email],
+        ["Specimen", case.get_specimen_type_display(), "Collected", format_date(case.collection_date)],
+        ["Case opened", format_when(case.created_at), "Opened by", person_name(case.created_by)],
         ["Final stage", ctx["final_stage_display"] or ("none (single cells only)" if ctx["cells"] and not ctx["smears"]
                                                       else "not set"), "Model", ", ".join(ctx["model_versions"]) or "–"],
-        ["Signed out by", case.signer_display or "NOT SIGNED OUT",
-         "Signed out at", f"{case.signed_out_at:%Y-%m-%d %H:%M %Z}" if case.signed_out_at else "–"],
+        ["Signed out by", signer or "NOT SIGNED OUT", "Signed out at", format_when(case.signed_out_at)],
     ]
     if case.signed_out_stage and case.signed_out_stage != case.final_stage:
         info.append(["Stage at sign-out", ctx["signed_out_stage_display"], "Amended by", "addendum (below)"])
-    table = Table(info, colWidths=[3.2 * cm, 5.3 * cm, 3.2 * cm, 5.3 * cm])
+    cell = styles["BodyText"].clone("InfoCell", fontSize=9, leading=11)
+    head = cell.clone("InfoHead", fontName=pdf_fonts.BOLD)
+    rows = [[Paragraph(pdf_fonts.markup(v), head if i % 2 == 0 else cell) for i, v in enumerate(row)] for row in info]
+    table = Table(rows, colWidths=[3.2 * cm, 5.3 * cm, 3.2 * cm, 5.3 * cm])
     table.setStyle(TableStyle([
-        ("FONTNAME", (0, 0), (0, -1), "Helvetica-Bold"), ("FONTNAME", (2, 0), (2, -1), "Helvetica-Bold"),
         ("GRID", (0, 0), (-1, -1), 0.25, colors.grey), ("VALIGN", (0, 0), (-1, -1), "TOP"),
-        ("FONTSIZE", (0, 0), (-1, -1), 9),
+        ("FONTNAME", (0, 0), (-1, -1), pdf_fonts.REGULAR),
     ]))
     story += [table, Spacer(1, 0.3 * cm)]
     if case.review_comment:
@@ -125,10 +191,11 @@ def case_report_pdf(case):
             if addendum.new_final_stage:
                 change = (f" Final stage changed from {services.label_display(addendum.previous_final_stage)} "
                           f"to {services.label_display(addendum.new_final_stage)}.")
-            story.append(p(f"{addendum.created_at:%Y-%m-%d %H:%M} · {addendum.author.email}: {addendum.text}{change}"))
+            story.append(p(f"{format_when(addendum.created_at)} · {person_name(addendum.author)}: {addendum.text}{change}"))
     story += [Spacer(1, 0.4 * cm), p(DECISION_SUPPORT_NOTE, "Italic"),
-              p(f"Generated {ctx['generated_at']:%Y-%m-%d %H:%M %Z} by LeukPortal.", "Italic")]
-    doc.build(story)
+              p(f"Generated {format_when(ctx['generated_at'])} by LeukPortal.", "Italic")]
+    footer = f"{lab['name']} · case {case.accession_number}"
+    doc.build(story, canvasmaker=_numbered_canvas(footer))
     return buf.getvalue()
 
 
@@ -146,7 +213,8 @@ def model_text(smear):
         flag = "flagged for review" if pred.label == "blast" else "not flagged"
         return f"{flag}, P(blast) {pred.blast_probability:.2f}"
     return (f"{pred.label_display} ({pred.confidence:.2f})\n" +
-            " ".join(f"{k} {v:.2f}" for k, v in pred.ordered_probabilities()))
+            " ".join(f"{services.label_display(k)} {v:.2f}" for k, v in pred.ordered_probabilities()) +
+            f"\n{pred.model_display}")
 
 
 def _final_text(smear):
@@ -156,12 +224,23 @@ def _final_text(smear):
     return final
 
 
+def _lines(text, styles):
+    """A table cell of several lines, in the Unicode fonts, wrapping long words."""
+    from reportlab.platypus import Paragraph
+
+    from . import pdf_fonts
+
+    return Paragraph("<br/>".join(pdf_fonts.markup(line) for line in str(text).split("\n")), styles["BodyText"])
+
+
 def _table_style(table):
     from reportlab.lib import colors
     from reportlab.platypus import TableStyle
 
+    from . import pdf_fonts
+
     table.setStyle(TableStyle([
-        ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"), ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
+        ("FONTNAME", (0, 0), (-1, 0), pdf_fonts.BOLD), ("FONTNAME", (0, 1), (-1, -1), pdf_fonts.REGULAR), ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
         ("VALIGN", (0, 0), (-1, -1), "TOP"), ("FONTSIZE", (0, 0), (-1, -1), 8),
     ]))
     return table
@@ -178,13 +257,13 @@ def _cell_table(cells, styles, p):
         heat = _image_flowable(pred.heatmap, 2.2) if pred and pred.heatmap else p("heat map unavailable")
         rows.append([
             _image_flowable(smear.thumbnail, 2.2) if smear.thumbnail else p("–"), heat,
-            Paragraph(escape(smear.original_filename), styles["BodyText"]),
+            p(smear.original_filename, "BodyText"),
             p(model_text(smear) if pred and not pred.in_domain else
               ("flagged for review" if pred and pred.label == "blast" else "not flagged") if pred
               else smear.get_status_display()),
             p(f"{pred.blast_probability:.2f}" if pred and pred.in_domain else "–"),
             p(f"{pred.threshold:.2f}" if pred and pred.threshold is not None else "–"),
-            Paragraph(escape(_final_text(smear)).replace("\n", "<br/>"), styles["BodyText"]),
+            _lines(_final_text(smear), styles),
         ])
     return _table_style(Table(rows, colWidths=[2.5 * cm, 2.5 * cm, 3.2 * cm, 2.2 * cm, 1.8 * cm, 1.9 * cm, 3 * cm],
                               repeatRows=1))
@@ -203,9 +282,9 @@ def _smear_table(smears, styles, p):
         final = _final_text(smear)
         rows.append([
             _image_flowable(smear.thumbnail, 3.2) if smear.thumbnail else p("–"), heat,
-            Paragraph(escape(smear.original_filename), styles["BodyText"]),
-            Paragraph(escape(model).replace("\n", "<br/>"), styles["BodyText"]),
-            Paragraph(escape(final).replace("\n", "<br/>"), styles["BodyText"]),
+            p(smear.original_filename, "BodyText"),
+            _lines(model, styles),
+            _lines(final, styles),
         ])
     return _table_style(Table(rows, colWidths=[3.5 * cm, 3.5 * cm, 3.3 * cm, 3.7 * cm, 3 * cm], repeatRows=1))
 

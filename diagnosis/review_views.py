@@ -12,7 +12,8 @@ from django.views.generic import DetailView, TemplateView
 from accounts.mixins import RolePermissionRequiredMixin
 
 from . import reports, services
-from .models import Case, RejectedUpload, Smear
+from . import notifications
+from .models import Case, Notification, RejectedUpload, Smear
 
 
 class ReviewQueueView(RolePermissionRequiredMixin, TemplateView):
@@ -30,7 +31,7 @@ class ReviewQueueView(RolePermissionRequiredMixin, TemplateView):
 class CaseReviewView(RolePermissionRequiredMixin, DetailView):
     permission_required = "diagnosis.review_case"
     template_name = "diagnosis/case_review.html"
-    queryset = Case.objects.select_related("patient", "created_by", "signed_out_by")
+    queryset = Case.objects.with_state().select_related("patient", "created_by", "signed_out_by")
     context_object_name = "case"
 
     def get_context_data(self, **kwargs):
@@ -48,6 +49,8 @@ class CaseReviewView(RolePermissionRequiredMixin, DetailView):
             has_fields=case.has_field_smears(),
             addenda=case.addenda.select_related("author"),
             audit_events=case.audit_events.select_related("actor", "smear"),
+            remaining=len(services.confirmable_smears(case)),
+            next_case=services.next_case_in_queue(after=case),
         )
         return ctx
 
@@ -101,6 +104,46 @@ class SmearAssessabilityView(RolePermissionRequiredMixin, View):
         except services.ReviewError as exc:
             messages.error(request, f"“{smear.original_filename}”: {exc}")
         return redirect(_review_url(smear.case) + f"#smear-{smear.pk}")
+
+
+class ConfirmRemainingView(RolePermissionRequiredMixin, View):
+    """POST: confirm the model's label on every smear not reviewed yet (each audited)."""
+
+    permission_required = "diagnosis.review_case"
+    http_method_names = ["post"]
+
+    def post(self, request, pk):
+        case = get_object_or_404(Case, pk=pk)
+        try:
+            events = services.confirm_remaining(case, request.user)
+        except services.ReviewError as exc:
+            messages.error(request, str(exc))
+            return redirect(case)
+        n = len(events)
+        left = sum(1 for s in case.smears.filter(status=Smear.Status.DONE, review_label="")
+                   if not getattr(s, "not_assessable", False))
+        if n:
+            messages.success(request, f"{n} smear{'s' if n != 1 else ''} confirmed with the model's label.")
+        else:
+            messages.info(request, "No smear had a model label left to confirm.")
+        if left:
+            messages.warning(request, f"{left} smear{'s' if left != 1 else ''} still need{'s' if left == 1 else ''} "
+                             "your own judgement (no model suggestion to confirm).")
+        return redirect(_review_url(case) + "#case-diagnosis")
+
+
+class CaseGalleryView(RolePermissionRequiredMixin, DetailView):
+    """All of a case's smears at a glance: thumbnails with the model's and the pathologist's labels."""
+
+    permission_required = ("diagnosis.view_case", "diagnosis.view_smear")
+    template_name = "diagnosis/case_gallery.html"
+    queryset = Case.objects.with_state().select_related("patient")
+    context_object_name = "case"
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(
+            smears=self.object.smears.select_related("prediction").order_by("created_at", "pk"), **kwargs
+        )
 
 
 class CaseFinalizeView(RolePermissionRequiredMixin, View):
@@ -159,7 +202,7 @@ class CaseReportView(RolePermissionRequiredMixin, DetailView):
 
     permission_required = ("diagnosis.view_case", "diagnosis.view_smear")
     template_name = "diagnosis/case_report.html"
-    queryset = Case.objects.select_related("patient", "created_by", "signed_out_by")
+    queryset = Case.objects.with_state().select_related("patient", "created_by", "signed_out_by")
     context_object_name = "case"
 
     def get_context_data(self, **kwargs):
@@ -214,7 +257,8 @@ class UploadQueueView(RolePermissionRequiredMixin, TemplateView):
             .order_by("-created_at", "-pk")[: self.LIMIT]
         )
         rejected = RejectedUpload.objects.filter(uploaded_by=user).select_related("case")[: self.LIMIT]
-        return super().get_context_data(smears=smears, rejected=rejected, **kwargs)
+        batches = notifications.batch_progress(Smear.objects.filter(uploaded_by=user))[:10]
+        return super().get_context_data(smears=smears, rejected=rejected, batches=batches, **kwargs)
 
 
 class UploadQueueStatusView(RolePermissionRequiredMixin, View):
@@ -227,6 +271,10 @@ class UploadQueueStatusView(RolePermissionRequiredMixin, View):
         payload = services.smears_status_payload(
             Smear.objects.filter(pk__in=list(ids[: UploadQueueView.LIMIT])), request.user
         )
+        payload["batches"] = [
+            {k: v for k, v in row.items() if k not in ("started", "uploader")}
+            for row in notifications.batch_progress(Smear.objects.filter(uploaded_by=request.user))[:10]
+        ]
         response = JsonResponse(payload)
         response["Cache-Control"] = "no-store"
         return response
@@ -239,3 +287,36 @@ class ExportView(RolePermissionRequiredMixin, View):
 
     def get(self, request):
         return reports.export_zip_response(services.reviewed_smears())
+
+
+class RoleRequiredMixin(RolePermissionRequiredMixin):
+    """Any portal role may open the page (its content is the user's own)."""
+
+    def has_permission(self):
+        from accounts.roles import has_role
+
+        return has_role(self.request.user)
+
+
+class NotificationListView(RoleRequiredMixin, TemplateView):
+    """The signed-in user's notifications, newest first (unread highlighted)."""
+
+    template_name = "diagnosis/notifications.html"
+    LIMIT = 100
+
+    def get_context_data(self, **kwargs):
+        items = Notification.objects.filter(recipient=self.request.user).select_related("case")[: self.LIMIT]
+        return super().get_context_data(notifications=items, **kwargs)
+
+
+class NotificationsReadView(RoleRequiredMixin, View):
+    """POST: mark all of the user's notifications read."""
+
+    http_method_names = ["post"]
+
+    def post(self, request):
+        from django.utils import timezone
+
+        n = Notification.objects.filter(recipient=request.user, read_at=None).update(read_at=timezone.now())
+        messages.success(request, f"{n} notification{'s' if n != 1 else ''} marked as read.")
+        return redirect("diagnosis:notifications")

@@ -10,6 +10,7 @@ import logging
 import math
 import random
 import time
+import uuid
 import warnings
 from struct import error as struct_error
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from PIL import Image
 
 from .models import (
     IMAGE_FORMAT_FILES,
+    ADDENDUM_MAX_LENGTH,
+    REVIEW_COMMENT_MAX_LENGTH,
+    REVIEW_REASON_MAX_LENGTH,
     SCREENING_LABELS,
     AuditEvent,
     Case,
@@ -34,6 +38,8 @@ from .models import (
     Smear,
     Stage,
 )
+from . import notifications
+from .formatting import format_when
 from .models import label_display as _label_display
 
 logger = logging.getLogger(__name__)
@@ -214,6 +220,7 @@ def add_smears(case, uploads, user, *, kind):
             rejected.append((name, str(exc)))
 
     accepted = []
+    batch = uuid.uuid4()  # the files of this upload, for its progress bar and "done" notification
     with transaction.atomic():
         locked = Case.objects.select_for_update().get(pk=case.pk)
         if locked.is_signed_out:
@@ -241,6 +248,7 @@ def add_smears(case, uploads, user, *, kind):
                 size_bytes=image.size_bytes,
                 original_filename=(image.upload.name or "")[:255],
                 uploaded_by=user,
+                batch=batch,
                 status=Smear.Status.QUEUED,
             )
             try:
@@ -667,7 +675,9 @@ def _refresh_case_by_id(case_id):
         Case.objects.filter(pk=case.pk).update(
             status=status, suggested_stage=stage or "", suggested_confidence=confidence, updated_at=timezone.now()
         )
+        previous_status = case.status
         case.status, case.suggested_stage, case.suggested_confidence = status, stage or "", confidence
+        notifications.case_refreshed(case, previous_status)
     return case
 
 
@@ -864,11 +874,19 @@ def label_display(label):
     return _label_display(label)
 
 
+def check_length(text: str, limit: int, what: str) -> str:
+    """The text, or ReviewError when it is longer than the field allows
+    (every free text is bounded; the message says the limit)."""
+    if len(text) > limit:
+        raise ReviewError(f"{what} is {len(text):,} characters long; the limit is {limit:,} characters.")
+    return text
+
+
 def _lock_case(case):
     locked = Case.objects.select_for_update().get(pk=case.pk)
     if locked.is_signed_out:
         raise CaseLocked(
-            f"Case {locked.accession_number} was signed out on {locked.signed_out_at:%Y-%m-%d %H:%M}; "
+            f"Case {locked.accession_number} was signed out on {format_when(locked.signed_out_at)}; "
             "changes now go through an addendum."
         )
     return locked
@@ -881,7 +899,7 @@ def review_smear(smear, user, label, reason="", *, expected_version=None):
     showed: when another review was saved since, ReviewConflict is raised
     instead of silently overwriting it (optimistic locking). Returns the
     audit event."""
-    reason = (reason or "").strip()
+    reason = check_length((reason or "").strip(), REVIEW_REASON_MAX_LENGTH, "The reason")
     with transaction.atomic():
         case = _lock_case(smear.case)
         smear = Smear.objects.select_for_update().select_related("prediction").get(pk=smear.pk)
@@ -963,6 +981,40 @@ def mark_assessable(smear, user, reason=""):
     return event
 
 
+def confirm_remaining(case: Case, user) -> list:
+    """Confirm the model's label on every classified smear of the case that
+    nobody has reviewed yet ("confirm all remaining"). Each smear goes
+    through review_smear, so each gets its own audit event, exactly as if
+    confirmed one by one; smears already reviewed keep their label. All or
+    nothing: refused as a whole (CaseLocked) once the case is signed out.
+    Returns the audit events, in smear order."""
+    with transaction.atomic():
+        _lock_case(case)
+        return [review_smear(smear, user, smear.prediction.label) for smear in confirmable_smears(case)]
+
+
+def confirmable_smears(case: Case) -> list:
+    """The smears "confirm all remaining" would confirm: classified, not yet
+    reviewed, and with a suggestion to confirm. A smear outside the model's
+    domain (its prediction's domain check says no suggestion) or marked not
+    assessable is left for the pathologist to judge one by one; getattr keeps
+    this working whether or not those fields exist on this branch."""
+    remaining = case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__isnull=False)
+    return [
+        smear for smear in remaining.select_related("prediction", "case").order_by("created_at", "pk")
+        if getattr(smear.prediction, "in_domain", True) and not getattr(smear, "not_assessable", False)
+    ]
+
+
+def next_case_in_queue(after: Case | None = None) -> Case | None:
+    """The oldest case awaiting review (every smear classified, not signed
+    out), other than `after`: where a pathologist goes after a sign-out."""
+    cases = Case.objects.filter(status=Case.Status.DONE, signed_out_at__isnull=True).order_by("created_at", "pk")
+    if after is not None:
+        cases = cases.exclude(pk=after.pk)
+    return cases.first()
+
+
 def set_final_stage(case, user, final_stage, comment=""):
     """Set (before sign-out) the case's final stage and the comment."""
     with transaction.atomic():
@@ -976,6 +1028,7 @@ def _set_final_stage(case, user, final_stage, comment):
     """The final stage is a staging label. A case with no blood-smear field
     (single cells only) has no stage: its final stage stays empty and its
     result is the reviewed screening summary."""
+    comment = check_length((comment or "").strip(), REVIEW_COMMENT_MAX_LENGTH, "The comment")
     allowed = labels_for_case(case)
     if not case.has_field_smears():
         if final_stage:
@@ -1036,7 +1089,7 @@ def add_addendum(case, user, text, new_final_stage=""):
     """Append an addendum to a signed-out case, optionally changing the final
     stage. The original sign-out (signed_out_stage, signer, time) and earlier
     addenda are kept."""
-    text = (text or "").strip()
+    text = check_length((text or "").strip(), ADDENDUM_MAX_LENGTH, "The addendum")
     if not text:
         raise ReviewError("An addendum needs a text.")
     with transaction.atomic():

@@ -32,7 +32,7 @@ class CaseListView(RolePermissionRequiredMixin, ListView):
 
     def get_queryset(self):
         self.filter_form = CaseFilterForm(self.request.GET or None)
-        qs = Case.objects.select_related("patient", "created_by")
+        qs = Case.objects.with_state().select_related("patient", "created_by")
         return self.filter_form.filter(qs)
 
     def get_context_data(self, **kwargs):
@@ -47,7 +47,7 @@ class CaseListView(RolePermissionRequiredMixin, ListView):
 class CaseDetailView(RolePermissionRequiredMixin, DetailView):
     permission_required = "diagnosis.view_case"
     template_name = "diagnosis/case_detail.html"
-    queryset = Case.objects.select_related("patient", "created_by")
+    queryset = Case.objects.with_state().select_related("patient", "created_by", "signed_out_by")
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
@@ -61,6 +61,9 @@ class CaseDetailView(RolePermissionRequiredMixin, DetailView):
         ctx["addenda"] = self.object.addenda.select_related("author")
         ctx["final_labels"] = [(label, services.label_display(label)) for label in services.labels_for_case(self.object)]
         ctx["screening"] = self.object.screening_summary()
+        ctx["has_fields"] = self.object.has_field_smears()
+        if self.object.is_signed_out and user.has_perm("diagnosis.review_case"):
+            ctx["next_case"] = services.next_case_in_queue(after=self.object)
         ctx["stage_labels"] = Stage.choices
         return ctx
 
@@ -90,10 +93,13 @@ class CaseCreateView(RolePermissionRequiredMixin, CreateView):
 
     def form_valid(self, form):
         form.instance.created_by = self.request.user
-        messages.success(self.request, f"Case {form.instance.accession_number} created. Now upload its smears.")
         with transaction.atomic():  # the case and the first entry of its audit trail together
-            response = super().form_valid(form)
-            services.record_case_opened(self.object, self.request.user)
+            response = save_or_report_duplicate(super().form_valid, form, "accession_number")
+            if response is not None:
+                services.record_case_opened(self.object, self.request.user)
+        if response is None:
+            return self.form_invalid(form)
+        messages.success(self.request, f"Case {form.instance.accession_number} created. Now upload its smears.")
         return response
 
     def get_success_url(self):
@@ -199,7 +205,7 @@ class PatientListView(RolePermissionRequiredMixin, ListView):
         from django.db.models import Count, Max
 
         qs = Patient.objects.annotate(n_cases=Count("cases"), last_case=Max("cases__created_at")).order_by("lab_id")
-        self.q = self.request.GET.get("q", "").strip()
+        self.q = self.request.GET.get("q", "").strip()[:100]  # identifiers are at most 64 characters
         if self.q:
             qs = qs.filter(lab_id__icontains=self.q)
         return qs
@@ -217,7 +223,7 @@ class PatientDetailView(RolePermissionRequiredMixin, DetailView):
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
-        ctx["cases"] = self.object.cases.select_related("created_by").order_by("created_at", "pk")
+        ctx["cases"] = self.object.cases.with_state().select_related("created_by").order_by("created_at", "pk")
         return ctx
 
 
@@ -228,5 +234,22 @@ class PatientCreateView(RolePermissionRequiredMixin, CreateView):
 
     def form_valid(self, form):
         form.instance.created_by = self.request.user
+        response = save_or_report_duplicate(super().form_valid, form, "lab_id")
+        if response is None:
+            return self.form_invalid(form)
         messages.success(self.request, f"Patient {form.instance.lab_id} created.")
-        return super().form_valid(form)
+        return response
+
+
+def save_or_report_duplicate(save, form, field):
+    """Run the view's save; when the database refuses a duplicate identifier
+    (a colleague saved the same one a moment after the form's own check),
+    put the error on the form and return None instead of failing."""
+    from django.db import IntegrityError, transaction
+
+    try:
+        with transaction.atomic():
+            return save(form)
+    except IntegrityError:
+        form.add_error(field, "This identifier already exists (identifiers ignore letter case and surrounding spaces).")
+        return None

@@ -46,7 +46,7 @@ if not DEBUG and not ALLOWED_HOSTS:
     raise ImproperlyConfigured("ALLOWED_HOSTS must be set when DEBUG is off.")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "leukportal.apps.PortalAdminConfig",  # django.contrib.admin with one "Accounts" section
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -92,6 +92,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "diagnosis.context_processors.portal",
             ],
         },
     },
@@ -131,6 +132,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+# Full name and optional professional title (shown on cases, reports, audit trail).
+ACCOUNT_SIGNUP_FORM_CLASS = "accounts.forms.SignupForm"
 ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_EMAIL_VERIFICATION = env.str("ACCOUNT_EMAIL_VERIFICATION", default="optional")
@@ -226,6 +229,8 @@ LANGUAGE_CODE = "en-gb"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
+# Date/time formats of en-gb replaced by the portal's one format (leukportal/formats/).
+FORMAT_MODULE_PATH = ["leukportal.formats"]
 
 # --- Static and media ---------------------------------------------------------
 STATIC_URL = "static/"
@@ -312,3 +317,15 @@ LOGGING = {
 # A case with a smear whose predicted-class probability is below this is
 # flagged for closer review in the work queue.
 REVIEW_LOW_CONFIDENCE_THRESHOLD = env.float("REVIEW_LOW_CONFIDENCE_THRESHOLD", default=0.6)
+
+# --- Case report ----------------------------------------------------------------
+# The laboratory's header on the printed and PDF case report.
+LAB_NAME = env.str("LAB_NAME", default="LeukPortal haematology laboratory")
+LAB_ADDRESS = env.str("LAB_ADDRESS", default="")
+LAB_ACCREDITATION = env.str("LAB_ACCREDITATION", default="")
+
+# --- Notifications ----------------------------------------------------------------
+# In-portal notifications are always on; with this, each is also e-mailed through
+# the configured EMAIL_URL backend. PORTAL_BASE_URL makes the links in the mails absolute.
+NOTIFY_BY_EMAIL = env.bool("NOTIFY_BY_EMAIL", default=False)
+PORTAL_BASE_URL = env.str("PORTAL_BASE_URL", default="http://127.0.0.1:8000")

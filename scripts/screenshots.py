@@ -12,6 +12,7 @@ Demo images come from ../shared/data/taleqani-all/<class>/ when present,
 otherwise they are generated.
 """
 import argparse
+import datetime
 import io
 import os
 import subprocess
@@ -62,8 +63,10 @@ def build_demo():
 
     admin = User.objects.create_superuser("admin@lab.example", PASSWORD)
     admin.groups.add(Group.objects.get(name="Admin"))
-    tech = User.objects.create_user("tech@lab.example", PASSWORD, first_name="Tina", last_name="Tech")
+    tech = User.objects.create_user("tech@lab.example", PASSWORD, full_name="Tina Tech")
     tech.groups.add(Group.objects.get(name="Technician"))
+    pathologist = User.objects.create_user("path@lab.example", PASSWORD, full_name="Paula Path", title="Dr")
+    pathologist.groups.add(Group.objects.get(name="Pathologist"))
 
     plan = [  # patient, accession, note, [(class folder, n images)], classify?
         ("P-1042", "ACC-2026-0101", "Follow-up after induction.", [("Benign", 3)], True),
@@ -78,12 +81,21 @@ def build_demo():
             patients[lab_id] = Patient.objects.create(
                 lab_id=lab_id, sex="FMF"[len(patients) % 3], birth_year=1960 + 9 * len(patients), created_by=tech
             )
-        case = Case.objects.create(patient=patients[lab_id], accession_number=accession, clinical_note=note, created_by=tech)
+        case = Case.objects.create(patient=patients[lab_id], accession_number=accession, clinical_note=note, created_by=tech,
+                                   collection_date=datetime.date(2026, 11, 2 + n))
         files = [f for label, count in images for f in demo_files(label, count, seed=n * 3)]
         outcome = services.add_smears(case, files, tech, kind="field")
         if classify:
             for smear in outcome.accepted:
                 classify_smear(smear.pk)  # the real model, synchronously
+    # One case signed out, one in review, so the list shows the states.
+    signed = Case.objects.get(accession_number="ACC-2026-0101")
+    services.confirm_remaining(signed, pathologist)
+    signed.refresh_from_db()
+    services.sign_out(signed, pathologist, signed.suggested_stage or "Benign", "Reactive lymphocytes; no blasts.")
+    in_review = Case.objects.get(accession_number="ACC-2026-0190")
+    first = in_review.smears.order_by("pk").first()
+    services.review_smear(first, pathologist, first.prediction.label)
     screening_case = None
     if SCREENING_WEIGHTS.is_file() and (CELLS / "all").is_dir() and (CELLS / "hem").is_dir():
         from django.core.files.uploadedfile import SimpleUploadedFile
@@ -134,6 +146,7 @@ def main():
     # Resolve URLs now: Django refuses database access inside Playwright's event loop.
     detail_url, pending_url = detail_case.get_absolute_url(), pending_case.get_absolute_url()
     upload_url, patient_url = f"/cases/{pending_case.pk}/upload/", detail_case.patient.get_absolute_url()
+    gallery_url = f"/cases/{detail_case.pk}/gallery/"
 
     base = f"http://127.0.0.1:{args.port}"
     server = subprocess.Popen(
@@ -172,6 +185,10 @@ def main():
             page.screenshot(path=str(out / "case_detail_after_upload.png"), full_page=True)
             page.goto(base + patient_url)
             page.screenshot(path=str(out / "patient_detail.png"), full_page=True)
+            page.goto(base + gallery_url)
+            page.screenshot(path=str(out / "gallery.png"), full_page=True)
+            page.goto(base + "/notifications/")
+            page.screenshot(path=str(out / "notifications.png"), full_page=True)
             browser.close()
     finally:
         server.terminate()

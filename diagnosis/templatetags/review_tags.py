@@ -1,6 +1,6 @@
 from django import template
 
-from diagnosis import services
+from diagnosis import formatting, services
 
 register = template.Library()
 
@@ -18,3 +18,26 @@ def get_item(mapping, key):
         return mapping.get(key)
     except AttributeError:
         return None
+
+
+@register.filter
+def when(value):
+    """A datetime in the portal's one format, with the time zone."""
+    return formatting.format_when(value)
+
+
+@register.filter
+def day(value):
+    return formatting.format_date(value)
+
+
+@register.filter
+def person(user):
+    """A user's display name (title and full name, else the e-mail address)."""
+    return formatting.person_name(user)
+
+
+@register.filter
+def signer(case):
+    """The name of the person who signed the case out."""
+    return formatting.signer_name(case)

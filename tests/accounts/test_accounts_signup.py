@@ -11,8 +11,11 @@ from tests.portal_testutils import PASSWORD
 pytestmark = pytest.mark.django_db
 
 
-def signup(client, email):
-    return client.post(reverse("account_signup"), {"email": email, "password1": PASSWORD, "password2": PASSWORD})
+def signup(client, email, full_name="Jane Roe", title=""):
+    return client.post(
+        reverse("account_signup"),
+        {"email": email, "password1": PASSWORD, "password2": PASSWORD, "full_name": full_name, "title": title},
+    )
 
 
 def test_first_signup_on_empty_database_becomes_superuser_and_admin(client, django_user_model):

@@ -154,7 +154,8 @@ def test_create_patient_and_case_flow(tech_client, technician):
     patient = Patient.objects.get(lab_id="P-77")
     assert patient.created_by == technician
     response = tech_client.post(
-        reverse("diagnosis:case_create"), {"patient": patient.pk, "accession_number": "ACC-77", "clinical_note": "WBC high"}
+        reverse("diagnosis:case_create"), {"patient": patient.pk, "accession_number": "ACC-77", "specimen_type": "peripheral_blood",
+                                             "clinical_note": "WBC high"}
     )
     case = Case.objects.get(accession_number="ACC-77")
     assert response.url == reverse("diagnosis:smear_upload", args=[case.pk])
@@ -162,7 +163,10 @@ def test_create_patient_and_case_flow(tech_client, technician):
     # Duplicates are refused with a message, not a crash.
     response = tech_client.post(reverse("diagnosis:patient_create"), {"lab_id": "P-77", "sex": "M"})
     assert response.status_code == 200 and "already exists" in response.content.decode()
-    response = tech_client.post(reverse("diagnosis:case_create"), {"patient": patient.pk, "accession_number": "ACC-77"})
+    response = tech_client.post(
+        reverse("diagnosis:case_create"),
+        {"patient": patient.pk, "accession_number": "ACC-77", "specimen_type": "peripheral_blood"},
+    )
     assert response.status_code == 200 and "already exists" in response.content.decode()
 
 

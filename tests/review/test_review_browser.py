@@ -4,6 +4,7 @@ works the queue, toggles the heat map, reclassifies with a reason, signs out,
 and opens the report. Screenshots go to $SCREENSHOT_DIR (`make screenshots` sets it to
 docs/screenshots/ to refresh the README's pictures), else to a temporary folder, so a test
 run never rewrites committed files."""
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -82,14 +83,27 @@ def test_upload_review_sign_out_report(browser, live_server, technician, patholo
         assert page.locator(f'#smear-{first.pk} .viewer.show-heat').count() == 1
     shot(page, "review.png")
 
-    # Confirm the first smear; reclassify the second with a reason.
-    page.click(f"#smear-{first.pk} form[data-review-form] button[type=submit]")
+    # By keyboard: the first smear is current; "c" confirms the model's label.
+    assert page.get_attribute("body", "data-current-smear") == str(first.pk)
+    page.keyboard.press("c")
     page.wait_for_selector(f"#smear-{first.pk} [data-review-state]")
+    # After the save the next unreviewed smear is current; a digit picks a label (model order), and a
+    # change needs its reason before Enter saves it.
+    assert page.get_attribute("body", "data-current-smear") == str(second.pk)
+    labels = ("Benign", "Early", "Pre", "Pro")
     other = next(label for label in ("Pre", "Pro", "Early", "Benign") if label != second.prediction.label)
-    page.select_option(f"#label-{second.pk}", other)
-    page.fill(f"#smear-{second.pk} textarea[name=reason]", "Coarser chromatin than the model suggests.")
-    page.click(f"#smear-{second.pk} form[data-review-form] button[type=submit]")
+    page.keyboard.press(str(labels.index(other) + 1))
+    assert page.input_value(f"#label-{second.pk}") == other
+    page.keyboard.press("Enter")  # refused without a reason: the reason box gets the focus instead
+    page.keyboard.type("Coarser chromatin than the model suggests.")
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("k")
+    assert page.get_attribute("body", "data-current-smear") == str(first.pk)
+    page.keyboard.press("j")
+    page.keyboard.press("Enter")
     page.wait_for_selector(f"#smear-{second.pk} [data-review-state]")
+    second.refresh_from_db()
+    assert second.review_label == other and second.review_reason.startswith("Coarser")
 
     page.select_option("#final-stage", other)
     page.fill("#comment", "Morphology consistent with ALL; see flow cytometry.")
@@ -100,9 +114,20 @@ def test_upload_review_sign_out_report(browser, live_server, technician, patholo
     assert {"upload", "upload_rejected", "prediction", "confirm", "override", "sign_out"} <= actions
     shot(page, "case_signed_out.png")
 
+    # The technician was told in the portal that the upload is classified.
+    tech.goto(base + "/cases/")
+    assert tech.inner_text("[data-unread]") == "1"
+    tech.click("[data-notifications-link]")
+    assert "2 of 2 images classified" in tech.inner_text("[data-notifications]")
+
     page.goto(base + f"/cases/{case.pk}/report/")
     assert case.accession_number in page.inner_text("[data-report]")
     assert pathologist.email in page.inner_text("[data-report]")
     shot(page, "report.png")
     page.emulate_media(media="print")
     assert not page.is_visible("nav.navbar")
+    # Printed from the browser, the pages are numbered (CSS @page margin box).
+    from pypdf import PdfReader
+
+    printed = PdfReader(io.BytesIO(page.pdf(format="A4")))
+    assert f"Page 1 of {len(printed.pages)}" in printed.pages[0].extract_text()

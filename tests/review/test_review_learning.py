@@ -77,7 +77,7 @@ def test_export_zip_and_admin_action(reviewed, path_client, client, make_user, c
 def test_report_html_and_pdf(reviewed, path_client, case, pathologist):
     services.add_addendum(case, pathologist, "Flow cytometry confirms.", "")
     html = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
-    for text in (case.accession_number, case.patient.lab_id, "Pre-B", "fake_model 0.0-test", pathologist.email,
+    for text in (case.accession_number, case.patient.lab_id, "Pre-B", "Staging model v0.0-test", pathologist.email,
                  "decision support", "Flow cytometry confirms.", "data-print", "diagnosis/report.js"):
         assert text in html
     response = path_client.get(reverse("diagnosis:case_report_pdf", args=[case.pk]))
@@ -87,6 +87,6 @@ def test_report_html_and_pdf(reviewed, path_client, case, pathologist):
     reader = PdfReader(io.BytesIO(response.content))
     text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
     assert sum(len(page.images) for page in reader.pages) >= 2  # the smears' thumbnails
-    for expected in (case.accession_number, case.patient.lab_id, "Final stage", "Pre-B", "fake_model 0.0-test",
+    for expected in (case.accession_number, case.patient.lab_id, "Final stage", "Pre-B", "Staging model v0.0-test",
                      pathologist.email, "decision support", "Cytology is Pre-B.", "Flow cytometry confirms."):
         assert expected in text, expected

@@ -12,15 +12,12 @@ from diagnosis.models import Prediction
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 BEFORE = [("diagnosis", "0002_review")]
-AFTER = None  # the latest diagnosis migration: later migrations add columns the current models read
 OLD = {"prob_benign": 0.05, "prob_early": 0.15, "prob_pre": 0.7, "prob_pro": 0.1}
 
 
 def migrate(targets):
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
-    if targets is None:
-        targets = [node for node in executor.loader.graph.leaf_nodes() if node[0] == "diagnosis"]
     executor.migrate(targets)
     return executor.loader.project_state(targets).apps
 
@@ -46,7 +43,6 @@ def test_existing_staging_predictions_survive_the_migration():
         OldPrediction.objects.create(smear=smear, model_name="mobilenetv3_lstm", model_version="v1", stage="Pre",
                                      latency_ms=12, **OLD)
     finally:
-        migrate(AFTER)
         migrate(latest())
     prediction = Prediction.objects.get(smear__original_filename="old.png")
     assert prediction.smear.kind == "field"

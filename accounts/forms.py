@@ -1,0 +1,25 @@
+from django import forms
+
+from .models import User
+
+_full_name = User._meta.get_field("full_name")
+_title = User._meta.get_field("title")
+
+
+class SignupForm(forms.Form):
+    """Extra sign-up fields (ACCOUNT_SIGNUP_FORM_CLASS): people sign cases
+    out under their names, so the name is asked for at sign-up."""
+
+    full_name = forms.CharField(
+        label="Full name", max_length=_full_name.max_length, help_text=_full_name.help_text,
+        widget=forms.TextInput(attrs={"autocomplete": "name", "placeholder": "e.g. Jane Roe"}),
+    )
+    title = forms.CharField(
+        label="Professional title", max_length=_title.max_length, required=False, help_text=_title.help_text,
+        widget=forms.TextInput(attrs={"autocomplete": "honorific-prefix"}),
+    )
+
+    def signup(self, request, user):
+        user.full_name = self.cleaned_data["full_name"]
+        user.title = self.cleaned_data.get("title", "")
+        user.save(update_fields=["full_name", "title"])

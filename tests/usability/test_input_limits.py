@@ -1,0 +1,78 @@
+"""Issue 15.3: every free text is bounded and every field says its limit."""
+import pytest
+from django.urls import reverse
+
+from diagnosis import models, services
+from diagnosis.models import Case
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_clinical_note_over_the_limit_is_refused_with_the_limit(tech_client, patient):
+    response = tech_client.post(
+        reverse("diagnosis:case_create"),
+        {"patient": patient.pk, "accession_number": "ACC-9", "specimen_type": "peripheral_blood",
+         "clinical_note": "x" * 108_000},
+    )
+    assert response.status_code == 200
+    assert f"at most {models.CLINICAL_NOTE_MAX_LENGTH} characters" in response.content.decode()
+    assert not Case.objects.exists()
+
+
+def test_case_form_says_each_limit(tech_client):
+    page = tech_client.get(reverse("diagnosis:case_create")).content.decode()
+    assert f"Up to {models.CLINICAL_NOTE_MAX_LENGTH} characters" in page
+    assert f'maxlength="{models.CLINICAL_NOTE_MAX_LENGTH}"' in page
+    assert f"Up to {models.IDENTIFIER_MAX_LENGTH} characters" in page
+
+
+def test_patient_form_says_the_identifier_limit(tech_client):
+    page = tech_client.get(reverse("diagnosis:patient_create")).content.decode()
+    assert f"up to {models.IDENTIFIER_MAX_LENGTH} characters" in page
+
+
+def test_an_overlong_review_reason_is_refused_and_the_smear_stays_unreviewed(path_client, field):
+    smear = field("Pre")
+    response = path_client.post(
+        reverse("diagnosis:smear_review", args=[smear.pk]), {"label": "Pro", "reason": "r" * 5000}, follow=True
+    )
+    assert f"the limit is {models.REVIEW_REASON_MAX_LENGTH:,} characters" in response.content.decode()
+    smear.refresh_from_db()
+    assert smear.review_label == ""
+
+
+def test_an_overlong_sign_out_comment_is_refused(path_client, reviewed_case):
+    response = path_client.post(
+        reverse("diagnosis:case_finalize", args=[reviewed_case.pk]),
+        {"final_stage": "Pre", "comment": "c" * 3000, "action": "sign_out"}, follow=True,
+    )
+    assert "the limit is" in response.content.decode()
+    reviewed_case.refresh_from_db()
+    assert not reviewed_case.is_signed_out
+
+
+def test_an_overlong_addendum_is_refused(path_client, reviewed_case, pathologist):
+    services.sign_out(reviewed_case, pathologist, "Pre")
+    response = path_client.post(
+        reverse("diagnosis:case_addendum", args=[reviewed_case.pk]), {"text": "a" * 5000}, follow=True
+    )
+    assert "the limit is" in response.content.decode()
+    assert not reviewed_case.addenda.exists()
+
+
+def test_review_screen_says_the_reason_and_comment_limits(path_client, case, field):
+    field("Pre")
+    page = path_client.get(reverse("diagnosis:case_review", args=[case.pk])).content.decode()
+    assert f'maxlength="{models.REVIEW_REASON_MAX_LENGTH}"' in page
+    assert f"Up to {models.REVIEW_COMMENT_MAX_LENGTH} characters" in page
+
+
+def test_an_overlong_search_is_explained_not_a_server_error(path_client):
+    response = path_client.get(reverse("diagnosis:case_list"), {"q": "q" * 5000})
+    assert response.status_code == 200
+    assert "data-filter-errors" in response.content.decode()
+
+
+def test_an_overlong_patient_search_is_cut_not_a_server_error(tech_client, patient):
+    response = tech_client.get(reverse("diagnosis:patient_list"), {"q": "P-0001" + " " * 10 + "x" * 100_000})
+    assert response.status_code == 200
