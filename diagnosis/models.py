@@ -278,6 +278,8 @@ class Case(models.Model):
     def report_patient_lab_id(self):
         """The patient identifier of the report: as signed out once signed out."""
         return self.signed_out_patient_lab_id or self.patient.lab_id
+
+    @property
     def state(self):
         """The CaseState of this case (from the list's annotation when there is one)."""
         value = self.__dict__.get("workflow_state")

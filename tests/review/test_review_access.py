@@ -34,6 +34,11 @@ PAGES = [
     ("diagnosis:case_finalize", "case", REVIEWERS, "post", {"final_stage": "Pre", "action": "save"}),
     ("diagnosis:case_finalize", "case", REVIEWERS, "post", {"final_stage": "Pre", "action": "sign_out"}),
     ("diagnosis:case_addendum", "case", REVIEWERS, "post", {"text": "x"}),
+    ("diagnosis:smear_assessable", "smear", REVIEWERS, "post", {"action": "not_assessable", "reason": "smudged"}),
+    ("diagnosis:case_confirm_remaining", "case", REVIEWERS, "post", None),
+    ("diagnosis:case_gallery", "case", ROLES, "get", None),
+    ("diagnosis:notifications", None, ROLES, "get", None),
+    ("diagnosis:notifications_read", None, ROLES, "post", None),
 ]
 
 
