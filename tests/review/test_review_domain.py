@@ -198,3 +198,14 @@ def test_dashboard_leaves_outside_smears_out_of_agreement(classified, outside, p
     stats = services.agreement_stats(kind="field")
     assert (stats["n"], stats["agree"], stats["outside_domain"]) == (1, 1, 1)
     assert Case.objects.get(pk=case.pk).is_signed_out
+
+
+def test_confirm_all_remaining_leaves_outside_and_not_assessable_smears_to_the_pathologist(
+        classified, outside, pathologist, case):
+    plain, out, skipped = classified("Pre"), outside(), classified("Early")
+    services.mark_not_assessable(skipped, pathologist, "Smudged")
+    events = services.confirm_remaining(case, pathologist)
+    assert [e.smear for e in events] == [plain]
+    out.refresh_from_db()
+    skipped.refresh_from_db()
+    assert out.review_label == "" and skipped.review_label == ""
