@@ -175,14 +175,13 @@ def cmd_robustness(args) -> int:
 
 def cmd_explain(args) -> int:
     from . import load_predictor
+    from .data import load_image
     from .explain import METHODS, overlay
 
     predictor = load_predictor(args.model)
     target = args.target
     if target is not None and target not in predictor.classes:
         raise ValueError(f"unknown class {target!r}; the model's classes: {', '.join(predictor.classes)}")
-    from .data import load_image
-
     image = load_image(args.file)
     result = predictor.predict([image])[0]
     label = result.get("stage", result.get("label"))
@@ -333,10 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--dry-run", action="store_true", help="report only; leave the model file as it is")
 
     args = parser.parse_args(argv)
-    handlers = {"robustness": cmd_robustness, "explain": cmd_explain, "explain-eval": cmd_explain_eval,
-                "calibrate": cmd_calibrate, "split": cmd_split, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,
+    handlers = {"split": cmd_split, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,
                 "predict": cmd_predict, "export": cmd_export, "benchmark": cmd_benchmark, "screening": cmd_screening,
-                "ship": cmd_ship}
+                "ship": cmd_ship, "robustness": cmd_robustness, "explain": cmd_explain,
+                "explain-eval": cmd_explain_eval, "calibrate": cmd_calibrate}
     try:
         return handlers[args.command](args)
     except (FileNotFoundError, ValueError, KeyError) as exc:
