@@ -332,10 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--dry-run", action="store_true", help="report only; leave the model file as it is")
 
     args = parser.parse_args(argv)
-    handlers = {"split": cmd_split, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,
+    handlers = {"robustness": cmd_robustness, "explain": cmd_explain, "explain-eval": cmd_explain_eval,
+                "calibrate": cmd_calibrate, "split": cmd_split, "models": cmd_models, "train": cmd_train, "evaluate": cmd_evaluate,
                 "predict": cmd_predict, "export": cmd_export, "benchmark": cmd_benchmark, "screening": cmd_screening,
-                "ship": cmd_ship, "robustness": cmd_robustness, "explain": cmd_explain,
-                "explain-eval": cmd_explain_eval, "calibrate": cmd_calibrate}
+                "ship": cmd_ship}
     try:
         return handlers[args.command](args)
     except (FileNotFoundError, ValueError, KeyError) as exc:
