@@ -214,14 +214,13 @@ def cmd_robustness(args) -> int:
 
 def cmd_explain(args) -> int:
     from . import load_predictor
+    from .data import load_image
     from .explain import METHODS, overlay
 
     predictor = load_predictor(args.model)
     target = args.target
     if target is not None and target not in predictor.classes:
         raise ValueError(f"unknown class {target!r}; the model's classes: {', '.join(predictor.classes)}")
-    from .data import load_image
-
     image = load_image(args.file)
     result = predictor.predict([image])[0]
     label = result.get("stage", result.get("label"))

@@ -107,7 +107,8 @@ def deletion_test(predictor, images, method=heatmap, fraction: float = DELETION_
                   batch_size: int = 64) -> dict:
     """Blur the hottest ``fraction`` of each image's pixels by its map, then the coldest; return the mean
     drop of the predicted class's probability (the model's own, temperature-scaled) for each, their
-    ratio, the same drops in log-odds, the per-image drops and the seconds per map. ``method(predictor, image, target)`` makes a map."""
+    ratio, the same drops in log-odds, the per-image drops and the seconds per map.
+    ``method(predictor, image, target)`` makes a map."""
     hot_drops, cold_drops, hot_odds, cold_odds, seconds = [], [], [], [], []
     for image in images:
         rgb = _input_image(predictor, image)

@@ -71,7 +71,8 @@ def run(model, data: str | Path, manifest: str | Path | None = None, split: str 
                      "accuracy_change": metrics["accuracy"] - clean["accuracy"],
                      "meets_target": metrics["accuracy"] >= MILD_TARGET})
     report = {
-        "model": predictor.name, "model_version": predictor.version, "model_file": str(predictor.path),
+        "model": predictor.name, "model_version": predictor.version,
+        "model_file": str(model),  # as given (a shipped name or a path): the card's reproduce line
         "model_sha256": mldata.sha256_file(predictor.path), "temperature": predictor.temperature,
         "data": str(data), "manifest": str(manifest), "manifest_sha256": mldata.sha256_file(manifest),
         "split": split, "n": int(len(labels)), "limited": bool(limit), "target": MILD_TARGET,
