@@ -84,6 +84,12 @@ def build_demo():
         case = Case.objects.create(patient=patients[lab_id], accession_number=accession, clinical_note=note, created_by=tech,
                                    collection_date=datetime.date(2026, 11, 2 + n))
         files = [f for label, count in images for f in demo_files(label, count, seed=n * 3)]
+        if accession == "ACC-2026-0187" and (CELLS / "hem").is_dir():
+            # A single segmented cell uploaded as a field by mistake: the domain check says so, no stage is shown.
+            from django.core.files.uploadedfile import SimpleUploadedFile
+
+            cell = sorted((CELLS / "hem").glob("*.png"))[-1]
+            files.append(SimpleUploadedFile(cell.name, cell.read_bytes()))
         outcome = services.add_smears(case, files, tech, kind="field")
         if classify:
             for smear in outcome.accepted:

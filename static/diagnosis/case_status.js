@@ -31,7 +31,7 @@
       stage.appendChild(badge("text-bg-secondary", "Not assessable"));
     } else if (item.stage && item.in_domain === false) {
       // The model could not judge this image: no stage, no probability bars, only the reason.
-      stage.appendChild(badge("text-bg-warning", "Outside the model's domain: no suggestion"));
+      stage.appendChild(badge("text-bg-warning text-wrap text-start", "Outside the model's domain: no suggestion"));
     } else if (item.stage && item.kind === "cell") {
       stage.appendChild(badge("stage-badge stage-" + (item.stage === "blast" ? "blast" : "normal"),
         item.stage === "blast" ? "flagged for review" : "not flagged"));
