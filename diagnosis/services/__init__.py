@@ -9,10 +9,31 @@ modules listed before it:
     errors, audit, transactions, case_state, text, dispatch,
     intake, classification, recovery, records, review, signout, export
 
+The read side (review queue, status payloads, labels, agreement, search)
+lives in diagnosis/selectors.py; services call it, never the other way round.
+Its names are re-exported here too, so `services.review_queue()` and the
+like keep working for existing callers; new code imports them from selectors.
+
 `dispatch` is the only importer of diagnosis.tasks (inside its function).
 A test that replaces a name patches it in the module where it is looked up
 (e.g. `services.intake.check_image`).
 """
+from ..selectors import (
+    agreement_by_kind,
+    agreement_stats,
+    case_status_payload,
+    confirmable_smears,
+    label_display,
+    labels_for_case,
+    labels_for_smear,
+    next_case_in_queue,
+    QueueEntry,
+    review_queue,
+    reviewed_smears,
+    screening_summary_text,
+    search_filter,
+    smears_status_payload,
+)
 from .errors import (
     CaseLocked,
     InvalidModelOutput,
@@ -31,11 +52,8 @@ from .transactions import (
 )
 from .case_state import (
     _refresh_case_by_id,
-    case_status_payload,
     lock_open_case,
     refresh_case,
-    search_filter,
-    smears_status_payload,
 )
 from .text import (
     check_length,
@@ -79,34 +97,23 @@ from .records import (
 from .review import (
     apply_final_stage,
     confirm_remaining,
-    confirmable_smears,
-    label_display,
-    labels_for_case,
-    labels_for_smear,
     mark_assessable,
     mark_not_assessable,
-    next_case_in_queue,
     NOT_ASSESSABLE_REASON_MAX,
-    QueueEntry,
-    review_queue,
     review_smear,
     set_final_stage,
 )
 from .signout import (
     add_addendum,
-    screening_summary_text,
     sign_out,
     sign_out_problems,
 )
 from .export import (
     _inside,
-    agreement_by_kind,
-    agreement_stats,
     EXPORT_COLUMNS,
     EXPORT_CSV,
     EXPORT_LAYOUT,
     export_reviewed,
-    reviewed_smears,
 )
 
 __all__ = [

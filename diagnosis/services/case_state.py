@@ -1,8 +1,7 @@
 """A case's state: its status and suggested stage recomputed from its smears
 (refresh_case), and the lock every writer of a case takes first
-(lock_open_case). Imports models, notifications and errors only."""
+(lock_open_case). Imports models, notifications, formatting and errors only."""
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from .. import notifications
@@ -50,59 +49,3 @@ def _refresh_case_by_id(case_id):
         case.status, case.suggested_stage, case.suggested_confidence = status, stage or "", confidence
         notifications.case_refreshed(case, previous_status)
     return case
-
-
-def _smear_status_item(smear, can_retry):
-    prediction = getattr(smear, "prediction", None)
-    return {
-        "id": smear.pk,
-        "status": smear.status,
-        "status_display": smear.get_status_display(),
-        "error": smear.error,
-        "attempts": smear.attempts,
-        "can_retry": can_retry and smear.can_retry,
-        "kind": smear.kind,
-        # "stage" is the model's label for either kind (a stage, or blast/normal).
-        "stage": prediction.label if prediction else None,
-        "stage_display": prediction.label_display if prediction else None,
-        "probabilities": dict(prediction.ordered_probabilities()) if prediction else None,
-        "threshold": prediction.threshold if prediction else None,
-        "model": f"{prediction.model_name} {prediction.model_version}" if prediction else None,
-        "in_domain": prediction.in_domain if prediction else None,
-        "domain_score": prediction.domain_score if prediction else None,
-        "domain_reason": prediction.domain_reason if prediction else "",
-        "not_assessable": smear.not_assessable,
-        "not_assessable_reason": smear.not_assessable_reason,
-    }
-
-
-def smears_status_payload(smears, user):
-    """Status JSON for any set of smears (the technician's upload queue)."""
-    can_retry = user.has_perm("diagnosis.retry_smear")
-    items = [_smear_status_item(s, can_retry) for s in smears.select_related("prediction").order_by("-created_at", "-pk")]
-    return {
-        "pending": any(i["status"] in (Smear.Status.QUEUED, Smear.Status.PROCESSING) for i in items),
-        "smears": items,
-    }
-
-
-def case_status_payload(case, user):
-    """The JSON the case page polls while smears are being classified."""
-    smears = case.smears.select_related("prediction").order_by("created_at", "pk")
-    can_retry = user.has_perm("diagnosis.retry_smear")
-    items = [_smear_status_item(smear, can_retry) for smear in smears]
-    return {
-        "case": case.pk,
-        "status": case.status,
-        "status_display": case.get_status_display(),
-        "suggested_stage": case.suggested_stage or None,
-        "suggested_stage_display": case.get_suggested_stage_display() if case.suggested_stage else None,
-        "suggested_confidence": case.suggested_confidence,
-        "screening": case.screening_summary(),
-        "pending": any(i["status"] in (Smear.Status.QUEUED, Smear.Status.PROCESSING) for i in items),
-        "smears": items,
-    }
-
-
-def search_filter(q):
-    return Q(accession_number__icontains=q) | Q(patient__lab_id__icontains=q)

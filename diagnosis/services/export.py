@@ -1,63 +1,13 @@
-"""Learning from review: the agreement between the models and the
-pathologists, and the export of reviewed smears as training folders."""
+"""The export of reviewed smears of signed-out cases as training folders
+for `python -m ml train`."""
 from ..models import IMAGE_FORMAT_FILES, CellLabel, Smear, Stage
+from ..selectors import reviewed_smears
 from .text import safe_name_part
 
 
-def reviewed_smears():
-    """Smears with a pathologist label in signed-out cases (the labels that
-    are final), with their predictions."""
-    return (
-        Smear.objects.filter(case__signed_out_at__isnull=False, status=Smear.Status.DONE, not_assessable=False)
-        .exclude(review_label="")
-        .filter(prediction__isnull=False)
-        .select_related("prediction", "case", "reviewed_by")
-        .order_by("case__signed_out_at", "pk")
-    )
-
-
-def agreement_stats(smears=None, kind=None):
-    """Agreement between the model and the pathologists on reviewed smears,
-    and the confusion matrix (rows: model label, columns: final label).
-    `kind` (Smear.Kind) keeps one model's smears only; the dashboard shows
-    one matrix per model kind."""
-    smears = list(reviewed_smears() if smears is None else smears)
-    if kind is not None:
-        smears = [s for s in smears if s.kind == kind]
-    # The model made no suggestion for an image outside its domain: nothing to agree or disagree with.
-    outside = sum(1 for s in smears if not s.prediction.in_domain)
-    smears = [s for s in smears if s.prediction.in_domain]
-    labels = []
-    for smear in smears:
-        labels += [label for label in smear.prediction.labels if label not in labels]
-    matrix = {m: {f: 0 for f in labels} for m in labels}
-    agree = 0
-    for smear in smears:
-        matrix[smear.prediction.label][smear.review_label] = matrix[smear.prediction.label].get(smear.review_label, 0) + 1
-        agree += smear.prediction.label == smear.review_label
-    return {
-        "n": len(smears),
-        "agree": agree,
-        "agreement": agree / len(smears) if smears else None,
-        "outside_domain": outside,
-        "labels": labels,
-        "matrix": [(m, [matrix[m].get(f, 0) for f in labels]) for m in labels],
-    }
-
-
-def agreement_by_kind(smears=None):
-    """agreement_stats() per model kind: [(kind, kind display, stats)]."""
-    smears = list(reviewed_smears() if smears is None else smears)
-    return [(kind.value, kind.label, agreement_stats(smears, kind)) for kind in Smear.Kind]
-
-
 EXPORT_CSV = "labels.csv"
-
-
 EXPORT_COLUMNS = ["file", "final_label", "model_label", "model_in_domain", "model_version", "reviewer", "case_accession",
                   "sha256"]
-
-
 #: Export subfolder and class folders (always created) per smear kind.
 EXPORT_LAYOUT = {
     Smear.Kind.FIELD: ("staging", tuple(Stage.values)),

@@ -60,8 +60,6 @@ FORMAT_SIGNATURES = (
     (b"MM\x00*", "TIFF"),
     (b"BM", "BMP"),
 )
-
-
 #: Pillow format names read as one of ALLOWED_FORMATS. MPO is the
 #: multi-picture JPEG that cameras write; its first frame is a plain JPEG.
 FORMAT_ALIASES = {"MPO": "JPEG"}

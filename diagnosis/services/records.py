@@ -9,8 +9,6 @@ from .case_state import lock_open_case
 
 #: Fields of a case and a patient that people may edit (admin), each change audited.
 CASE_EDITABLE_FIELDS = ("patient", "accession_number", "clinical_note")
-
-
 PATIENT_EDITABLE_FIELDS = ("lab_id", "sex", "birth_year")
 
 

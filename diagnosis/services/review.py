@@ -1,42 +1,14 @@
 """Pathologist review before sign-out: confirm or reclassify a smear, mark it
 (not) assessable, confirm all remaining, and set the final stage."""
-from dataclasses import dataclass
-
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import REVIEW_COMMENT_MAX_LENGTH, REVIEW_REASON_MAX_LENGTH, AuditEvent, Case, CellLabel, Prediction, Smear
-from ..models import label_display as _label_display
+from ..models import REVIEW_COMMENT_MAX_LENGTH, REVIEW_REASON_MAX_LENGTH, AuditEvent, Case, Smear
+from ..selectors import confirmable_smears, label_display, labels_for_case, labels_for_smear
 from .audit import record_event
 from .case_state import _refresh_case_by_id, lock_open_case
 from .errors import ReviewConflict, ReviewError
 from .text import check_length
-
-
-def labels_for_smear(smear):
-    """The labels a pathologist may give this smear: the label set of the
-    model that classified it (in the model's order)."""
-    prediction = getattr(smear, "prediction", None)
-    if prediction is None:
-        return ()
-    return prediction.labels
-
-
-def labels_for_case(case):
-    """Labels allowed as the final stage: the union of the label sets of the
-    case's classified blood-smear fields (staging model), in model order.
-    Single cells never give a stage: their result is the screening summary."""
-    labels = []
-    for prediction in Prediction.objects.filter(
-        smear__case=case, smear__status=Smear.Status.DONE, smear__kind=Smear.Kind.FIELD
-    ):
-        labels += [label for label in prediction.labels if label not in labels]
-    return tuple(labels)
-
-
-def label_display(label):
-    return _label_display(label)
 
 
 def review_smear(smear, user, label, reason="", *, expected_version=None):
@@ -140,28 +112,6 @@ def confirm_remaining(case: Case, user) -> list:
         return [review_smear(smear, user, smear.prediction.label) for smear in confirmable_smears(case)]
 
 
-def confirmable_smears(case: Case) -> list:
-    """The smears "confirm all remaining" would confirm: classified, not yet
-    reviewed, and with a suggestion to confirm. A smear outside the model's
-    domain (its prediction's domain check says no suggestion) or marked not
-    assessable is left for the pathologist to judge one by one; getattr keeps
-    this working whether or not those fields exist on this branch."""
-    remaining = case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__isnull=False)
-    return [
-        smear for smear in remaining.select_related("prediction", "case").order_by("created_at", "pk")
-        if getattr(smear.prediction, "in_domain", True) and not getattr(smear, "not_assessable", False)
-    ]
-
-
-def next_case_in_queue(after: Case | None = None) -> Case | None:
-    """The oldest case awaiting review (every smear classified, not signed
-    out), other than `after`: where a pathologist goes after a sign-out."""
-    cases = Case.objects.filter(status=Case.Status.DONE, signed_out_at__isnull=True).order_by("created_at", "pk")
-    if after is not None:
-        cases = cases.exclude(pk=after.pk)
-    return cases.first()
-
-
 def set_final_stage(case, user, final_stage, comment=""):
     """Set (before sign-out) the case's final stage and the comment."""
     with transaction.atomic():
@@ -187,64 +137,3 @@ def apply_final_stage(case, user, final_stage, comment):
                      new_value=final_stage, reason=comment)
     case.final_stage, case.review_comment = final_stage, comment or ""
     case.save(update_fields=["final_stage", "review_comment", "updated_at"])
-
-
-@dataclass
-class QueueEntry:
-    case: Case
-    n_smears: int
-    min_confidence: float
-    stages: list
-    low_confidence: bool
-    disagreement: bool
-    reviewed: int
-    n_cells: int = 0
-    blasts_flagged: int = 0
-    outside_domain: int = 0  # smears the model could not judge: the pathologist must look at them
-
-    @property
-    def flagged(self):
-        return self.low_confidence or self.disagreement or bool(self.outside_domain)
-
-
-def review_queue(threshold=None):
-    """Cases awaiting review, oldest first: every smear classified (case
-    status done) and not signed out. Each entry carries the lowest smear
-    confidence and the flags: low confidence (a blood-smear field below
-    REVIEW_LOW_CONFIDENCE_THRESHOLD) and disagreement (fields predicted as
-    different stages), plus the number of single cells and of cells the
-    screening model flagged as blasts. (A cell's confidence is not a useful
-    flag: the screening threshold is deliberately low for sensitivity.)"""
-    threshold = settings.REVIEW_LOW_CONFIDENCE_THRESHOLD if threshold is None else threshold
-    cases = (
-        Case.objects.filter(status=Case.Status.DONE, signed_out_at__isnull=True)
-        .select_related("patient", "created_by")
-        .prefetch_related("smears__prediction")
-        .order_by("created_at", "pk")
-    )
-    entries = []
-    for case in cases:
-        done = [s for s in case.smears.all()
-                if s.status == Smear.Status.DONE and hasattr(s, "prediction") and not s.not_assessable]
-        if not done:
-            continue
-        outside = [s for s in done if not s.prediction.in_domain]
-        fields = [s.prediction for s in done if s.kind == Smear.Kind.FIELD and s.prediction.in_domain]
-        cells = [s.prediction for s in done if s.kind == Smear.Kind.CELL and s.prediction.in_domain]
-        confidences = [p.confidence for p in fields]
-        stages = sorted({p.label for p in fields})
-        entries.append(
-            QueueEntry(
-                case=case,
-                n_smears=len(done),
-                min_confidence=min(confidences) if confidences else None,
-                stages=stages,
-                low_confidence=bool(confidences) and min(confidences) < threshold,
-                disagreement=len(stages) > 1,
-                reviewed=sum(1 for s in case.smears.all() if s.review_label),
-                n_cells=len(cells),
-                blasts_flagged=sum(1 for p in cells if p.label == CellLabel.BLAST),
-                outside_domain=len(outside),
-            )
-        )
-    return entries

@@ -4,10 +4,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..models import ADDENDUM_MAX_LENGTH, AuditEvent, Case, CaseAddendum, Smear
+from ..selectors import labels_for_case, screening_summary_text
 from .audit import record_event
 from .case_state import lock_open_case
 from .errors import ReviewError
-from .review import apply_final_stage, labels_for_case
+from .review import apply_final_stage
 from .text import check_length
 
 
@@ -82,22 +83,3 @@ def add_addendum(case, user, text, new_final_stage=""):
             locked.save(update_fields=["final_stage", "updated_at"])
     case.refresh_from_db()
     return addendum
-
-
-def screening_summary_text(case, reviewed=True):
-    """One line for the audit trail and reports; empty when no cell."""
-    summary = case.screening_summary()
-    if not summary["cells"]:
-        return ""
-    if reviewed and not summary["reviewed"]:
-        return "Single-cell screening, pathologist: no cell reviewed yet."
-    if reviewed:
-        frac = summary["reviewed_fraction"]
-        return (f"Single-cell screening, pathologist: {summary['reviewed_blasts']} of {summary['reviewed']} "
-                f"reviewed cells blast ({frac:.0%}).")
-    frac = summary["flagged_fraction"]
-    pct = f" ({frac:.0%})" if frac is not None else ""
-    text = f"Single-cell screening, model: {summary['flagged']} of {summary['screened']} cells flagged by the screen{pct}."
-    if summary["outside_domain"]:
-        text += f" {summary['outside_domain']} cell(s) outside the model's domain (not screened)."
-    return text

@@ -13,8 +13,6 @@ logger = logging.getLogger(__name__)
 #: MySQL/MariaDB error codes of a transaction that may succeed when run again:
 #: 1213 deadlock (the server rolled it back), 1205 lock wait timeout.
 TRANSIENT_DB_ERROR_CODES = {1205, 1213}
-
-
 TRANSACTION_ATTEMPTS = 4
 
 
