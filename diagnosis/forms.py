@@ -116,7 +116,7 @@ class CaseFilterForm(forms.Form):
         self.is_valid()
         data = self.cleaned_data
         if data.get("q"):
-            from .services import search_filter
+            from .selectors import search_filter
 
             queryset = queryset.filter(search_filter(data["q"].strip()))
         if data.get("state"):

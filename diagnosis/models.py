@@ -170,7 +170,7 @@ class CaseQuerySet(models.QuerySet):
 class Case(models.Model):
     class Status(models.TextChoices):
         """Processing state of the case, derived from its smears by
-        services.refresh_case() whenever one of them changes."""
+        services.case_state.refresh_case() whenever one of them changes."""
 
         EMPTY = "empty", "No smears yet"
         PROCESSING = "processing", "Processing"
@@ -621,7 +621,7 @@ class AppendOnlyQuerySet(models.QuerySet):
 class AuditEvent(models.Model):
     """One entry of a case's audit trail. Append-only: saving an existing row,
     deleting a row and bulk update/delete all raise AppendOnlyError. Written
-    only by diagnosis.services.record_event."""
+    only by diagnosis.services.audit.record_event."""
 
     class Action(models.TextChoices):
         UPLOAD = "upload", "Smear uploaded"

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.http import FileResponse
 from django.utils import timezone
 
-from . import services
+from . import selectors, services
 from .formatting import format_date, format_when, person_name, signer_name
 
 DECISION_SUPPORT_NOTE = (
@@ -32,12 +32,12 @@ def report_context(case):
         "not_assessable": [s for s in smears if s.not_assessable],
         "outside_domain": sum(1 for s in assessable if s.outside_domain),
         "screening": case.screening_summary(),
-        "screening_text": services.screening_summary_text(case, reviewed=False),
-        "screening_reviewed_text": services.screening_summary_text(case, reviewed=True),
+        "screening_text": selectors.screening_summary_text(case, reviewed=False),
+        "screening_reviewed_text": selectors.screening_summary_text(case, reviewed=True),
         "model_versions": versions,
         "addenda": list(case.addenda.select_related("author")),
-        "final_stage_display": services.label_display(case.final_stage) if case.final_stage else "",
-        "signed_out_stage_display": services.label_display(case.signed_out_stage) if case.signed_out_stage else "",
+        "final_stage_display": selectors.label_display(case.final_stage) if case.final_stage else "",
+        "signed_out_stage_display": selectors.label_display(case.signed_out_stage) if case.signed_out_stage else "",
         "decision_support_note": DECISION_SUPPORT_NOTE,
         "generated_at": timezone.now(),
         "lab": lab_header(),
@@ -189,8 +189,8 @@ def case_report_pdf(case):
         for addendum in ctx["addenda"]:
             change = ""
             if addendum.new_final_stage:
-                change = (f" Final stage changed from {services.label_display(addendum.previous_final_stage)} "
-                          f"to {services.label_display(addendum.new_final_stage)}.")
+                change = (f" Final stage changed from {selectors.label_display(addendum.previous_final_stage)} "
+                          f"to {selectors.label_display(addendum.new_final_stage)}.")
             story.append(p(f"{format_when(addendum.created_at)} · {person_name(addendum.author)}: {addendum.text}{change}"))
     story += [Spacer(1, 0.4 * cm), p(DECISION_SUPPORT_NOTE, "Italic"),
               p(f"Generated {format_when(ctx['generated_at'])} by LeukPortal.", "Italic")]
@@ -213,12 +213,12 @@ def model_text(smear):
         flag = "flagged for review" if pred.label == "blast" else "not flagged"
         return f"{flag}, P(blast) {pred.blast_probability:.2f}"
     return (f"{pred.label_display} ({pred.confidence:.2f})\n" +
-            " ".join(f"{services.label_display(k)} {v:.2f}" for k, v in pred.ordered_probabilities()) +
+            " ".join(f"{selectors.label_display(k)} {v:.2f}" for k, v in pred.ordered_probabilities()) +
             f"\n{pred.model_display}")
 
 
 def _final_text(smear):
-    final = services.label_display(smear.review_label) if smear.review_label else "not reviewed"
+    final = selectors.label_display(smear.review_label) if smear.review_label else "not reviewed"
     if smear.review_reason:
         final += f"\nReason: {smear.review_reason}"
     return final

@@ -1,5 +1,5 @@
 """Pathologist review: work queue, review screen, sign-out, addenda, report,
-dashboard; and the technician's upload queue. Rules live in services.py."""
+dashboard; and the technician's upload queue. Rules live in services/."""
 
 from django.contrib import messages
 from django.http import HttpResponse, JsonResponse

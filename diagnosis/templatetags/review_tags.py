@@ -1,6 +1,6 @@
 from django import template
 
-from diagnosis import formatting, services
+from diagnosis import formatting, selectors
 
 register = template.Library()
 
@@ -8,7 +8,7 @@ register = template.Library()
 @register.filter
 def label_display(label):
     """Human name of a model label (e.g. "Pre" -> "Pre-B")."""
-    return services.label_display(label) if label else ""
+    return selectors.label_display(label) if label else ""
 
 
 @register.filter

@@ -116,7 +116,7 @@ def test_upload_racing_a_sign_out_stores_nothing(tech_client, case, pathologist,
         Case.objects.filter(pk=case.pk).update(signed_out_at="2026-01-01T00:00:00Z", signed_out_by=pathologist)
         return real_check(file)
 
-    monkeypatch.setattr(services, "check_image", check_while_case_is_signed_out)
+    monkeypatch.setattr(services.intake, "check_image", check_while_case_is_signed_out)
     response = post_upload(tech_client, case, [upload("late.png", image_bytes(seed=9))])
     assert response.status_code == 302
     assert not case.smears.exists()
@@ -130,11 +130,11 @@ def test_same_image_uploaded_twice_at_once_is_stored_once(tech_client, case, tec
 
     def other_upload_lands_first(file):
         checked = real_check(file)
-        monkeypatch.setattr(services, "check_image", real_check)
+        monkeypatch.setattr(services.intake, "check_image", real_check)
         services.add_smears(case, [upload("other.png", data)], technician, kind="field")
         return checked
 
-    monkeypatch.setattr(services, "check_image", other_upload_lands_first)
+    monkeypatch.setattr(services.intake, "check_image", other_upload_lands_first)
     response = post_upload(tech_client, case, [upload("mine.png", data)])
     assert response.status_code == 200
     assert list(case.smears.values_list("original_filename", flat=True)) == ["other.png"]

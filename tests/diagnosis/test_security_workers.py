@@ -65,8 +65,8 @@ def test_deadlocked_record_prediction_is_run_again(smear_factory, monkeypatch):
             raise DEADLOCK
         return real_refresh(case_id)
 
-    monkeypatch.setattr(services, "_refresh_case_by_id", deadlock_once)
-    monkeypatch.setattr(services.time, "sleep", lambda s: None)
+    monkeypatch.setattr(services.classification, "_refresh_case_by_id", deadlock_once)
+    monkeypatch.setattr(services.transactions.time, "sleep", lambda s: None)
     prediction = services.record_prediction(smear.pk, result("Pre"), 5)
     assert prediction is not None and len(calls) == 2
     smear.refresh_from_db()
@@ -81,7 +81,7 @@ def test_an_error_that_is_not_transient_is_not_retried(smear_factory, monkeypatc
     def broken(case_id):
         raise OperationalError(1054, "Unknown column")
 
-    monkeypatch.setattr(services, "_refresh_case_by_id", broken)
+    monkeypatch.setattr(services.classification, "_refresh_case_by_id", broken)
     with pytest.raises(OperationalError):
         services.record_prediction(smear.pk, result("Pre"), 5)
 
@@ -129,7 +129,7 @@ def test_sweep_stops_retrying_transient_failures_after_the_attempt_limit(smear_f
 @pytest.fixture
 def sent_heatmaps(monkeypatch):
     sent = []
-    monkeypatch.setattr(services, "enqueue_heatmap", lambda pk: sent.append(pk) or True)
+    monkeypatch.setattr(services.recovery, "enqueue_heatmap", lambda pk: sent.append(pk) or True)
     return sent
 
 

@@ -1,0 +1,246 @@
+"""The read side of the diagnosis app: what a page, a report or a form needs,
+computed from the models. Services write and may call these; selectors never
+call services (nor tasks or views) and write nothing.
+
+Sections: queue (review_queue, next_case_in_queue, confirmable_smears), status
+(smears_status_payload, case_status_payload), labels (labels_for_smear,
+labels_for_case, label_display, screening_summary_text), cases
+(search_filter), learning (reviewed_smears, agreement_stats, agreement_by_kind).
+"""
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db.models import Q
+
+from .models import Case, CellLabel, Prediction, Smear
+from .models import label_display as _label_display
+
+
+@dataclass
+class QueueEntry:
+    case: Case
+    n_smears: int
+    min_confidence: float
+    stages: list
+    low_confidence: bool
+    disagreement: bool
+    reviewed: int
+    n_cells: int = 0
+    blasts_flagged: int = 0
+    outside_domain: int = 0  # smears the model could not judge: the pathologist must look at them
+
+    @property
+    def flagged(self):
+        return self.low_confidence or self.disagreement or bool(self.outside_domain)
+
+
+def review_queue(threshold=None):
+    """Cases awaiting review, oldest first: every smear classified (case
+    status done) and not signed out. Each entry carries the lowest smear
+    confidence and the flags: low confidence (a blood-smear field below
+    REVIEW_LOW_CONFIDENCE_THRESHOLD) and disagreement (fields predicted as
+    different stages), plus the number of single cells and of cells the
+    screening model flagged as blasts. (A cell's confidence is not a useful
+    flag: the screening threshold is deliberately low for sensitivity.)"""
+    threshold = settings.REVIEW_LOW_CONFIDENCE_THRESHOLD if threshold is None else threshold
+    cases = (
+        Case.objects.filter(status=Case.Status.DONE, signed_out_at__isnull=True)
+        .select_related("patient", "created_by")
+        .prefetch_related("smears__prediction")
+        .order_by("created_at", "pk")
+    )
+    entries = []
+    for case in cases:
+        done = [s for s in case.smears.all()
+                if s.status == Smear.Status.DONE and hasattr(s, "prediction") and not s.not_assessable]
+        if not done:
+            continue
+        outside = [s for s in done if not s.prediction.in_domain]
+        fields = [s.prediction for s in done if s.kind == Smear.Kind.FIELD and s.prediction.in_domain]
+        cells = [s.prediction for s in done if s.kind == Smear.Kind.CELL and s.prediction.in_domain]
+        confidences = [p.confidence for p in fields]
+        stages = sorted({p.label for p in fields})
+        entries.append(
+            QueueEntry(
+                case=case,
+                n_smears=len(done),
+                min_confidence=min(confidences) if confidences else None,
+                stages=stages,
+                low_confidence=bool(confidences) and min(confidences) < threshold,
+                disagreement=len(stages) > 1,
+                reviewed=sum(1 for s in case.smears.all() if s.review_label),
+                n_cells=len(cells),
+                blasts_flagged=sum(1 for p in cells if p.label == CellLabel.BLAST),
+                outside_domain=len(outside),
+            )
+        )
+    return entries
+
+
+def next_case_in_queue(after: Case | None = None) -> Case | None:
+    """The oldest case awaiting review (every smear classified, not signed
+    out), other than `after`: where a pathologist goes after a sign-out."""
+    cases = Case.objects.filter(status=Case.Status.DONE, signed_out_at__isnull=True).order_by("created_at", "pk")
+    if after is not None:
+        cases = cases.exclude(pk=after.pk)
+    return cases.first()
+
+
+def confirmable_smears(case: Case) -> list:
+    """The smears "confirm all remaining" would confirm: classified, not yet
+    reviewed, and with a suggestion to confirm. A smear outside the model's
+    domain (its prediction's domain check says no suggestion) or marked not
+    assessable is left for the pathologist to judge one by one; getattr keeps
+    this working whether or not those fields exist on this branch."""
+    remaining = case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__isnull=False)
+    return [
+        smear for smear in remaining.select_related("prediction", "case").order_by("created_at", "pk")
+        if getattr(smear.prediction, "in_domain", True) and not getattr(smear, "not_assessable", False)
+    ]
+
+
+def _smear_status_item(smear, can_retry):
+    prediction = getattr(smear, "prediction", None)
+    return {
+        "id": smear.pk,
+        "status": smear.status,
+        "status_display": smear.get_status_display(),
+        "error": smear.error,
+        "attempts": smear.attempts,
+        "can_retry": can_retry and smear.can_retry,
+        "kind": smear.kind,
+        # "stage" is the model's label for either kind (a stage, or blast/normal).
+        "stage": prediction.label if prediction else None,
+        "stage_display": prediction.label_display if prediction else None,
+        "probabilities": dict(prediction.ordered_probabilities()) if prediction else None,
+        "threshold": prediction.threshold if prediction else None,
+        "model": f"{prediction.model_name} {prediction.model_version}" if prediction else None,
+        "in_domain": prediction.in_domain if prediction else None,
+        "domain_score": prediction.domain_score if prediction else None,
+        "domain_reason": prediction.domain_reason if prediction else "",
+        "not_assessable": smear.not_assessable,
+        "not_assessable_reason": smear.not_assessable_reason,
+    }
+
+
+def smears_status_payload(smears, user):
+    """Status JSON for any set of smears (the technician's upload queue)."""
+    can_retry = user.has_perm("diagnosis.retry_smear")
+    items = [_smear_status_item(s, can_retry) for s in smears.select_related("prediction").order_by("-created_at", "-pk")]
+    return {
+        "pending": any(i["status"] in (Smear.Status.QUEUED, Smear.Status.PROCESSING) for i in items),
+        "smears": items,
+    }
+
+
+def case_status_payload(case, user):
+    """The JSON the case page polls while smears are being classified."""
+    smears = case.smears.select_related("prediction").order_by("created_at", "pk")
+    can_retry = user.has_perm("diagnosis.retry_smear")
+    items = [_smear_status_item(smear, can_retry) for smear in smears]
+    return {
+        "case": case.pk,
+        "status": case.status,
+        "status_display": case.get_status_display(),
+        "suggested_stage": case.suggested_stage or None,
+        "suggested_stage_display": case.get_suggested_stage_display() if case.suggested_stage else None,
+        "suggested_confidence": case.suggested_confidence,
+        "screening": case.screening_summary(),
+        "pending": any(i["status"] in (Smear.Status.QUEUED, Smear.Status.PROCESSING) for i in items),
+        "smears": items,
+    }
+
+
+def labels_for_smear(smear):
+    """The labels a pathologist may give this smear: the label set of the
+    model that classified it (in the model's order)."""
+    prediction = getattr(smear, "prediction", None)
+    if prediction is None:
+        return ()
+    return prediction.labels
+
+
+def labels_for_case(case):
+    """Labels allowed as the final stage: the union of the label sets of the
+    case's classified blood-smear fields (staging model), in model order.
+    Single cells never give a stage: their result is the screening summary."""
+    labels = []
+    for prediction in Prediction.objects.filter(
+        smear__case=case, smear__status=Smear.Status.DONE, smear__kind=Smear.Kind.FIELD
+    ):
+        labels += [label for label in prediction.labels if label not in labels]
+    return tuple(labels)
+
+
+def label_display(label):
+    return _label_display(label)
+
+
+def screening_summary_text(case, reviewed=True):
+    """One line for the audit trail and reports; empty when no cell."""
+    summary = case.screening_summary()
+    if not summary["cells"]:
+        return ""
+    if reviewed and not summary["reviewed"]:
+        return "Single-cell screening, pathologist: no cell reviewed yet."
+    if reviewed:
+        frac = summary["reviewed_fraction"]
+        return (f"Single-cell screening, pathologist: {summary['reviewed_blasts']} of {summary['reviewed']} "
+                f"reviewed cells blast ({frac:.0%}).")
+    frac = summary["flagged_fraction"]
+    pct = f" ({frac:.0%})" if frac is not None else ""
+    text = f"Single-cell screening, model: {summary['flagged']} of {summary['screened']} cells flagged by the screen{pct}."
+    if summary["outside_domain"]:
+        text += f" {summary['outside_domain']} cell(s) outside the model's domain (not screened)."
+    return text
+
+
+def search_filter(q):
+    return Q(accession_number__icontains=q) | Q(patient__lab_id__icontains=q)
+
+
+def reviewed_smears():
+    """Smears with a pathologist label in signed-out cases (the labels that
+    are final), with their predictions."""
+    return (
+        Smear.objects.filter(case__signed_out_at__isnull=False, status=Smear.Status.DONE, not_assessable=False)
+        .exclude(review_label="")
+        .filter(prediction__isnull=False)
+        .select_related("prediction", "case", "reviewed_by")
+        .order_by("case__signed_out_at", "pk")
+    )
+
+
+def agreement_stats(smears=None, kind=None):
+    """Agreement between the model and the pathologists on reviewed smears,
+    and the confusion matrix (rows: model label, columns: final label).
+    `kind` (Smear.Kind) keeps one model's smears only; the dashboard shows
+    one matrix per model kind."""
+    smears = list(reviewed_smears() if smears is None else smears)
+    if kind is not None:
+        smears = [s for s in smears if s.kind == kind]
+    # The model made no suggestion for an image outside its domain: nothing to agree or disagree with.
+    outside = sum(1 for s in smears if not s.prediction.in_domain)
+    smears = [s for s in smears if s.prediction.in_domain]
+    labels = []
+    for smear in smears:
+        labels += [label for label in smear.prediction.labels if label not in labels]
+    matrix = {m: {f: 0 for f in labels} for m in labels}
+    agree = 0
+    for smear in smears:
+        matrix[smear.prediction.label][smear.review_label] = matrix[smear.prediction.label].get(smear.review_label, 0) + 1
+        agree += smear.prediction.label == smear.review_label
+    return {
+        "n": len(smears),
+        "agree": agree,
+        "agreement": agree / len(smears) if smears else None,
+        "outside_domain": outside,
+        "labels": labels,
+        "matrix": [(m, [matrix[m].get(f, 0) for f in labels]) for m in labels],
+    }
+
+
+def agreement_by_kind(smears=None):
+    """agreement_stats() per model kind: [(kind, kind display, stats)]."""
+    smears = list(reviewed_smears() if smears is None else smears)
+    return [(kind.value, kind.label, agreement_stats(smears, kind)) for kind in Smear.Kind]

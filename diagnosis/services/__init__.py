@@ -1,0 +1,187 @@
+"""Domain rules of the diagnosis app, one module per workflow stage.
+
+Views, Celery tasks, the admin, reports and management commands call
+`services.<name>`; none of them re-implements a rule. The names are
+re-exported here (explicit __all__); inside the package, modules import each
+other by submodule (`from .audit import record_event`), and each imports only
+modules listed before it:
+
+    errors, audit, transactions, case_state, text, dispatch,
+    intake, classification, recovery, records, review, signout, export
+
+The read side (review queue, status payloads, labels, agreement, search)
+lives in diagnosis/selectors.py; services call it, never the other way round.
+Its names are re-exported here too, so `services.review_queue()` and the
+like keep working for existing callers; new code imports them from selectors.
+
+`dispatch` is the only importer of diagnosis.tasks (inside its function).
+A test that replaces a name patches it in the module where it is looked up
+(e.g. `services.intake.check_image`).
+"""
+from ..selectors import (
+    agreement_by_kind,
+    agreement_stats,
+    case_status_payload,
+    confirmable_smears,
+    label_display,
+    labels_for_case,
+    labels_for_smear,
+    next_case_in_queue,
+    QueueEntry,
+    review_queue,
+    reviewed_smears,
+    screening_summary_text,
+    search_filter,
+    smears_status_payload,
+)
+from .errors import (
+    CaseLocked,
+    InvalidModelOutput,
+    RejectedImage,
+    ReviewConflict,
+    ReviewError,
+)
+from .audit import (
+    record_event,
+)
+from .transactions import (
+    is_transient_db_error,
+    retry_transaction,
+    TRANSACTION_ATTEMPTS,
+    TRANSIENT_DB_ERROR_CODES,
+)
+from .case_state import (
+    _refresh_case_by_id,
+    lock_open_case,
+    refresh_case,
+)
+from .text import (
+    check_length,
+    safe_name_part,
+)
+from .dispatch import (
+    enqueue_classification,
+    enqueue_heatmap,
+)
+from .intake import (
+    add_smears,
+    ALLOWED_FORMATS,
+    check_image,
+    CheckedImage,
+    FORMAT_ALIASES,
+    FORMAT_SIGNATURES,
+    THUMBNAIL_SIZE,
+    UploadOutcome,
+)
+from .classification import (
+    claim_smear,
+    heatmap_failed,
+    mark_failed,
+    record_prediction,
+    store_heatmap,
+    validate_domain,
+    validate_result,
+)
+from .recovery import (
+    resend_lost_heatmaps,
+    retry_smear,
+    sweep_stale_smears,
+)
+from .records import (
+    CASE_EDITABLE_FIELDS,
+    PATIENT_EDITABLE_FIELDS,
+    record_case_opened,
+    update_case,
+    update_patient,
+)
+from .review import (
+    apply_final_stage,
+    confirm_remaining,
+    mark_assessable,
+    mark_not_assessable,
+    NOT_ASSESSABLE_REASON_MAX,
+    review_smear,
+    set_final_stage,
+)
+from .signout import (
+    add_addendum,
+    sign_out,
+    sign_out_problems,
+)
+from .export import (
+    _inside,
+    EXPORT_COLUMNS,
+    EXPORT_CSV,
+    EXPORT_LAYOUT,
+    export_reviewed,
+)
+
+__all__ = [
+    "add_addendum",
+    "add_smears",
+    "agreement_by_kind",
+    "agreement_stats",
+    "ALLOWED_FORMATS",
+    "apply_final_stage",
+    "CASE_EDITABLE_FIELDS",
+    "case_status_payload",
+    "CaseLocked",
+    "check_image",
+    "check_length",
+    "CheckedImage",
+    "claim_smear",
+    "confirm_remaining",
+    "confirmable_smears",
+    "enqueue_classification",
+    "enqueue_heatmap",
+    "EXPORT_COLUMNS",
+    "EXPORT_CSV",
+    "EXPORT_LAYOUT",
+    "export_reviewed",
+    "FORMAT_ALIASES",
+    "FORMAT_SIGNATURES",
+    "heatmap_failed",
+    "InvalidModelOutput",
+    "is_transient_db_error",
+    "label_display",
+    "labels_for_case",
+    "labels_for_smear",
+    "lock_open_case",
+    "mark_assessable",
+    "mark_failed",
+    "mark_not_assessable",
+    "next_case_in_queue",
+    "NOT_ASSESSABLE_REASON_MAX",
+    "PATIENT_EDITABLE_FIELDS",
+    "QueueEntry",
+    "record_case_opened",
+    "record_event",
+    "record_prediction",
+    "refresh_case",
+    "RejectedImage",
+    "resend_lost_heatmaps",
+    "retry_smear",
+    "retry_transaction",
+    "review_queue",
+    "review_smear",
+    "ReviewConflict",
+    "reviewed_smears",
+    "ReviewError",
+    "safe_name_part",
+    "screening_summary_text",
+    "search_filter",
+    "set_final_stage",
+    "sign_out",
+    "sign_out_problems",
+    "smears_status_payload",
+    "store_heatmap",
+    "sweep_stale_smears",
+    "THUMBNAIL_SIZE",
+    "TRANSACTION_ATTEMPTS",
+    "TRANSIENT_DB_ERROR_CODES",
+    "update_case",
+    "update_patient",
+    "UploadOutcome",
+    "validate_domain",
+    "validate_result",
+]

@@ -1,0 +1,195 @@
+"""The worker side of classification: claim a queued smear, check the
+model's output, and record the prediction, the heat map or the failure."""
+import logging
+import math
+
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from ..models import SCREENING_LABELS, AuditEvent, Case, CellLabel, Prediction, Smear, Stage
+from .audit import record_event
+from .case_state import _refresh_case_by_id
+from .errors import InvalidModelOutput
+from .transactions import retry_transaction
+
+logger = logging.getLogger(__name__)
+
+
+def claim_smear(smear_id):
+    """Atomically move a smear from queued to processing. Returns the smear if
+    this caller won the claim, None otherwise (already claimed, finished, or
+    gone): a re-delivered message therefore never classifies twice."""
+    now = timezone.now()
+    won = Smear.objects.filter(pk=smear_id, status=Smear.Status.QUEUED).update(
+        status=Smear.Status.PROCESSING, claimed_at=now, attempts=F("attempts") + 1, error="", updated_at=now
+    )
+    if not won:
+        return None
+    # The case stays "processing": queued and processing both count as pending.
+    return Smear.objects.select_related("case").get(pk=smear_id)
+
+
+def _checked_probabilities(result, labels):
+    try:
+        raw = result["probabilities"]
+        if set(raw) != set(labels):
+            raise ValueError(f"classes {sorted(raw)} instead of {sorted(labels)}")
+        probs = {label: float(raw[label]) for label in labels}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidModelOutput(f"the model returned an unexpected result ({exc!r}).") from None
+    if not all(math.isfinite(p) and -1e-6 <= p <= 1 + 1e-6 for p in probs.values()):
+        raise InvalidModelOutput("the model returned probabilities outside [0, 1].")
+    if abs(sum(probs.values()) - 1.0) > 1e-3:
+        raise InvalidModelOutput(f"the model's probabilities sum to {sum(probs.values()):.4f}, not 1.")
+    return {label: min(1.0, max(0.0, p)) for label, p in probs.items()}
+
+
+def validate_result(result, kind=Smear.Kind.FIELD):
+    """Check the predictor's dict for a smear of this kind; return
+    (task, label, {label: probability}, threshold).
+
+    * field (staging model): {"stage", "probabilities": the four stages};
+    * cell (screening model): {"label": "blast"|"normal", "probabilities":
+      {"blast", "normal"}, "threshold"}, and the label must be the one the
+      threshold gives (blast iff P(blast) >= threshold).
+    """
+    if not isinstance(result, dict):
+        raise InvalidModelOutput(f"the model returned an unexpected result ({type(result).__name__}).")
+    if kind == Smear.Kind.CELL:
+        if "stage" in result:
+            raise InvalidModelOutput("a single cell was classified by the staging model instead of the screening model.")
+        probs = _checked_probabilities(result, SCREENING_LABELS)
+        label = result.get("label")
+        if label not in SCREENING_LABELS:
+            raise InvalidModelOutput(f"the screening model returned an unknown label ({label!r}).")
+        try:
+            threshold = float(result["threshold"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidModelOutput(f"the screening model returned no usable threshold ({exc!r}).") from None
+        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+            raise InvalidModelOutput(f"the screening model's threshold {threshold} is outside [0, 1].")
+        expected = CellLabel.BLAST if probs[CellLabel.BLAST] >= threshold else CellLabel.NORMAL
+        # Within float rounding of the threshold either label is the model's call.
+        if label != expected and abs(probs[CellLabel.BLAST] - threshold) > 1e-6:
+            raise InvalidModelOutput(
+                f"the screening model's label {label!r} does not follow from P(blast) "
+                f"{probs[CellLabel.BLAST]:.3f} and its threshold {threshold:.3f}."
+            )
+        return Prediction.Task.SCREENING, label, probs, threshold
+    if "label" in result and "stage" not in result:
+        raise InvalidModelOutput("a blood-smear field was classified by the screening model instead of the staging model.")
+    try:
+        stage = Stage(result["stage"]).value
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidModelOutput(f"the model returned an unexpected result ({exc!r}).") from None
+    probs = _checked_probabilities(result, Stage.values)
+    return Prediction.Task.STAGING, stage, probs, None
+
+
+def validate_domain(result):
+    """The domain check's verdict in a predictor's dict: (in_domain, domain_score, reason).
+    Every result of `ml` carries it; a result without one is refused rather than shown as a suggestion."""
+    in_domain = result.get("in_domain") if isinstance(result, dict) else None
+    if not isinstance(in_domain, bool):
+        raise InvalidModelOutput("the model's result has no domain check verdict (in_domain).")
+    try:
+        score = float(result["domain_score"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidModelOutput(f"the model's result has no usable domain score ({exc!r}).") from None
+    if not math.isfinite(score):
+        raise InvalidModelOutput("the model's domain score is not a finite number.")
+    reason = str(result.get("reason") or "").strip()[:300]
+    if not in_domain and not reason:
+        reason = "the image is unlike the images the model was trained on"
+    return in_domain, score, reason if not in_domain else ""
+
+
+@retry_transaction
+def record_prediction(smear_id, result, latency_ms):
+    """Store the prediction of a smear this worker has claimed (either model's
+    output, checked against the smear's kind).
+
+    Locks the case row first, then the smear, as every writer of a case does
+    (upload, review, sign-out): one lock order means two workers finishing
+    smears of one case wait for each other instead of deadlocking. A deadlock
+    or lock timeout still reported by the database runs the transaction again."""
+    row = Smear.objects.filter(pk=smear_id).values_list("kind", "case_id").first()
+    if row is None:
+        logger.warning("Smear %s is gone; prediction dropped", smear_id)
+        return None
+    kind, case_id = row
+    task, label, probs, threshold = validate_result(result, kind)
+    in_domain, domain_score, domain_reason = validate_domain(result)
+    with transaction.atomic():
+        case = Case.objects.select_for_update().get(pk=case_id)
+        smear = Smear.objects.select_for_update().get(pk=smear_id)
+        if smear.status != Smear.Status.PROCESSING:
+            logger.warning("Smear %s is %s, not processing; prediction dropped", smear_id, smear.status)
+            return None
+        prediction = Prediction.objects.create(
+            smear=smear,
+            task=task,
+            model_name=str(result.get("model", ""))[:100],
+            model_version=str(result.get("model_version", ""))[:100],
+            label=label,
+            probabilities=probs,
+            threshold=threshold,
+            latency_ms=max(0, int(round(latency_ms))),
+            in_domain=in_domain,
+            domain_score=domain_score,
+            domain_reason=domain_reason,
+        )
+        smear.status = Smear.Status.DONE
+        smear.error = ""
+        smear.transient_failure = False
+        smear.save(update_fields=["status", "error", "transient_failure", "updated_at"])
+        detail = ", ".join(f"{k} {p:.3f}" for k, p in probs.items())
+        if threshold is not None:
+            detail += f"; threshold on P(blast) {threshold:.3f}"
+        detail += f"; domain score {domain_score:.3f}"
+        if not in_domain:
+            detail += f"; outside the model's domain, no suggestion: {domain_reason}"
+        record_event(
+            case, AuditEvent.Action.PREDICTION, smear=smear, new_value=label,
+            model_version=f"{prediction.model_name} {prediction.model_version}".strip(), detail=detail,
+        )
+        _refresh_case_by_id(case_id)
+    return prediction
+
+
+def store_heatmap(prediction_id, image_bytes, explained_class=""):
+    """Store the Grad-CAM overlay (JPEG bytes) the worker computed after the
+    prediction. Never touches the prediction's result."""
+    prediction = Prediction.objects.get(pk=prediction_id)
+    prediction.heatmap.save("heatmap.jpg", ContentFile(image_bytes), save=False)
+    prediction.heatmap_error = ""
+    prediction.save(update_fields=["heatmap", "heatmap_error"])
+    return prediction
+
+
+def heatmap_failed(prediction_id, reason):
+    """Record why no heat map could be made; the prediction stays as it is."""
+    Prediction.objects.filter(pk=prediction_id).update(heatmap_error=reason[:2000])
+
+
+@retry_transaction
+def mark_failed(smear_id, reason, *, transient=False):
+    """Mark a claimed smear failed with a readable reason; nothing else in the
+    case is touched, the image stays stored and the smear can be retried.
+    `transient` (a temporary database error) lets the sweep retry it by itself.
+    Locks the case first, like record_prediction."""
+    case_id = Smear.objects.filter(pk=smear_id).values_list("case_id", flat=True).first()
+    if case_id is None:
+        return False
+    with transaction.atomic():
+        case = Case.objects.select_for_update().get(pk=case_id)
+        updated = Smear.objects.filter(pk=smear_id, status=Smear.Status.PROCESSING).update(
+            status=Smear.Status.FAILED, error=reason[:2000], transient_failure=transient, updated_at=timezone.now()
+        )
+        if updated:
+            smear = Smear.objects.get(pk=smear_id)
+            record_event(case, AuditEvent.Action.CLASSIFICATION_FAILED, smear=smear, detail=reason)
+            _refresh_case_by_id(case_id)
+    return bool(updated)

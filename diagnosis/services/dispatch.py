@@ -1,0 +1,34 @@
+"""Messages to the Celery workers. The only importer of diagnosis.tasks, and
+only inside the function, so the web process never loads the task module's
+ml side at import time."""
+import logging
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+def enqueue_classification(smear_id):
+    """Send the classification message. If the broker is unreachable the
+    smear simply stays queued: the periodic sweep sends it again later."""
+    from ..tasks import classify_smear
+
+    try:
+        classify_smear.apply_async((smear_id,), queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+    except Exception:  # broker down: stored data is safe, the sweep re-sends
+        logger.exception("Could not queue smear %s; the sweep will re-send it", smear_id)
+        return False
+    return True
+
+
+def enqueue_heatmap(prediction_id):
+    """Send the message that computes a prediction's heat map again (sent by
+    name: the web process never imports the task module's ml side)."""
+    from celery import current_app
+
+    try:
+        current_app.send_task("diagnosis.retry_heatmap", (prediction_id,), queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+    except Exception:  # broker down: the next sweep sends it again
+        logger.exception("Could not queue the heat map of prediction %s", prediction_id)
+        return False
+    return True

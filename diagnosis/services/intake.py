@@ -1,0 +1,258 @@
+"""Upload: every file checked on its own (check_image), the valid ones stored
+and queued for classification (add_smears), the rejected ones recorded with
+their reason."""
+import hashlib
+import io
+import uuid
+import warnings
+from dataclasses import dataclass
+from struct import error as struct_error
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from PIL import Image
+
+from ..models import AuditEvent, Case, RejectedUpload, Smear
+from .audit import record_event
+from .case_state import refresh_case
+from .dispatch import enqueue_classification
+from .errors import CaseLocked, RejectedImage
+
+
+#: Pillow format name -> what users call it.
+ALLOWED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "TIFF": "TIFF", "BMP": "BMP"}
+THUMBNAIL_SIZE = (320, 320)
+
+
+@dataclass
+class CheckedImage:
+    upload: object
+    sha256: str
+    width: int
+    height: int
+    image_format: str
+    size_bytes: int
+    thumbnail_jpeg: bytes
+
+
+def _human_bytes(n):
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _size_and_limit(size, limit):
+    """"25.3 MB; the limit is 25.0 MB", in exact bytes when rounding would
+    make the two look equal."""
+    if _human_bytes(size) == _human_bytes(limit):
+        return f"{size:,} bytes; the limit is {limit:,} bytes ({_human_bytes(limit)})"
+    return f"{_human_bytes(size)}; the limit is {_human_bytes(limit)}"
+
+
+#: Leading bytes of the accepted formats: a file that starts like one of them
+#: but that Pillow cannot identify has a damaged header, not a wrong format.
+FORMAT_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+#: Pillow format names read as one of ALLOWED_FORMATS. MPO is the
+#: multi-picture JPEG that cameras write; its first frame is a plain JPEG.
+FORMAT_ALIASES = {"MPO": "JPEG"}
+
+
+def _signature_format(upload):
+    upload.seek(0)
+    head = upload.read(16)
+    upload.seek(0)
+    for signature, name in FORMAT_SIGNATURES:
+        if head.startswith(signature):
+            return name
+    return None
+
+
+def _check_shape(width, height):
+    """Refuse images too small or too elongated to be a smear field or a cell:
+    SMEAR_MIN_SIDE_PX for the short side, SMEAR_MAX_ASPECT_RATIO for long/short."""
+    min_side, max_ratio = settings.SMEAR_MIN_SIDE_PX, settings.SMEAR_MAX_ASPECT_RATIO
+    if min(width, height) < min_side:
+        raise RejectedImage(
+            f"the image is only {width}×{height} pixels; each side must be at least {min_side} pixels "
+            "(a smear field or a cell needs more detail than that)."
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > max_ratio:
+        raise RejectedImage(
+            f"the image is {width}×{height} pixels, {ratio:.1f} times longer than wide; at most {max_ratio:g}:1 "
+            "is accepted (is it a strip or a cropped border rather than a smear?)."
+        )
+
+
+def check_image(upload):
+    """Validate one uploaded file as a smear image; return a CheckedImage or
+    raise RejectedImage with a readable reason. Reads the whole file. Any
+    input ends in one of the two: never an unexpected exception."""
+    size = upload.size
+    if size == 0:
+        raise RejectedImage("the file is empty.")
+    if size > settings.SMEAR_MAX_UPLOAD_BYTES:
+        raise RejectedImage(f"the file is {_size_and_limit(size, settings.SMEAR_MAX_UPLOAD_BYTES)}.")
+    digest = hashlib.sha256()
+    upload.seek(0)
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    max_pixels = settings.SMEAR_MAX_PIXELS
+    allowed = ", ".join(ALLOWED_FORMATS.values())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            upload.seek(0)
+            with Image.open(upload, formats=list(ALLOWED_FORMATS)) as img:
+                fmt, (width, height) = FORMAT_ALIASES.get(img.format, img.format), img.size
+                if fmt not in ALLOWED_FORMATS:
+                    raise RejectedImage(f"this is not an image in an accepted format ({allowed}).")
+                if width * height > max_pixels:
+                    raise RejectedImage(
+                        f"the image is {width}×{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels."
+                    )
+                _check_shape(width, height)
+                img.verify()  # structure and checksums (PNG CRCs, ...)
+            upload.seek(0)
+            with Image.open(upload, formats=list(ALLOWED_FORMATS)) as img:
+                img.load()  # decodes every pixel (first frame of an MPO): truncated data fails here
+                thumb = img.convert("RGB")
+                thumb.thumbnail(THUMBNAIL_SIZE)
+                buf = io.BytesIO()
+                thumb.save(buf, "JPEG", quality=85)
+    except RejectedImage:
+        raise
+    except Image.UnidentifiedImageError:
+        looks_like = _signature_format(upload)
+        if looks_like:
+            raise RejectedImage(
+                f"the file starts like a {looks_like} image but its header is damaged, so it cannot be read."
+            ) from None
+        raise RejectedImage(f"this is not an image in an accepted format ({allowed}).") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RejectedImage(f"the image has more than the limit of {max_pixels:,} pixels.") from None
+    except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, TypeError, struct_error) as exc:
+        detail = str(exc) or type(exc).__name__
+        if "truncated" in detail:
+            raise RejectedImage("the image file is truncated (incomplete upload or damaged file).") from None
+        raise RejectedImage(f"the image is damaged and cannot be decoded ({detail}).") from None
+    finally:
+        upload.seek(0)
+    return CheckedImage(
+        upload=upload,
+        sha256=digest.hexdigest(),
+        width=width,
+        height=height,
+        image_format=ALLOWED_FORMATS[fmt],
+        size_bytes=size,
+        thumbnail_jpeg=buf.getvalue(),
+    )
+
+
+@dataclass
+class UploadOutcome:
+    accepted: list  # of Smear
+    rejected: list  # of (filename, reason)
+
+
+def add_smears(case, uploads, user, *, kind):
+    """Validate every file; store the valid ones (file + DB row) in one
+    transaction, and queue one classification per smear only once that
+    transaction has committed. Rejected files are returned with reasons;
+    they never prevent the valid ones from being stored. A signed-out case
+    takes no more smears (CaseLocked). `kind` (Smear.Kind: a blood-smear
+    field or a single cell) applies to the whole batch and decides the model.
+
+    The sign-out check and the duplicate check run again after the case row
+    is locked, inside the transaction: a sign-out or another upload of the
+    same image that happened while the files were being checked wins. The
+    (case, sha256) unique constraint refuses a duplicate even then."""
+    if kind not in Smear.Kind.values:
+        raise ValueError(f"Unknown smear kind {kind!r}; expected one of {', '.join(Smear.Kind.values)}.")
+    if Case.objects.filter(pk=case.pk, signed_out_at__isnull=False).exists():
+        raise CaseLocked(f"Case {case.accession_number} is signed out; it takes no more smears.")
+    checked, rejected = [], []
+    for upload in uploads:
+        name = upload.name or "(unnamed file)"
+        try:
+            checked.append(check_image(upload))
+        except RejectedImage as exc:
+            rejected.append((name, str(exc)))
+
+    accepted = []
+    batch = uuid.uuid4()  # the files of this upload, for its progress bar and "done" notification
+    with transaction.atomic():
+        locked = Case.objects.select_for_update().get(pk=case.pk)
+        if locked.is_signed_out:
+            raise CaseLocked(f"Case {locked.accession_number} was signed out meanwhile; it takes no more smears.")
+        seen = dict(Smear.objects.filter(case=locked).values_list("sha256", "original_filename"))
+        unique = []
+        for image in checked:
+            name = image.upload.name or "(unnamed file)"
+            if image.sha256 in seen:
+                rejected.append((name, _duplicate_reason(seen[image.sha256])))
+            else:
+                seen[image.sha256] = name
+                unique.append(image)
+        for name, reason in rejected:
+            _record_rejected(locked, user, name, reason)
+        for image in unique:
+            name = image.upload.name or "(unnamed file)"
+            smear = Smear(
+                case=locked,
+                kind=kind,
+                sha256=image.sha256,
+                width=image.width,
+                height=image.height,
+                image_format=image.image_format,
+                size_bytes=image.size_bytes,
+                original_filename=(image.upload.name or "")[:255],
+                uploaded_by=user,
+                batch=batch,
+                status=Smear.Status.QUEUED,
+            )
+            try:
+                with transaction.atomic():  # savepoint: a duplicate refused by the database skips this file only
+                    smear.image.save("smear", image.upload, save=False)
+                    smear.thumbnail.save("thumb.jpg", ContentFile(image.thumbnail_jpeg), save=False)
+                    smear.save()
+            except IntegrityError:
+                _delete_files(smear)
+                rejected.append((name, _duplicate_reason(None)))
+                _record_rejected(locked, user, name, rejected[-1][1])
+                continue
+            record_event(
+                locked, AuditEvent.Action.UPLOAD, actor=user, smear=smear,
+                detail=(f"{smear.original_filename} ({smear.get_kind_display()}; {smear.width}×{smear.height} "
+                        f"{smear.image_format}, sha256 {smear.sha256})"),
+            )
+            accepted.append(smear)
+            transaction.on_commit(lambda pk=smear.pk: enqueue_classification(pk))
+        if accepted:
+            refresh_case(locked)
+    return UploadOutcome(accepted=accepted, rejected=rejected)
+
+
+def _record_rejected(case, user, name, reason):
+    RejectedUpload.objects.create(case=case, filename=name[:255], reason=reason, uploaded_by=user)
+    record_event(case, AuditEvent.Action.UPLOAD_REJECTED, actor=user, detail=f"{name}: {reason}")
+
+
+def _duplicate_reason(existing_name):
+    if existing_name:
+        return f"the same image is already in this case (as “{existing_name}”)."
+    return "the same image is already in this case."
+
+
+def _delete_files(smear):
+    for field in (smear.image, smear.thumbnail):
+        if field:
+            field.storage.delete(field.name)

@@ -1,0 +1,84 @@
+"""A case's and a patient's own data: the "case opened" entry and audited
+edits (used by the admin and the case form)."""
+from django.db import transaction
+
+from ..models import AuditEvent, Case
+from .audit import record_event
+from .case_state import lock_open_case
+
+
+#: Fields of a case and a patient that people may edit (admin), each change audited.
+CASE_EDITABLE_FIELDS = ("patient", "accession_number", "clinical_note")
+PATIENT_EDITABLE_FIELDS = ("lab_id", "sex", "birth_year")
+
+
+def _audit_value(obj, field):
+    value = getattr(obj, field)
+    if hasattr(obj, f"get_{field}_display"):
+        return getattr(obj, f"get_{field}_display")()
+    return "" if value is None else str(value)
+
+
+def record_case_opened(case: Case, user) -> AuditEvent:
+    """First entry of a case's audit trail: who opened it, for which patient,
+    with which accession number and note. Call it in the transaction that
+    creates the case (the case form and the admin do)."""
+    return record_event(case, AuditEvent.Action.CASE_OPENED, actor=user, new_value=case.accession_number,
+                        detail=f"Patient {case.patient.lab_id}; clinical note: {case.clinical_note!r}")
+
+
+def update_case(case: Case, user, **changes) -> Case:
+    """Change a case's own data (patient, accession number, clinical note),
+    recording one audit event per changed field with before and after. A
+    signed-out case is refused (CaseLocked): its data changes only through an
+    addendum. Used by the admin; call it from a shell the same way."""
+    unknown = set(changes) - set(CASE_EDITABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"Not editable on a case: {', '.join(sorted(unknown))}.")
+    with transaction.atomic():
+        locked = lock_open_case(case)
+        changed = []
+        for field, value in changes.items():
+            before = _audit_value(locked, field)
+            setattr(locked, field, value)
+            after = _audit_value(locked, field)
+            if before != after:
+                changed.append(field)
+                record_event(locked, AuditEvent.Action.CASE_CHANGED, actor=user, old_value=before,
+                             new_value=after, detail=f"{Case._meta.get_field(field).verbose_name}: {before!r} → {after!r}")
+        if changed:
+            locked.full_clean(validate_unique=True)
+            locked.save(update_fields=[*changed, "updated_at"])
+    case.refresh_from_db()
+    return case
+
+
+def update_patient(patient, user, **changes):
+    """Change a patient's data, recording each changed field with before and
+    after in the audit trail of every case of the patient. Signed-out reports
+    keep the patient identifier they were signed with
+    (Case.signed_out_patient_lab_id)."""
+    from ..models import Patient
+
+    unknown = set(changes) - set(PATIENT_EDITABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"Not editable on a patient: {', '.join(sorted(unknown))}.")
+    with transaction.atomic():
+        cases = list(Case.objects.select_for_update().filter(patient=patient).order_by("pk"))
+        locked = Patient.objects.select_for_update().get(pk=patient.pk)
+        changed = []
+        for field, value in changes.items():
+            before = _audit_value(locked, field)
+            setattr(locked, field, value)
+            after = _audit_value(locked, field)
+            if before != after:
+                changed.append(field)
+                label = Patient._meta.get_field(field).verbose_name
+                for case in cases:
+                    record_event(case, AuditEvent.Action.PATIENT_CHANGED, actor=user, old_value=before,
+                                 new_value=after, detail=f"Patient {label}: {before!r} → {after!r}")
+        if changed:
+            locked.full_clean(validate_unique=True)
+            locked.save(update_fields=changed)
+    patient.refresh_from_db()
+    return patient

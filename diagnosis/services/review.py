@@ -1,0 +1,139 @@
+"""Pathologist review before sign-out: confirm or reclassify a smear, mark it
+(not) assessable, confirm all remaining, and set the final stage."""
+from django.db import transaction
+from django.utils import timezone
+
+from ..models import REVIEW_COMMENT_MAX_LENGTH, REVIEW_REASON_MAX_LENGTH, AuditEvent, Case, Smear
+from ..selectors import confirmable_smears, label_display, labels_for_case, labels_for_smear
+from .audit import record_event
+from .case_state import _refresh_case_by_id, lock_open_case
+from .errors import ReviewConflict, ReviewError
+from .text import check_length
+
+
+def review_smear(smear, user, label, reason="", *, expected_version=None):
+    """Confirm (label == the model's) or reclassify one smear. A reason is
+    required when the label differs from the model's. Refused once the case
+    is signed out. `expected_version` is the smear's review_version the form
+    showed: when another review was saved since, ReviewConflict is raised
+    instead of silently overwriting it (optimistic locking). Returns the
+    audit event."""
+    reason = check_length((reason or "").strip(), REVIEW_REASON_MAX_LENGTH, "The reason")
+    with transaction.atomic():
+        case = lock_open_case(smear.case)
+        smear = Smear.objects.select_for_update().select_related("prediction").get(pk=smear.pk)
+        if smear.status != Smear.Status.DONE or not hasattr(smear, "prediction"):
+            raise ReviewError("Only a classified smear can be reviewed.")
+        if expected_version is not None and expected_version != smear.review_version:
+            who = smear.reviewed_by.email if smear.reviewed_by else "someone else"
+            raise ReviewConflict(
+                f"{who} reviewed this smear meanwhile (now “{label_display(smear.review_label)}”); "
+                "your change was not saved. Look at the current review and submit again if needed."
+            )
+        allowed = labels_for_smear(smear)
+        if label not in allowed:
+            raise ReviewError(f"“{label}” is not a label of this smear's model ({', '.join(allowed)}).")
+        if smear.not_assessable:
+            raise ReviewError("This smear is marked not assessable; mark it assessable again to label it.")
+        model_label = smear.prediction.label
+        # Outside its domain the model made no suggestion: there is nothing to confirm or to argue against.
+        if label != model_label and not reason and smear.prediction.in_domain:
+            raise ReviewError("A reason is required when you change the model's label.")
+        previous = smear.review_label or model_label
+        smear.review_label, smear.review_reason = label, reason
+        smear.reviewed_by, smear.reviewed_at = user, timezone.now()
+        smear.review_version += 1
+        smear.save(update_fields=["review_label", "review_reason", "reviewed_by", "reviewed_at", "review_version",
+                                  "updated_at"])
+        action = AuditEvent.Action.CONFIRM if label == model_label else AuditEvent.Action.OVERRIDE
+        return record_event(
+            case, action, actor=user, smear=smear, old_value=previous, new_value=label, reason=reason,
+            model_version=f"{smear.prediction.model_name} {smear.prediction.model_version}".strip(),
+        )
+
+
+NOT_ASSESSABLE_REASON_MAX = 500
+
+
+def mark_not_assessable(smear, user, reason):
+    """Mark a classified or failed smear "not assessable" (a reason is required). It then counts nowhere:
+    not in the suggestion, the screening summary, sign-out requirements, report counts or the export.
+    Refused once the case is signed out. Returns the audit event."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReviewError("Say why the smear is not assessable.")
+    if len(reason) > NOT_ASSESSABLE_REASON_MAX:
+        raise ReviewError(f"The reason is limited to {NOT_ASSESSABLE_REASON_MAX} characters.")
+    with transaction.atomic():
+        case = lock_open_case(smear.case)
+        smear = Smear.objects.select_for_update().get(pk=smear.pk)
+        if smear.status not in (Smear.Status.DONE, Smear.Status.FAILED):
+            raise ReviewError("Only a classified or failed smear can be marked not assessable.")
+        if smear.not_assessable:
+            raise ReviewError("This smear is already marked not assessable.")
+        smear.not_assessable, smear.not_assessable_reason = True, reason
+        smear.not_assessable_by, smear.not_assessable_at = user, timezone.now()
+        smear.save(update_fields=["not_assessable", "not_assessable_reason", "not_assessable_by", "not_assessable_at",
+                                  "updated_at"])
+        event = record_event(case, AuditEvent.Action.NOT_ASSESSABLE, actor=user, smear=smear,
+                             old_value=smear.review_label or "", new_value="not assessable", reason=reason)
+        _refresh_case_by_id(case.pk)
+    return event
+
+
+def mark_assessable(smear, user, reason=""):
+    """Undo "not assessable" before sign-out (audited); the smear needs a review again."""
+    with transaction.atomic():
+        case = lock_open_case(smear.case)
+        smear = Smear.objects.select_for_update().get(pk=smear.pk)
+        if not smear.not_assessable:
+            raise ReviewError("This smear is not marked not assessable.")
+        previous = smear.not_assessable_reason
+        smear.not_assessable, smear.not_assessable_reason = False, ""
+        smear.not_assessable_by, smear.not_assessable_at = None, None
+        smear.save(update_fields=["not_assessable", "not_assessable_reason", "not_assessable_by", "not_assessable_at",
+                                  "updated_at"])
+        event = record_event(case, AuditEvent.Action.ASSESSABLE, actor=user, smear=smear,
+                             old_value="not assessable", new_value="assessable",
+                             reason=(reason or "").strip() or f"was: {previous}")
+        _refresh_case_by_id(case.pk)
+    return event
+
+
+def confirm_remaining(case: Case, user) -> list:
+    """Confirm the model's label on every classified smear of the case that
+    nobody has reviewed yet ("confirm all remaining"). Each smear goes
+    through review_smear, so each gets its own audit event, exactly as if
+    confirmed one by one; smears already reviewed keep their label. All or
+    nothing: refused as a whole (CaseLocked) once the case is signed out.
+    Returns the audit events, in smear order."""
+    with transaction.atomic():
+        lock_open_case(case)
+        return [review_smear(smear, user, smear.prediction.label) for smear in confirmable_smears(case)]
+
+
+def set_final_stage(case, user, final_stage, comment=""):
+    """Set (before sign-out) the case's final stage and the comment."""
+    with transaction.atomic():
+        locked = lock_open_case(case)
+        apply_final_stage(locked, user, final_stage, comment)
+    case.refresh_from_db()
+    return case
+
+
+def apply_final_stage(case, user, final_stage, comment):
+    """The final stage is a staging label. A case with no blood-smear field
+    (single cells only) has no stage: its final stage stays empty and its
+    result is the reviewed screening summary."""
+    comment = check_length((comment or "").strip(), REVIEW_COMMENT_MAX_LENGTH, "The comment")
+    allowed = labels_for_case(case)
+    if not case.has_field_smears():
+        if final_stage:
+            raise ReviewError("This case has only single cells: it has no stage; its result is the screening summary.")
+    elif final_stage not in allowed:
+        raise ReviewError(f"Choose a final stage among {', '.join(allowed) or '(no classified smear)'}.")
+    if final_stage != case.final_stage:
+        record_event(case, AuditEvent.Action.FINAL_STAGE, actor=user, old_value=case.final_stage,
+                     new_value=final_stage, reason=comment)
+    case.final_stage, case.review_comment = final_stage, comment or ""
+    case.save(update_fields=["final_stage", "review_comment", "updated_at"])

@@ -1,0 +1,85 @@
+"""Sign-out and what follows it: why a case cannot be signed out yet, the
+sign-out itself (the case is locked afterwards), and addenda."""
+from django.db import transaction
+from django.utils import timezone
+
+from ..models import ADDENDUM_MAX_LENGTH, AuditEvent, Case, CaseAddendum, Smear
+from ..selectors import labels_for_case, screening_summary_text
+from .audit import record_event
+from .case_state import lock_open_case
+from .errors import ReviewError
+from .review import apply_final_stage
+from .text import check_length
+
+
+def sign_out_problems(case):
+    """Why a case cannot be signed out yet (empty list: it can)."""
+    problems = []
+    # Smears marked not assessable need nothing more: they are left out of every requirement.
+    assessable = case.smears.filter(not_assessable=False)
+    counts = {s: assessable.filter(status=s).count() for s in Smear.Status.values}
+    if counts[Smear.Status.QUEUED] or counts[Smear.Status.PROCESSING]:
+        problems.append("some smears are still being classified")
+    if counts[Smear.Status.FAILED]:
+        problems.append("some smears failed classification (retry them or mark them not assessable)")
+    if not counts[Smear.Status.DONE]:
+        problems.append("no assessable smear has been classified")
+    unreviewed = assessable.filter(status=Smear.Status.DONE, review_label="").count()
+    if unreviewed:
+        problems.append(f"{unreviewed} smear(s) not yet confirmed, reclassified or marked not assessable")
+    return problems
+
+
+def sign_out(case, user, final_stage, comment=""):
+    """Sign the case out with its final stage. Any pathologist (sign_out_case
+    permission) may sign out any case; the signer is recorded. The case is
+    locked afterwards: further changes go through add_addendum()."""
+    with transaction.atomic():
+        locked = lock_open_case(case)
+        problems = sign_out_problems(locked)
+        if problems:
+            raise ReviewError("The case cannot be signed out yet: " + "; ".join(problems) + ".")
+        apply_final_stage(locked, user, final_stage, comment)
+        now = timezone.now()
+        locked.signed_out_by, locked.signed_out_at, locked.signed_out_stage = user, now, final_stage
+        # Snapshot of the signer and the identifiers as signed: later account or
+        # patient edits never change what was signed.
+        locked.signed_out_by_name = (user.get_full_name() or user.email)[:255]
+        locked.signed_out_by_email = user.email
+        locked.signed_out_patient_lab_id = locked.patient.lab_id
+        locked.save(update_fields=["signed_out_by", "signed_out_at", "signed_out_stage", "signed_out_by_name",
+                                   "signed_out_by_email", "signed_out_patient_lab_id", "updated_at"])
+        record_event(locked, AuditEvent.Action.SIGN_OUT, actor=user, new_value=final_stage, reason=comment,
+                     detail=screening_summary_text(locked))
+    case.refresh_from_db()
+    return case
+
+
+def add_addendum(case, user, text, new_final_stage=""):
+    """Append an addendum to a signed-out case, optionally changing the final
+    stage. The original sign-out (signed_out_stage, signer, time) and earlier
+    addenda are kept."""
+    text = check_length((text or "").strip(), ADDENDUM_MAX_LENGTH, "The addendum")
+    if not text:
+        raise ReviewError("An addendum needs a text.")
+    with transaction.atomic():
+        locked = Case.objects.select_for_update().get(pk=case.pk)
+        if not locked.is_signed_out:
+            raise ReviewError("Addenda are for signed-out cases; change the review directly instead.")
+        if new_final_stage and new_final_stage not in labels_for_case(locked):
+            raise ReviewError(f"“{new_final_stage}” is not a label of this case's model.")
+        changes = bool(new_final_stage) and new_final_stage != locked.final_stage
+        addendum = CaseAddendum.objects.create(
+            case=locked, text=text, author=user,
+            new_final_stage=new_final_stage if changes else "",
+            previous_final_stage=locked.final_stage,
+        )
+        record_event(
+            locked, AuditEvent.Action.ADDENDUM, actor=user, reason=text,
+            old_value=locked.final_stage if changes else "", new_value=new_final_stage if changes else "",
+        )
+        if changes:
+            locked.final_stage = new_final_stage
+            locked.save(update_fields=["final_stage", "updated_at"])
+    case.refresh_from_db()
+    return addendum
