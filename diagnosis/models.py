@@ -73,8 +73,8 @@ class Patient(models.Model):
         max_length=IDENTIFIER_MAX_LENGTH,
         unique=True,
         validators=[IDENTIFIER_VALIDATOR],
-        help_text=f"The laboratory's identifier for this patient: letters, digits, . - _, up to {IDENTIFIER_MAX_LENGTH} "
-        "characters. Letter case and surrounding spaces do not make a new identifier.",
+        help_text=f"The laboratory's identifier for this patient, up to {IDENTIFIER_MAX_LENGTH} characters: letters, "
+        "digits, dot, hyphen and underscore. Letter case and surrounding spaces do not make a new identifier.",
     )
     lab_id_key = identifier_key("lab_id")
     sex = models.CharField(max_length=1, choices=Sex.choices, default=Sex.UNKNOWN)
@@ -187,7 +187,7 @@ class Case(models.Model):
         max_length=IDENTIFIER_MAX_LENGTH,
         unique=True,
         validators=[IDENTIFIER_VALIDATOR],
-        help_text=f"Letters, digits, dot, hyphen and underscore, up to {IDENTIFIER_MAX_LENGTH} characters. Letter case "
+        help_text=f"Up to {IDENTIFIER_MAX_LENGTH} characters: letters, digits, dot, hyphen and underscore. Letter case "
         "and surrounding spaces do not make a new accession number.",
     )
     accession_key = identifier_key("accession_number")

@@ -3,6 +3,7 @@ sign-out itself (the case is locked afterwards), and addenda."""
 from django.db import transaction
 from django.utils import timezone
 
+from ..formatting import person_name
 from ..models import ADDENDUM_MAX_LENGTH, AuditEvent, Case, CaseAddendum, Smear
 from ..selectors import labels_for_case, screening_summary_text
 from .audit import record_event
@@ -44,7 +45,7 @@ def sign_out(case, user, final_stage, comment=""):
         locked.signed_out_by, locked.signed_out_at, locked.signed_out_stage = user, now, final_stage
         # Snapshot of the signer and the identifiers as signed: later account or
         # patient edits never change what was signed.
-        locked.signed_out_by_name = (user.get_full_name() or user.email)[:255]
+        locked.signed_out_by_name = person_name(user)[:255]  # "Dr Jane Roe", as the portal shows people
         locked.signed_out_by_email = user.email
         locked.signed_out_patient_lab_id = locked.patient.lab_id
         locked.save(update_fields=["signed_out_by", "signed_out_at", "signed_out_stage", "signed_out_by_name",

@@ -25,6 +25,9 @@ class CornerModel(torch.nn.Module):
         zeros = torch.zeros_like(texture)
         return torch.stack([4 * texture - 2, zeros, zeros, zeros], dim=1)
 
+    def forward_with_embedding(self, x):  # the registered models' interface (the embedding feeds the domain check)
+        return self.forward(x), x.mean(dim=(2, 3))
+
 
 def textured_image(size: int = 64, seed: int = 0) -> Image.Image:
     noise = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)

@@ -71,7 +71,8 @@ def test_cli_predict_json_prints_one_object_per_file_and_fails_at_the_end_on_a_c
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["path"] for line in lines] == [str(good), str(corrupt), str(after)]
     for line in (lines[0], lines[2]):
-        assert set(line) == {"path", "stage", "probabilities", "model", "model_version"}
+        assert set(line) - {"reason"} == {"path", "stage", "probabilities", "model", "model_version", "in_domain",
+                                          "domain_score"}
         assert line["stage"] in STAGES and set(line["probabilities"]) == STAGES
         assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     assert set(lines[1]) == {"path", "error"} and lines[1]["error"]

@@ -130,7 +130,8 @@ def test_screening_predictions_follow_the_contract_and_the_threshold(screening_r
     predictor = Predictor(report["model_file"])
     results = predictor.predict([draw_cell(True, 1), draw_cell(False, 2).convert("L")])
     for result in results:
-        assert set(result) == {"label", "probabilities", "threshold", "model", "model_version"}
+        assert set(result) - {"reason"} == {"label", "probabilities", "threshold", "model", "model_version", "in_domain",
+                                            "domain_score"}
         assert set(result["probabilities"]) == {"blast", "normal"}
         assert sum(result["probabilities"].values()) == pytest.approx(1.0)
         assert result["label"] == ("blast" if result["probabilities"]["blast"] >= result["threshold"] else "normal")

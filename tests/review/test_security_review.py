@@ -130,7 +130,7 @@ def superuser_client(client, make_user):
 
 def admin_case_form(case, **changes):
     data = {"patient": case.patient_id, "accession_number": case.accession_number, "clinical_note": case.clinical_note,
-            "smears-TOTAL_FORMS": 0, "smears-INITIAL_FORMS": 0, "smears-MIN_NUM_FORMS": 0, "smears-MAX_NUM_FORMS": 0}
+            "specimen_type": case.specimen_type, "smears-TOTAL_FORMS": 0, "smears-INITIAL_FORMS": 0, "smears-MIN_NUM_FORMS": 0, "smears-MAX_NUM_FORMS": 0}
     data.update(changes)
     return data
 
@@ -182,7 +182,8 @@ def test_update_case_from_a_shell_is_audited_and_refused_after_sign_out(case, si
 
 def test_opening_a_case_is_the_first_entry_of_its_audit_trail(tech_client, technician, patient):
     response = tech_client.post(reverse("diagnosis:case_create"),
-                                {"patient": patient.pk, "accession_number": "ACC-NEW", "clinical_note": "Fever."})
+                                {"patient": patient.pk, "accession_number": "ACC-NEW", "clinical_note": "Fever.",
+                                 "specimen_type": "peripheral_blood"})
     assert response.status_code == 302
     case = Case.objects.get(accession_number="ACC-NEW")
     [event] = AuditEvent.objects.filter(case=case)
