@@ -27,8 +27,10 @@
     var f = form();
     if (!f) { return; }
     var s = f.querySelector("select[name=label]");
-    if (n < s.options.length) {
-      s.selectedIndex = n;
+    // The n-th label of the model, skipping the "Choose your label…" placeholder of a smear outside the domain.
+    var labels = Array.prototype.filter.call(s.options, function (o) { return o.value !== ""; });
+    if (n < labels.length) {
+      s.value = labels[n].value;
       s.dispatchEvent(new Event("change"));
     }
   }
@@ -68,6 +70,7 @@
       var f = form();
       if (!f) { return; }
       var s = f.querySelector("select[name=label]");
+      if (!f.getAttribute("data-model-label")) { s.focus(); return; }  // outside the domain: nothing to confirm
       s.value = f.getAttribute("data-model-label");
       s.dispatchEvent(new Event("change"));
       save();

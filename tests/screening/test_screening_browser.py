@@ -27,9 +27,9 @@ def test_case_page_follows_cells_and_fields(browser_page, live_server, technicia
     page.wait_for_selector(f"{cell_card} .smear-status-done", timeout=20_000)
     page.wait_for_selector(f"{field_card} .smear-status-done", timeout=20_000)
     assert page.evaluate("window.__noReload") is True
-    assert page.inner_text(f'{cell_card} [data-field="stage"]') == "Blast"
+    assert page.inner_text(f'{cell_card} [data-field="stage"]') == "flagged for review"  # the pathologist calls blasts
     assert page.inner_text(f'{cell_card} [data-prob-text="blast"]') == "0.42"
     assert page.inner_text(f'{cell_card} [data-field="threshold"]') == "0.31"
     assert page.inner_text(f'{field_card} [data-prob-text="Pro"]') == "0.60"
-    assert "1 cell screened · 1 flagged as blast (100 %)" in page.inner_text("[data-screening-summary]")
+    assert "1 of 1 cell flagged by the screen (100 %)" in page.inner_text("[data-screening-summary]")
     assert "Pro-B" in page.inner_text("[data-case-suggestion]")
