@@ -30,6 +30,19 @@ def test_403_page_is_in_the_portal_layout_with_a_way_back(settings, tech_client)
     assert "ask an administrator" in html
 
 
+def test_a_csrf_failure_gets_the_portal_403_page(settings, technician):
+    from django.test import Client
+
+    settings.DEBUG = False
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(technician)
+    response = client.post(reverse("diagnosis:case_create"), {"accession_number": "ACC-X"})
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert_portal_page(html, 403)
+    assert "This form has expired" in html and "Nothing was saved" in html
+
+
 def test_500_page_renders_without_a_request_context():
     # Django renders 500.html with an empty context: the layout must not need one.
     response = server_error(RequestFactory().get("/"))
