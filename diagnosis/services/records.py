@@ -19,6 +19,18 @@ def _audit_value(obj, field):
     return "" if value is None else str(value)
 
 
+def _apply_changes(obj, changes) -> list[tuple[str, str, str]]:
+    """Set each field on obj; return (field, before, after) for those whose shown value changed."""
+    changed = []
+    for field, value in changes.items():
+        before = _audit_value(obj, field)
+        setattr(obj, field, value)
+        after = _audit_value(obj, field)
+        if before != after:
+            changed.append((field, before, after))
+    return changed
+
+
 def record_case_opened(case: Case, user) -> AuditEvent:
     """First entry of a case's audit trail: who opened it, for which patient,
     with which accession number and note. Call it in the transaction that
@@ -37,18 +49,13 @@ def update_case(case: Case, user, **changes) -> Case:
         raise ValueError(f"Not editable on a case: {', '.join(sorted(unknown))}.")
     with transaction.atomic():
         locked = lock_open_case(case)
-        changed = []
-        for field, value in changes.items():
-            before = _audit_value(locked, field)
-            setattr(locked, field, value)
-            after = _audit_value(locked, field)
-            if before != after:
-                changed.append(field)
-                record_event(locked, AuditEvent.Action.CASE_CHANGED, actor=user, old_value=before,
-                             new_value=after, detail=f"{Case._meta.get_field(field).verbose_name}: {before!r} → {after!r}")
+        changed = _apply_changes(locked, changes)
+        for field, before, after in changed:
+            record_event(locked, AuditEvent.Action.CASE_CHANGED, actor=user, old_value=before,
+                         new_value=after, detail=f"{Case._meta.get_field(field).verbose_name}: {before!r} → {after!r}")
         if changed:
             locked.full_clean(validate_unique=True)
-            locked.save(update_fields=[*changed, "updated_at"])
+            locked.save(update_fields=[field for field, _, _ in changed] + ["updated_at"])
     case.refresh_from_db()
     return case
 
@@ -66,19 +73,14 @@ def update_patient(patient, user, **changes):
     with transaction.atomic():
         cases = list(Case.objects.select_for_update().filter(patient=patient).order_by("pk"))
         locked = Patient.objects.select_for_update().get(pk=patient.pk)
-        changed = []
-        for field, value in changes.items():
-            before = _audit_value(locked, field)
-            setattr(locked, field, value)
-            after = _audit_value(locked, field)
-            if before != after:
-                changed.append(field)
-                label = Patient._meta.get_field(field).verbose_name
-                for case in cases:
-                    record_event(case, AuditEvent.Action.PATIENT_CHANGED, actor=user, old_value=before,
-                                 new_value=after, detail=f"Patient {label}: {before!r} → {after!r}")
+        changed = _apply_changes(locked, changes)
+        for field, before, after in changed:
+            label = Patient._meta.get_field(field).verbose_name
+            for case in cases:
+                record_event(case, AuditEvent.Action.PATIENT_CHANGED, actor=user, old_value=before,
+                             new_value=after, detail=f"Patient {label}: {before!r} → {after!r}")
         if changed:
             locked.full_clean(validate_unique=True)
-            locked.save(update_fields=changed)
+            locked.save(update_fields=[field for field, _, _ in changed])
     patient.refresh_from_db()
     return patient
