@@ -142,6 +142,9 @@ def case_status_payload(case, user):
         "case": case.pk,
         "status": case.status,
         "status_display": case.get_status_display(),
+        # The workflow state (awaiting classification -> awaiting review ...), updated live on the case page.
+        "state": case.state.value,
+        "state_display": case.state.label,
         "suggested_stage": case.suggested_stage or None,
         "suggested_stage_display": case.get_suggested_stage_display() if case.suggested_stage else None,
         "suggested_confidence": case.suggested_confidence,

@@ -69,6 +69,11 @@
   }
 
   function updateCase(data) {
+    document.querySelectorAll("[data-case-state]").forEach(function (el) {
+      el.className = "badge case-state case-state-" + data.state;
+      el.setAttribute("data-case-state", data.state);
+      text(el, data.state_display);
+    });
     document.querySelectorAll("[data-case-status]").forEach(function (el) {
       el.className = "badge case-status case-status-" + data.status;
       text(el, data.status_display);

@@ -16,6 +16,7 @@ def test_case_page_follows_classification_without_reload(browser_page, live_serv
     page.goto(live_server.url + case.get_absolute_url())
     card = f'[data-smear="{smear.pk}"]'
     assert page.inner_text(f'{card} [data-field="status"]') == "Queued"
+    assert page.inner_text("[data-case-state]") == "Awaiting classification"
     page.evaluate("window.__noReload = true")
 
     assert services.claim_smear(smear.pk)
@@ -32,3 +33,4 @@ def test_case_page_follows_classification_without_reload(browser_page, live_serv
     assert page.is_visible(f'{card} [data-field="probs"]')
     assert "Pro-B" in page.inner_text("[data-case-suggestion]")
     assert page.inner_text("[data-case-status]") == "All smears classified"
+    assert page.inner_text("[data-case-state]") == "Awaiting review"  # the workflow state follows too
