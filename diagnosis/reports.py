@@ -209,9 +209,8 @@ def model_text(smear):
         return smear.get_status_display()
     if not pred.in_domain:
         return f"{OUTSIDE_DOMAIN} ({pred.domain_reason})."
-    if pred.is_screening:
-        flag = "flagged for review" if pred.label == "blast" else "not flagged"
-        return f"{flag}, P(blast) {pred.blast_probability:.2f}"
+    if pred.is_screening:  # P(blast) and the threshold have their own columns in the cell table
+        return "flagged for review" if pred.label == "blast" else "not flagged"
     return (f"{pred.label_display} ({pred.confidence:.2f})\n" +
             " ".join(f"{selectors.label_display(k)} {v:.2f}" for k, v in pred.ordered_probabilities()) +
             f"\n{pred.model_display}")
@@ -258,9 +257,7 @@ def _cell_table(cells, styles, p):
         rows.append([
             _image_flowable(smear.thumbnail, 2.2) if smear.thumbnail else p("–"), heat,
             p(smear.original_filename, "BodyText"),
-            p(model_text(smear) if pred and not pred.in_domain else
-              ("flagged for review" if pred and pred.label == "blast" else "not flagged") if pred
-              else smear.get_status_display()),
+            p(model_text(smear)),
             p(f"{pred.blast_probability:.2f}" if pred and pred.in_domain else "–"),
             p(f"{pred.threshold:.2f}" if pred and pred.threshold is not None else "–"),
             _lines(_final_text(smear), styles),

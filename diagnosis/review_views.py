@@ -66,8 +66,7 @@ class SmearReviewView(RolePermissionRequiredMixin, View):
             services.review_smear(smear, request.user, request.POST.get("label", ""), request.POST.get("reason", ""),
                                   expected_version=int(version) if version.isdigit() else None)
         except services.CaseLocked as exc:
-            messages.error(request, str(exc))
-            return HttpResponse(str(exc), status=409) if _wants_status(request) else redirect(_review_url(smear.case))
+            return _refuse_locked(request, exc, _review_url(smear.case))
         except services.ReviewConflict as exc:
             messages.error(request, f"“{smear.original_filename}”: {exc}")
             if _wants_status(request):
@@ -99,8 +98,7 @@ class SmearAssessabilityView(RolePermissionRequiredMixin, View):
             else:
                 messages.error(request, "Unknown action.")
         except services.CaseLocked as exc:
-            messages.error(request, str(exc))
-            return HttpResponse(str(exc), status=409) if _wants_status(request) else redirect(_review_url(smear.case))
+            return _refuse_locked(request, exc, _review_url(smear.case))
         except services.ReviewError as exc:
             messages.error(request, f"“{smear.original_filename}”: {exc}")
         return redirect(_review_url(smear.case) + f"#smear-{smear.pk}")
@@ -120,8 +118,7 @@ class ConfirmRemainingView(RolePermissionRequiredMixin, View):
             messages.error(request, str(exc))
             return redirect(case)
         n = len(events)
-        left = sum(1 for s in case.smears.filter(status=Smear.Status.DONE, review_label="")
-                   if not getattr(s, "not_assessable", False))
+        left = case.smears.filter(status=Smear.Status.DONE, review_label="", not_assessable=False).count()
         if n:
             messages.success(request, f"{n} smear{'s' if n != 1 else ''} confirmed with the model's label.")
         else:
@@ -168,8 +165,7 @@ class CaseFinalizeView(RolePermissionRequiredMixin, View):
             services.set_final_stage(case, request.user, stage, comment)
             messages.success(request, "Final stage and comment saved (not signed out yet).")
         except services.CaseLocked as exc:
-            messages.error(request, str(exc))
-            return HttpResponse(str(exc), status=409) if _wants_status(request) else redirect(case)
+            return _refuse_locked(request, exc, case)
         except services.ReviewError as exc:
             messages.error(request, str(exc))
         return redirect(_review_url(case))
@@ -187,6 +183,12 @@ class AddendumView(RolePermissionRequiredMixin, View):
         except services.ReviewError as exc:
             messages.error(request, str(exc))
         return redirect(case)
+
+
+def _refuse_locked(request, exc, fallback):
+    """A change refused because the case is signed out: 409 for JSON clients, else the message and a redirect."""
+    messages.error(request, str(exc))
+    return HttpResponse(str(exc), status=409) if _wants_status(request) else redirect(fallback)
 
 
 def _review_url(case):

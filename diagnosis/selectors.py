@@ -68,7 +68,7 @@ def review_queue(threshold=None):
                 stages=stages,
                 low_confidence=bool(confidences) and min(confidences) < threshold,
                 disagreement=len(stages) > 1,
-                reviewed=sum(1 for s in case.smears.all() if s.review_label),
+                reviewed=sum(1 for s in done if s.review_label),
                 n_cells=len(cells),
                 blasts_flagged=sum(1 for p in cells if p.label == CellLabel.BLAST),
                 outside_domain=len(outside),
@@ -89,14 +89,11 @@ def next_case_in_queue(after: Case | None = None) -> Case | None:
 def confirmable_smears(case: Case) -> list:
     """The smears "confirm all remaining" would confirm: classified, not yet
     reviewed, and with a suggestion to confirm. A smear outside the model's
-    domain (its prediction's domain check says no suggestion) or marked not
-    assessable is left for the pathologist to judge one by one; getattr keeps
-    this working whether or not those fields exist on this branch."""
-    remaining = case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__isnull=False)
-    return [
-        smear for smear in remaining.select_related("prediction", "case").order_by("created_at", "pk")
-        if getattr(smear.prediction, "in_domain", True) and not getattr(smear, "not_assessable", False)
-    ]
+    domain (no suggestion) or marked not assessable is left for the
+    pathologist to judge one by one."""
+    remaining = case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__in_domain=True,
+                                   not_assessable=False)
+    return list(remaining.select_related("prediction", "case").order_by("created_at", "pk"))
 
 
 def _smear_status_item(smear, can_retry):

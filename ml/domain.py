@@ -6,7 +6,8 @@ model is built and stored in the model file (nothing here is a hand-set threshol
 
 1. **Feature distance** (Lee et al., 2018): class-conditional Gaussians with one shared, Ledoit-Wolf
    shrunk covariance on the model's own embedding (pooled backbone features + the classifier's input),
-   fitted on the training split; an image's score is its Mahalanobis distance to the nearest class.
+   fitted on the training split, kept as its 128 leading directions plus one pooled variance for the
+   rest (probabilistic PCA); an image's score is its Mahalanobis distance to the nearest class.
    Unlike the softmax, which is near 1 for almost anything, this distance grows with how far the image
    lies from everything the model has seen.
 2. **Image-statistics distance**: the same Mahalanobis distance on a few colour, brightness and texture
@@ -31,7 +32,7 @@ import numpy as np
 # Quality rule, applied before any fitted check: a field whose luminance varies by less than 2% of the
 # 8-bit range is blank (an empty slide, a lens cap, a white page) whatever the model says of it.
 UNIFORM_LUMINANCE_STD = 0.02
-DOMAIN_FORMAT = "leukportal-domain/1"
+DOMAIN_FORMAT = "leukportal-domain/2"  # /2: the embedding Gaussian as PPCA (basis, eigenvalues)
 
 STAT_NAMES = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "mean_saturation", "std_saturation",
               "mean_value", "dark_fraction", "bright_fraction", "luminance_std", "gradient_energy", "laplacian_energy",
@@ -74,16 +75,27 @@ def is_uniform(stats: np.ndarray) -> bool:
 
 # --------------------------------------------------------------------------- pieces
 
+MAX_COMPONENTS = 128  # principal directions kept of a wide embedding; the rest share one variance (PPCA)
+
+
 @dataclass
 class GaussianDistance:
-    """Mahalanobis distance to the nearest of one or more Gaussians that share one covariance."""
+    """Mahalanobis distance to the nearest of one or more Gaussians that share one covariance.
+
+    The shared covariance is the Ledoit-Wolf estimate of the within-class residuals. For a wide embedding
+    only its ``MAX_COMPONENTS`` leading directions are kept and the remaining variance is pooled into one
+    number (probabilistic PCA, Tipping & Bishop 1999): the distance still counts how far an image lies off
+    the training subspace, and the model file stores a D x k basis instead of a D x D precision matrix."""
     center: np.ndarray  # (D,) standardisation
     scale: np.ndarray  # (D,)
     means: np.ndarray  # (C, D), standardised space
-    precision: np.ndarray  # (D, D)
+    basis: np.ndarray  # (D, k) leading eigenvectors of the shared covariance
+    eigenvalues: np.ndarray  # (k,)
+    residual_variance: float  # mean variance of the D - k directions left out (0 when k == D)
 
     @classmethod
-    def fit(cls, x: np.ndarray, labels: np.ndarray | None = None) -> "GaussianDistance":
+    def fit(cls, x: np.ndarray, labels: np.ndarray | None = None,
+            max_components: int = MAX_COMPONENTS) -> "GaussianDistance":
         from sklearn.covariance import LedoitWolf
 
         x = np.asarray(x, dtype=np.float64)
@@ -94,21 +106,33 @@ class GaussianDistance:
         classes = sorted(set(labels.tolist()))
         means = np.stack([z[labels == c].mean(axis=0) for c in classes])
         residual = z - means[np.searchsorted(classes, labels)]
-        precision = LedoitWolf(assume_centered=True).fit(residual).precision_
-        return cls(center, scale, means, precision)
+        eigenvalues, vectors = np.linalg.eigh(LedoitWolf(assume_centered=True).fit(residual).covariance_)
+        order = np.argsort(eigenvalues)[::-1]
+        eigenvalues, vectors = np.maximum(eigenvalues[order], 1e-12), vectors[:, order]
+        k = min(max_components, len(eigenvalues))
+        rest = eigenvalues[k:]
+        return cls(center, scale, means, vectors[:, :k], eigenvalues[:k], float(rest.mean()) if len(rest) else 0.0)
 
     def distance(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
         d = z[:, None, :] - self.means[None, :, :]  # (N, C, D)
-        squared = np.einsum("ncd,de,nce->nc", d, self.precision, d)
+        projected = d @ self.basis  # (N, C, k)
+        inside = (projected ** 2 / self.eigenvalues).sum(axis=2)
+        squared = inside
+        if self.residual_variance > 0:
+            off = np.maximum((d ** 2).sum(axis=2) - (projected ** 2).sum(axis=2), 0.0)
+            squared = inside + off / self.residual_variance
         return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
+    FIELDS = ("center", "scale", "means", "basis", "eigenvalues")
+
     def to_dict(self) -> dict:
-        return {k: getattr(self, k).tolist() for k in ("center", "scale", "means", "precision")}
+        return {**{k: getattr(self, k).tolist() for k in self.FIELDS}, "residual_variance": self.residual_variance}
 
     @classmethod
     def from_dict(cls, d: dict) -> "GaussianDistance":
-        return cls(*(np.asarray(_plain(d[k]), dtype=np.float64) for k in ("center", "scale", "means", "precision")))
+        return cls(*(np.asarray(_plain(d[k]), dtype=np.float64) for k in cls.FIELDS),
+                   float(d["residual_variance"]))
 
 
 @dataclass
@@ -195,7 +219,8 @@ class DomainCheck:
     @classmethod
     def from_payload(cls, d: dict) -> "DomainCheck":
         if d.get("format") != DOMAIN_FORMAT:
-            raise ValueError(f"unknown domain check format {d.get('format')!r}")
+            raise ValueError(f"domain check format {d.get('format')!r} is not {DOMAIN_FORMAT!r}: refit it with "
+                             "python -m ml fit-domain")
         return cls(d["task"], GaussianDistance.from_dict(d["features"]), GaussianDistance.from_dict(d["stats"]),
                    KindClassifier.from_dict(d["kind"]) if d.get("kind") else None,
                    np.asarray(_plain(d["feature_reference"]), dtype=np.float64),

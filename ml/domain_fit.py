@@ -70,7 +70,7 @@ def fit_model_domain(model: str | Path, data: str | Path, other_data: str | Path
     from .predict import Predictor, resolve_model_path
 
     path = resolve_model_path(model)
-    predictor = Predictor(path)
+    predictor = Predictor(path, with_domain=False)  # the check being replaced may be of an older format
     train_splits, val_splits, manifest = _splits(predictor)
     samples = mldata.read_manifest(_resolve(manifest))
     folder_classes = list(predictor.payload.get("folder_classes", predictor.classes))
@@ -84,11 +84,11 @@ def fit_model_domain(model: str | Path, data: str | Path, other_data: str | Path
                                     desc="validation split")
     other_stats = None
     if other_paths is not None:
-        other_stats = np.stack([_stats_only(p, predictor.input_size) for p in other_paths])
+        other_stats = np.stack([predictor.prepare(p)[1] for p in other_paths])
     elif other_data is not None:
         other_manifest, fit_splits, _ = OTHER_KIND[predictor.task]
         others = [s for s in mldata.read_manifest(other_manifest) if s.split in fit_splits]
-        other_stats = np.stack([_stats_only(Path(other_data) / s.path, predictor.input_size) for s in others])
+        other_stats = np.stack([predictor.prepare(Path(other_data) / s.path)[1] for s in others])
     labels = np.array([folder_classes.index(s.label) for s in train])
     check = mldomain.fit(predictor.task, train_emb, labels, train_stats, val_emb, val_stats, other_stats, target_rate)
     check.fit_record.update({"train_splits": train_splits, "val_splits": val_splits, "manifest": str(manifest)})
@@ -104,11 +104,6 @@ def compact(payload: dict) -> dict:
 
     features = {k: torch.tensor(v, dtype=torch.float32) for k, v in payload["features"].items()}
     return {**payload, "features": features}
-
-
-def _stats_only(source, size: int) -> np.ndarray:
-    rgb = mldata.load_image(source)
-    return mldomain.image_statistics(np.asarray(rgb.resize((size, size), Image.BILINEAR)))
 
 
 # --------------------------------------------------------------------------- out-of-domain sets
@@ -185,19 +180,22 @@ def _field_crops(paths, seed: int = 0) -> list[Image.Image]:
 
 def evaluate_domain(predictor, data: str | Path, manifest: str | Path, split: str = "test",
                     other_data: str | Path | None = None, max_per_set: int | None = None, progress: bool = False,
-                    seed: int = 0) -> dict:
-    """False-flag rate on the model's own untouched split and catch rate on each out-of-domain set."""
+                    seed: int = 0, own_results: list[dict] | None = None) -> dict:
+    """False-flag rate on the model's own untouched split and catch rate on each out-of-domain set.
+
+    ``own_results``: the split's domain verdicts when the caller already has them (in manifest order)."""
     samples = [s for s in mldata.read_manifest(_resolve(manifest)) if s.split == split]
     rng = random.Random(seed)
     if max_per_set and len(samples) > max_per_set:
         samples = sorted(rng.sample(samples, max_per_set), key=lambda s: s.path)
-    own_paths = [Path(data) / s.path for s in samples]
+    own_images = [mldata.load_image(Path(data) / s.path) for s in samples]  # decoded once, measured as is and transformed
     rows = []
 
-    def measure(name: str, images, in_domain_set: bool, note: str = "", groups=None) -> dict:
-        results = []
-        for start in range(0, len(images), 32):
-            results += predictor.predict(images[start:start + 32])
+    def measure(name: str, images, in_domain_set: bool, note: str = "", groups=None, results=None) -> dict:
+        if results is None:
+            results = []
+            for start in range(0, len(images), 32):
+                results += predictor.predict(images[start:start + 32])
         flagged = np.array([not r["in_domain"] for r in results])
         reasons = {}
         for r in results:
@@ -214,7 +212,8 @@ def evaluate_domain(predictor, data: str | Path, manifest: str | Path, split: st
         return row
 
     group_of = (lambda s: s.group.removeprefix("subject:")) if predictor.task == "screening" else (lambda s: s.label)
-    measure(f"{split} split (in domain)", own_paths, True, "untouched test images", [group_of(s) for s in samples])
+    measure(f"{split} split (in domain)", own_images, True, "untouched test images", [group_of(s) for s in samples],
+            results=own_results if own_results is not None and max_per_set is None else None)
     if other_data is not None:
         other_manifest, _, other_split = OTHER_KIND[predictor.task]
         others = [s for s in mldata.read_manifest(other_manifest) if s.split == other_split]
@@ -228,7 +227,6 @@ def evaluate_domain(predictor, data: str | Path, manifest: str | Path, split: st
                     False, "half-field crops with their natural background")
     for kind in ("blank", "noise", "text"):
         measure(f"generated {kind}", generated_images(kind, seed=seed), False, "24 images, 224x224 and 640x480")
-    own_images = [mldata.load_image(p) for p in own_paths]
     for name, transform in TRANSFORMS.items():
         measure(f"{split} split {name}", [transform(im) for im in own_images], False, "the in-domain images transformed")
     return {"model": predictor.name, "model_version": predictor.version, "task": predictor.task, "split": split,
@@ -249,7 +247,9 @@ def markdown_section(report: dict, heading: str = "## Domain check") -> str:
         "",
         "- **Feature distance**: class-conditional Gaussians with one shared Ledoit-Wolf covariance on the model's "
         f"own {fit.get('embedding_dim')}-dimensional embedding (pooled backbone features + the classifier's input), "
-        "fitted on the training split; the score is the Mahalanobis distance to the nearest class (Lee et al., 2018). "
+        "fitted on the training split and kept as its 128 leading directions plus one pooled variance for the rest "
+        "(probabilistic PCA: the file stores a small basis, not a full precision matrix); the score is the "
+        "Mahalanobis distance to the nearest class (Lee et al., 2018). "
         "Chosen because it needs no out-of-domain data to fit, costs one matrix product in the same forward pass, "
         "and, unlike the softmax confidence (near 1 for a blank page), grows with distance from the training images.",
         "- **Image-statistics distance**: Mahalanobis distance on 16 colour, brightness, texture and sharpness statistics of the "

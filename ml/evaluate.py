@@ -100,7 +100,7 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
     classes = list(predictor.classes)
     folder_classes = list(predictor.payload.get("folder_classes", classes))
     labels = np.array([folder_classes.index(s.label) for s in samples])
-    logits = predictor.predict_logits([Path(data) / s.path for s in samples], batch_size=batch_size)
+    logits, embeddings, stats = predictor.predict_outputs([Path(data) / s.path for s in samples], batch_size=batch_size)
     probabilities = predictor.probabilities(logits)
     report = classification_metrics(probabilities, labels, classes)
     report.update({
@@ -120,7 +120,9 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
     if domain:
         from .domain_fit import evaluate_domain
 
-        report["domain"] = evaluate_domain(predictor, data, manifest, split, other_data)
+        # The split's own verdicts come from the pass above: its images are not predicted twice.
+        report["domain"] = evaluate_domain(predictor, data, manifest, split, other_data,
+                                           own_results=predictor.domain_results(embeddings, stats))
     if out is not None:
         write_report(report, out)
     return report

@@ -52,7 +52,7 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
 
 
 class Predictor:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, with_domain: bool = True):
         self.path = Path(path)
         self.model, self.payload = load_model(self.path)
         self.task = self.payload.get("task", "staging")
@@ -64,7 +64,9 @@ class Predictor:
         self.threshold = self.payload.get("threshold")  # screening: P(blast) at or above -> "blast"
         self.positive_class = self.payload.get("positive_class")
         # The fitted domain check travels in the model file; a file without one gets the quality rule only.
-        self.domain = mldomain.DomainCheck.from_payload(self.payload["domain"]) if self.payload.get("domain") else None
+        # (``with_domain=False`` only to fit a new check over an old one.)
+        self.domain = mldomain.DomainCheck.from_payload(self.payload["domain"]) \
+            if with_domain and self.payload.get("domain") else None
         self._lock = threading.Lock()  # one forward at a time: the model is shared by threads of a process
 
     def __repr__(self) -> str:
