@@ -31,6 +31,7 @@ def save_model(path: Path, model, config, classes, temperature, history, elapsed
         "classes": list(getattr(config, "class_names", None) or classes),
         "folder_classes": list(classes),
         "input_size": config.img_size,
+        "input_norm": getattr(config, "input_norm", "imagenet"),
         "mean": list(mldata.IMAGENET_MEAN),
         "std": list(mldata.IMAGENET_STD),
         "temperature": float(temperature),

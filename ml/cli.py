@@ -22,8 +22,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--balance", choices=["oversample", "undersample", "weight", "none"], default=defaults.balance)
     parser.add_argument("--stain-augment", choices=["none", "hed"], default=defaults.stain_augment,
                         help="stain jitter in HED space (training images only)")
-    for name in ("stain_strength", "illumination", "blur_prob", "blur_sigma", "rgb_gain"):
+    for name in ("stain_strength", "illumination", "blur_prob", "blur_sigma", "rgb_gain", "crop_prob", "crop_scale",
+                 "jpeg_prob"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    parser.add_argument("--input-norm", choices=["imagenet", "image"], default=defaults.input_norm,
+                        help="model input: ImageNet mean/std, or each image standardised per channel (stain-invariant)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (smoke runs)")
     parser.add_argument("--pretrained-weights", metavar="FILE", help="local timm checkpoint for the backbone")

@@ -313,39 +313,78 @@ def class_weights(labels: Sequence[int], n_classes: int) -> list[float]:
 
 # --------------------------------------------------------------------------- tensors and augmentation
 
-def preprocess(image: Image.Image, size: int):
+def preprocess(image: Image.Image, size: int, input_norm: str = "imagenet"):
     """PIL RGB -> normalised float tensor (3, size, size). The one preprocessing used everywhere."""
     import torch
 
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
-    return normalise(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+    return normalise(torch.from_numpy(np.array(image)).permute(2, 0, 1), input_norm)
 
 
 _MEAN_STD: dict = {}
+# Input normalisations a model file can name ("input_norm"); files without the key use "imagenet".
+#   imagenet: fixed ImageNet mean/std, the image's own colour passes through to the model.
+#   image:    each image standardised per RGB channel by its own mean and standard deviation
+#             (over its non-black pixels), so a stain, white-balance, brightness or contrast change
+#             that scales or shifts a channel is removed before the model sees the image.
+INPUT_NORMS = ("imagenet", "image")
+_BLACK = 0.04  # of the range: segmented cells lie on a black background that must not set the statistics
+_MIN_STD = 0.02  # of the range: a (nearly) blank image is not amplified into noise
 
 
-def normalise(images):
-    """uint8 image tensor(s) (..., 3, H, W) -> float, scaled to [0, 1] and standardised with ImageNet mean/std."""
+def normalise(images, mode: str = "imagenet"):
+    """uint8 image tensor(s) (..., 3, H, W) -> float model input, by the normalisation ``mode``."""
     import torch
 
+    if mode == "image":
+        return standardise_per_image(images)
+    if mode != "imagenet":
+        raise ValueError(f"unknown input normalisation {mode!r}: use one of {', '.join(INPUT_NORMS)}")
     if not _MEAN_STD:  # built once per process: this runs for every training image
         _MEAN_STD["mean"] = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         _MEAN_STD["std"] = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (images.float() / 255.0 - _MEAN_STD["mean"]) / _MEAN_STD["std"]
 
 
+def standardise_per_image(images):
+    """uint8 image tensor(s) (..., 3, H, W) -> each channel minus its mean, over its standard deviation.
+
+    The statistics come from the image's non-black pixels (all pixels when fewer than 1% are
+    non-black), so the black surround of a segmented cell does not dilute them. A per-channel gain
+    or offset of the whole image (white balance, stain hue, exposure, contrast) leaves the result
+    unchanged up to rounding and clipping: ``standardise_per_image(a * x + b) == standardise_per_image(x)``."""
+    x = images.float() / 255.0
+    foreground = (x.amax(dim=-3, keepdim=True) > _BLACK).float()
+    pixels = x.shape[-1] * x.shape[-2]
+    count = foreground.sum(dim=(-2, -1), keepdim=True)
+    foreground = foreground.where(count >= 0.01 * pixels, foreground.new_ones(()))
+    count = foreground.sum(dim=(-2, -1), keepdim=True)
+    mean = (x * foreground).sum(dim=(-2, -1), keepdim=True) / count
+    var = (((x - mean) * foreground) ** 2).sum(dim=(-2, -1), keepdim=True) / count
+    return (x - mean) / var.sqrt().clamp_min(_MIN_STD)
+
+
 def training_augmentation(size: int, strength: float = 1.0, stain: str = "none", stain_strength: float = 0.05,
                           illumination: float = 0.0, blur_prob: float = 0.0, blur_sigma: float = 1.5,
-                          rgb_gain: float = 0.0):
+                          rgb_gain: float = 0.0, crop_prob: float = 0.0, crop_scale: float = 0.5,
+                          jpeg_prob: float = 0.0):
     """Dihedral flips/rotations, small affine shifts and colour jitter scaled by ``strength`` (on uint8
     tensors), followed by the acquisition steps of ``stain.acquisition_augmentation`` (HED stain jitter,
-    illumination, focus blur). None when nothing is switched on."""
+    illumination, focus blur). With ``crop_prob`` a random crop of ``crop_scale``..1 of the area at
+    aspect 3:4..4:3 resized back (another framing or camera aspect), with ``jpeg_prob`` a JPEG
+    re-encoding at quality 30..95. None when nothing is switched on."""
     from torchvision.transforms import v2
 
     from .stain import acquisition_augmentation
 
     acquisition = acquisition_augmentation(stain, stain_strength, illumination, blur_prob, blur_sigma, rgb_gain)
+    if crop_prob > 0:
+        acquisition.insert(0, v2.RandomApply([v2.RandomResizedCrop(size, scale=(crop_scale, 1.0),
+                                                                   ratio=(3 / 4, 4 / 3), antialias=True)],
+                                             p=crop_prob))
+    if jpeg_prob > 0:
+        acquisition.append(v2.RandomApply([v2.JPEG((30, 95))], p=jpeg_prob))
     if strength <= 0:
         return v2.Compose(acquisition) if acquisition else None
 
@@ -371,9 +410,10 @@ class ImageTensorDataset:
     """Decoded images held in memory as uint8 tensors (the whole set is a few hundred MB)."""
 
     def __init__(self, root: str | Path, samples: list[Sample], classes: Sequence[str], size: int,
-                 augment=None, progress: bool = False):
+                 augment=None, progress: bool = False, input_norm: str = "imagenet"):
         import torch
 
+        self.input_norm = input_norm
         self.samples = samples
         self.classes = list(classes)
         self.size = size
@@ -397,4 +437,4 @@ class ImageTensorDataset:
         image = self.images[index]
         if self.augment is not None:
             image = self.augment(image)
-        return normalise(image), self.labels[index]
+        return normalise(image, self.input_norm), self.labels[index]

@@ -60,6 +60,7 @@ class Predictor:
         self.version = self.payload["model_version"]
         self.classes = tuple(self.payload["classes"])
         self.input_size = int(self.payload["input_size"])
+        self.input_norm = self.payload.get("input_norm", "imagenet")  # the normalisation it was trained with
         self.temperature = float(self.payload.get("temperature", 1.0))
         self.threshold = self.payload.get("threshold")  # screening: P(blast) at or above -> "blast"
         self.positive_class = self.payload.get("positive_class")
@@ -82,7 +83,8 @@ class Predictor:
         if rgb.size != (self.input_size, self.input_size):
             rgb = rgb.resize((self.input_size, self.input_size), mldata.Image.BILINEAR)
         array = np.asarray(rgb)
-        return mldata.normalise(torch.from_numpy(array.copy()).permute(2, 0, 1)), mldomain.image_statistics(array)
+        tensor = mldata.normalise(torch.from_numpy(array.copy()).permute(2, 0, 1), self.input_norm)
+        return tensor, mldomain.image_statistics(array)
 
     @torch.inference_mode()
     def predict_outputs(self, images, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

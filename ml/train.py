@@ -47,6 +47,10 @@ class TrainConfig:
     rgb_gain: float = 0.0  # white balance: R, G, B each x U(1 - s, 1 + s)
     blur_prob: float = 0.0
     blur_sigma: float = 1.5
+    crop_prob: float = 0.0  # random crop of crop_scale..1 of the area, aspect 3:4..4:3 (framing, camera aspect)
+    crop_scale: float = 0.5
+    jpeg_prob: float = 0.0  # JPEG re-encoding at quality 30..95
+    input_norm: str = "imagenet"  # imagenet | image (per-image channel standardisation, ml.data.normalise)
     # LRA: watch training accuracy until `threshold`, then validation loss.
     threshold: float = 0.9
     factor: float = 0.5
@@ -234,7 +238,7 @@ def teacher_soft_targets(config: TrainConfig, train_set, classes, log) -> torch.
 
         starts = tqdm(starts, desc="teacher soft labels", leave=False)
     for start in starts:
-        images = mldata.normalise(train_set.images[start:start + 64])
+        images = mldata.normalise(train_set.images[start:start + 64], payload.get("input_norm", "imagenet"))
         views = [torch.rot90(v, k, dims=(-2, -1)) for v in (images, images.flip(-1)) for k in range(4)]
         probs = sum(torch.softmax(teacher(v) / config.distill_temperature, dim=1) for v in views)
         targets.append(probs / len(views))
@@ -314,9 +318,12 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     augment = mldata.training_augmentation(config.img_size, config.augment_strength, stain=config.stain_augment,
                                            stain_strength=config.stain_strength, illumination=config.illumination,
                                            blur_prob=config.blur_prob, blur_sigma=config.blur_sigma,
-                                           rgb_gain=config.rgb_gain)
-    train_set = mldata.ImageTensorDataset(config.data, train_samples, classes, config.img_size, augment, config.progress)
-    val_set = mldata.ImageTensorDataset(config.data, val_samples, classes, config.img_size, None, config.progress)
+                                           rgb_gain=config.rgb_gain, crop_prob=config.crop_prob,
+                                           crop_scale=config.crop_scale, jpeg_prob=config.jpeg_prob)
+    train_set = mldata.ImageTensorDataset(config.data, train_samples, classes, config.img_size, augment, config.progress,
+                                          input_norm=config.input_norm)
+    val_set = mldata.ImageTensorDataset(config.data, val_samples, classes, config.img_size, None, config.progress,
+                                        input_norm=config.input_norm)
     val_loader = DataLoader(val_set, batch_size=64, shuffle=False, num_workers=config.num_workers)
     log(f"data: {len(train_set)} train / {len(val_set)} val images, classes {classes}, balance={config.balance}")
 
@@ -423,7 +430,7 @@ def export(run_dir: str | Path) -> Path:
     model.load_state_dict({k: v for k, v in best.items() if k in own})
     samples = mldata.read_manifest(config.manifest)
     val = mldata.ImageTensorDataset(config.data, [s for s in samples if s.split in config.val_splits], config.classes,
-                                    config.img_size)
+                                    config.img_size, input_norm=config.input_norm)
     temperature = fit_temperature(*collect_logits(model, DataLoader(val, batch_size=64)), log=print)
     return save_model(run_dir / "model.pt", model, config, config.classes, temperature, state["history"],
                       state["elapsed"], state["adjuster"].get("best_epoch", -1))
