@@ -65,8 +65,12 @@ def read_payload(path: str | Path) -> dict:
 def load_model(path: str | Path):
     """(model in eval mode, payload) from a ``model.pt``."""
     payload = read_payload(path)
-    model = models.create(payload["arch"], num_classes=len(payload["classes"]), input_size=payload["input_size"])
-    state = {k: v.float() for k, v in payload["state_dict"].items()}
+    if payload["arch"] == "ensemble":
+        model = models.create_ensemble([m["arch"] for m in payload["members"]], num_classes=len(payload["classes"]),
+                                       input_size=payload["input_size"])
+    else:
+        model = models.create(payload["arch"], num_classes=len(payload["classes"]), input_size=payload["input_size"])
+    state = {k: v.float() for k, v in payload["state_dict"].items()}  # ensembles store float16 weights
     own = model.state_dict()
     # Files written before unused backbone heads were pruned carry those extra keys: drop them.
     state = {k: v for k, v in state.items() if k in own}

@@ -175,7 +175,26 @@ def cmd_screening(args) -> int:
         pretrained = str(models.efficientnet_lite0_imagenet_file())
     base = TrainConfig(data=args.data, arch=args.arch, out="", epochs=args.epochs, img_size=args.img_size,
                        batch_size=args.batch_size, lr=args.lr, pretrained_weights=pretrained, threads=args.threads,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, input_norm=args.input_norm, stain_augment=args.stain_augment,
+                       stain_strength=args.stain_strength, rgb_gain=args.rgb_gain, illumination=args.illumination,
+                       blur_prob=args.blur_prob, blur_sigma=args.blur_sigma, augment_strength=args.augment_strength)
+    if args.ensemble:
+        from . import screening_ensemble
+
+        manifest = Path(args.fold_manifest)
+        if not manifest.is_file():
+            screening_ensemble.make_kfold_manifest(args.manifest, manifest, args.folds, with_test=not args.no_test)
+        report = screening_ensemble.run(args.data, args.out, manifest, base, balance=args.balance_modes[0],
+                                        seed=args.seed)
+        o = report["oof"]
+        print(f"ensemble of {report['members']}: cut {report['threshold']:.4f}; out-of-fold sensitivity "
+              f"{o['sensitivity']:.4f}, specificity {o['specificity']:.4f}, weighted F1 {o['weighted_f1']:.4f}")
+        if report["test"]:
+            t = report["test"]
+            print(f"test subjects {report['subjects']['test']}: sensitivity {t['sensitivity']:.4f}, specificity "
+                  f"{t['specificity']:.4f}, weighted F1 {t['weighted_f1']:.4f}, AUC {t['roc_auc']:.4f}")
+        print(f"report in {args.out}/report.md")
+        return 0
     report = screening.run(args.data, args.out, args.manifest, base, balance_modes=args.balance_modes, seed=args.seed,
                            cv_only=args.cv_only, all_subjects_model=not args.no_all_subjects_model)
     if args.cv_only:
@@ -342,6 +361,18 @@ def main(argv: list[str] | None = None) -> int:
                      help="skip the comparison model retrained on every CV subject")
     scr.add_argument("--cv-only", action="store_true",
                      help="compare settings on the CV subjects only; the test subjects are not read")
+    scr.add_argument("--ensemble", action="store_true",
+                     help="ship the fold models as one ensemble (mean P(blast)), cut from their out-of-fold predictions")
+    scr.add_argument("--folds", type=int, default=4, help="--ensemble: folds when the manifest has to be made")
+    scr.add_argument("--fold-manifest", default="ml/splits/cnmc-fold1-k4.csv",
+                     help="--ensemble: the folds (made from --manifest's subjects when absent)")
+    scr.add_argument("--no-test", action="store_true",
+                     help="--ensemble: a new manifest puts every subject in a fold (the model to ship on all subjects)")
+    scr.add_argument("--input-norm", choices=["imagenet", "image"], default="imagenet")
+    scr.add_argument("--stain-augment", choices=["none", "hed"], default="none")
+    for name, default in (("stain_strength", 0.05), ("rgb_gain", 0.0), ("illumination", 0.0), ("blur_prob", 0.0),
+                          ("blur_sigma", 1.5), ("augment_strength", 1.0)):
+        scr.add_argument("--" + name.replace("_", "-"), type=float, default=default)
     scr.add_argument("--no-progress", action="store_true")
 
     ship = commands.add_parser("ship", help="copy a model into ml/weights and write its model card")

@@ -165,6 +165,36 @@ class HybridClassifier(nn.Module):
         return logits, torch.cat([fmap.mean(dim=(2, 3)), summary], dim=1)
 
 
+class EnsembleClassifier(nn.Module):
+    """Several trained members read as one model: its probabilities are the mean of the members'.
+
+    ``forward`` returns log(mean softmax), so the softmax of these "logits" (at temperature 1) is exactly
+    the members' mean probability; the embedding the domain check scores is the members' embeddings
+    side by side. Every member sees the same input (same size and normalisation)."""
+
+    arch = "ensemble"
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.num_classes = members[0].num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_embedding(x)[0]
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = [member.forward_with_embedding(x) for member in self.members]
+        probabilities = torch.stack([torch.softmax(logits, dim=1) for logits, _ in outputs]).mean(dim=0)
+        return probabilities.clamp_min(1e-12).log(), torch.cat([embedding for _, embedding in outputs], dim=1)
+
+
+def create_ensemble(member_archs: list[str], num_classes: int, **overrides) -> EnsembleClassifier:
+    """An ensemble of registered architectures (random init; weights come from a model file)."""
+    return EnsembleClassifier([create(arch, num_classes=num_classes, **overrides) for arch in member_archs])
+
+
 def prune_unused_children(backbone: nn.Module, input_size: int) -> torch.Tensor:
     """Replace the backbone's top-level modules that ``forward_features`` never calls (timm's
     classifier-side ``conv_head``, for one) by Identity, so no dead weights are trained or shipped.
