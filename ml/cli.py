@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -214,7 +215,11 @@ def cmd_screening(args) -> int:
 def cmd_ship(args) -> int:
     from .card import ship, ship_screening
 
-    if args.name == "screening":
+    if args.name == "screening" and json.loads((Path(args.report) / "report.json").read_text()).get("members"):
+        from .screening_card import ship_ensemble
+
+        print(ship_ensemble(args.report, args.shipped_report, args.latency_image))
+    elif args.name == "screening":
         print(ship_screening(args.report, args.latency_image, comparisons=args.compare))
     else:
         print(ship(args.model, args.report, args.name, args.latency_image))
@@ -380,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ship.add_argument("--report", required=True, help="folder with the evaluation's report.json")
     ship.add_argument("--name", required=True)
     ship.add_argument("--latency-image", required=True, help="an image to time end-to-end prediction on")
+    ship.add_argument("--shipped-report", metavar="DIR",
+                      help="screening ensemble: the run on every subject to ship (--report is then the estimate run)")
     ship.add_argument("--compare", nargs="*", default=[], metavar="CV_JSON",
                       help="screening: cv.json files of settings compared by --cv-only, tabulated in the card")
 

