@@ -40,11 +40,19 @@ def load_split(predictor, data: str | Path, manifest: str | Path | None, split: 
     return images, labels, Path(manifest)
 
 
-def perturbed_logits(predictor, images, perturbations, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Logits of the clean images (key ``clean``) and of every perturbation of them (key: its name)."""
-    logits = {"clean": predictor.predict_logits(images, batch_size)}
-    for p in perturbations:
-        logits[p.name] = predictor.predict_logits([p(image) for image in images], batch_size)
+def perturbed_logits(predictor, images, perturbations, batch_size: int = 64,
+                     flagged: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Logits of the clean images (key ``clean``) and of every perturbation of them (key: its name).
+    With ``flagged`` (a dict), also the fraction of each set that the model's domain check flags, from the
+    same forward passes: a change the model survives is of little use if the portal refuses its images."""
+    logits = {}
+    for name, batch in [("clean", images), *((p.name, [p(image) for image in images]) for p in perturbations)]:
+        if flagged is None:
+            logits[name] = predictor.predict_logits(batch, batch_size)
+            continue
+        logits[name], embeddings, stats = predictor.predict_outputs(batch, batch_size)
+        verdicts = predictor.domain_results(embeddings, stats)
+        flagged[name] = float(np.mean([not v["in_domain"] for v in verdicts])) if verdicts else 0.0
     return logits
 
 
@@ -62,12 +70,15 @@ def run(model, data: str | Path, manifest: str | Path | None = None, split: str 
     predictor = Predictor(resolve_model_path(model))
     chosen = perturb.select(which)
     images, labels, manifest = load_split(predictor, data, manifest, split, limit)
-    logits = perturbed_logits(predictor, images, chosen, batch_size)
-    clean = summary(predictor.probabilities(logits["clean"]), labels, predictor.classes)
+    flagged: dict[str, float] = {}
+    logits = perturbed_logits(predictor, images, chosen, batch_size, flagged=flagged)
+    clean = {**summary(predictor.probabilities(logits["clean"]), labels, predictor.classes),
+             "flagged": flagged["clean"]}
     rows = []
     for p in chosen:
         metrics = summary(predictor.probabilities(logits[p.name]), labels, predictor.classes)
         rows.append({"family": p.family, "name": p.name, "level": p.level, "mild": p.mild, **metrics,
+                     "flagged": flagged[p.name],
                      "accuracy_change": metrics["accuracy"] - clean["accuracy"],
                      "meets_target": metrics["accuracy"] >= MILD_TARGET})
     report = {
@@ -88,15 +99,18 @@ def run(model, data: str | Path, manifest: str | Path | None = None, split: str 
 def table(report: dict) -> list[str]:
     """The markdown table: one row per acquisition change, the clean split first."""
     c = report["clean"]
-    lines = ["| family | change | level | mild | accuracy | change | macro-F1 | ECE | >= target |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    def share(row: dict) -> str:  # reports made before the column existed have no "flagged"
+        return f"{row['flagged']:.1%}" if "flagged" in row else "n/a"
+
+    lines = ["| family | change | level | mild | accuracy | change | macro-F1 | ECE | >= target | flagged out of domain |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| none | clean | untouched {report['split']} split | | {c['accuracy']:.4f} | | {c['macro_f1']:.4f} | "
-             f"{c['ece']:.4f} | {'yes' if c['accuracy'] >= report['target'] else '**no**'} |"]
+             f"{c['ece']:.4f} | {'yes' if c['accuracy'] >= report['target'] else '**no**'} | {share(c)} |"]
     for r in report["perturbations"]:
         verdict = "yes" if r["meets_target"] else ("**no**" if r["mild"] else "no")
         lines.append(f"| {r['family']} | {r['name']} | {r['level']} | {'mild' if r['mild'] else 'strong'} | "
                      f"{r['accuracy']:.4f} | {r['accuracy_change']:+.4f} | {r['macro_f1']:.4f} | {r['ece']:.4f} | "
-                     f"{verdict} |")
+                     f"{verdict} | {share(r)} |")
     return lines
 
 

@@ -16,6 +16,7 @@ def test_robustness_run_writes_every_family_into_json_table_and_plot(tiny_model_
     for row in report["perturbations"]:
         assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["ece"] <= 1.0
         assert row["meets_target"] == (row["accuracy"] >= robustness.MILD_TARGET)
+        assert 0.0 <= row["flagged"] <= 1.0  # the share of the changed images the domain check refuses
     assert report["mild_below_target"] == [r["name"] for r in report["perturbations"]
                                            if r["mild"] and r["accuracy"] < 0.97]
     saved = json.loads((tmp_path / "robustness.json").read_text())
@@ -23,6 +24,7 @@ def test_robustness_run_writes_every_family_into_json_table_and_plot(tiny_model_
     table = (tmp_path / "robustness.md").read_text()
     for family in FAMILIES:
         assert f"| {family} |" in table
+    assert "flagged out of domain |" in table
     assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
