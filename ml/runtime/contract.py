@@ -42,9 +42,9 @@ class PredictorContract:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, version={self.version!r}, classes={self.classes})"
 
-    def prepare_array(self, image) -> tuple[np.ndarray, np.ndarray]:
-        """(float32 (3, S, S) model input, image statistics), numpy only."""
-        return preprocess.prepare(image, self.input_size, self.input_norm)
+    def prepare_array(self, image, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 (3, S, S) model input, written into ``out`` when given; image statistics), numpy only."""
+        return preprocess.prepare(image, self.input_size, self.input_norm, out)
 
     def predict_outputs(self, images, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(logits (N, classes), embeddings (N, D), image statistics (N, k)) from one forward pass per batch."""

@@ -103,6 +103,20 @@ def test_onnx_predictor_gives_the_pytorch_results(exported, smear_folder):
     assert onnx_predictor.predict([]) == []
 
 
+def test_a_batch_prepared_on_several_threads_gives_the_same_results_and_errors(exported, smear_folder, tmp_path):
+    import ml
+    from ml.runtime.onnx_predictor import OnnxPredictor
+
+    model, _ = exported
+    images = sorted((smear_folder / "Benign").glob("*.jpg"))[:6]
+    serial, threaded = OnnxPredictor(model, threads=1), OnnxPredictor(model, threads=3)
+    assert threaded.predict(images) == serial.predict(images)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ml.ImageError):
+        threaded.predict(images[:2] + [bad] + images[2:])
+
+
 def test_the_runtime_follows_the_export_and_the_setting(exported, monkeypatch):
     model, _ = exported
     assert choose_runtime(model, "auto") == "onnx"
