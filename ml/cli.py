@@ -165,7 +165,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .runtime import bench
+    from . import serving_bench as bench
 
     report = bench.run(args.model, images=args.images, data=args.data, batches=tuple(args.batches), runs=args.runs,
                        threads=args.threads, runtimes=tuple(args.runtimes), out=args.out)

@@ -8,7 +8,7 @@ for each, a dict with one probability per class (summing to 1):
 - staging model:   {"stage": "Pre", "probabilities": {"Benign": p, "Early": p, "Pre": p, "Pro": p}, ...}
 - screening model: {"label": "blast", "probabilities": {"blast": p, "normal": p}, "threshold": t, ...}
 
-Every result also says whether the image lies inside the model's domain (``ml.domain``), computed in the
+Every result also says whether the image lies inside the model's domain (``ml.runtime.domain``), computed in the
 same forward pass: ``"in_domain": true|false``, ``"domain_score": float`` in [0, 1] (higher = more like
 the training images) and, when not in domain, ``"reason"``: a sentence for the technician. The label and
 probabilities stay in the result for transparency; the portal shows no suggestion for such an image.
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from . import data as mldata
-from . import domain as mldomain
 from .checkpoint import load_model
+from .runtime import domain as mldomain
 from .runtime.contract import PredictorContract
 # The torch-free loader owns the shipped names and picks the runtime; re-exported here for callers.
-from .runtime.loader import DEFAULT_MODEL, SHIPPED, WEIGHTS_DIR, load_predictor, resolve_model_path  # noqa: F401
+from .runtime.loader import DEFAULT_MODEL, SHIPPED, WEIGHTS_DIR, resolve_model_path  # noqa: F401
 
 
 class Predictor(PredictorContract):

@@ -47,6 +47,17 @@ def test_serving_predictions_and_heat_maps_need_no_pytorch():
     assert out.strip() == "[]"
 
 
+def test_the_runtime_imports_no_ml_module_outside_it():
+    out = run_python("""
+        import pkgutil, sys
+        import ml, ml.runtime
+        for module in pkgutil.iter_modules(ml.runtime.__path__):
+            __import__(f"ml.runtime.{module.name}")
+        print(sorted(m for m in sys.modules if m.startswith("ml.") and not m.startswith("ml.runtime")))
+    """)
+    assert out.strip() == "[]"
+
+
 def test_without_pytorch_a_stale_export_is_refused_with_the_reason(tmp_path):
     import shutil
 

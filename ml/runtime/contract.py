@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import domain as mldomain
+from . import domain as mldomain
 from . import preprocess
 
 

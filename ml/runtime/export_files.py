@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import sha256_file
+from .images import sha256_file
 
 RUNTIME_FORMAT = "leukportal-runtime/1"
 INPUT_NAME = "input"

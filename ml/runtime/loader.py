@@ -1,4 +1,5 @@
-"""Which model file, on which runtime: ``load_predictor(name)`` without importing torch unless needed.
+"""Which model file, on which runtime: shipped names (``resolve_model_path``) and ``choose_runtime``, used
+by ``ml.load_predictor``, which imports torch only when PyTorch is chosen.
 
 ``ML_RUNTIME`` picks the runtime:
 
@@ -10,7 +11,6 @@
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
@@ -84,31 +84,3 @@ def choose_runtime(model_file: str | Path, setting: str | None = None) -> str:
         if files.onnx.exists():  # an export that is there but unusable is worth a warning; none at all is not
             logger.warning("Serving %s on PyTorch: %s", files.model, exc)
         return "torch"
-
-
-def build_predictor(model_file: str | Path, runtime: str, with_domain: bool = True):
-    if runtime == "onnx":
-        from .onnx_predictor import OnnxPredictor
-
-        return OnnxPredictor(model_file, with_domain=with_domain)
-    from ..predict import Predictor
-
-    return Predictor(model_file, with_domain=with_domain)
-
-
-def _mtime(path: Path) -> int:
-    return path.stat().st_mtime_ns if path.exists() else 0
-
-
-@functools.lru_cache(maxsize=8)
-def _cached(path: str, setting: str, mtimes: tuple):
-    return build_predictor(path, choose_runtime(path, setting))
-
-
-def load_predictor(name: str | Path | None = None):
-    """A predictor for a shipped name or a model file, loaded once per process and reused; a replaced
-    model file or export is loaded afresh. ``predictor.runtime`` says which runtime serves it."""
-    path = resolve_model_path(name).resolve()
-    files = ExportFiles.beside(path)
-    mtimes = tuple(_mtime(p) for p in (path, files.onnx, files.meta, files.arrays))
-    return _cached(str(path), runtime_setting(), mtimes)

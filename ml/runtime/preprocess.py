@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .. import data as mldata
-from .. import domain as mldomain
+from . import domain as mldomain
+from . import images as mlimages
 
-_MEAN = np.asarray(mldata.IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
-_STD = np.asarray(mldata.IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+_MEAN = np.asarray(mlimages.IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
+_STD = np.asarray(mlimages.IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
 
 
 def normalise(images: np.ndarray, mode: str = "imagenet", out: np.ndarray | None = None) -> np.ndarray:
@@ -25,7 +25,7 @@ def normalise(images: np.ndarray, mode: str = "imagenet", out: np.ndarray | None
     if mode == "image":
         out[...] = standardise_per_image(out)
         return out
-    raise ValueError(f"unknown input normalisation {mode!r}: use one of {', '.join(mldata.INPUT_NORMS)}")
+    raise ValueError(f"unknown input normalisation {mode!r}: use one of {', '.join(mlimages.INPUT_NORMS)}")
 
 
 def standardise_per_image(x: np.ndarray) -> np.ndarray:
@@ -34,7 +34,7 @@ def standardise_per_image(x: np.ndarray) -> np.ndarray:
     shape = x.shape
     out = np.array(x, dtype=np.float32, order="C").reshape(-1, 3, shape[-2] * shape[-1])  # (N, 3, P)
     pixels = out.shape[-1]
-    foreground = np.maximum(np.maximum(out[:, 0], out[:, 1]), out[:, 2]) > mldata._BLACK  # (N, P)
+    foreground = np.maximum(np.maximum(out[:, 0], out[:, 1]), out[:, 2]) > mlimages._BLACK  # (N, P)
     counts = foreground.sum(axis=-1)
     for image, mask, count in zip(out, foreground, counts):
         # Sums along contiguous rows (numpy sums those pairwise: float32 stays accurate over 50k pixels).
@@ -47,13 +47,13 @@ def standardise_per_image(x: np.ndarray) -> np.ndarray:
             mean = (image * weights).sum(axis=1) / np.float32(count)
             image -= mean[:, None]
             var = ((image * weights) ** 2).sum(axis=1) / np.float32(count)
-        image /= np.maximum(np.sqrt(var), np.float32(mldata._MIN_STD))[:, None]
+        image /= np.maximum(np.sqrt(var), np.float32(mlimages._MIN_STD))[:, None]
     return out.reshape(shape)
 
 
 def resized_rgb(image, size: int) -> np.ndarray:
     """Path/bytes/PIL -> (size, size, 3) uint8 RGB, resized as in training; raises ml.ImageError."""
-    rgb = mldata.load_image(image)
+    rgb = mlimages.load_image(image)
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.BILINEAR)
     return np.asarray(rgb)

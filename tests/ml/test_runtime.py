@@ -15,7 +15,8 @@ from ml.checkpoint import update_payload
 from ml.predict import Predictor
 from ml.runtime import preprocess
 from ml.runtime.export_files import ExportFiles, StaleExport, check, read_runtime_files, write_runtime_files
-from ml.runtime.loader import choose_runtime, load_predictor
+from ml import load_predictor
+from ml.runtime.loader import choose_runtime
 
 from .conftest import draw_smear
 
@@ -179,7 +180,7 @@ def test_overlay_matches_the_grad_cam_package_colours_within_one_level():
 
 def test_bench_times_both_runtimes_and_writes_json(exported, tmp_path):
     from ml.cli import main
-    from ml.runtime import bench
+    from ml import serving_bench as bench
 
     out = tmp_path / "bench.json"
     assert main(["bench", "--model", str(exported[0]), "--batches", "1", "4", "--runs", "2", "--threads", "1",

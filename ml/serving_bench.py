@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import data as mldata
-from .loader import installed, resolve_model_path
+from . import data as mldata
+from .runtime.loader import installed, resolve_model_path
 
 
 def median_ms(call, runs: int, warmup: int) -> float:
@@ -62,8 +62,8 @@ def make_predictor(runtime: str, model_file: Path, threads: int):
     if runtime == "onnx":
         if not installed("onnxruntime"):
             return None, "onnxruntime is not installed"
-        from .export_files import StaleExport
-        from .onnx_predictor import OnnxPredictor
+        from .runtime.export_files import StaleExport
+        from .runtime.onnx_predictor import OnnxPredictor
 
         try:
             return OnnxPredictor(model_file, threads=threads), None
@@ -73,7 +73,7 @@ def make_predictor(runtime: str, model_file: Path, threads: int):
         return None, "PyTorch is not installed (runtime profile)"
     import torch
 
-    from ..predict import Predictor
+    from .predict import Predictor
 
     torch.set_num_threads(threads)
     return Predictor(model_file), None
