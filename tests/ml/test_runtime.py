@@ -192,3 +192,10 @@ def test_bench_times_both_runtimes_and_writes_json(exported, tmp_path):
         assert row["predict_over_forward"] == pytest.approx(row["predict_ms"] / row["forward_ms"])
     assert set(report["onnx_speedup"]) == {"1", "4"} and report["images"].startswith("test images")
     assert any("ONNX Runtime vs PyTorch at batch 4" in line for line in bench.table(report))
+
+
+def test_export_without_a_model_or_a_run_is_a_clear_error(capsys):
+    from ml.cli import main
+
+    assert main(["export"]) == 2
+    assert "give --model NAME" in capsys.readouterr().err
