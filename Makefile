@@ -1,15 +1,18 @@
 # LeukPortal developer commands. `make run` sets everything up on a fresh
 # machine and starts the portal; `make test` runs the test suite.
+# Two install profiles (requirements/): `make install` is the runtime profile (portal + worker, models
+# served by ONNX Runtime, no PyTorch); `make install-train` adds PyTorch, timm, ONNX export and the tests.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.requirements.installed
+RUNTIME_REQUIREMENTS := requirements/runtime.txt
+TRAIN_REQUIREMENTS := requirements/runtime.txt requirements/train.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 APT_PACKAGES := pkg-config default-libmysqlclient-dev build-essential
 
-.PHONY: install system-deps migrate run serve worker test screenshots clean-var
+.PHONY: install install-train system-deps migrate run serve worker test screenshots clean-var
 
 system-deps:
 	@if ! { command -v pkg-config >/dev/null && pkg-config --exists mysqlclient; }; then \
@@ -17,15 +20,25 @@ system-deps:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES); \
 	fi
 
-# Re-runs pip only when requirements.txt differs from what was last installed.
-install: system-deps
+# pip_install PROFILE FILES: pip install -r requirements/PROFILE.txt unless FILES are unchanged since the
+# last install of that profile (a stamp in the venv holds their contents).
+define pip_install
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@if cmp -s requirements.txt $(STAMP); then \
-		echo "Requirements unchanged since the last install."; \
+	@stamp=$(VENV)/.requirements-$(1).installed; \
+	if cat $(2) | cmp -s - $$stamp; then \
+		echo "The $(1) requirements are unchanged since the last install."; \
 	else \
-		$(PY) -m pip install -r requirements.txt && \
-		cp requirements.txt $(STAMP); \
+		$(PY) -m pip install --disable-pip-version-check -r requirements/$(1).txt && \
+		cat $(2) > $$stamp; \
 	fi
+endef
+
+install: system-deps
+	$(call pip_install,runtime,$(RUNTIME_REQUIREMENTS))
+
+# Training, ONNX export (`python -m ml export`) and the test suite: the runtime profile plus PyTorch & co.
+install-train: install
+	$(call pip_install,train,$(TRAIN_REQUIREMENTS))
 
 migrate: install
 	$(PY) manage.py migrate --noinput
@@ -52,10 +65,10 @@ worker: migrate
 
 # One torch thread per process: the tests' models are tiny, and the end-to-end tests run a
 # Celery worker beside pytest, where two multi-threaded processes on two cores spin-wait.
-test: install
+test: install-train
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest
 
-screenshots: migrate
+screenshots: install-train migrate
 	$(PY) scripts/screenshots.py
 	SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest -q tests/review/test_review_browser.py
 

@@ -147,9 +147,32 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .train import export
+    if args.model is None:
+        if args.run is None:
+            raise ValueError("give --model NAME (ONNX export of a model file) or RUN (model.pt from a run folder)")
+        from .train import export
 
-    print(export(args.run))
+        print(export(args.run))
+        return 0
+    from .onnx_export import export as export_onnx
+
+    report = export_onnx(args.model, args.data, args.limit, args.report, args.card)
+    p = report["parity"]
+    print(f"{report['onnx_file']} ({report['onnx_mb']:.2f} MB) exported from {report['model_file']}: on {p['n']} "
+          f"{report['images']} images max |logit diff| {p['max_abs_logit_diff']:.2e}, max |embedding diff| "
+          f"{p['max_abs_embedding_diff']:.2e}, labels identical {p['labels_identical']}/{p['n']}, domain verdicts "
+          f"identical {p['in_domain_identical']}/{p['n']}; batch sizes {report['batch_sizes']} ({report['seconds']} s)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import serving_bench as bench
+
+    report = bench.run(args.model, images=args.images, data=args.data, batches=tuple(args.batches), runs=args.runs,
+                       threads=args.threads, runtimes=tuple(args.runtimes), out=args.out)
+    print("\n".join(bench.table(report)))
+    if args.out:
+        print(f"written to {args.out}")
     return 0
 
 
@@ -327,8 +350,26 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--model", default=None, help="shipped name (staging, screening) or model file")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    export = commands.add_parser("export", help="make model.pt from a run's last checkpoint (best weights so far)")
-    export.add_argument("run", help="run folder with last.pt")
+    export = commands.add_parser("export", help="--model NAME: write NAME.onnx (+ runtime files) beside the model file "
+                                 "and measure it against PyTorch; RUN: make model.pt from a run's last checkpoint")
+    export.add_argument("run", nargs="?", help="run folder with last.pt (model.pt from its best weights so far)")
+    export.add_argument("--model", help="shipped name or model file to export to ONNX")
+    export.add_argument("--data", help="the model's data set for the parity check (default: the one it was trained on)")
+    export.add_argument("--limit", type=int, help="compare on only N test images (smoke runs)")
+    export.add_argument("--report", help="parity report JSON (default for shipped models: ml/reports/<stem>/export.json)")
+    export.add_argument("--card", help="model card whose '## ONNX Runtime' section is rewritten (default: the shipped card)")
+
+    speed = commands.add_parser("bench", help="time the bare runtime forward and predict() at batch 1 and 32, "
+                                "PyTorch and ONNX Runtime")
+    speed.add_argument("--model", default=None, help="shipped name or model file")
+    speed.add_argument("--images", nargs="*", help="image files to time predict() on (default: the model's test "
+                       "images when its data set is here, else generated images)")
+    speed.add_argument("--data", help="the model's data set (default: the one it was trained on)")
+    speed.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    speed.add_argument("--runs", type=int, default=20, help="timed runs per cell (median reported)")
+    speed.add_argument("--threads", type=int, default=2, help="threads of both runtimes")
+    speed.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
+    speed.add_argument("--out", help="JSON file to write")
 
     bench = commands.add_parser("benchmark", help="train and compare all architectures under one protocol")
     bench.add_argument("--data", required=True)
@@ -428,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"robustness": cmd_robustness, "explain": cmd_explain, "explain-eval": cmd_explain_eval,
                 "calibrate": cmd_calibrate, "split": cmd_split, "models": cmd_models, "train": cmd_train,
                 "evaluate": cmd_evaluate, "predict": cmd_predict, "fit-domain": cmd_fit_domain, "export": cmd_export,
-                "benchmark": cmd_benchmark, "screening": cmd_screening,
+                "benchmark": cmd_benchmark, "bench": cmd_bench, "screening": cmd_screening,
                 "ship": cmd_ship}
     try:
         return handlers[args.command](args)

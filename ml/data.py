@@ -9,8 +9,6 @@ so no image, duplicate or augmented copy can sit on two sides.
 from __future__ import annotations
 
 import csv
-import hashlib
-import io
 import random
 import re
 from collections import Counter, defaultdict
@@ -19,75 +17,14 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+# Image reading and the normalisation constants live in the torch-free runtime, which serving shares.
+from .runtime.images import (  # noqa: F401
+    _BLACK, _MIN_STD, IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMS, ImageError, load_image, sha256_file, to_rgb)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
-# ImageNet statistics: the normalisation timm checkpoints expect, so a model can
-# start from local pretrained weights without changing the preprocessing.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ImageError(ValueError):
-    """An input that is not a readable image; the message says why."""
-
-
-# --------------------------------------------------------------------------- images
-
-def load_image(source) -> Image.Image:
-    """Open a path, bytes or PIL image as an 8-bit RGB image, EXIF orientation applied.
-
-    Raises ImageError with a readable reason for anything that is not a readable image.
-    """
-    if isinstance(source, Image.Image):
-        image = source
-    else:
-        try:
-            if isinstance(source, (bytes, bytearray)):
-                image = Image.open(io.BytesIO(source))
-            else:
-                image = Image.open(source)
-            image.load()  # decode now: truncated files fail here, not later
-        except FileNotFoundError as exc:
-            raise ImageError(f"file not found: {source}") from exc
-        except IsADirectoryError as exc:
-            raise ImageError(f"is a directory, not an image: {source}") from exc
-        except UnidentifiedImageError as exc:
-            raise ImageError("not a recognised image format") from exc
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"image could not be decoded ({exc})") from exc
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block should not reject a decodable image
-        pass
-    return to_rgb(image)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: alpha over white, 16-bit and float rescaled to 0..255."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        lo, hi = float(array.min()), float(array.max())
-        scaled = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
-        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- scanning
 
 @dataclass
@@ -322,15 +259,7 @@ def preprocess(image: Image.Image, size: int, input_norm: str = "imagenet"):
     return normalise(torch.from_numpy(np.array(image)).permute(2, 0, 1), input_norm)
 
 
-_MEAN_STD: dict = {}
-# Input normalisations a model file can name ("input_norm"); files without the key use "imagenet".
-#   imagenet: fixed ImageNet mean/std, the image's own colour passes through to the model.
-#   image:    each image standardised per RGB channel by its own mean and standard deviation
-#             (over its non-black pixels), so a stain, white-balance, brightness or contrast change
-#             that scales or shifts a channel is removed before the model sees the image.
-INPUT_NORMS = ("imagenet", "image")
-_BLACK = 0.04  # of the range: segmented cells lie on a black background that must not set the statistics
-_MIN_STD = 0.02  # of the range: a (nearly) blank image is not amplified into noise
+_MEAN_STD: dict = {}  # torch ImageNet mean/std, built once; the normalisations are listed in ml.runtime.images
 
 
 def normalise(images, mode: str = "imagenet"):

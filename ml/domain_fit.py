@@ -1,4 +1,4 @@
-"""Fitting and measuring the domain check (``ml.domain``) of a built model.
+"""Fitting and measuring the domain check (``ml.runtime.domain``, which scores) of a built model.
 
 ``fit_model_domain`` reads the model's own split manifest (training split for the Gaussians, validation
 split for the calibration and the cut) and the *other* data set's training part (for the kind
@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from . import data as mldata
-from . import domain as mldomain
+from .runtime.domain import (MAX_COMPONENTS, STAT_NAMES, DomainCheck, GaussianDistance, KindClassifier,
+                             conformal_p)
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 # The other model's data: (manifest, splits used to fit the kind classifier, untouched split to measure on).
@@ -26,6 +27,75 @@ OTHER_KIND = {
     "staging": (SPLITS_DIR / "cnmc-fold1.csv", ("fold0", "fold1"), "test"),
     "screening": (SPLITS_DIR / "taleqani-all.csv", ("train",), "test"),
 }
+
+
+# --------------------------------------------------------------------------- fitting the pieces (sklearn)
+
+def fit_gaussian(x: np.ndarray, labels: np.ndarray | None = None,
+                 max_components: int = MAX_COMPONENTS) -> GaussianDistance:
+    """Class means and the shared Ledoit-Wolf covariance of the within-class residuals, kept as its
+    ``max_components`` leading directions plus one pooled variance (``GaussianDistance``)."""
+    from sklearn.covariance import LedoitWolf
+
+    x = np.asarray(x, dtype=np.float64)
+    labels = np.zeros(len(x), dtype=int) if labels is None else np.asarray(labels)
+    center, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 1e-8, scale, 1.0)
+    z = (x - center) / scale
+    classes = sorted(set(labels.tolist()))
+    means = np.stack([z[labels == c].mean(axis=0) for c in classes])
+    residual = z - means[np.searchsorted(classes, labels)]
+    eigenvalues, vectors = np.linalg.eigh(LedoitWolf(assume_centered=True).fit(residual).covariance_)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, vectors = np.maximum(eigenvalues[order], 1e-12), vectors[:, order]
+    k = min(max_components, len(eigenvalues))
+    rest = eigenvalues[k:]
+    return GaussianDistance(center, scale, means, vectors[:, :k], eigenvalues[:k],
+                            float(rest.mean()) if len(rest) else 0.0)
+
+
+def fit_kind(own: np.ndarray, other: np.ndarray) -> KindClassifier:
+    """Logistic regression on image statistics: this model's kind of image (0) against the other's (1)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([own, other]).astype(np.float64)
+    y = np.r_[np.zeros(len(own)), np.ones(len(other))]
+    center, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 1e-8, scale, 1.0)
+    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit((x - center) / scale, y)
+    return KindClassifier(center, scale, model.coef_[0], float(model.intercept_[0]))
+
+
+def fit(task: str, train_embeddings, train_labels, train_stats, val_embeddings, val_stats,
+        other_stats=None, target_rate: float = 0.01) -> DomainCheck:
+    """Fit every piece on the training split; calibrate the p-values and the cut on the validation split.
+
+    ``target_rate`` is the share of in-domain validation images the cut may flag (the false-flag rate
+    aimed at); the cut is the validation score quantile that flags no more than that share."""
+    if task not in ("staging", "screening"):
+        raise ValueError(f"unknown task {task!r}")
+    features = fit_gaussian(train_embeddings, train_labels)
+    stats = fit_gaussian(train_stats)
+    kind = fit_kind(np.asarray(train_stats), np.asarray(other_stats)) \
+        if other_stats is not None and len(other_stats) else None
+    feature_reference = np.sort(features.distance(val_embeddings))
+    stats_reference = np.sort(stats.distance(val_stats))
+    val_scores = np.sort(np.minimum(conformal_p(feature_reference, features.distance(val_embeddings)),
+                                    conformal_p(stats_reference, stats.distance(val_stats))))
+    cut = float(val_scores[int(np.floor(target_rate * len(val_scores)))]) if len(val_scores) else 0.0
+    check = DomainCheck(task, features, stats, kind, feature_reference, stats_reference, cut, {})
+    flagged = [not r["in_domain"] for r in check.score(val_embeddings, val_stats)]
+    check.fit_record = {
+        "method": "min of conformal p-values of class-conditional Mahalanobis distance (tied Ledoit-Wolf covariance) "
+                  "on the embedding and Mahalanobis distance on image statistics; logistic-regression kind classifier",
+        "target_false_flag_rate": target_rate,
+        "n_train": int(len(train_stats)), "n_val": int(len(val_stats)),
+        "n_other_kind": int(len(other_stats)) if other_stats is not None else 0,
+        "val_flagged_rate": float(np.mean(flagged)) if flagged else 0.0,
+        "embedding_dim": int(np.asarray(train_embeddings).shape[1]),
+        "stat_names": list(STAT_NAMES),
+    }
+    return check
 
 
 def collect(predictor, paths, batch_size: int = 32, progress: bool = False, desc: str = "") -> tuple:
@@ -90,7 +160,7 @@ def fit_model_domain(model: str | Path, data: str | Path, other_data: str | Path
         others = [s for s in mldata.read_manifest(other_manifest) if s.split in fit_splits]
         other_stats = np.stack([predictor.prepare(Path(other_data) / s.path)[1] for s in others])
     labels = np.array([folder_classes.index(s.label) for s in train])
-    check = mldomain.fit(predictor.task, train_emb, labels, train_stats, val_emb, val_stats, other_stats, target_rate)
+    check = fit(predictor.task, train_emb, labels, train_stats, val_emb, val_stats, other_stats, target_rate)
     check.fit_record.update({"train_splits": train_splits, "val_splits": val_splits, "manifest": str(manifest)})
     if write:
         update_payload(path, domain=compact(check.to_payload()))
@@ -243,7 +313,7 @@ def markdown_section(report: dict, heading: str = "## Domain check") -> str:
         return "\n".join(lines + ["No domain check is fitted for this model: only the blank-image rule applies.", ""])
     lines += [
         "Every prediction says whether the image lies inside the model's domain (`in_domain`, `domain_score`, "
-        "`reason`); the portal shows no suggestion for an image outside it. Method (`ml/domain.py`):",
+        "`reason`); the portal shows no suggestion for an image outside it. Method (`ml/runtime/domain.py`):",
         "",
         "- **Feature distance**: class-conditional Gaussians with one shared Ledoit-Wolf covariance on the model's "
         f"own {fit.get('embedding_dim')}-dimensional embedding (pooled backbone features + the classifier's input), "

@@ -3,9 +3,10 @@
 - ``heatmap``: the portal's map. Occlusion with blur: every window of the image (a quarter of its
   side, half-window stride) is blurred in turn and the drop of the explained class's log-odds is
   spread over the window. Model-agnostic: only forward passes, batched through
-  ``predictor.predict_logits``, so it runs on any predictor (torch today, ONNX Runtime later).
+  ``predictor.predict_logits``, so it runs on any predictor (PyTorch or ONNX Runtime).
 - ``gradcam``: Grad-CAM (the ``grad-cam`` package) at the backbone's last feature map
-  (``model.feature_tap``), kept for comparison; it failed the deletion test on the shipped model.
+  (``model.feature_tap``), kept for comparison; it failed the deletion test on the shipped model. It needs
+  PyTorch (the training profile); given an ONNX Runtime predictor it uses the same model file on PyTorch.
 - ``deletion_test``: blur the hottest 20% of each image by the map, then the coldest 20%, and measure
   how much probability the predicted class loses each time. A faithful map costs much more when its
   hot part is removed.
@@ -14,6 +15,7 @@ Maps are (input_size, input_size) float32 arrays in [0, 1]; ``overlay`` blends o
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -181,6 +183,7 @@ def gradcam(predictor, image, target: str | None = None) -> tuple[np.ndarray, st
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    predictor = torch_twin(predictor)
     tensor = predictor.preprocess(image).unsqueeze(0)
     if target is None:
         target = predictor.result(predictor.predict_proba([image])[0])[
@@ -192,13 +195,32 @@ def gradcam(predictor, image, target: str | None = None) -> tuple[np.ndarray, st
     return np.nan_to_num(heatmap.astype(np.float32)), target
 
 
-def overlay(image, heatmap: np.ndarray, opacity: float = 0.45) -> Image.Image:
-    """The heat map (jet colours) blended over the image at the image's own size."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+def torch_twin(predictor):
+    """The PyTorch predictor of the same model file: Grad-CAM needs gradients, which ONNX Runtime does not
+    give (training profile only; the portal's occlusion map needs forward passes alone)."""
+    if getattr(predictor, "runtime", "torch") == "torch":
+        return predictor
+    return _torch_predictor(str(predictor.path))
 
+
+@functools.lru_cache(maxsize=2)
+def _torch_predictor(path: str):
+    from .predict import Predictor
+
+    return Predictor(path)
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB float in [0, 1] on the jet colour map (blue, cyan, yellow, red): OpenCV's COLORMAP_JET,
+    which the Grad-CAM package's overlay used, to within 1/255."""
+    v = np.asarray(values, dtype=np.float32)[..., None]
+    return np.clip(1.5 - np.abs(4 * v - np.array([3, 2, 1], dtype=np.float32)), 0, 1)
+
+
+def overlay(image, heatmap: np.ndarray, opacity: float = 0.45) -> Image.Image:
+    """The heat map (jet colours) blended over the image at the image's own size (numpy only)."""
     rgb = mldata.load_image(image)
-    resized = np.asarray(Image.fromarray((heatmap * 255).astype(np.uint8)).resize(rgb.size, Image.BILINEAR),
-                         dtype=np.float32) / 255.0
-    blended = show_cam_on_image(np.asarray(rgb, dtype=np.float32) / 255.0, resized, use_rgb=True,
-                                image_weight=1.0 - opacity)
-    return Image.fromarray(blended)
+    resized = Image.fromarray((heatmap * 255).astype(np.uint8)).resize(rgb.size, Image.BILINEAR)
+    colours = jet(np.round(np.asarray(resized, dtype=np.float32)) / 255.0)
+    blended = opacity * colours + (1.0 - opacity) * (np.asarray(rgb, dtype=np.float32) / 255.0)
+    return Image.fromarray((255 * blended / blended.max()).astype(np.uint8))

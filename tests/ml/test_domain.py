@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import ml
-from ml import domain as mldomain
+from ml.runtime import domain as mldomain
 from ml.checkpoint import read_payload, update_payload
 from ml.domain_fit import evaluate_domain, fit_model_domain, generated_images, markdown_section
 from ml.predict import Predictor

@@ -21,7 +21,9 @@ Each distance becomes a conformal p-value against the validation split (the shar
 at least as far out); ``domain_score`` is the smaller of the two, in (0, 1], higher = more typical.
 The cut on it is fitted on the validation split for a target false-flag rate. An image is in domain
 when its score reaches the cut, the kind classifier does not call it the other kind, and it passes the
-quality rule below. At run time this module needs numpy only.
+quality rule below.
+
+This module scores (numpy only; part of the torch-free runtime); ``ml.domain_fit`` fits.
 """
 from __future__ import annotations
 
@@ -49,22 +51,30 @@ REASONS = {
 
 
 def image_statistics(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> the statistics vector named by ``STAT_NAMES`` (values in about [0, 1])."""
-    x = np.asarray(rgb, dtype=np.float32) / 255.0
-    flat = x.reshape(-1, 3)
-    luminance = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    high, low = x.max(axis=2), x.min(axis=2)
-    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)
+    """(H, W, 3) uint8 RGB -> the statistics vector named by ``STAT_NAMES`` (values in about [0, 1]).
+
+    Computed on contiguous channel planes, sums in float64: this runs for every image served, and
+    reductions across the interleaved channel axis were most of ``predict``'s cost beside the network."""
+    planes = np.moveaxis(np.asarray(rgb), -1, 0).astype(np.float32, order="C") / np.float32(255.0)  # (3, H, W)
+    red, green, blue = planes
+    channels = planes.reshape(3, -1)
+    luminance = np.float32(0.299) * red + np.float32(0.587) * green + np.float32(0.114) * blue
+    high = np.maximum(np.maximum(red, green), blue)
+    low = np.minimum(np.minimum(red, green), blue)
+    saturation = np.where(high > 0, (high - low) / np.maximum(high, np.float32(1e-6)), np.float32(0.0))
     gradient = laplacian = 0.0
     if min(luminance.shape) > 2:
-        gradient = (np.abs(np.diff(luminance, axis=0)).mean() + np.abs(np.diff(luminance, axis=1)).mean()) / 2
+        gradient = (np.abs(np.diff(luminance, axis=0)).mean(dtype=np.float64)
+                    + np.abs(np.diff(luminance, axis=1)).mean(dtype=np.float64)) / 2
         laplacian = np.abs(4 * luminance[1:-1, 1:-1] - luminance[:-2, 1:-1] - luminance[2:, 1:-1]
-                           - luminance[1:-1, :-2] - luminance[1:-1, 2:]).mean()
-    contrast = luminance.std() + 1e-3
+                           - luminance[1:-1, :-2] - luminance[1:-1, 2:]).mean(dtype=np.float64)
+    luminance_std = luminance.std(dtype=np.float64)
+    contrast = luminance_std + 1e-3
     # Fine detail relative to contrast: what focus blur removes and exposure or stain changes keep.
     return np.array([
-        *flat.mean(axis=0), *flat.std(axis=0), saturation.mean(), saturation.std(), high.mean(),
-        (luminance < 0.1).mean(), (luminance > 0.9).mean(), luminance.std(), gradient, laplacian,
+        *channels.mean(axis=1, dtype=np.float64), *channels.std(axis=1, dtype=np.float64),
+        saturation.mean(dtype=np.float64), saturation.std(dtype=np.float64), high.mean(dtype=np.float64),
+        (luminance < 0.1).mean(), (luminance > 0.9).mean(), luminance_std, gradient, laplacian,
         gradient / contrast, laplacian / contrast,
     ], dtype=np.float64)
 
@@ -92,26 +102,6 @@ class GaussianDistance:
     basis: np.ndarray  # (D, k) leading eigenvectors of the shared covariance
     eigenvalues: np.ndarray  # (k,)
     residual_variance: float  # mean variance of the D - k directions left out (0 when k == D)
-
-    @classmethod
-    def fit(cls, x: np.ndarray, labels: np.ndarray | None = None,
-            max_components: int = MAX_COMPONENTS) -> "GaussianDistance":
-        from sklearn.covariance import LedoitWolf
-
-        x = np.asarray(x, dtype=np.float64)
-        labels = np.zeros(len(x), dtype=int) if labels is None else np.asarray(labels)
-        center, scale = x.mean(axis=0), x.std(axis=0)
-        scale = np.where(scale > 1e-8, scale, 1.0)
-        z = (x - center) / scale
-        classes = sorted(set(labels.tolist()))
-        means = np.stack([z[labels == c].mean(axis=0) for c in classes])
-        residual = z - means[np.searchsorted(classes, labels)]
-        eigenvalues, vectors = np.linalg.eigh(LedoitWolf(assume_centered=True).fit(residual).covariance_)
-        order = np.argsort(eigenvalues)[::-1]
-        eigenvalues, vectors = np.maximum(eigenvalues[order], 1e-12), vectors[:, order]
-        k = min(max_components, len(eigenvalues))
-        rest = eigenvalues[k:]
-        return cls(center, scale, means, vectors[:, :k], eigenvalues[:k], float(rest.mean()) if len(rest) else 0.0)
 
     def distance(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
@@ -142,17 +132,6 @@ class KindClassifier:
     scale: np.ndarray
     coef: np.ndarray
     intercept: float
-
-    @classmethod
-    def fit(cls, own: np.ndarray, other: np.ndarray) -> "KindClassifier":
-        from sklearn.linear_model import LogisticRegression
-
-        x = np.concatenate([own, other]).astype(np.float64)
-        y = np.r_[np.zeros(len(own)), np.ones(len(other))]
-        center, scale = x.mean(axis=0), x.std(axis=0)
-        scale = np.where(scale > 1e-8, scale, 1.0)
-        model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit((x - center) / scale, y)
-        return cls(center, scale, model.coef_[0], float(model.intercept_[0]))
 
     def probability(self, stats: np.ndarray) -> np.ndarray:
         z = (np.asarray(stats, dtype=np.float64) - self.center) / self.scale
@@ -235,38 +214,6 @@ def quality_only(stats: np.ndarray) -> list[dict]:
     """For a model file without a fitted check: only the blank-image rule applies (score 1 = not judged)."""
     return [flag(0.0, REASONS["uniform"]) if is_uniform(s) else {"in_domain": True, "domain_score": 1.0}
             for s in np.asarray(stats)]
-
-
-def fit(task: str, train_embeddings, train_labels, train_stats, val_embeddings, val_stats,
-        other_stats=None, target_rate: float = 0.01) -> DomainCheck:
-    """Fit every piece on the training split; calibrate the p-values and the cut on the validation split.
-
-    ``target_rate`` is the share of in-domain validation images the cut may flag (the false-flag rate
-    aimed at); the cut is the validation score quantile that flags no more than that share."""
-    if task not in ("staging", "screening"):
-        raise ValueError(f"unknown task {task!r}")
-    features = GaussianDistance.fit(train_embeddings, train_labels)
-    stats = GaussianDistance.fit(train_stats)
-    kind = KindClassifier.fit(np.asarray(train_stats), np.asarray(other_stats)) \
-        if other_stats is not None and len(other_stats) else None
-    feature_reference = np.sort(features.distance(val_embeddings))
-    stats_reference = np.sort(stats.distance(val_stats))
-    val_scores = np.sort(np.minimum(conformal_p(feature_reference, features.distance(val_embeddings)),
-                                    conformal_p(stats_reference, stats.distance(val_stats))))
-    cut = float(val_scores[int(np.floor(target_rate * len(val_scores)))]) if len(val_scores) else 0.0
-    check = DomainCheck(task, features, stats, kind, feature_reference, stats_reference, cut, {})
-    flagged = [not r["in_domain"] for r in check.score(val_embeddings, val_stats)]
-    check.fit_record = {
-        "method": "min of conformal p-values of class-conditional Mahalanobis distance (tied Ledoit-Wolf covariance) "
-                  "on the embedding and Mahalanobis distance on image statistics; logistic-regression kind classifier",
-        "target_false_flag_rate": target_rate,
-        "n_train": int(len(train_stats)), "n_val": int(len(val_stats)),
-        "n_other_kind": int(len(other_stats)) if other_stats is not None else 0,
-        "val_flagged_rate": float(np.mean(flagged)) if flagged else 0.0,
-        "embedding_dim": int(np.asarray(train_embeddings).shape[1]),
-        "stat_names": list(STAT_NAMES),
-    }
-    return check
 
 
 def _plain(value):

@@ -1,0 +1,48 @@
+"""The shipped models' ONNX exports: they belong to the shipped model files, and on real test images
+they give PyTorch's logits, labels and domain verdicts at batch sizes 1, 5 and 32."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml import data as mldata
+from ml.runtime.export_files import ExportFiles, check
+from ml.runtime.loader import SHIPPED, WEIGHTS_DIR
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHIPPED_FILES = sorted(set(SHIPPED.values()))
+
+
+@pytest.mark.parametrize("filename", SHIPPED_FILES)
+def test_every_shipped_model_file_has_its_own_current_export(filename):
+    record = check(ExportFiles.beside(WEIGHTS_DIR / filename))  # raises with the reason when stale
+    assert record["model_sha256"] == mldata.sha256_file(WEIGHTS_DIR / filename)
+
+
+@pytest.mark.parametrize("filename", SHIPPED_FILES)
+def test_shipped_export_gives_the_pytorch_results_on_real_test_images(filename):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from ml.predict import Predictor
+    from ml.runtime.onnx_predictor import OnnxPredictor
+
+    model_file = WEIGHTS_DIR / filename
+    torch_predictor = Predictor(model_file)
+    config = torch_predictor.payload["training"]["config"]
+    data = DATA / Path(config["data"]).name
+    if not data.is_dir():
+        pytest.skip(f"real images not present at {data}")
+    test = [s for s in mldata.read_manifest(config["manifest"]) if s.split == "test"]
+    images = [mldata.load_image(data / s.path) for s in test[::max(1, len(test) // 12)][:12]]
+    onnx_predictor = OnnxPredictor(model_file, threads=1)
+    logits, embeddings, stats = torch_predictor.predict_outputs(images)
+    expected = torch_predictor.predict(images)
+    for batch_size in (1, 5, 32):
+        ours_logits, ours_embeddings, _ = onnx_predictor.predict_outputs(images, batch_size)
+        np.testing.assert_allclose(ours_logits, logits, atol=1e-4)
+        np.testing.assert_allclose(ours_embeddings, embeddings, atol=1e-3)
+        results = onnx_predictor.predict(images, batch_size)
+        key = "label" if onnx_predictor.task == "screening" else "stage"
+        assert [r[key] for r in results] == [r[key] for r in expected]
+        assert [r["in_domain"] for r in results] == [r["in_domain"] for r in expected]
