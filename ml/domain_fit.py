@@ -45,6 +45,8 @@ def fit_gaussian(x: np.ndarray, labels: np.ndarray | None = None,
     classes = sorted(set(labels.tolist()))
     means = np.stack([z[labels == c].mean(axis=0) for c in classes])
     residual = z - means[np.searchsorted(classes, labels)]
+    if residual.shape[1] > residual.shape[0]:
+        return GaussianDistance(center, scale, means, *_wide_ledoit_wolf(residual, max_components))
     eigenvalues, vectors = np.linalg.eigh(LedoitWolf(assume_centered=True).fit(residual).covariance_)
     order = np.argsort(eigenvalues)[::-1]
     eigenvalues, vectors = np.maximum(eigenvalues[order], 1e-12), vectors[:, order]
@@ -52,6 +54,24 @@ def fit_gaussian(x: np.ndarray, labels: np.ndarray | None = None,
     rest = eigenvalues[k:]
     return GaussianDistance(center, scale, means, vectors[:, :k], eigenvalues[:k],
                             float(rest.mean()) if len(rest) else 0.0)
+
+
+def _wide_ledoit_wolf(residual: np.ndarray, max_components: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The leading directions, their variances and the pooled rest of the Ledoit-Wolf covariance of a
+    wide embedding (more dimensions than images, e.g. an ensemble's members side by side), without the
+    D x D matrix: the shrunk covariance (1 - s) S + s mu I has the eigenvectors of S = R'R / n, which are
+    R's right singular vectors, and eigenvalues (1 - s) sigma^2 / n + s mu. Same result as ``eigh``."""
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    n, d = residual.shape
+    shrinkage = ledoit_wolf_shrinkage(residual, assume_centered=True)
+    _, singular, vt = np.linalg.svd(residual, full_matrices=False)
+    sample = singular ** 2 / n  # the nonzero eigenvalues of S, largest first
+    mu = sample.sum() / d  # trace(S) / D
+    k = min(max_components, len(sample))
+    leading = np.maximum((1 - shrinkage) * sample[:k] + shrinkage * mu, 1e-12)
+    rest = ((1 - shrinkage) * sample[k:].sum() + (d - k) * shrinkage * mu) / (d - k)
+    return vt[:k].T, leading, float(rest)
 
 
 def fit_kind(own: np.ndarray, other: np.ndarray) -> KindClassifier:

@@ -165,3 +165,23 @@ def test_shipped_screening_model_accepts_a_real_cell_and_names_a_real_field():
                                      fields / _first("taleqani-all.csv", "test")])
     assert cell["in_domain"] is True
     assert field["in_domain"] is False and "not a single segmented cell" in field["reason"]
+
+
+def test_a_wide_embedding_gets_the_same_gaussian_without_the_full_covariance_matrix():
+    from ml import domain_fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 90)) @ rng.normal(size=(90, 90))  # 90 dimensions, 40 images: an ensemble's case
+    labels = rng.integers(0, 2, 40)
+    wide = domain_fit.fit_gaussian(x, labels, max_components=16)
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    means = np.stack([z[labels == c].mean(axis=0) for c in (0, 1)])
+    residual = z - means[labels]
+    from sklearn.covariance import LedoitWolf
+
+    eigenvalues, vectors = np.linalg.eigh(LedoitWolf(assume_centered=True).fit(residual).covariance_)
+    order = np.argsort(eigenvalues)[::-1]
+    assert np.allclose(wide.eigenvalues, eigenvalues[order][:16], rtol=1e-6)
+    assert np.isclose(wide.residual_variance, eigenvalues[order][16:].mean(), rtol=1e-6)
+    # Same subspace (eigenvectors up to sign).
+    assert np.allclose(np.abs(np.sum(wide.basis * vectors[:, order][:, :16], axis=0)), 1.0, atol=1e-6)
