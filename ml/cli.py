@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds for the deployed model")
     bench.add_argument("--docs", default="docs", help="where benchmark.md and its images go")
     bench.add_argument("--no-progress", action="store_true")
-    bench.add_argument("--deployed-report", default="ml/reports/mobilenetv3_lstm/report.json",
+    bench.add_argument("--deployed-report", default="ml/reports/staging/report.json",
                        help="the shipped model's own evaluation, quoted in the recommendation ('' for none)")
     bench.add_argument("--remeasure-costs", action="store_true",
                        help="time every finished model again (latency, throughput) and update the record")

@@ -64,8 +64,8 @@ def test_without_pytorch_a_stale_export_is_refused_with_the_reason(tmp_path):
     from ml.runtime.export_files import ExportFiles
     from ml.runtime.loader import WEIGHTS_DIR
 
-    shipped = ExportFiles.beside(WEIGHTS_DIR / "mobilenetv3_lstm.pt")
-    copy = ExportFiles.beside(tmp_path / "mobilenetv3_lstm.pt")
+    shipped = ExportFiles.beside(WEIGHTS_DIR / "staging.pt")
+    copy = ExportFiles.beside(tmp_path / "staging.pt")
     for source, target in zip((shipped.model, shipped.onnx, shipped.meta, shipped.arrays),
                               (copy.model, copy.onnx, copy.meta, copy.arrays)):
         shutil.copyfile(source, target)
@@ -78,7 +78,7 @@ def test_without_pytorch_a_stale_export_is_refused_with_the_reason(tmp_path):
         except ValueError as exc:
             print(exc)
     """)
-    assert "exported from another mobilenetv3_lstm.pt" in out and "PyTorch is not installed" in out
+    assert "exported from another staging.pt" in out and "PyTorch is not installed" in out
 
 
 def test_the_web_process_and_the_task_module_load_no_model_runtime():

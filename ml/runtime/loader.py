@@ -23,8 +23,7 @@ logger = logging.getLogger(__name__)
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 # Shipped model names -> files in ml/weights/. "staging" is the default.
 SHIPPED = {
-    "staging": "mobilenetv3_lstm.pt",
-    "mobilenetv3_lstm": "mobilenetv3_lstm.pt",
+    "staging": "staging.pt",
     "screening": "screening.pt",
 }
 DEFAULT_MODEL = "staging"

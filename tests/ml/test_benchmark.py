@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from ml import benchmark
+from ml.checkpoint import read_payload
 from ml.train import TrainConfig
 
 
@@ -110,10 +111,11 @@ def test_mcnemar_counts_disagreements_and_gives_an_exact_p_value():
 def test_the_deployed_summary_reads_the_shipped_report_and_training_config():
     from pathlib import Path
 
-    weights = Path(benchmark.__file__).parent / "weights" / "mobilenetv3_lstm.pt"
-    report = Path(benchmark.__file__).parent / "reports" / "mobilenetv3_lstm" / "report.json"
+    weights = Path(benchmark.__file__).parent / "weights" / "staging.pt"
+    report = Path(benchmark.__file__).parent / "reports" / "staging" / "report.json"
     summary = benchmark.deployed_summary(report, weights)
     assert summary["accuracy"] == json.loads(report.read_text())["accuracy"]
-    assert summary["img_size"] == 224 and summary["distilled"]
+    assert summary["img_size"] == 224 and summary["distilled"] == bool(
+        read_payload(weights)["training"]["config"].get("teacher"))
     assert len(summary["errors"]) == round(summary["n"] * (1 - summary["accuracy"]))
     assert benchmark.deployed_summary(report.with_name("missing.json"), weights) is None

@@ -88,8 +88,8 @@ def test_cli_predict_exits_zero_when_every_file_is_read(tiny_model_file, tmp_pat
 
 
 def test_shipped_staging_model_loads_with_no_name_and_classifies_a_real_smear(real_data):
-    if not (Path(ml.__file__).parent / "weights" / "mobilenetv3_lstm.pt").is_file():
-        pytest.fail("the deployed model ml/weights/mobilenetv3_lstm.pt is missing")
+    if not (Path(ml.__file__).parent / "weights" / "staging.pt").is_file():
+        pytest.fail("the deployed model ml/weights/staging.pt is missing")
     predictor = ml.load_predictor()
     assert predictor.classes == ("Benign", "Early", "Pre", "Pro")
     result = predictor.predict([real_data / "Pre" / sorted(p.name for p in (real_data / "Pre").iterdir())[0]])[0]
