@@ -74,10 +74,12 @@ from .intake import (
     UploadOutcome,
 )
 from .classification import (
+    claim_batch,
     claim_smear,
     heatmap_failed,
     mark_failed,
     record_prediction,
+    record_predictions,
     store_heatmap,
     validate_domain,
     validate_result,
@@ -129,6 +131,7 @@ __all__ = [
     "check_image",
     "check_length",
     "CheckedImage",
+    "claim_batch",
     "claim_smear",
     "confirm_remaining",
     "confirmable_smears",
@@ -157,6 +160,7 @@ __all__ = [
     "record_case_opened",
     "record_event",
     "record_prediction",
+    "record_predictions",
     "refresh_case",
     "RejectedImage",
     "resend_lost_heatmaps",
