@@ -13,6 +13,8 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from pathlib import Path
 
 from django.conf import settings
@@ -153,6 +155,7 @@ def summarise(run):
     span = (last - run.upload_started) if last else None
     heatmaps = Prediction.objects.filter(smear__case=run.case).exclude(heatmap="").count()
     return {
+        "started_at": datetime.fromtimestamp(run.upload_started, tz=dt_timezone.utc).isoformat(timespec="seconds"),
         "case": run.case.accession_number,
         "kind": run.kind,
         "smears": len(run.queued_at),

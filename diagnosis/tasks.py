@@ -194,10 +194,9 @@ def sweep_stale_smears():
 def compute_heatmap(prediction_id):
     """Compute the heat map of a stored prediction (queued by the worker once
     its batch is recorded, or again by the sweep when it was lost). Does
-    nothing when it was stored or failed meanwhile (a duplicate message)."""
-    from .models import Prediction
-
-    prediction = Prediction.objects.select_related("smear").filter(pk=prediction_id, heatmap="", heatmap_error="").first()
+    nothing when it was stored or failed meanwhile (a duplicate message), or
+    when workers died on it SMEAR_MAX_ATTEMPTS times (services.claim_heatmap)."""
+    prediction = services.claim_heatmap(prediction_id)
     if prediction is None:
         return "skipped"
     try:

@@ -75,6 +75,7 @@ from .intake import (
 )
 from .classification import (
     claim_batch,
+    claim_heatmap,
     claim_smear,
     heatmap_failed,
     mark_failed,
@@ -132,6 +133,7 @@ __all__ = [
     "check_length",
     "CheckedImage",
     "claim_batch",
+    "claim_heatmap",
     "claim_smear",
     "confirm_remaining",
     "confirmable_smears",

@@ -3,6 +3,7 @@ model's output, and record the prediction, the heat map or the failure."""
 import logging
 import math
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F
@@ -251,6 +252,25 @@ def _fail(case, smear, reason, transient=False):
     smear.status, smear.error, smear.transient_failure = Smear.Status.FAILED, reason[:2000], transient
     smear.save(update_fields=["status", "error", "transient_failure", "updated_at"])
     record_event(case, AuditEvent.Action.CLASSIFICATION_FAILED, smear=smear, detail=reason)
+
+
+def claim_heatmap(prediction_id):
+    """A worker starts a prediction's heat map: one more attempt, and the time
+    it started. Returns the prediction, or None when there is nothing to do:
+    stored or failed meanwhile (a duplicate message), or already started
+    SMEAR_MAX_ATTEMPTS times by workers that died (then recorded as unavailable).
+    Only starts count, never the time spent waiting on the heat-map queue."""
+    pending = Prediction.objects.filter(pk=prediction_id, heatmap="", heatmap_error="")
+    attempts = pending.values_list("heatmap_attempts", flat=True).first()
+    if attempts is None:
+        return None
+    if attempts >= settings.SMEAR_MAX_ATTEMPTS:
+        pending.update(heatmap_error=f"Heat map unavailable: the worker stopped while computing it ({attempts} attempts).")
+        return None
+    if not pending.filter(heatmap_attempts=attempts).update(heatmap_attempts=attempts + 1,
+                                                            heatmap_requested_at=timezone.now()):
+        return None  # another worker started it at this very moment
+    return Prediction.objects.select_related("smear").get(pk=prediction_id)
 
 
 def store_heatmap(prediction_id, image_bytes, explained_class=""):

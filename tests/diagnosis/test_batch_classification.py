@@ -212,6 +212,46 @@ def test_heat_maps_are_queued_only_after_every_result_of_the_batch_is_recorded(p
     assert all(states == ["done"] * 4 for _, states in seen)
 
 
+def later(settings, minutes):
+    return timezone.now() + timedelta(seconds=settings.SMEAR_STALE_AFTER_SECONDS) + timedelta(minutes=minutes)
+
+
+def test_a_heat_map_waiting_long_on_its_queue_is_sent_again_but_never_given_up(smear_factory, settings, monkeypatch):
+    """Behind a long heat-map queue the sweep re-sends the message now and then;
+    only a worker starting it counts an attempt, so waiting never ends in
+    "unavailable"; the first start computes it and the duplicates do nothing."""
+    sent = []
+    monkeypatch.setattr(services.recovery, "enqueue_heatmap", lambda pk: sent.append(pk) or True)
+    smear = smear_factory(status="processing")
+    prediction = services.record_prediction(smear.pk, result("Pre"), 5)
+    for minutes in range(0, 10 * settings.SMEAR_MAX_ATTEMPTS, 10):  # many sweeps, each after it went stale again
+        services.resend_lost_heatmaps(now=later(settings, minutes))
+    assert len(sent) == settings.SMEAR_MAX_ATTEMPTS
+    prediction.refresh_from_db()
+    assert prediction.heatmap_error == "" and prediction.heatmap_attempts == 0
+    stored = []
+    monkeypatch.setattr(tasks, "load_predictor_for", lambda kind: object())
+    monkeypatch.setattr(tasks, "make_heatmap", lambda p, predictor, s: stored.append(p.pk) or True)
+    assert tasks.compute_heatmap(prediction.pk) == "done"
+    assert Prediction.objects.get(pk=prediction.pk).heatmap_attempts == 1
+    services.store_heatmap(prediction.pk, b"jpeg bytes")
+    assert [tasks.compute_heatmap(prediction.pk) for _ in sent] == ["skipped"] * len(sent)
+    assert stored == [prediction.pk]
+
+
+def test_a_heat_map_whose_workers_keep_dying_is_marked_unavailable_when_started_again(smear_factory, settings,
+                                                                                     monkeypatch):
+    smear = smear_factory(status="processing")
+    prediction = services.record_prediction(smear.pk, result("Pre"), 5)
+    for _ in range(settings.SMEAR_MAX_ATTEMPTS):
+        assert services.claim_heatmap(prediction.pk) is not None  # ... and the worker dies each time
+    monkeypatch.setattr(tasks, "make_heatmap", lambda *a: pytest.fail("not computed again"))
+    assert tasks.compute_heatmap(prediction.pk) == "skipped"
+    prediction.refresh_from_db()
+    assert "worker stopped while computing it (3 attempts)" in prediction.heatmap_error
+    assert Smear.objects.get(pk=smear.pk).status == "done"  # the prediction stays
+
+
 # --- A worker that dies mid-batch ---------------------------------------------------
 def test_the_sweep_requeues_the_whole_batch_of_a_dead_worker(predictor, smear_factory, settings, sent_messages,
                                                              django_capture_on_commit_callbacks):
