@@ -24,7 +24,15 @@ def load(paths):
         data = json.loads(Path(path).read_text())
         data["file"] = Path(path).name
         runs.append(data)
-    return sorted(runs, key=lambda r: r.get("started_at", ""))
+    return sorted(runs, key=started)
+
+
+def started(run):
+    """When the run began: its own record, else the time in its case's name (LOADTEST-YYYYMMDD-HHMMSS-…)."""
+    if run.get("started_at"):
+        return run["started_at"][:16].replace("T", " ")  # UTC
+    parts = run.get("case", "").split("-")
+    return f"{parts[1][:4]}-{parts[1][4:6]}-{parts[1][6:]} {parts[2][:2]}:{parts[2][2:4]}" if len(parts) > 2 else ""
 
 
 def classification_rss(run):
@@ -39,14 +47,14 @@ def classification_rss(run):
 
 
 def table(runs):
-    head = ("| run | when | smears | kind | throughput (smears/s) | latency p50 / p95 / max (s) | failed | "
+    head = ("| run | when (UTC) | smears | kind | throughput (smears/s) | latency p50 / p95 / max (s) | failed | "
             "unfinished | classification process RSS, MiB now (peak) × processes | machine | database, broker, batch |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in runs:
         lat = r.get("latency_s") or {}
         hw, conf = r.get("hardware", {}), r.get("configuration", {})
         lines.append(
-            f"| {r.get('label') or r['file']} | {r.get('started_at', '')} | {r['smears']} | {r['kind']} | "
+            f"| {r.get('label') or r['file']} | {started(r)} | {r['smears']} | {r['kind']} | "
             f"{r.get('throughput_smears_per_s')} | {lat.get('p50')} / {lat.get('p95')} / {lat.get('max')} | "
             f"{r['failed']} | {r['unfinished']} | {classification_rss(r)} | "
             f"{hw.get('cores')} cores, {hw.get('cpu', '')} | "
@@ -90,8 +98,9 @@ def render(doc, runs, plot_path):
     if START not in text or END not in text:
         raise SystemExit(f"{doc} has no results markers ({START} ... {END}).")
     rel = plot_path.relative_to(doc.parent) if plot_path.is_relative_to(doc.parent) else plot_path
+    files = ", ".join(f"`{r['file']}`" for r in runs)
     body = f"{table(runs)}\n\n![Results over time and latency of each run]({rel.as_posix()})\n\n" \
-           f"Runs: {', '.join(f'`{r['file']}`' for r in runs)} (in `docs/performance/runs/`)."
+           f"Runs: {files} (in `docs/performance/runs/`)."
     before, rest = text.split(START, 1)
     after = rest.split(END, 1)[1]
     doc.write_text(f"{before}{START}\n{body}\n{END}{after}")
