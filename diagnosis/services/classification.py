@@ -150,7 +150,6 @@ def validate_domain(result):
     return in_domain, score, reason if not in_domain else ""
 
 
-@retry_transaction
 def record_prediction(smear_id, result, latency_ms):
     """Store the prediction of a smear this worker has claimed (either model's
     output, checked against the smear's kind). Raises InvalidModelOutput for
@@ -167,7 +166,7 @@ def record_prediction(smear_id, result, latency_ms):
         return None
     kind, case_id = row
     checked = _checked_result(result, kind)
-    return _write_case_results(case_id, {smear_id: checked}, {}, latency_ms).get(smear_id)
+    return _write_case_results(case_id, {smear_id: checked}, {}, latency_ms)[0].get(smear_id)
 
 
 def record_predictions(results, *, latency_ms):
@@ -194,9 +193,9 @@ def record_predictions(results, *, latency_ms):
             invalid[smear_id] = f"Classification failed: {exc}"
     predictions, failures = {}, {}
     for case_id in sorted(by_case):
-        checked, invalid = by_case[case_id]
-        predictions.update(_write_case_results(case_id, checked, invalid, latency_ms))
-        failures.update(invalid)
+        stored, failed = _write_case_results(case_id, *by_case[case_id], latency_ms)
+        predictions.update(stored)
+        failures.update(failed)
     return predictions, failures
 
 
@@ -212,8 +211,9 @@ def _checked_result(result, kind):
 def _write_case_results(case_id, checked, invalid, latency_ms):
     """Under the case's lock, then the smears' (one lock order): a prediction
     for each checked result, a failure for each invalid one, smears no longer
-    processing skipped; then the case recomputed once. Returns {smear_id: Prediction}."""
-    predictions = {}
+    processing skipped; then the case recomputed once. Returns
+    ({smear_id: Prediction}, {smear_id: reason}) of what it wrote."""
+    predictions, failed = {}, {}
     with transaction.atomic():
         case = Case.objects.select_for_update().get(pk=case_id)
         smears = Smear.objects.select_for_update().filter(pk__in=[*checked, *invalid]).order_by("pk")
@@ -222,10 +222,11 @@ def _write_case_results(case_id, checked, invalid, latency_ms):
                 logger.warning("Smear %s is %s, not processing; result dropped", smear.pk, smear.status)
             elif smear.pk in invalid:
                 _fail(case, smear, invalid[smear.pk])
+                failed[smear.pk] = invalid[smear.pk]
             else:
                 predictions[smear.pk] = _store_prediction(case, smear, checked[smear.pk], latency_ms)
         _refresh_case_by_id(case_id)
-    return predictions
+    return predictions, failed
 
 
 def _store_prediction(case, smear, checked, latency_ms):
