@@ -43,13 +43,23 @@ install-train: install
 migrate: install
 	$(PY) manage.py migrate --noinput
 
-# Web server and one Celery worker (with beat for the periodic sweep) together;
-# Ctrl-C stops both.
+# Celery workers. Classification: CONCURRENCY processes on CELERY_QUEUE; each
+# sizes its model threads to its share of the cores (leukportal/celery.py).
+# Heat maps: one process at the lowest CPU priority on a queue of its own, so
+# they only use what classification leaves and never delay a result.
+CELERY_WORKER := $(VENV)/bin/celery -A leukportal worker --loglevel INFO
+CLASSIFY_WORKER := $(CELERY_WORKER) -Q "$${CELERY_QUEUE:-leukportal}" -n classify@%h
+HEATMAP_WORKER := ML_RUNTIME_THREADS=1 nice -n 19 $(CELERY_WORKER) \
+	-Q "$${CELERY_HEATMAP_QUEUE:-$${CELERY_QUEUE:-leukportal}-heatmaps}" --concurrency 1 -n heatmaps@%h
+
+# Web server and the workers (classification with beat for the periodic sweep,
+# and heat maps) together; Ctrl-C stops them all.
 run: migrate
 	@echo "LeukPortal on http://$(HOST):$(PORT)/ — the first account you sign up becomes the administrator."
 	@export DEBUG=$${DEBUG:-1}; \
-	$(VENV)/bin/celery -A leukportal worker -B --concurrency 1 --loglevel INFO & worker=$$!; \
-	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
+	$(CLASSIFY_WORKER) -B --concurrency $${CONCURRENCY:-1} & worker=$$!; \
+	$(HEATMAP_WORKER) & heatmaps=$$!; \
+	trap 'kill $$worker $$heatmaps 2>/dev/null; wait $$worker $$heatmaps 2>/dev/null' EXIT INT TERM; \
 	$(PY) manage.py runserver $(HOST):$(PORT)
 
 # Production web server (instead of runserver): gunicorn, behind a TLS proxy that
@@ -60,8 +70,11 @@ serve: migrate
 		--workers $${WEB_WORKERS:-3} --timeout 60 --max-requests 1000 --max-requests-jitter 100 \
 		--forwarded-allow-ips "$${FORWARDED_ALLOW_IPS:-127.0.0.1}" --access-logfile -
 
+# The workers without the web server and without beat; Ctrl-C stops both.
 worker: migrate
-	$(VENV)/bin/celery -A leukportal worker --concurrency $${CONCURRENCY:-1} --loglevel INFO
+	@$(HEATMAP_WORKER) & heatmaps=$$!; \
+	trap 'kill $$heatmaps 2>/dev/null; wait $$heatmaps 2>/dev/null' EXIT INT TERM; \
+	$(CLASSIFY_WORKER) --concurrency $${CONCURRENCY:-1}
 
 # One torch thread per process: the tests' models are tiny, and the end-to-end tests run a
 # Celery worker beside pytest, where two multi-threaded processes on two cores spin-wait.

@@ -506,8 +506,9 @@ class Prediction(models.Model):
     in_domain = models.BooleanField(default=True, db_index=True)
     domain_score = models.FloatField(null=True, blank=True)
     domain_reason = models.CharField(max_length=300, blank=True)
-    # A heat map lost with its worker (neither stored nor failed) is sent again
-    # by the sweep: when last sent, and how many times (services.sweep_stale_smears).
+    # Heat maps wait on a queue of their own and may wait long behind others:
+    # when one was last started or sent again by the sweep, and how many times
+    # a worker started it (services.claim_heatmap, services.resend_lost_heatmaps).
     heatmap_requested_at = models.DateTimeField(null=True, blank=True)
     heatmap_attempts = models.PositiveSmallIntegerField(default=0)
 

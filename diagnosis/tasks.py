@@ -33,8 +33,11 @@ def load_predictor_for(kind):
     the single-cell screening model for a cell (both cached by ml)."""
     import ml
 
+    from leukportal.celery import apply_worker_threads
+
     from .models import Smear
 
+    apply_worker_threads()  # ml may just have imported PyTorch: its threads follow the worker's share
     if kind == Smear.Kind.CELL:
         return ml.load_predictor("screening")
     return ml.load_predictor()
@@ -42,32 +45,101 @@ def load_predictor_for(kind):
 
 @shared_task(name="diagnosis.classify_smear", ignore_result=True)
 def classify_smear(smear_id):
-    smear = services.claim_smear(smear_id)
-    if smear is None:
+    """One message per uploaded smear; each claims its smear and up to
+    SMEAR_BATCH_SIZE - 1 other queued smears of its kind (services.claim_batch)
+    and classifies them in one forward pass, so a burst of uploads becomes a
+    few passes and the later messages of the burst find their smears taken.
+    Returns what became of the message's own smear: "done", "failed",
+    "skipped" (already claimed or finished: a duplicate message) or "dropped"
+    (no longer processing when its result came, e.g. re-queued by the sweep)."""
+    smears = services.claim_batch(smear_id, limit=settings.SMEAR_BATCH_SIZE)
+    if not smears:
         logger.info("Smear %s not claimable (already claimed, finished or deleted); skipping", smear_id)
         return "skipped"
+    outcomes = classify_claimed(smears)
+    return outcomes.get(smear_id, "dropped")  # dropped: no longer processing when its result came
+
+
+def classify_claimed(smears):
+    """Classify claimed smears of one kind; returns {smear_id: "done" | "failed"}.
+    Every prediction of the batch is recorded before any heat map is queued."""
+    outcomes = {}
+    predictions = {}
     try:
-        predictor = load_predictor_for(smear.kind)
+        predictor = load_predictor_for(smears[0].kind)
         started = time.perf_counter()
-        result = predictor.predict([_image_source(smear)])[0]
-        latency_ms = (time.perf_counter() - started) * 1000
-        prediction = services.record_prediction(smear.pk, result, latency_ms)
+        results, failures = predict_each(predictor, smears)
+        latency_ms = (time.perf_counter() - started) * 1000 / max(1, len(results))  # this image's share of the pass
+        for smear_id, reason in failures.items():
+            services.mark_failed(smear_id, reason)
+            outcomes[smear_id] = "failed"
+        predictions, invalid = services.record_predictions(results, latency_ms=latency_ms)
+        outcomes.update({smear_id: "done" for smear_id in predictions})
+        outcomes.update({smear_id: "failed" for smear_id in invalid})
     except SoftTimeLimitExceeded:
-        services.mark_failed(
-            smear.pk, f"Classification took longer than the {settings.CELERY_TASK_SOFT_TIME_LIMIT} s time limit."
-        )
-        return "failed"
+        _fail_unfinished(smears, outcomes, f"Classification took longer than the {settings.CELERY_TASK_SOFT_TIME_LIMIT} s "
+                                           "time limit.")
     except Exception as exc:
         reason = _readable_reason(exc)
-        logger.exception("Classification of smear %s failed: %s", smear.pk, reason)
-        # A deadlock or lock timeout that outlived record_prediction's own
-        # retries: the sweep queues the smear again by itself.
-        services.mark_failed(smear.pk, reason, transient=services.is_transient_db_error(exc))
-        return "failed"
+        logger.exception("Classification of smears %s failed: %s", [s.pk for s in smears], reason)
+        # A deadlock or lock timeout that outlived the writers' own retries:
+        # the sweep queues the smears again by itself.
+        _fail_unfinished(smears, outcomes, reason, transient=services.is_transient_db_error(exc))
     # No heat map for an image outside the model's domain: it would explain an answer the portal does not give.
-    if prediction is not None and prediction.in_domain:
-        make_heatmap(prediction, predictor, smear)
-    return "done"
+    for prediction in predictions.values():
+        if prediction.in_domain:
+            services.enqueue_heatmap(prediction.pk)
+    return outcomes
+
+
+def _fail_unfinished(smears, outcomes, reason, transient=False):
+    for smear in smears:
+        if smear.pk not in outcomes:
+            services.mark_failed(smear.pk, reason, transient=transient)
+            outcomes[smear.pk] = "failed"
+
+
+def predict_each(predictor, smears):
+    """({smear_id: result}, {smear_id: reason}) for a batch: one predict call
+    for all images; when it raises, each image again on its own, so only the
+    images that fail fail. Results are matched to smears by id: each id
+    travels in one list with its own image."""
+    sources, failures = [], {}
+    for smear in smears:
+        try:
+            sources.append((smear.pk, _image_source(smear)))
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # e.g. the file is missing from the storage
+            failures[smear.pk] = _readable_reason(exc)
+    if not sources:
+        return {}, failures
+    try:
+        return _predict(predictor, sources), failures
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:
+        if len(sources) == 1:
+            failures[sources[0][0]] = _readable_reason(exc)
+            return {}, failures
+        logger.warning("Batch of %s smears failed (%s); predicting them one by one", len(sources), exc)
+    results = {}
+    for smear_id, source in sources:
+        try:
+            results.update(_predict(predictor, [(smear_id, source)]))
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:
+            logger.warning("Smear %s failed classification: %s", smear_id, exc)
+            failures[smear_id] = _readable_reason(exc)
+    return results, failures
+
+
+def _predict(predictor, sources):
+    results = predictor.predict([source for _, source in sources])
+    if len(results) != len(sources):
+        raise services.InvalidModelOutput(f"the model returned {len(results)} results for {len(sources)} images.")
+    return {smear_id: result for (smear_id, _), result in zip(sources, results)}
 
 
 def make_heatmap(prediction, predictor, smear):
@@ -118,13 +190,13 @@ def sweep_stale_smears():
     return counts
 
 
-@shared_task(name="diagnosis.retry_heatmap", ignore_result=True)
-def retry_heatmap(prediction_id):
-    """Compute the heat map of a prediction whose worker died while computing
-    it (sent by the sweep). Does nothing when it was stored or failed meanwhile."""
-    from .models import Prediction
-
-    prediction = Prediction.objects.select_related("smear").filter(pk=prediction_id, heatmap="", heatmap_error="").first()
+@shared_task(name="diagnosis.compute_heatmap", ignore_result=True)
+def compute_heatmap(prediction_id):
+    """Compute the heat map of a stored prediction (queued by the worker once
+    its batch is recorded, or again by the sweep when it was lost). Does
+    nothing when it was stored or failed meanwhile (a duplicate message), or
+    when workers died on it SMEAR_MAX_ATTEMPTS times (services.claim_heatmap)."""
+    prediction = services.claim_heatmap(prediction_id)
     if prediction is None:
         return "skipped"
     try:
@@ -133,3 +205,9 @@ def retry_heatmap(prediction_id):
         services.heatmap_failed(prediction.pk, f"Heat map unavailable: {type(exc).__name__}: {exc}")
         return "failed"
     return "done" if make_heatmap(prediction, predictor, prediction.smear) else "failed"
+
+
+@shared_task(name="diagnosis.retry_heatmap", ignore_result=True)
+def retry_heatmap(prediction_id):
+    """The former name of compute_heatmap, for messages sent before an upgrade."""
+    return compute_heatmap(prediction_id)

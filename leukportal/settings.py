@@ -253,6 +253,11 @@ SMEAR_MAX_FILES_PER_UPLOAD = env.int("SMEAR_MAX_FILES_PER_UPLOAD", default=50)
 SMEAR_MIN_SIDE_PX = env.int("SMEAR_MIN_SIDE_PX", default=64)
 SMEAR_MAX_ASPECT_RATIO = env.float("SMEAR_MAX_ASPECT_RATIO", default=5.0)
 SMEAR_MAX_ATTEMPTS = env.int("SMEAR_MAX_ATTEMPTS", default=3)
+# A classification message claims its own smear plus up to this many minus one
+# other queued smears of the same kind, predicted in one forward pass.
+SMEAR_BATCH_SIZE = env.int("SMEAR_BATCH_SIZE", default=32)
+if SMEAR_BATCH_SIZE < 1:
+    raise ImproperlyConfigured("SMEAR_BATCH_SIZE must be at least 1.")
 DATA_UPLOAD_MAX_NUMBER_FILES = SMEAR_MAX_FILES_PER_UPLOAD
 # Larger uploads spool to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
@@ -274,6 +279,13 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="leukportal")
+# Heat maps wait on a queue of their own, consumed by a separate low-priority
+# (niced) worker (`make worker`, `make run`): they never delay a classification.
+CELERY_HEATMAP_QUEUE = env.str("CELERY_HEATMAP_QUEUE", default=f"{CELERY_TASK_DEFAULT_QUEUE}-heatmaps")
+CELERY_TASK_ROUTES = {
+    "diagnosis.compute_heatmap": {"queue": CELERY_HEATMAP_QUEUE},
+    "diagnosis.retry_heatmap": {"queue": CELERY_HEATMAP_QUEUE},
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}

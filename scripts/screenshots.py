@@ -58,8 +58,17 @@ def build_demo():
 
     from accounts.models import User
     from diagnosis import services
-    from diagnosis.models import Case, Patient
-    from diagnosis.tasks import classify_smear
+    from diagnosis.models import Case, Patient, Smear
+    from diagnosis.tasks import classify_smear, compute_heatmap
+
+    def classify_now(smears):
+        """The workers' part, synchronously with the real models: the batch, then its heat maps."""
+        for smear in smears:
+            classify_smear(smear.pk)
+        for smear in smears:
+            prediction = getattr(Smear.objects.select_related("prediction").get(pk=smear.pk), "prediction", None)
+            if prediction is not None and prediction.in_domain:
+                compute_heatmap(prediction.pk)
 
     admin = User.objects.create_superuser("admin@lab.example", PASSWORD)
     admin.groups.add(Group.objects.get(name="Admin"))
@@ -92,8 +101,7 @@ def build_demo():
             files.append(SimpleUploadedFile(cell.name, cell.read_bytes()))
         outcome = services.add_smears(case, files, tech, kind="field")
         if classify:
-            for smear in outcome.accepted:
-                classify_smear(smear.pk)  # the real model, synchronously
+            classify_now(outcome.accepted)
     # One case signed out, one in review, so the list shows the states.
     signed = Case.objects.get(accession_number="ACC-2026-0101")
     services.confirm_remaining(signed, pathologist)
@@ -111,8 +119,7 @@ def build_demo():
                                              clinical_note="Single cells segmented from the marrow aspirate.")
         paths = sorted((CELLS / "all").glob("*.png"))[:4] + sorted((CELLS / "hem").glob("*.png"))[:4]
         files = [SimpleUploadedFile(p.name, p.read_bytes()) for p in paths]
-        for smear in services.add_smears(screening_case, files, tech, kind="cell").accepted:
-            classify_smear(smear.pk)  # the real screening model, synchronously
+        classify_now(services.add_smears(screening_case, files, tech, kind="cell").accepted)
     return (Case.objects.get(accession_number="ACC-2026-0187"), Case.objects.get(accession_number="ACC-2026-0199"),
             screening_case)
 

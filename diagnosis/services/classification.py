@@ -3,6 +3,7 @@ model's output, and record the prediction, the heat map or the failure."""
 import logging
 import math
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F
@@ -29,6 +30,49 @@ def claim_smear(smear_id):
         return None
     # The case stays "processing": queued and processing both count as pending.
     return Smear.objects.select_related("case").get(pk=smear_id)
+
+
+def _claimed(now):
+    return {"status": Smear.Status.PROCESSING, "claimed_at": now, "attempts": F("attempts") + 1, "error": "",
+            "updated_at": now}
+
+
+@retry_transaction
+def claim_batch(smear_id, *, limit):
+    """Claim a message's smear and up to `limit` - 1 other queued smears of the
+    same kind, oldest first, for one forward pass. Returns the claimed smears,
+    the message's own first; [] when its own smear is no longer queued (a
+    duplicate or re-delivered message, a finished or deleted smear): such a
+    message claims nothing.
+
+    The message's smear is claimed by the conditional UPDATE of claim_smear;
+    the others are read with SELECT ... FOR UPDATE SKIP LOCKED (rows another
+    worker is claiming are passed over, not waited for) and claimed by one
+    UPDATE in the same transaction. Claiming its own smear first means a
+    message never becomes a no-op because its smear was merely locked by
+    another claimer's scan: each message either gets its smear or finds it
+    taken for good. Every claimed smear carries claimed_at and one more
+    attempt, so the sweep re-queues the whole batch of a worker that died.
+    (SQLite ignores FOR UPDATE; it runs one writing transaction at a time.)"""
+    now = timezone.now()
+    with transaction.atomic():
+        if not Smear.objects.filter(pk=smear_id, status=Smear.Status.QUEUED).update(**_claimed(now)):
+            return []
+        kind = Smear.objects.filter(pk=smear_id).values_list("kind", flat=True).get()
+        others = []
+        if limit > 1:
+            others = list(
+                Smear.objects.select_for_update(skip_locked=True)
+                .filter(status=Smear.Status.QUEUED, kind=kind)
+                .order_by("pk")  # oldest first; the primary key order lets the scan stop at the limit
+                .values_list("pk", flat=True)[: limit - 1]
+            )
+        if others:
+            Smear.objects.filter(pk__in=others, status=Smear.Status.QUEUED).update(**_claimed(now))
+        # Read back what this transaction holds: the rows are locked (or, on SQLite, the database is).
+        claimed = {s.pk: s for s in Smear.objects.select_related("case").filter(
+            pk__in=[smear_id, *others], status=Smear.Status.PROCESSING, claimed_at=now)}
+    return [claimed[pk] for pk in [smear_id, *others] if pk in claimed]
 
 
 def _checked_probabilities(result, labels):
@@ -106,10 +150,11 @@ def validate_domain(result):
     return in_domain, score, reason if not in_domain else ""
 
 
-@retry_transaction
 def record_prediction(smear_id, result, latency_ms):
     """Store the prediction of a smear this worker has claimed (either model's
-    output, checked against the smear's kind).
+    output, checked against the smear's kind). Raises InvalidModelOutput for
+    a result that fails the checks; returns None when the smear is gone or no
+    longer processing (the prediction is dropped).
 
     Locks the case row first, then the smear, as every writer of a case does
     (upload, review, sign-out): one lock order means two workers finishing
@@ -120,43 +165,113 @@ def record_prediction(smear_id, result, latency_ms):
         logger.warning("Smear %s is gone; prediction dropped", smear_id)
         return None
     kind, case_id = row
+    checked = _checked_result(result, kind)
+    return _write_case_results(case_id, {smear_id: checked}, {}, latency_ms)[0].get(smear_id)
+
+
+def record_predictions(results, *, latency_ms):
+    """Store the results of a batch of claimed smears ({smear_id: result},
+    matched by id). Each result is checked on its own: one that fails the
+    checks fails its smear only, with the reason. One transaction per case,
+    cases in id order (two workers recording batches that share cases lock
+    them in the same order), each case recomputed once for the whole batch.
+
+    Returns ({smear_id: Prediction}, {smear_id: reason of failure}); smears
+    gone or no longer processing are in neither (dropped, logged)."""
+    rows = dict((pk, (kind, case_id)) for pk, kind, case_id in
+                Smear.objects.filter(pk__in=list(results)).values_list("pk", "kind", "case_id"))
+    by_case = {}
+    for smear_id, result in results.items():
+        if smear_id not in rows:
+            logger.warning("Smear %s is gone; prediction dropped", smear_id)
+            continue
+        kind, case_id = rows[smear_id]
+        checked, invalid = by_case.setdefault(case_id, ({}, {}))
+        try:
+            checked[smear_id] = _checked_result(result, kind)
+        except InvalidModelOutput as exc:
+            invalid[smear_id] = f"Classification failed: {exc}"
+    predictions, failures = {}, {}
+    for case_id in sorted(by_case):
+        stored, failed = _write_case_results(case_id, *by_case[case_id], latency_ms)
+        predictions.update(stored)
+        failures.update(failed)
+    return predictions, failures
+
+
+def _checked_result(result, kind):
     task, label, probs, threshold = validate_result(result, kind)
     in_domain, domain_score, domain_reason = validate_domain(result)
+    return {"task": task, "label": label, "probabilities": probs, "threshold": threshold, "in_domain": in_domain,
+            "domain_score": domain_score, "domain_reason": domain_reason,
+            "model_name": str(result.get("model", ""))[:100], "model_version": str(result.get("model_version", ""))[:100]}
+
+
+@retry_transaction
+def _write_case_results(case_id, checked, invalid, latency_ms):
+    """Under the case's lock, then the smears' (one lock order): a prediction
+    for each checked result, a failure for each invalid one, smears no longer
+    processing skipped; then the case recomputed once. Returns
+    ({smear_id: Prediction}, {smear_id: reason}) of what it wrote."""
+    predictions, failed = {}, {}
     with transaction.atomic():
         case = Case.objects.select_for_update().get(pk=case_id)
-        smear = Smear.objects.select_for_update().get(pk=smear_id)
-        if smear.status != Smear.Status.PROCESSING:
-            logger.warning("Smear %s is %s, not processing; prediction dropped", smear_id, smear.status)
-            return None
-        prediction = Prediction.objects.create(
-            smear=smear,
-            task=task,
-            model_name=str(result.get("model", ""))[:100],
-            model_version=str(result.get("model_version", ""))[:100],
-            label=label,
-            probabilities=probs,
-            threshold=threshold,
-            latency_ms=max(0, int(round(latency_ms))),
-            in_domain=in_domain,
-            domain_score=domain_score,
-            domain_reason=domain_reason,
-        )
-        smear.status = Smear.Status.DONE
-        smear.error = ""
-        smear.transient_failure = False
-        smear.save(update_fields=["status", "error", "transient_failure", "updated_at"])
-        detail = ", ".join(f"{k} {p:.3f}" for k, p in probs.items())
-        if threshold is not None:
-            detail += f"; threshold on P(blast) {threshold:.3f}"
-        detail += f"; domain score {domain_score:.3f}"
-        if not in_domain:
-            detail += f"; outside the model's domain, no suggestion: {domain_reason}"
-        record_event(
-            case, AuditEvent.Action.PREDICTION, smear=smear, new_value=label,
-            model_version=f"{prediction.model_name} {prediction.model_version}".strip(), detail=detail,
-        )
+        smears = Smear.objects.select_for_update().filter(pk__in=[*checked, *invalid]).order_by("pk")
+        for smear in smears:
+            if smear.status != Smear.Status.PROCESSING:
+                logger.warning("Smear %s is %s, not processing; result dropped", smear.pk, smear.status)
+            elif smear.pk in invalid:
+                _fail(case, smear, invalid[smear.pk])
+                failed[smear.pk] = invalid[smear.pk]
+            else:
+                predictions[smear.pk] = _store_prediction(case, smear, checked[smear.pk], latency_ms)
         _refresh_case_by_id(case_id)
+    return predictions, failed
+
+
+def _store_prediction(case, smear, checked, latency_ms):
+    probs, threshold, in_domain = checked["probabilities"], checked["threshold"], checked["in_domain"]
+    prediction = Prediction.objects.create(smear=smear, latency_ms=max(0, int(round(latency_ms))), **checked)
+    smear.status = Smear.Status.DONE
+    smear.error = ""
+    smear.transient_failure = False
+    smear.save(update_fields=["status", "error", "transient_failure", "updated_at"])
+    detail = ", ".join(f"{k} {p:.3f}" for k, p in probs.items())
+    if threshold is not None:
+        detail += f"; threshold on P(blast) {threshold:.3f}"
+    detail += f"; domain score {checked['domain_score']:.3f}"
+    if not in_domain:
+        detail += f"; outside the model's domain, no suggestion: {checked['domain_reason']}"
+    record_event(
+        case, AuditEvent.Action.PREDICTION, smear=smear, new_value=checked["label"],
+        model_version=f"{prediction.model_name} {prediction.model_version}".strip(), detail=detail,
+    )
     return prediction
+
+
+def _fail(case, smear, reason, transient=False):
+    smear.status, smear.error, smear.transient_failure = Smear.Status.FAILED, reason[:2000], transient
+    smear.save(update_fields=["status", "error", "transient_failure", "updated_at"])
+    record_event(case, AuditEvent.Action.CLASSIFICATION_FAILED, smear=smear, detail=reason)
+
+
+def claim_heatmap(prediction_id):
+    """A worker starts a prediction's heat map: one more attempt, and the time
+    it started. Returns the prediction, or None when there is nothing to do:
+    stored or failed meanwhile (a duplicate message), or already started
+    SMEAR_MAX_ATTEMPTS times by workers that died (then recorded as unavailable).
+    Only starts count, never the time spent waiting on the heat-map queue."""
+    pending = Prediction.objects.filter(pk=prediction_id, heatmap="", heatmap_error="")
+    attempts = pending.values_list("heatmap_attempts", flat=True).first()
+    if attempts is None:
+        return None
+    if attempts >= settings.SMEAR_MAX_ATTEMPTS:
+        pending.update(heatmap_error=f"Heat map unavailable: the worker stopped while computing it ({attempts} attempts).")
+        return None
+    if not pending.filter(heatmap_attempts=attempts).update(heatmap_attempts=attempts + 1,
+                                                            heatmap_requested_at=timezone.now()):
+        return None  # another worker started it at this very moment
+    return Prediction.objects.select_related("smear").get(pk=prediction_id)
 
 
 def store_heatmap(prediction_id, image_bytes, explained_class=""):
@@ -185,11 +300,8 @@ def mark_failed(smear_id, reason, *, transient=False):
         return False
     with transaction.atomic():
         case = Case.objects.select_for_update().get(pk=case_id)
-        updated = Smear.objects.filter(pk=smear_id, status=Smear.Status.PROCESSING).update(
-            status=Smear.Status.FAILED, error=reason[:2000], transient_failure=transient, updated_at=timezone.now()
-        )
-        if updated:
-            smear = Smear.objects.get(pk=smear_id)
-            record_event(case, AuditEvent.Action.CLASSIFICATION_FAILED, smear=smear, detail=reason)
+        smear = Smear.objects.select_for_update().filter(pk=smear_id, status=Smear.Status.PROCESSING).first()
+        if smear is not None:
+            _fail(case, smear, reason, transient)
             _refresh_case_by_id(case_id)
-    return bool(updated)
+    return smear is not None

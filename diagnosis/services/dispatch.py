@@ -1,6 +1,6 @@
 """Messages to the Celery workers. The only importer of diagnosis.tasks, and
-only inside the function, so the web process never loads the task module's
-ml side at import time."""
+only inside the functions: the task module imports `ml` lazily, so the web
+process never loads PyTorch."""
 import logging
 
 from django.conf import settings
@@ -22,12 +22,14 @@ def enqueue_classification(smear_id):
 
 
 def enqueue_heatmap(prediction_id):
-    """Send the message that computes a prediction's heat map again (sent by
-    name: the web process never imports the task module's ml side)."""
-    from celery import current_app
+    """Send the message that computes a prediction's heat map, on the heat-map
+    queue (consumed by a low-priority worker of its own, so heat maps never
+    delay a classification). Sent after the prediction committed, by the
+    worker that made it, and again by the sweep when it was lost."""
+    from ..tasks import compute_heatmap
 
     try:
-        current_app.send_task("diagnosis.retry_heatmap", (prediction_id,), queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+        compute_heatmap.apply_async((prediction_id,), queue=settings.CELERY_HEATMAP_QUEUE)
     except Exception:  # broker down: the next sweep sends it again
         logger.exception("Could not queue the heat map of prediction %s", prediction_id)
         return False

@@ -97,11 +97,13 @@ def sweep_stale_smears(now=None):
 
 
 def resend_lost_heatmaps(now=None) -> int:
-    """Heat maps lost with their worker: a prediction whose heat map is neither
-    stored nor failed SMEAR_STALE_AFTER_SECONDS after it was made (or last
-    requested) gets it requested again; after SMEAR_MAX_ATTEMPTS requests it
-    is recorded as unavailable. Run by the periodic sweep task. Returns the
-    number of requests sent."""
+    """Heat maps lost with their worker or their message: a prediction whose
+    heat map is neither stored nor failed SMEAR_STALE_AFTER_SECONDS after it
+    was made, last started or last sent gets its message sent again. One that
+    workers started SMEAR_MAX_ATTEMPTS times (claim_heatmap counts starts, not
+    sends, so a long wait on the heat-map queue never uses attempts up) is
+    recorded as unavailable. Run by the periodic sweep task. Returns the
+    number of messages sent."""
     now = now or timezone.now()
     stale_before = now - timedelta(seconds=settings.SMEAR_STALE_AFTER_SECONDS)
     max_attempts = settings.SMEAR_MAX_ATTEMPTS
@@ -109,13 +111,14 @@ def resend_lost_heatmaps(now=None) -> int:
         Q(heatmap_requested_at__isnull=True, created_at__lt=stale_before) | Q(heatmap_requested_at__lt=stale_before)
     )
     sent = []
-    for prediction in lost.only("pk", "heatmap_attempts"):
+    for prediction in lost.only("pk", "heatmap_attempts", "heatmap_requested_at"):
         claim = Prediction.objects.filter(pk=prediction.pk, heatmap="", heatmap_error="",
-                                          heatmap_attempts=prediction.heatmap_attempts)
+                                          heatmap_attempts=prediction.heatmap_attempts,
+                                          heatmap_requested_at=prediction.heatmap_requested_at)
         if prediction.heatmap_attempts >= max_attempts:
             claim.update(heatmap_error=f"Heat map unavailable: the worker stopped while computing it "
                                        f"({prediction.heatmap_attempts} attempts).")
-        elif claim.update(heatmap_attempts=prediction.heatmap_attempts + 1, heatmap_requested_at=now):
+        elif claim.update(heatmap_requested_at=now):  # not again before it is stale once more
             if enqueue_heatmap(prediction.pk):
                 sent.append(prediction.pk)
     if sent:

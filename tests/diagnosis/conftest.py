@@ -28,6 +28,19 @@ def sent_messages(request, monkeypatch):
     return sent
 
 
+@pytest.fixture(autouse=True)
+def queued_heatmaps(request, monkeypatch):
+    """Record heat-map messages (prediction ids, in order) instead of sending
+    them, except in tests marked real_broker."""
+    sent = []
+    if request.node.get_closest_marker("real_broker"):
+        return sent
+    from diagnosis.tasks import compute_heatmap
+
+    monkeypatch.setattr(compute_heatmap, "apply_async", lambda args=None, kwargs=None, **options: sent.append(args[0]))
+    return sent
+
+
 @pytest.fixture
 def smear_factory(case, technician):
     """Create a stored smear (real image file) in a given state."""

@@ -240,7 +240,8 @@ def test_case_without_classified_smears_has_no_suggestion(case, smear_factory):
     assert case.compute_suggestion() == (None, None, 0)
 
 
-def test_status_json(fake_ml, smear_factory, case, client, pathologist, technician):
+def test_status_json(fake_ml, smear_factory, case, client, pathologist, technician, settings):
+    settings.SMEAR_BATCH_SIZE = 1  # one smear per message, so the three smears end in three states
     done, failed, queued = smear_factory(), smear_factory(), smear_factory()
     classify_smear(done.pk)
     fake_ml.predictor.error = RuntimeError("boom")

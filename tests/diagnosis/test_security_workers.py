@@ -96,14 +96,14 @@ def test_persistent_deadlock_fails_the_smear_as_transient_and_the_sweep_queues_i
     monkeypatch.setattr("diagnosis.tasks.load_predictor_for", lambda kind: FakePredictor())
     monkeypatch.setattr("diagnosis.tasks._image_source", lambda smear: "unused")
     monkeypatch.setattr("diagnosis.tasks.make_heatmap", lambda *args: True)
-    real_record = services.record_prediction
-    monkeypatch.setattr(services, "record_prediction", lambda *a, **k: (_ for _ in ()).throw(DEADLOCK))
+    real_record = services.record_predictions
+    monkeypatch.setattr(services, "record_predictions", lambda *a, **k: (_ for _ in ()).throw(DEADLOCK))
     assert classify_smear(smear.pk) == "failed"
     smear.refresh_from_db()
     assert smear.status == "failed" and smear.transient_failure
     assert "Temporary database error" in smear.error
 
-    monkeypatch.setattr(services, "record_prediction", real_record)
+    monkeypatch.setattr(services, "record_predictions", real_record)
     with django_capture_on_commit_callbacks(execute=True):
         counts = services.sweep_stale_smears()
     assert counts["requeued"] == 1 and sent_messages == [smear.pk]

@@ -1,7 +1,9 @@
 """Fixtures for the review tests: the diagnosis fixtures plus classified smears."""
 import pytest
 
-from tests.diagnosis.conftest import fast_password_hasher, media_root, sent_messages, smear_factory  # noqa: F401
+from tests.diagnosis.conftest import (  # noqa: F401
+    fast_password_hasher, media_root, queued_heatmaps, sent_messages, smear_factory,
+)
 
 
 def result(stage, confidence=0.8, model="fake_model", version="0.0-test"):

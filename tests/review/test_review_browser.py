@@ -45,7 +45,8 @@ def shot(page, name):
     page.screenshot(path=str(SHOTS / name), full_page=True)
 
 
-def test_upload_review_sign_out_report(browser, live_server, technician, pathologist, tmp_path, sent_messages):
+def test_upload_review_sign_out_report(browser, live_server, technician, pathologist, tmp_path, sent_messages,
+                                      queued_heatmaps):
     base = live_server.url
     patient = Patient.objects.create(lab_id="P-5150", sex="M", birth_year=1991, created_by=technician)
     case = Case.objects.create(patient=patient, accession_number="ACC-2026-0420", created_by=technician,
@@ -61,8 +62,11 @@ def test_upload_review_sign_out_report(browser, live_server, technician, patholo
     assert "scanner-notes.txt" in tech.inner_text("[data-rejected]")
     assert len(sent_messages) == 2
 
-    for smear_id in sent_messages:  # the worker's part, in this process
-        assert tasks.classify_smear(smear_id) == "done"
+    # The worker's part, in this process: the first message classifies the upload as one batch,
+    # the second finds its smear taken; then the heat maps queued after the batch.
+    assert [tasks.classify_smear(smear_id) for smear_id in sent_messages] == ["done", "skipped"]
+    for prediction_id in queued_heatmaps:
+        tasks.compute_heatmap(prediction_id)
     tech.goto(base + "/uploads/")
     assert tech.locator("#smears .smear-status-done").count() == 2
     assert "not an image" in tech.inner_text("[data-rejected]")

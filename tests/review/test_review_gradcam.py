@@ -47,7 +47,7 @@ def test_gradcam_shape_and_overlay_size(predictor):
     assert overlay(image, heatmap).size == size
 
 
-def test_task_stores_prediction_and_heatmap(predictor, smear_factory):
+def test_task_stores_prediction_and_heatmap(predictor, smear_factory, queued_heatmaps):
     from django.core.files.base import ContentFile
 
     data, size = smear_image_bytes()
@@ -55,12 +55,15 @@ def test_task_stores_prediction_and_heatmap(predictor, smear_factory):
     smear.image.save("real.jpg", ContentFile(data), save=True)
     assert tasks.classify_smear(smear.pk) == "done"
     prediction = Prediction.objects.get(smear=smear)
+    assert queued_heatmaps == [prediction.pk] and not prediction.heatmap  # queued after the prediction, made apart
+    assert tasks.compute_heatmap(prediction.pk) == "done"
+    prediction.refresh_from_db()
     assert prediction.label in predictor.classes and prediction.heatmap and prediction.heatmap_error == ""
     with prediction.heatmap.open("rb") as fh:
         assert Image.open(fh).size == size
 
 
-def test_worker_explains_the_stored_label_with_the_occlusion_map(predictor, smear_factory, monkeypatch):
+def test_worker_explains_the_stored_label_with_the_occlusion_map(predictor, smear_factory, monkeypatch, queued_heatmaps):
     import numpy as np
 
     import ml.explain
@@ -78,11 +81,12 @@ def test_worker_explains_the_stored_label_with_the_occlusion_map(predictor, smea
     smear = smear_factory()
     smear.image.save("real.jpg", ContentFile(smear_image_bytes()[0]), save=True)  # in the model's domain
     assert tasks.classify_smear(smear.pk) == "done"
+    assert tasks.compute_heatmap(queued_heatmaps[0]) == "done"
     prediction = Prediction.objects.get(smear=smear)
     assert calls == [prediction.label] and prediction.heatmap and prediction.heatmap_error == ""
 
 
-def test_heatmap_failure_keeps_the_prediction(predictor, smear_factory, monkeypatch):
+def test_heatmap_failure_keeps_the_prediction(predictor, smear_factory, monkeypatch, queued_heatmaps):
     import ml.explain
 
     def broken(*args, **kwargs):
@@ -94,6 +98,7 @@ def test_heatmap_failure_keeps_the_prediction(predictor, smear_factory, monkeypa
     smear = smear_factory()
     smear.image.save("real.jpg", ContentFile(smear_image_bytes()[0]), save=True)  # in the model's domain
     assert tasks.classify_smear(smear.pk) == "done"
+    assert tasks.compute_heatmap(queued_heatmaps[0]) == "failed"
     prediction = Prediction.objects.get(smear=smear)
     smear.refresh_from_db()
     assert smear.status == "done" and not prediction.heatmap
@@ -101,10 +106,10 @@ def test_heatmap_failure_keeps_the_prediction(predictor, smear_factory, monkeypa
     assert smear.audit_events.filter(action="prediction").exists()
 
 
-def test_no_heat_map_for_an_image_outside_the_models_domain(predictor, smear_factory):
+def test_no_heat_map_for_an_image_outside_the_models_domain(predictor, smear_factory, queued_heatmaps):
     """A blank field is classified (stored with its verdict) but gets no heat map: there is no suggestion to explain."""
     smear = smear_factory()  # a nearly uniform generated image
     assert tasks.classify_smear(smear.pk) == "done"
     prediction = Prediction.objects.get(smear=smear)
     assert prediction.in_domain is False and prediction.domain_reason == "blank or nearly uniform image"
-    assert not prediction.heatmap
+    assert not prediction.heatmap and queued_heatmaps == []

@@ -6,7 +6,9 @@ import types
 
 import pytest
 
-from tests.diagnosis.conftest import fast_password_hasher, media_root, sent_messages, smear_factory  # noqa: F401
+from tests.diagnosis.conftest import (  # noqa: F401
+    fast_password_hasher, media_root, queued_heatmaps, sent_messages, smear_factory,
+)
 
 THRESHOLD = 0.31
 

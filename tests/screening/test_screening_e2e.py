@@ -23,7 +23,8 @@ pytestmark = [
 ]
 
 
-def test_uploaded_cell_gets_a_screening_prediction(tech_client, case, sent_messages, django_capture_on_commit_callbacks):
+def test_uploaded_cell_gets_a_screening_prediction(tech_client, case, sent_messages, queued_heatmaps,
+                                                   django_capture_on_commit_callbacks):
     import ml
 
     image = sorted(CELLS.glob("*.png")) or sorted(CELLS.iterdir())
@@ -41,6 +42,10 @@ def test_uploaded_cell_gets_a_screening_prediction(tech_client, case, sent_messa
     assert prediction.threshold == pytest.approx(predictor.threshold)
     expected = "blast" if prediction.probabilities["blast"] >= prediction.threshold else "normal"
     assert prediction.label == expected
-    assert prediction.heatmap or prediction.heatmap_error  # Grad-CAM explains the decided label, or says why not
+    if prediction.in_domain:  # its heat map is queued once the prediction is stored, and made by its own task
+        assert queued_heatmaps == [prediction.pk]
+        assert classify_smear.app.tasks["diagnosis.compute_heatmap"](prediction.pk) in ("done", "failed")
+        prediction.refresh_from_db()
+        assert prediction.heatmap or prediction.heatmap_error  # explains the decided label, or says why not
     case.refresh_from_db()
     assert case.suggested_stage == "" and case.screening_summary()["screened"] == 1

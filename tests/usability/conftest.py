@@ -2,7 +2,9 @@
 classified fields and cells (from the screening suite)."""
 import pytest
 
-from tests.diagnosis.conftest import fast_password_hasher, media_root, sent_messages, smear_factory  # noqa: F401
+from tests.diagnosis.conftest import (  # noqa: F401
+    fast_password_hasher, media_root, queued_heatmaps, sent_messages, smear_factory,
+)
 from tests.screening.conftest import cell, fake_ml, field  # noqa: F401
 
 

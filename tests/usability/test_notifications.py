@@ -19,8 +19,11 @@ def upload_two(client, case):
 
 
 @pytest.fixture
-def uploaded(tech_client, case, sent_messages, fake_ml, django_capture_on_commit_callbacks):
-    """The ids of two smears uploaded through the page, as sent to the workers."""
+def uploaded(tech_client, case, sent_messages, fake_ml, django_capture_on_commit_callbacks, settings):
+    """The ids of two smears uploaded through the page, as sent to the workers.
+    One smear per message here, so the tests can follow a batch smear by smear
+    (a message that classifies both is in test_one_message_classifying_the_whole_upload_notifies_once)."""
+    settings.SMEAR_BATCH_SIZE = 1
     with django_capture_on_commit_callbacks(execute=True):
         upload_two(tech_client, case)
     assert len(sent_messages) == 2
@@ -37,6 +40,14 @@ def test_technician_is_notified_once_when_the_whole_batch_is_classified(uploaded
     page = tech_client.get(reverse("diagnosis:notifications")).content.decode()
     assert "2 of 2 images classified" in page and "data-unread-item" in page
     assert 'data-unread>1<' in page  # the badge in the navigation bar
+
+
+def test_one_message_classifying_the_whole_upload_notifies_once(uploaded, technician, settings):
+    settings.SMEAR_BATCH_SIZE = 32
+    assert tasks.classify_smear(uploaded[0]) == "done"  # claims both smears of the upload
+    assert tasks.classify_smear(uploaded[1]) == "skipped"
+    note = Notification.objects.get(recipient=technician)
+    assert note.text == "Case ACC-0001: 2 of 2 images classified."
 
 
 def test_a_failed_image_is_named_in_the_batch_notification(uploaded, technician, fake_ml):
