@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from . import data as mldata
-from .runtime.domain import (MAX_COMPONENTS, STAT_NAMES, DomainCheck, GaussianDistance, KindClassifier,
-                             conformal_p)
+from .runtime.domain import (MAX_COMPONENTS, STAIN_FREE_STATS, STAT_NAMES, DomainCheck, GaussianDistance,
+                             KindClassifier, conformal_p, select_stats)
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 # The other model's data: (manifest, splits used to fit the kind classifier, untouched split to measure on).
@@ -87,7 +87,7 @@ def fit_kind(own: np.ndarray, other: np.ndarray) -> KindClassifier:
 
 
 def fit(task: str, train_embeddings, train_labels, train_stats, val_embeddings, val_stats,
-        other_stats=None, target_rate: float = 0.01) -> DomainCheck:
+        other_stats=None, target_rate: float = 0.01, stat_columns: tuple[int, ...] | None = None) -> DomainCheck:
     """Fit every piece on the training split; calibrate the p-values and the cut on the validation split.
 
     ``target_rate`` is the share of in-domain validation images the cut may flag (the false-flag rate
@@ -95,15 +95,15 @@ def fit(task: str, train_embeddings, train_labels, train_stats, val_embeddings, 
     if task not in ("staging", "screening"):
         raise ValueError(f"unknown task {task!r}")
     features = fit_gaussian(train_embeddings, train_labels)
-    stats = fit_gaussian(train_stats)
+    stats = fit_gaussian(select_stats(train_stats, stat_columns))
     kind = fit_kind(np.asarray(train_stats), np.asarray(other_stats)) \
         if other_stats is not None and len(other_stats) else None
     feature_reference = np.sort(features.distance(val_embeddings))
-    stats_reference = np.sort(stats.distance(val_stats))
+    stats_reference = np.sort(stats.distance(select_stats(val_stats, stat_columns)))
     val_scores = np.sort(np.minimum(conformal_p(feature_reference, features.distance(val_embeddings)),
-                                    conformal_p(stats_reference, stats.distance(val_stats))))
+                                    conformal_p(stats_reference, stats.distance(select_stats(val_stats, stat_columns)))))
     cut = float(val_scores[int(np.floor(target_rate * len(val_scores)))]) if len(val_scores) else 0.0
-    check = DomainCheck(task, features, stats, kind, feature_reference, stats_reference, cut, {})
+    check = DomainCheck(task, features, stats, kind, feature_reference, stats_reference, cut, {}, stat_columns)
     flagged = [not r["in_domain"] for r in check.score(val_embeddings, val_stats)]
     check.fit_record = {
         "method": "min of conformal p-values of class-conditional Mahalanobis distance (tied Ledoit-Wolf covariance) "
@@ -180,8 +180,12 @@ def fit_model_domain(model: str | Path, data: str | Path, other_data: str | Path
         others = [s for s in mldata.read_manifest(other_manifest) if s.split in fit_splits]
         other_stats = np.stack([predictor.prepare(Path(other_data) / s.path)[1] for s in others])
     labels = np.array([folder_classes.index(s.label) for s in train])
-    check = fit(predictor.task, train_emb, labels, train_stats, val_emb, val_stats, other_stats, target_rate)
-    check.fit_record.update({"train_splits": train_splits, "val_splits": val_splits, "manifest": str(manifest)})
+    # A model that standardises each image sees no stain or exposure level: neither may its check.
+    columns = tuple(STAT_NAMES.index(n) for n in STAIN_FREE_STATS) if predictor.input_norm == "image" else None
+    check = fit(predictor.task, train_emb, labels, train_stats, val_emb, val_stats, other_stats, target_rate,
+                stat_columns=columns)
+    check.fit_record.update({"train_splits": train_splits, "val_splits": val_splits, "manifest": str(manifest),
+                             "image_statistics": [STAT_NAMES[c] for c in columns] if columns else list(STAT_NAMES)})
     if write:
         update_payload(path, domain=compact(check.to_payload()))
     return check
@@ -342,8 +346,14 @@ def markdown_section(report: dict, heading: str = "## Domain check") -> str:
         "Mahalanobis distance to the nearest class (Lee et al., 2018). "
         "Chosen because it needs no out-of-domain data to fit, costs one matrix product in the same forward pass, "
         "and, unlike the softmax confidence (near 1 for a blank page), grows with distance from the training images.",
-        "- **Image-statistics distance**: Mahalanobis distance on 16 colour, brightness, texture and sharpness statistics of the "
-        "resized image (one Gaussian over the training split): catches stain, exposure and focus far outside training.",
+        ("- **Image-statistics distance**: Mahalanobis distance on 16 colour, brightness, texture and sharpness statistics of the "
+         "resized image (one Gaussian over the training split): catches stain, exposure and focus far outside training."
+         if len(fit.get("image_statistics", STAT_NAMES)) == len(STAT_NAMES) else
+         "- **Image-statistics distance**: Mahalanobis distance on the statistics a stain or exposure change leaves alone ("
+         + ", ".join(f"`{n}`" for n in fit["image_statistics"]) + ": fine detail relative to contrast), one Gaussian over "
+         "the training split: catches focus blur and noise. The model standardises every image per channel, so a bluer, "
+         "pinker, darker or paler field is not refused for its colour (the robustness table shows how the model does on "
+         "such fields); colour far outside training still shows in the embedding."),
         "- **The other kind**: a logistic regression on the same statistics, trained on this model's training images "
         f"against {fit.get('n_other_kind')} training images of the portal's other model, names a wrong upload.",
         "- **Blank rule**: luminance standard deviation below 2% of the range is flagged whatever the model says.",

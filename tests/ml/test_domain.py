@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 import ml
 from ml.runtime import domain as mldomain
@@ -185,3 +185,22 @@ def test_a_wide_embedding_gets_the_same_gaussian_without_the_full_covariance_mat
     assert np.isclose(wide.residual_variance, eigenvalues[order][16:].mean(), rtol=1e-6)
     # Same subspace (eigenvectors up to sign).
     assert np.allclose(np.abs(np.sum(wide.basis * vectors[:, order][:, :16], axis=0)), 1.0, atol=1e-6)
+
+
+def test_the_check_of_a_per_image_standardised_model_ignores_stain_and_exposure_levels():
+    from ml import domain_fit
+    from ml.perturb import channel_gains
+
+    rng = np.random.default_rng(1)
+    smear = Image.fromarray(rng.integers(90, 230, (64, 64, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(1))
+    bluer = channel_gains(0.93, 0.97, 1.08)(smear)
+    columns = tuple(mldomain.STAT_NAMES.index(n) for n in mldomain.STAIN_FREE_STATS)
+    before, after = mldomain.image_statistics(np.asarray(smear)), mldomain.image_statistics(np.asarray(bluer))
+    assert abs(after[mldomain.STAT_NAMES.index("mean_b")] - before[mldomain.STAT_NAMES.index("mean_b")]) > 0.02
+    assert np.allclose(mldomain.select_stats(after, columns), mldomain.select_stats(before, columns), rtol=0.03)
+    # Fitted with those columns, the check keeps them through the model file's payload.
+    train = np.stack([mldomain.image_statistics(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(30)])
+    embeddings = rng.normal(size=(30, 8))
+    check = domain_fit.fit("staging", embeddings, np.zeros(30, int), train, embeddings, train, stat_columns=columns)
+    again = mldomain.DomainCheck.from_payload(check.to_payload())
+    assert again.stat_columns == columns and again.stats.center.shape == (len(columns),)
