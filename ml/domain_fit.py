@@ -87,7 +87,8 @@ def fit_kind(own: np.ndarray, other: np.ndarray) -> KindClassifier:
 
 
 def fit(task: str, train_embeddings, train_labels, train_stats, val_embeddings, val_stats,
-        other_stats=None, target_rate: float = 0.01, stat_columns: tuple[int, ...] | None = None) -> DomainCheck:
+        other_stats=None, target_rate: float = 0.01, stat_columns: tuple[int, ...] | None = None,
+        extra_stats=None) -> DomainCheck:
     """Fit every piece on the training split; calibrate the p-values and the cut on the validation split.
 
     ``target_rate`` is the share of in-domain validation images the cut may flag (the false-flag rate
@@ -95,7 +96,10 @@ def fit(task: str, train_embeddings, train_labels, train_stats, val_embeddings, 
     if task not in ("staging", "screening"):
         raise ValueError(f"unknown task {task!r}")
     features = fit_gaussian(train_embeddings, train_labels)
-    stats = fit_gaussian(select_stats(train_stats, stat_columns))
+    # ``extra_stats``: statistics of training images under the acquisition changes the model was trained to
+    # handle, so that the image-statistics Gaussian spans them (its domain is the model's, not one lab's).
+    fit_stats = train_stats if extra_stats is None else np.concatenate([train_stats, extra_stats])
+    stats = fit_gaussian(select_stats(fit_stats, stat_columns))
     kind = fit_kind(np.asarray(train_stats), np.asarray(other_stats)) \
         if other_stats is not None and len(other_stats) else None
     feature_reference = np.sort(features.distance(val_embeddings))
@@ -180,15 +184,33 @@ def fit_model_domain(model: str | Path, data: str | Path, other_data: str | Path
         others = [s for s in mldata.read_manifest(other_manifest) if s.split in fit_splits]
         other_stats = np.stack([predictor.prepare(Path(other_data) / s.path)[1] for s in others])
     labels = np.array([folder_classes.index(s.label) for s in train])
-    # A model that standardises each image sees no stain or exposure level: neither may its check.
-    columns = tuple(STAT_NAMES.index(n) for n in STAIN_FREE_STATS) if predictor.input_norm == "image" else None
+    # A model that standardises each image and was trained under stain and exposure changes handles them:
+    # its check learns the statistics of training images under the mild colour changes too, so it refuses a
+    # field for colour only far beyond them (an inverted, greyscale or hue-rotated image still is).
+    columns, extra = None, None
+    if predictor.input_norm == "image":
+        extra = acquisition_stats(predictor, [Path(data) / s.path for s in train[::4]])
     check = fit(predictor.task, train_emb, labels, train_stats, val_emb, val_stats, other_stats, target_rate,
-                stat_columns=columns)
+                stat_columns=columns, extra_stats=extra)
     check.fit_record.update({"train_splits": train_splits, "val_splits": val_splits, "manifest": str(manifest),
-                             "image_statistics": [STAT_NAMES[c] for c in columns] if columns else list(STAT_NAMES)})
+                             "image_statistics": [STAT_NAMES[c] for c in columns] if columns else list(STAT_NAMES),
+                             "statistics_under_changes": [p.name for p in COLOUR_CHANGES()] if extra is not None else []})
     if write:
         update_payload(path, domain=compact(check.to_payload()))
     return check
+
+
+def COLOUR_CHANGES():
+    """The mild stain, exposure, saturation and contrast changes of the robustness suite."""
+    from .perturb import select
+
+    return [p for p in select("mild") if p.family in ("illumination", "stain", "stain (HED)", "saturation", "contrast")]
+
+
+def acquisition_stats(predictor, paths) -> np.ndarray:
+    """Image statistics of ``paths`` under every mild colour change (``COLOUR_CHANGES``)."""
+    changes = COLOUR_CHANGES()
+    return np.stack([predictor.prepare(change(mldata.load_image(path)))[1] for path in paths for change in changes])
 
 
 def compact(payload: dict) -> dict:
@@ -346,14 +368,12 @@ def markdown_section(report: dict, heading: str = "## Domain check") -> str:
         "Mahalanobis distance to the nearest class (Lee et al., 2018). "
         "Chosen because it needs no out-of-domain data to fit, costs one matrix product in the same forward pass, "
         "and, unlike the softmax confidence (near 1 for a blank page), grows with distance from the training images.",
-        ("- **Image-statistics distance**: Mahalanobis distance on 16 colour, brightness, texture and sharpness statistics of the "
-         "resized image (one Gaussian over the training split): catches stain, exposure and focus far outside training."
-         if len(fit.get("image_statistics", STAT_NAMES)) == len(STAT_NAMES) else
-         "- **Image-statistics distance**: Mahalanobis distance on the statistics a stain or exposure change leaves alone ("
-         + ", ".join(f"`{n}`" for n in fit["image_statistics"]) + ": fine detail relative to contrast), one Gaussian over "
-         "the training split: catches focus blur and noise. The model standardises every image per channel, so a bluer, "
-         "pinker, darker or paler field is not refused for its colour (the robustness table shows how the model does on "
-         "such fields); colour far outside training still shows in the embedding."),
+        "- **Image-statistics distance**: Mahalanobis distance on 16 colour, brightness, texture and sharpness statistics of the "
+        "resized image (one Gaussian over the training split"
+        + (", clean and under the mild stain, exposure, saturation and contrast changes of the robustness suite, which "
+           "this model was trained to handle and standardises away: a slightly bluer or darker field is not refused for "
+           "its colour, an inverted, greyscale or hue-rotated one still is" if fit.get("statistics_under_changes") else "")
+        + "): catches stain, exposure and focus far outside training.",
         "- **The other kind**: a logistic regression on the same statistics, trained on this model's training images "
         f"against {fit.get('n_other_kind')} training images of the portal's other model, names a wrong upload.",
         "- **Blank rule**: luminance standard deviation below 2% of the range is flagged whatever the model says.",

@@ -137,6 +137,8 @@ def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, late
         "",
         *subject_table(rows),
         "",
+        *([] if same else ["Per subject, shipped run (every subject scored by the member that did not see it, at the "
+                           "shipped cut):", "", *subject_table(shipped["oof_per_subject"]), ""]),
         "![ROC curves](../reports/screening/estimate-roc.png) ![per subject](../reports/screening/estimate-subjects.png)",
         "",
         "Full reports: [`estimate-report.md`](../reports/screening/estimate-report.md)"
