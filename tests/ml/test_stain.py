@@ -89,9 +89,9 @@ def test_stain_augmentation_reaches_the_training_images_only(tmp_path, smear_fol
     seen = []
     original = mldata.ImageTensorDataset.__init__
 
-    def spy(self, root, samples, classes, size, augment=None, progress=False):
+    def spy(self, root, samples, classes, size, augment=None, progress=False, **options):
         seen.append((samples[0].split, augment))
-        original(self, root, samples, classes, size, augment, progress)
+        original(self, root, samples, classes, size, augment, progress, **options)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(mldata.ImageTensorDataset, "__init__", spy)
