@@ -100,7 +100,8 @@ def cmd_fit_domain(args) -> int:
         import json
 
         predictor = Predictor(resolve_model_path(args.model))
-        report = evaluate_domain(predictor, args.data, check.fit_record["manifest"], "test", args.other_data,
+        report = evaluate_domain(predictor, args.data, check.fit_record["manifest"],
+                                 domain_evaluation_split(check.fit_record), args.other_data,
                                  progress=not args.no_progress)
         print_domain_rows(report)
         if args.report:
@@ -113,6 +114,16 @@ def cmd_fit_domain(args) -> int:
             refresh_weights_line(args.card, resolve_model_path(args.model))
             print(f"model card section written: {args.card}")
     return 0
+
+
+def domain_evaluation_split(fit_record: dict) -> str:
+    """The untouched test split, or for a model trained on every subject (no test split) the check's own
+    validation split: the card then says the rates are not from untouched images."""
+    from . import data as mldata
+
+    manifest = fit_record["manifest"]
+    has_test = any(s.split == "test" for s in mldata.read_manifest(manifest))
+    return "test" if has_test else fit_record["val_splits"][0]
 
 
 def cmd_predict(args) -> int:

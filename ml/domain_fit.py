@@ -384,7 +384,10 @@ def markdown_section(report: dict, heading: str = "## Domain check") -> str:
         "and is stored in the model file.",
         "",
         f"Measured by `python -m ml fit-domain --report` (the same table as `python -m ml evaluate`) on the "
-        f"untouched `{report['split']}` split and on out-of-domain sets built from what we have (no other data set "
+        + (f"untouched `{report['split']}` split" if report["split"] == "test" else
+           f"`{report['split']}` split, the check's own validation split (the model was trained on every subject, so "
+           "no untouched images are left; its in-domain rate there is the fitted one, not an independent measurement)")
+        + " and on out-of-domain sets built from what we have (no other data set "
         "was used to fit or tune anything):",
         "",
         "| set | images | flagged (not in domain) | answered (in domain) | target |",
