@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from . import data as mldata
-from .runtime.domain import (MAX_COMPONENTS, STAIN_FREE_STATS, STAT_NAMES, DomainCheck, GaussianDistance,
-                             KindClassifier, conformal_p, select_stats)
+from .runtime.domain import (MAX_COMPONENTS, STAT_NAMES, DomainCheck, GaussianDistance, KindClassifier,
+                             conformal_p)
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 # The other model's data: (manifest, splits used to fit the kind classifier, untouched split to measure on).
@@ -87,8 +87,7 @@ def fit_kind(own: np.ndarray, other: np.ndarray) -> KindClassifier:
 
 
 def fit(task: str, train_embeddings, train_labels, train_stats, val_embeddings, val_stats,
-        other_stats=None, target_rate: float = 0.01, stat_columns: tuple[int, ...] | None = None,
-        extra_stats=None) -> DomainCheck:
+        other_stats=None, target_rate: float = 0.01, extra_stats=None) -> DomainCheck:
     """Fit every piece on the training split; calibrate the p-values and the cut on the validation split.
 
     ``target_rate`` is the share of in-domain validation images the cut may flag (the false-flag rate
@@ -99,15 +98,15 @@ def fit(task: str, train_embeddings, train_labels, train_stats, val_embeddings, 
     # ``extra_stats``: statistics of training images under the acquisition changes the model was trained to
     # handle, so that the image-statistics Gaussian spans them (its domain is the model's, not one lab's).
     fit_stats = train_stats if extra_stats is None else np.concatenate([train_stats, extra_stats])
-    stats = fit_gaussian(select_stats(fit_stats, stat_columns))
+    stats = fit_gaussian(fit_stats)
     kind = fit_kind(np.asarray(train_stats), np.asarray(other_stats)) \
         if other_stats is not None and len(other_stats) else None
     feature_reference = np.sort(features.distance(val_embeddings))
-    stats_reference = np.sort(stats.distance(select_stats(val_stats, stat_columns)))
+    stats_reference = np.sort(stats.distance(val_stats))
     val_scores = np.sort(np.minimum(conformal_p(feature_reference, features.distance(val_embeddings)),
-                                    conformal_p(stats_reference, stats.distance(select_stats(val_stats, stat_columns)))))
+                                    conformal_p(stats_reference, stats.distance(val_stats))))
     cut = float(val_scores[int(np.floor(target_rate * len(val_scores)))]) if len(val_scores) else 0.0
-    check = DomainCheck(task, features, stats, kind, feature_reference, stats_reference, cut, {}, stat_columns)
+    check = DomainCheck(task, features, stats, kind, feature_reference, stats_reference, cut, {})
     flagged = [not r["in_domain"] for r in check.score(val_embeddings, val_stats)]
     check.fit_record = {
         "method": "min of conformal p-values of class-conditional Mahalanobis distance (tied Ledoit-Wolf covariance) "
@@ -187,13 +186,11 @@ def fit_model_domain(model: str | Path, data: str | Path, other_data: str | Path
     # A model that standardises each image and was trained under stain and exposure changes handles them:
     # its check learns the statistics of training images under the mild colour changes too, so it refuses a
     # field for colour only far beyond them (an inverted, greyscale or hue-rotated image still is).
-    columns, extra = None, None
-    if predictor.input_norm == "image":
-        extra = acquisition_stats(predictor, [Path(data) / s.path for s in train[::4]])
+    extra = acquisition_stats(predictor, [Path(data) / s.path for s in train[::4]]) \
+        if predictor.input_norm == "image" else None
     check = fit(predictor.task, train_emb, labels, train_stats, val_emb, val_stats, other_stats, target_rate,
-                stat_columns=columns, extra_stats=extra)
+                extra_stats=extra)
     check.fit_record.update({"train_splits": train_splits, "val_splits": val_splits, "manifest": str(manifest),
-                             "image_statistics": [STAT_NAMES[c] for c in columns] if columns else list(STAT_NAMES),
                              "statistics_under_changes": [p.name for p in COLOUR_CHANGES()] if extra is not None else []})
     if write:
         update_payload(path, domain=compact(check.to_payload()))

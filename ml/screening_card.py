@@ -15,8 +15,8 @@ from pathlib import Path
 from . import data as mldata
 from . import models, profile
 from .predict import WEIGHTS_DIR, Predictor
-from .screening import MIN_SENSITIVITY, metrics_rows
-from .screening_ensemble import fmt, subject_table
+from .screening import MIN_SENSITIVITY, fmt, metrics_rows
+from .screening_ensemble import subject_table
 
 REPORTS_DIR = WEIGHTS_DIR.parent / "reports"
 

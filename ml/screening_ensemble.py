@@ -29,6 +29,8 @@ import torch
 
 from . import data as mldata
 from . import screening
+from .checkpoint import read_payload
+from .screening import fmt
 from .predict import Predictor
 from .train import TrainConfig
 
@@ -65,7 +67,7 @@ def make_kfold_manifest(base_manifest: str | Path, path: str | Path, folds: int,
 def build_ensemble(member_files: list[str | Path], path: str | Path, threshold: float, extra: dict | None = None) -> Path:
     """One model file from fold models of one recipe: ``arch`` "ensemble", the members' weights as float16
     under ``members.<i>.``, the screening threshold on the mean P(blast)."""
-    payloads = [torch.load(f, map_location="cpu", weights_only=True) for f in member_files]
+    payloads = [read_payload(f) for f in member_files]
     first = payloads[0]
     for key in ("classes", "input_size", "task"):
         if any(p.get(key) != first.get(key) for p in payloads):
@@ -195,10 +197,6 @@ def plot_subjects(rows: list[dict], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def fmt(value) -> str:
-    return screening.fmt(value)
 
 
 def subject_table(rows: list[dict]) -> list[str]:

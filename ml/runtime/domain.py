@@ -39,10 +39,6 @@ DOMAIN_FORMAT = "leukportal-domain/2"  # /2: the embedding Gaussian as PPCA (bas
 STAT_NAMES = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "mean_saturation", "std_saturation",
               "mean_value", "dark_fraction", "bright_fraction", "luminance_std", "gradient_energy", "laplacian_energy",
               "gradient_per_contrast", "laplacian_per_contrast")
-# Statistics that a per-channel gain or offset of the whole image (stain hue, white balance, exposure,
-# contrast) leaves unchanged: fine detail relative to contrast, which focus blur and noise do change.
-STAIN_FREE_STATS = ("gradient_per_contrast", "laplacian_per_contrast")
-
 REASONS = {
     "uniform": "blank or nearly uniform image",
     ("staging", "other_kind"): "looks like a single segmented cell, not a blood-smear field: upload it as a single cell",
@@ -169,16 +165,12 @@ class DomainCheck:
     stats_reference: np.ndarray
     cut: float  # domain_score below this -> not in domain
     fit_record: dict
-    # Which statistics the image-statistics distance reads (None: all). A model whose input is standardised
-    # per image does not see a channel's level or spread, so its check must not refuse a bluer or darker
-    # field for them either: it reads only ``STAIN_FREE_STATS`` (focus, noise, texture).
-    stat_columns: tuple[int, ...] | None = None
 
     def score(self, embeddings: np.ndarray, stats: np.ndarray) -> list[dict]:
         """One {"in_domain", "domain_score"[, "reason"]} per image."""
         stats = np.asarray(stats, dtype=np.float64)
         p_features = conformal_p(self.feature_reference, self.features.distance(embeddings))
-        p_stats = conformal_p(self.stats_reference, self.stats.distance(select_stats(stats, self.stat_columns)))
+        p_stats = conformal_p(self.stats_reference, self.stats.distance(stats))
         other = self.kind.probability(stats) if self.kind is not None else np.zeros(len(stats))
         results = []
         for pf, ps, po, s in zip(p_features, p_stats, other, stats):
@@ -200,7 +192,6 @@ class DomainCheck:
             "stats": self.stats.to_dict(), "kind": self.kind.to_dict() if self.kind else None,
             "feature_reference": self.feature_reference.tolist(), "stats_reference": self.stats_reference.tolist(),
             "cut": self.cut, "fit": self.fit_record,
-            "stat_columns": None if self.stat_columns is None else list(self.stat_columns),
         }
 
     @classmethod
@@ -211,14 +202,7 @@ class DomainCheck:
         return cls(d["task"], GaussianDistance.from_dict(d["features"]), GaussianDistance.from_dict(d["stats"]),
                    KindClassifier.from_dict(d["kind"]) if d.get("kind") else None,
                    np.asarray(_plain(d["feature_reference"]), dtype=np.float64),
-                   np.asarray(_plain(d["stats_reference"]), dtype=np.float64), float(d["cut"]), dict(d.get("fit", {})),
-                   None if d.get("stat_columns") is None else tuple(int(c) for c in d["stat_columns"]))
-
-
-def select_stats(stats: np.ndarray, columns: tuple[int, ...] | None) -> np.ndarray:
-    """The statistics the image-statistics distance reads (all when ``columns`` is None)."""
-    stats = np.asarray(stats, dtype=np.float64)
-    return stats if columns is None else stats[..., list(columns)]
+                   np.asarray(_plain(d["stats_reference"]), dtype=np.float64), float(d["cut"]), dict(d.get("fit", {})))
 
 
 def flag(score: float, reason: str) -> dict:
