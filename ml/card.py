@@ -23,7 +23,7 @@ def train_command(config: dict) -> str:
     parts = [f"python -m ml train --data {config.get('data')} --arch {config.get('arch')} --out {config.get('out')}"]
     for key in ("manifest", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "img_size", "seed", "balance",
                 "augment_strength", "stain_augment", "stain_strength", "illumination", "blur_prob", "blur_sigma", "rgb_gain",
-                "crop_prob", "crop_scale", "jpeg_prob", "input_norm", "min_epochs",
+                "crop_prob", "crop_scale", "jpeg_prob", "downscale_prob", "affine_fill", "input_norm", "min_epochs",
                 "threshold", "factor", "patience", "stop_patience", "pretrained_weights",
                 "init_weights", "teacher", "distill_alpha", "distill_temperature"):
         value = config.get(key)
@@ -247,7 +247,8 @@ def augmentation_text(config: dict) -> str:
     s = config.get("augment_strength", 1.0)
     parts = []
     if s > 0:
-        parts.append(f"horizontal/vertical flips, 90° rotations, affine ±{15 * s:.0f}°, ±{6 * s:.0f}% shift, scale "
+        fill = " (corners filled with the image's median colour)" if config.get("affine_fill") == "median" else ""
+        parts.append(f"horizontal/vertical flips, 90° rotations, affine ±{15 * s:.0f}°{fill}, ±{6 * s:.0f}% shift, scale "
                      f"{1 - 0.08 * s:.2f}-{1 + 0.12 * s:.2f}, brightness/contrast/saturation ±{20 * s:.0f}%, hue "
                      f"±{0.03 * s:.3f}")
     if config.get("crop_prob"):
@@ -263,6 +264,9 @@ def augmentation_text(config: dict) -> str:
         parts.append(f"with probability {config['blur_prob']} a focus blur up to sigma {config.get('blur_sigma')} px")
     if config.get("jpeg_prob"):
         parts.append(f"with probability {config['jpeg_prob']} a JPEG re-encoding at quality 30-95")
+    if config.get("downscale_prob"):
+        parts.append(f"with probability {config['downscale_prob']} a lower camera resolution (down to x0.3-1 and back "
+                     "up, bilinear or bicubic)")
     return "; ".join(parts) or "none"
 
 

@@ -24,8 +24,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stain-augment", choices=["none", "hed"], default=defaults.stain_augment,
                         help="stain jitter in HED space (training images only)")
     for name in ("stain_strength", "illumination", "blur_prob", "blur_sigma", "rgb_gain", "crop_prob", "crop_scale",
-                 "jpeg_prob"):
+                 "jpeg_prob", "downscale_prob"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    parser.add_argument("--affine-fill", choices=["black", "median"], default=defaults.affine_fill,
+                        help="corners uncovered by the small affine rotation: black, or the image's median colour")
     parser.add_argument("--input-norm", choices=["imagenet", "image"], default=defaults.input_norm,
                         help="model input: ImageNet mean/std, or each image standardised per channel (stain-invariant)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")

@@ -297,12 +297,14 @@ def standardise_per_image(images):
 def training_augmentation(size: int, strength: float = 1.0, stain: str = "none", stain_strength: float = 0.05,
                           illumination: float = 0.0, blur_prob: float = 0.0, blur_sigma: float = 1.5,
                           rgb_gain: float = 0.0, crop_prob: float = 0.0, crop_scale: float = 0.5,
-                          jpeg_prob: float = 0.0):
+                          jpeg_prob: float = 0.0, downscale_prob: float = 0.0, affine_fill: str = "black"):
     """Dihedral flips/rotations, small affine shifts and colour jitter scaled by ``strength`` (on uint8
     tensors), followed by the acquisition steps of ``stain.acquisition_augmentation`` (HED stain jitter,
     illumination, focus blur). With ``crop_prob`` a random crop of ``crop_scale``..1 of the area at
     aspect 3:4..4:3 resized back (another framing or camera aspect), with ``jpeg_prob`` a JPEG
-    re-encoding at quality 30..95. None when nothing is switched on."""
+    re-encoding at quality 30..95, with ``downscale_prob`` a lower camera resolution (``RandomDownscale``).
+    ``affine_fill="median"`` fills the corners a small rotation uncovers with the image's median colour
+    (as a microscope field rotated in the camera looks), not black. None when nothing is switched on."""
     from torchvision.transforms import v2
 
     from .stain import acquisition_augmentation
@@ -312,8 +314,12 @@ def training_augmentation(size: int, strength: float = 1.0, stain: str = "none",
         acquisition.insert(0, v2.RandomApply([v2.RandomResizedCrop(size, scale=(crop_scale, 1.0),
                                                                    ratio=(3 / 4, 4 / 3), antialias=True)],
                                              p=crop_prob))
+    if downscale_prob > 0:
+        acquisition.append(RandomDownscale(downscale_prob))
     if jpeg_prob > 0:
         acquisition.append(v2.RandomApply([v2.JPEG((30, 95))], p=jpeg_prob))
+    if affine_fill not in ("black", "median"):
+        raise ValueError(f"unknown affine fill {affine_fill!r}: use black or median")
     if strength <= 0:
         return v2.Compose(acquisition) if acquisition else None
 
@@ -327,12 +333,58 @@ def training_augmentation(size: int, strength: float = 1.0, stain: str = "none",
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         RandomRot90(),
-        v2.RandomAffine(degrees=15 * strength, translate=(0.06 * strength, 0.06 * strength),
-                        scale=(1 - 0.08 * strength, 1 + 0.12 * strength)),
+        (MedianFillAffine if affine_fill == "median" else v2.RandomAffine)(
+            degrees=15 * strength, translate=(0.06 * strength, 0.06 * strength),
+            scale=(1 - 0.08 * strength, 1 + 0.12 * strength)),
         v2.ColorJitter(brightness=0.2 * strength, contrast=0.2 * strength,
                        saturation=0.2 * strength, hue=0.03 * strength),
         *acquisition,
     ])
+
+
+class RandomDownscale:
+    """Camera resolution: with probability ``p`` the image is resized down by a factor U(``low``, 1) and back up
+    (antialiased; bilinear or bicubic at random), as a lower-resolution camera or a rescaled upload looks."""
+
+    def __init__(self, p: float = 0.3, low: float = 0.3):
+        self.p, self.low = float(p), float(low)
+
+    def __call__(self, image):
+        import torch
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        draws = torch.rand(3, dtype=torch.float64)
+        if float(draws[0]) >= self.p:
+            return image
+        height, width = image.shape[-2:]
+        factor = self.low + float(draws[1]) * (1 - self.low)
+        mode = InterpolationMode.BICUBIC if float(draws[2]) < 0.5 else InterpolationMode.BILINEAR
+        small = F.resize(image, [max(1, round(height * factor)), max(1, round(width * factor))],
+                         interpolation=mode, antialias=True)
+        return F.resize(small, [height, width], interpolation=mode, antialias=True)
+
+
+class MedianFillAffine:
+    """A small random rotation, shift and scale (as ``v2.RandomAffine``) whose uncovered corners take the image's
+    median colour per channel, as a field rotated in the camera looks, instead of black."""
+
+    def __init__(self, degrees: float, translate: tuple[float, float], scale: tuple[float, float]):
+        self.degrees, self.translate, self.scale = float(degrees), translate, scale
+
+    def __call__(self, image):
+        import torch
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        u = torch.rand(4, dtype=torch.float64).tolist()
+        height, width = image.shape[-2:]
+        angle = (2 * u[0] - 1) * self.degrees
+        shift = [round((2 * u[1] - 1) * self.translate[0] * width), round((2 * u[2] - 1) * self.translate[1] * height)]
+        scale = self.scale[0] + u[3] * (self.scale[1] - self.scale[0])
+        fill = [float(v) for v in image.reshape(image.shape[0], -1).median(dim=1).values]
+        return F.affine(image, angle=angle, translate=shift, scale=scale, shear=[0.0, 0.0],
+                        interpolation=InterpolationMode.BILINEAR, fill=fill)
 
 
 class ImageTensorDataset:

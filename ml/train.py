@@ -50,6 +50,8 @@ class TrainConfig:
     crop_prob: float = 0.0  # random crop of crop_scale..1 of the area, aspect 3:4..4:3 (framing, camera aspect)
     crop_scale: float = 0.5
     jpeg_prob: float = 0.0  # JPEG re-encoding at quality 30..95
+    downscale_prob: float = 0.0  # camera resolution: down to x0.3..1 and back up
+    affine_fill: str = "black"  # black | median: what the corners of a small rotation are filled with
     input_norm: str = "imagenet"  # imagenet | image (per-image channel standardisation, ml.data.normalise)
     # LRA: watch training accuracy until `threshold`, then validation loss.
     threshold: float = 0.9
@@ -319,7 +321,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                                            stain_strength=config.stain_strength, illumination=config.illumination,
                                            blur_prob=config.blur_prob, blur_sigma=config.blur_sigma,
                                            rgb_gain=config.rgb_gain, crop_prob=config.crop_prob,
-                                           crop_scale=config.crop_scale, jpeg_prob=config.jpeg_prob)
+                                           crop_scale=config.crop_scale, jpeg_prob=config.jpeg_prob,
+                                           downscale_prob=config.downscale_prob, affine_fill=config.affine_fill)
     train_set = mldata.ImageTensorDataset(config.data, train_samples, classes, config.img_size, augment, config.progress,
                                           input_norm=config.input_norm)
     val_set = mldata.ImageTensorDataset(config.data, val_samples, classes, config.img_size, None, config.progress,

@@ -64,6 +64,45 @@ def test_framing_and_jpeg_augmentations_are_repeatable_under_a_seed():
     assert not torch.equal(first, augment(image))
 
 
+def checkerboard(size: int = 32) -> torch.Tensor:
+    """Finest detail there is: a one-pixel checkerboard in grey."""
+    board = (np.indices((size, size)).sum(axis=0) % 2 * 120 + 60).astype(np.uint8)
+    return torch.from_numpy(np.stack([board] * 3))
+
+
+def test_the_lower_resolution_augmentation_removes_fine_detail_and_keeps_the_frame():
+    image = checkerboard()
+    always = mldata.RandomDownscale(p=1.0, low=0.3)
+    torch.manual_seed(0)
+    lower = always(image)
+    assert lower.shape == image.shape and lower.dtype == torch.uint8
+    assert lower.float().std() < 0.5 * image.float().std()  # a camera of lower resolution cannot resolve the checks
+    assert torch.equal(mldata.RandomDownscale(p=0.0)(image), image)
+
+
+def test_a_median_filled_rotation_leaves_no_black_corners():
+    image = torch.full((3, 32, 32), 180, dtype=torch.uint8)
+    image[:, 12:20, 12:20] = 40  # a dark cell on a pale background
+    torch.manual_seed(1)
+    rotated = mldata.MedianFillAffine(degrees=15, translate=(0.06, 0.06), scale=(1.0, 1.0))(image)
+    assert rotated.shape == image.shape and int(rotated.min()) >= 40
+    assert int(rotated[:, 0, 0].min()) == 180 and int(rotated[:, -1, -1].min()) == 180  # corners: the background
+    torch.manual_seed(1)
+    black = mldata.training_augmentation(32, 1.0)  # the older recipe fills with black, kept for its runs
+    assert any(int(black(image).min()) == 0 for _ in range(20))
+
+
+def test_resolution_and_median_fill_augmentations_are_repeatable_under_a_seed():
+    augment = mldata.training_augmentation(32, 1.0, downscale_prob=1.0, affine_fill="median")
+    image = mid_range_image(7)
+    torch.manual_seed(3)
+    first = augment(image)
+    torch.manual_seed(3)
+    assert torch.equal(first, augment(image))
+    with pytest.raises(ValueError, match="unknown affine fill"):
+        mldata.training_augmentation(32, 1.0, affine_fill="mirror")
+
+
 @pytest.fixture(scope="module")
 def image_norm_model(tmp_path_factory, smear_folder):
     out = tmp_path_factory.mktemp("image-norm-run")
