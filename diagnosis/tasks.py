@@ -143,10 +143,10 @@ def _predict(predictor, sources):
 
 
 def make_heatmap(prediction, predictor, smear):
-    """Heat map overlay for the stored prediction's label: the occlusion map of
+    """Heat map overlay for the stored prediction's label: the greedy deletion map of
     `ml.explain.heatmap`, chosen because blurring its hot region costs the
-    class far more than blurring its cold one, where Grad-CAM's hot and cold
-    regions cost the same (the deletion test in ml/README.md). Any failure (including the soft time limit) is logged
+    class far more than blurring its cold one, and more than single-window
+    occlusion's hot region (the deletion test in ml/README.md). Any failure (including the soft time limit) is logged
     and recorded on the prediction as "heat map unavailable"; the prediction
     itself is already committed and stays."""
     try:

@@ -458,14 +458,15 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--out", required=True, help="PNG to write")
     exp.add_argument("--model", default=None, help="shipped name or model file")
     exp.add_argument("--target", help="class to explain (default: the predicted one)")
-    exp.add_argument("--method", default="occlusion", choices=["occlusion", "gradcam"])
+    exp.add_argument("--method", default="greedy", choices=["greedy", "occlusion", "gradcam"])
 
     exe = commands.add_parser("explain-eval", help="deletion test of the heat map methods on a split")
     exe.add_argument("--data", required=True)
     exe.add_argument("--model", required=True, help="model file or shipped name")
     exe.add_argument("--manifest", help="defaults to the manifest the model was trained with")
     exe.add_argument("--split", default="test", choices=["train", "val", "test"])
-    exe.add_argument("--methods", nargs="+", default=["occlusion", "gradcam"], choices=["occlusion", "gradcam"])
+    exe.add_argument("--methods", nargs="+", default=["greedy", "occlusion", "gradcam"],
+                     choices=["greedy", "occlusion", "gradcam"])
     exe.add_argument("--limit", type=int, help="use only N images of the split")
     exe.add_argument("--out", help="report folder (default runs/explain/NAME-SPLIT)")
 

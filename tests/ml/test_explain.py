@@ -1,5 +1,5 @@
-"""Heat maps: the occlusion map (shape, range, a planted signal found in its corner), the deletion test
-that judges maps, Grad-CAM kept for comparison, overlays and the two commands."""
+"""Heat maps: the greedy deletion map (shape, range, a planted signal found in its corner), the deletion test
+that judges maps, single-window occlusion and Grad-CAM kept for comparison, overlays and the two commands."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ml.cli import main
-from ml.explain import deletion_test, gradcam, heatmap, overlay
+from ml.explain import deletion_test, gradcam, heatmap, occlusion_map, overlay
 from ml.predict import Predictor
 
 from .conftest import draw_smear
@@ -42,22 +42,49 @@ def corner_predictor(tiny_model_file):
     return predictor
 
 
-def test_heatmap_has_the_input_size_and_unit_range(tiny_model_file):
+@pytest.mark.parametrize("method", [heatmap, occlusion_map])
+def test_heatmap_has_the_input_size_and_unit_range(tiny_model_file, method):
     predictor = Predictor(tiny_model_file)
     for image in (draw_smear("Pre", 3, 120), draw_smear("Early", 4, 150).convert("L")):
-        heat = heatmap(predictor, image)
+        heat = method(predictor, image)
         assert heat.shape == (predictor.input_size, predictor.input_size) and heat.dtype == np.float32
         assert 0.0 <= heat.min() and heat.max() <= 1.0
 
 
-def test_a_model_that_looks_at_one_corner_gets_a_map_hot_in_that_corner(corner_predictor):
-    heat = heatmap(corner_predictor, textured_image(), target="Benign")
+@pytest.mark.parametrize("method", [heatmap, occlusion_map])
+def test_a_model_that_looks_at_one_corner_gets_a_map_hot_in_that_corner(corner_predictor, method):
+    heat = method(corner_predictor, textured_image(), target="Benign")
     quarter = heat.shape[0] // 4
     corner = heat[:quarter, :quarter].mean()
     rest = np.concatenate([heat[quarter * 2:].ravel(), heat[:, quarter * 2:].ravel()]).mean()
     assert corner > 0.6 and rest < 0.05, (corner, rest)
     y, x = np.unravel_index(np.argmax(heat), heat.shape)
     assert y < quarter and x < quarter
+
+
+class TwoCornerModel(CornerModel):
+    """Sure of class 0 while either top corner is textured: the same evidence twice, as several blasts in one field."""
+
+    def forward(self, x):
+        side = x.shape[-1] // 4
+        texture = torch.maximum(x[:, :, :side, :side].std(dim=(1, 2, 3)), x[:, :, :side, -side:].std(dim=(1, 2, 3)))
+        zeros = torch.zeros_like(texture)
+        return torch.stack([4 * texture - 2, zeros, zeros, zeros], dim=1)
+
+
+def test_the_greedy_map_finds_evidence_that_is_repeated_where_single_windows_cost_nothing(corner_predictor):
+    corner_predictor.model = TwoCornerModel()
+    image = textured_image()
+    greedy = heatmap(corner_predictor, image, target="Benign")
+    quarter = image.width // 4
+    left, right = greedy[:quarter, :quarter].mean(), greedy[:quarter, -quarter:].mean()
+    middle = greedy[quarter * 2:].mean()
+    assert min(left, right) > 0.5 > 0.05 > middle, (left, right, middle)  # both copies of the evidence are hot
+    images = [textured_image(seed=s) for s in range(2)]
+    joint, single = deletion_test(corner_predictor, images), deletion_test(corner_predictor, images, occlusion_map)
+    assert joint["passes"] and joint["hottest_drop"] >= 0.2
+    # Blurring either corner alone costs almost nothing, so single windows cannot tell the corners from the rest.
+    assert not single["passes"] and single["hottest_drop"] < joint["hottest_drop"] / 2, (single, joint)
 
 
 def test_deletion_test_finds_the_corner_map_faithful_and_a_reversed_map_not(corner_predictor):
@@ -97,17 +124,17 @@ def test_explain_command_writes_an_overlay_png(tiny_model_file, tmp_path, capsys
     out = tmp_path / "maps" / "smear-heat.png"
     assert main(["explain", str(source), "--out", str(out), "--model", str(tiny_model_file)]) == 0
     assert Image.open(out).size == (90, 90)
-    assert "occlusion map of" in capsys.readouterr().out
+    assert "greedy map of" in capsys.readouterr().out
     assert main(["explain", str(source), "--out", str(out), "--model", str(tiny_model_file), "--target", "Nope"]) == 2
     assert "unknown class 'Nope'" in capsys.readouterr().err
     (tmp_path / "not-an-image.png").write_bytes(b"GIF89a but not really")
     assert main(["explain", str(tmp_path / "not-an-image.png"), "--out", str(out), "--model", str(tiny_model_file)]) == 2
 
 
-def test_explain_eval_command_reports_both_methods(tiny_model_file, smear_folder, tmp_path, capsys):
+def test_explain_eval_command_reports_every_method(tiny_model_file, smear_folder, tmp_path, capsys):
     assert main(["explain-eval", "--data", str(smear_folder), "--model", str(tiny_model_file), "--limit", "2",
                  "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "explain.json").read_text())
-    assert set(report["methods"]) == {"occlusion", "gradcam"} and report["n"] == 2
+    assert set(report["methods"]) == {"greedy", "occlusion", "gradcam"} and report["n"] == 2
     printed = capsys.readouterr().out
-    assert "occlusion: blurring the hottest 20% costs the predicted class" in printed and "s per map" in printed
+    assert "greedy: blurring the hottest 20% costs the predicted class" in printed and "s per map" in printed
