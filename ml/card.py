@@ -23,7 +23,8 @@ def train_command(config: dict) -> str:
     parts = [f"python -m ml train --data {config.get('data')} --arch {config.get('arch')} --out {config.get('out')}"]
     for key in ("manifest", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "img_size", "seed", "balance",
                 "augment_strength", "stain_augment", "stain_strength", "illumination", "blur_prob", "blur_sigma", "rgb_gain",
-                "crop_prob", "crop_scale", "jpeg_prob", "downscale_prob", "affine_fill", "input_norm", "min_epochs",
+                "crop_prob", "crop_scale", "jpeg_prob", "downscale_prob", "affine_fill", "scale_jitter", "input_norm",
+                "min_epochs",
                 "threshold", "factor", "patience", "stop_patience", "pretrained_weights",
                 "init_weights", "teacher", "distill_alpha", "distill_temperature"):
         value = config.get(key)
@@ -248,8 +249,10 @@ def augmentation_text(config: dict) -> str:
     parts = []
     if s > 0:
         fill = " (corners filled with the image's median colour)" if config.get("affine_fill") == "median" else ""
+        jitter = config.get("scale_jitter") or 0
+        low, high = (1 - jitter, 1 + jitter) if jitter > 0 else (1 - 0.08 * s, 1 + 0.12 * s)
         parts.append(f"horizontal/vertical flips, 90° rotations, affine ±{15 * s:.0f}°{fill}, ±{6 * s:.0f}% shift, scale "
-                     f"{1 - 0.08 * s:.2f}-{1 + 0.12 * s:.2f}, brightness/contrast/saturation ±{20 * s:.0f}%, hue "
+                     f"{low:.2f}-{high:.2f}, brightness/contrast/saturation ±{20 * s:.0f}%, hue "
                      f"±{0.03 * s:.3f}")
     if config.get("crop_prob"):
         parts.append(f"with probability {config['crop_prob']} a random crop of {config.get('crop_scale', 0.5)}-1 of "

@@ -24,7 +24,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stain-augment", choices=["none", "hed"], default=defaults.stain_augment,
                         help="stain jitter in HED space (training images only)")
     for name in ("stain_strength", "illumination", "blur_prob", "blur_sigma", "rgb_gain", "crop_prob", "crop_scale",
-                 "jpeg_prob", "downscale_prob"):
+                 "jpeg_prob", "downscale_prob", "scale_jitter"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
     parser.add_argument("--affine-fill", choices=["black", "median"], default=defaults.affine_fill,
                         help="corners uncovered by the small affine rotation: black, or the image's median colour")
@@ -214,7 +214,8 @@ def cmd_screening(args) -> int:
                        batch_size=args.batch_size, lr=args.lr, pretrained_weights=pretrained, threads=args.threads,
                        progress=not args.no_progress, input_norm=args.input_norm, stain_augment=args.stain_augment,
                        stain_strength=args.stain_strength, rgb_gain=args.rgb_gain, illumination=args.illumination,
-                       blur_prob=args.blur_prob, blur_sigma=args.blur_sigma, augment_strength=args.augment_strength)
+                       blur_prob=args.blur_prob, blur_sigma=args.blur_sigma, augment_strength=args.augment_strength,
+                       scale_jitter=args.scale_jitter)
     if args.ensemble:
         from . import screening_ensemble
 
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     scr.add_argument("--input-norm", choices=["imagenet", "image"], default="imagenet")
     scr.add_argument("--stain-augment", choices=["none", "hed"], default="none")
     for name, default in (("stain_strength", 0.05), ("rgb_gain", 0.0), ("illumination", 0.0), ("blur_prob", 0.0),
-                          ("blur_sigma", 1.5), ("augment_strength", 1.0)):
+                          ("blur_sigma", 1.5), ("augment_strength", 1.0), ("scale_jitter", 0.0)):
         scr.add_argument("--" + name.replace("_", "-"), type=float, default=default)
     scr.add_argument("--no-progress", action="store_true")
 

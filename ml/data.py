@@ -297,14 +297,16 @@ def standardise_per_image(images):
 def training_augmentation(size: int, strength: float = 1.0, stain: str = "none", stain_strength: float = 0.05,
                           illumination: float = 0.0, blur_prob: float = 0.0, blur_sigma: float = 1.5,
                           rgb_gain: float = 0.0, crop_prob: float = 0.0, crop_scale: float = 0.5,
-                          jpeg_prob: float = 0.0, downscale_prob: float = 0.0, affine_fill: str = "black"):
+                          jpeg_prob: float = 0.0, downscale_prob: float = 0.0, affine_fill: str = "black",
+                          scale_jitter: float = 0.0):
     """Dihedral flips/rotations, small affine shifts and colour jitter scaled by ``strength`` (on uint8
     tensors), followed by the acquisition steps of ``stain.acquisition_augmentation`` (HED stain jitter,
     illumination, focus blur). With ``crop_prob`` a random crop of ``crop_scale``..1 of the area at
     aspect 3:4..4:3 resized back (another framing or camera aspect), with ``jpeg_prob`` a JPEG
     re-encoding at quality 30..95, with ``downscale_prob`` a lower camera resolution (``RandomDownscale``).
     ``affine_fill="median"`` fills the corners a small rotation uncovers with the image's median colour
-    (as a microscope field rotated in the camera looks), not black. None when nothing is switched on."""
+    (as a microscope field rotated in the camera looks), not black. ``scale_jitter`` > 0 widens the affine
+    scale to U(1 - s, 1 + s), so that absolute size is a weaker cue. None when nothing is switched on."""
     from torchvision.transforms import v2
 
     from .stain import acquisition_augmentation
@@ -335,7 +337,7 @@ def training_augmentation(size: int, strength: float = 1.0, stain: str = "none",
         RandomRot90(),
         (MedianFillAffine if affine_fill == "median" else v2.RandomAffine)(
             degrees=15 * strength, translate=(0.06 * strength, 0.06 * strength),
-            scale=(1 - 0.08 * strength, 1 + 0.12 * strength)),
+            scale=(1 - scale_jitter, 1 + scale_jitter) if scale_jitter > 0 else (1 - 0.08 * strength, 1 + 0.12 * strength)),
         v2.ColorJitter(brightness=0.2 * strength, contrast=0.2 * strength,
                        saturation=0.2 * strength, hue=0.03 * strength),
         *acquisition,

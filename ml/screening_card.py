@@ -29,7 +29,7 @@ def command(report: dict, no_test: bool) -> str:
              f"--input-norm {c.get('input_norm', 'imagenet')}"]
     if c.get("stain_augment", "none") != "none":
         parts.append(f"--stain-augment {c['stain_augment']} --stain-strength {c['stain_strength']}")
-    for key in ("rgb_gain", "illumination", "blur_prob", "blur_sigma"):
+    for key in ("rgb_gain", "illumination", "blur_prob", "blur_sigma", "scale_jitter"):
         if c.get(key):
             parts.append(f"--{key.replace('_', '-')} {c[key]}")
     if no_test:
@@ -103,6 +103,7 @@ def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, late
         f"checks showed still flags >= {MIN_SENSITIVITY} of a new subject's blasts.",
         f"- Training: balance by {shipped['balance']} per epoch; augmentation on training cells only (flips, 90° "
         "rotations, small affine, colour jitter"
+        + (f", cell size x{1 - c['scale_jitter']:.2f}-{1 + c['scale_jitter']:.2f}" if c.get("scale_jitter") else "")
         + (f", HED stain jitter {c['stain_strength']}" if c.get("stain_augment") == "hed" else "")
         + (f", white-balance gains ±{c['rgb_gain']}" if c.get("rgb_gain") else "")
         + (f", illumination ±{c['illumination']}" if c.get("illumination") else "")

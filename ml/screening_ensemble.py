@@ -146,7 +146,7 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
         "hardware": predictor.payload["training"]["hardware"],
         "config": {k: v for k, v in asdict(base).items() if k in (
             "arch", "img_size", "lr", "batch_size", "epochs", "augment_strength", "pretrained_weights", "input_norm",
-            "stain_augment", "stain_strength", "rgb_gain", "illumination", "blur_prob", "blur_sigma")},
+            "stain_augment", "stain_strength", "rgb_gain", "illumination", "blur_prob", "blur_sigma", "scale_jitter")},
         "test": None,
     }
     curves = {"out-of-fold (members on their own fold)": (y_oof, p_oof)}

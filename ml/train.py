@@ -52,6 +52,7 @@ class TrainConfig:
     jpeg_prob: float = 0.0  # JPEG re-encoding at quality 30..95
     downscale_prob: float = 0.0  # camera resolution: down to x0.3..1 and back up
     affine_fill: str = "black"  # black | median: what the corners of a small rotation are filled with
+    scale_jitter: float = 0.0  # > 0: the affine scale is U(1 - s, 1 + s) instead of 0.92..1.12 (cell size cue)
     input_norm: str = "imagenet"  # imagenet | image (per-image channel standardisation, ml.data.normalise)
     # LRA: watch training accuracy until `threshold`, then validation loss.
     threshold: float = 0.9
@@ -322,7 +323,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                                            blur_prob=config.blur_prob, blur_sigma=config.blur_sigma,
                                            rgb_gain=config.rgb_gain, crop_prob=config.crop_prob,
                                            crop_scale=config.crop_scale, jpeg_prob=config.jpeg_prob,
-                                           downscale_prob=config.downscale_prob, affine_fill=config.affine_fill)
+                                           downscale_prob=config.downscale_prob, affine_fill=config.affine_fill,
+                                           scale_jitter=config.scale_jitter)
     train_set = mldata.ImageTensorDataset(config.data, train_samples, classes, config.img_size, augment, config.progress,
                                           input_norm=config.input_norm)
     val_set = mldata.ImageTensorDataset(config.data, val_samples, classes, config.img_size, None, config.progress,

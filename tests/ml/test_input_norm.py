@@ -103,6 +103,19 @@ def test_resolution_and_median_fill_augmentations_are_repeatable_under_a_seed():
         mldata.training_augmentation(32, 1.0, affine_fill="mirror")
 
 
+def test_scale_jitter_widens_the_range_of_cell_sizes_seen_in_training():
+    cell = torch.zeros((3, 64, 64), dtype=torch.uint8)
+    cell[:, 22:42, 22:42] = 200  # a bright cell on the black background of a segmented C-NMC image
+
+    def areas(augment) -> list[int]:
+        torch.manual_seed(0)
+        return [int((augment(cell)[0] > 100).sum()) for _ in range(200)]
+
+    default = areas(mldata.training_augmentation(64, 1.0))
+    wide = areas(mldata.training_augmentation(64, 1.0, scale_jitter=0.3))
+    assert min(wide) < 0.75 * min(default) and max(wide) > max(default)  # x0.7..1.3 against x0.92..1.12
+
+
 @pytest.fixture(scope="module")
 def image_norm_model(tmp_path_factory, smear_folder):
     out = tmp_path_factory.mktemp("image-norm-run")
