@@ -70,7 +70,7 @@ def load_model(path: str | Path):
                                        input_size=payload["input_size"])
     else:
         model = models.create(payload["arch"], num_classes=len(payload["classes"]), input_size=payload["input_size"])
-    state = {k: v.float() for k, v in payload["state_dict"].items()}  # ensembles store float16 weights
+    state = float_state_dict(payload)  # files may store float16 or int8 weights
     own = model.state_dict()
     # Files written before unused backbone heads were pruned carry those extra keys: drop them.
     state = {k: v for k, v in state.items() if k in own}
@@ -81,24 +81,65 @@ def load_model(path: str | Path):
 
 def update_payload(path: str | Path, **fields) -> None:
     """Add fields (a decision threshold, say) to a saved model file, atomically."""
-    import os
-
     payload = read_payload(path)
     payload.update(fields)
+    _replace(path, payload)
+
+
+INT8_MIN_ELEMENTS = 256  # smaller tensors (biases, batch-norm statistics) stay float16: they weigh nothing
+
+
+def float_state_dict(payload: dict) -> dict:
+    """The file's weights in float32: float16 ones cast, int8 ones (``store_int8``) times their per-channel scale."""
+    scales = payload.get("weight_scales", {})
+    state = {}
+    for k, v in payload["state_dict"].items():
+        if k in scales:
+            scale = scales[k].float()
+            v = v.float() * scale.view(-1, *([1] * (v.dim() - 1)))
+        state[k] = v.float() if v.is_floating_point() else v
+    return state
+
+
+def quantizable(weight: torch.Tensor) -> bool:
+    """Convolution and linear weights worth storing as int8: >= 2 dimensions, >= 256 values, and not depthwise
+    (one input channel per filter: few values, and the most sensitive to rounding)."""
+    return (weight.is_floating_point() and weight.dim() >= 2 and weight.numel() >= INT8_MIN_ELEMENTS
+            and weight.shape[1] > 1)
+
+
+def store_int8(path: str | Path) -> Path:
+    """Rewrite a model file with its convolution and linear weights (>= 2 dimensions, >= 256 values) as int8 with
+    one float32 scale per output channel (symmetric, max |w| -> 127), the rest as float16: a quarter of the
+    float32 size. ``load_model`` computes in float32; measure a model after this step, not before."""
+    payload = read_payload(path)
+    state, scales = {}, {}
+    for k, v in float_state_dict(payload).items():
+        if quantizable(v):
+            peak = v.abs().amax(dim=tuple(range(1, v.dim())))
+            scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
+            state[k] = torch.round(v / scale.view(-1, *([1] * (v.dim() - 1)))).clamp(-127, 127).to(torch.int8)
+            scales[k] = scale.float()
+        else:
+            state[k] = v.half() if v.is_floating_point() else v
+    payload.update(state_dict=state, weight_scales=scales, weights_dtype="int8")
+    return _replace(path, payload)
+
+
+def _replace(path: str | Path, payload: dict) -> Path:
+    import os
+
     tmp = Path(str(path) + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+    return Path(path)
 
 
 def store_float16(path: str | Path) -> Path:
     """Rewrite a model file with its floating-point weights in half precision (half the size).
     ``load_model`` computes in float32 either way; measure a model after this step, not before."""
     payload = read_payload(path)
-    payload["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    payload["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in float_state_dict(payload).items()}
+    payload.pop("weight_scales", None)
     payload["weights_dtype"] = "float16"
-    tmp = Path(str(path) + ".tmp")
-    torch.save(payload, tmp)
-    import os
-
-    os.replace(tmp, path)
-    return Path(path)
+    return _replace(path, payload)

@@ -50,7 +50,9 @@ def write_onnx(predictor: Predictor, path: Path, float16: bool = True) -> dict:
     size = predictor.input_size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     tmp = path.with_suffix(".tmp.onnx")
-    half = float16 and any(v.dtype == torch.float16 for v in predictor.payload["state_dict"].values())
+    stored = predictor.payload.get("weights_dtype") or (
+        "float16" if any(v.dtype == torch.float16 for v in predictor.payload["state_dict"].values()) else "float32")
+    half = float16 and stored in ("float16", "int8")
     log = io.StringIO()
     # The exporter narrates each step and warns about its own internals; kept quiet unless it fails.
     with warnings.catch_warnings(), contextlib.redirect_stdout(log):
@@ -68,15 +70,50 @@ def write_onnx(predictor: Predictor, path: Path, float16: bool = True) -> dict:
             raise
     import onnx
 
-    if half:  # the model file keeps float16 weights: so does its export, at half the size, losing nothing
+    if half:  # the model file keeps float16 (or int8) weights: so does its export, at the same size, losing nothing
         model = onnx.load(str(tmp))
+        if stored == "int8":
+            store_initializers_as_int8(model)
         store_initializers_as_float16(model)
         onnx.save(model, str(tmp))
     os.replace(tmp, path)
     opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
                   if o.domain in ("", "ai.onnx")), None)
     return {"exporter": f"torch.onnx.export dynamo=True (torch {torch.__version__})", "opset": opset,
-            "dynamic_batch": True, "weights": "float16, cast to float32 when the session starts" if half else "float32"}
+            "dynamic_batch": True,
+            "weights": ("int8 per output channel and float16, dequantized to float32 when the session starts"
+                        if half and stored == "int8" else "float16, cast to float32 when the session starts" if half
+                        else "float32")}
+
+
+def store_initializers_as_int8(model, min_elements: int = 256) -> None:
+    """Every float32 weight of >= 2 dimensions that is exactly an int8 tensor times one scale per output channel
+    (the weights of a ``checkpoint.store_int8`` file) stored as int8 + scale and restored by a DequantizeLinear
+    node: the file shrinks to a quarter, the arithmetic stays float32. Weights that are not int8-exact (within
+    float32 rounding of the scale) are left for ``store_initializers_as_float16``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    nodes = []
+    for index, tensor in enumerate(list(graph.initializer)):
+        if tensor.data_type != TensorProto.FLOAT or len(tensor.dims) < 2:
+            continue
+        values = numpy_helper.to_array(tensor)
+        if values.size < min_elements:
+            continue
+        peak = np.abs(values).reshape(len(values), -1).max(axis=1)
+        scale = np.where(peak > 0, peak / np.float32(127), np.float32(1)).astype(np.float32)
+        shape = (-1,) + (1,) * (values.ndim - 1)
+        quantized = np.rint(values / scale.reshape(shape)).clip(-127, 127)
+        if np.abs(quantized * scale.reshape(shape) - values).max() > 1e-6 * max(float(peak.max()), 1e-12):
+            continue  # not int8 weights (a constant the exporter made, or a float file)
+        name = tensor.name  # read before CopyFrom: ``tensor`` is the message being overwritten
+        graph.initializer[index].CopyFrom(numpy_helper.from_array(quantized.astype(np.int8), name + "__int8"))
+        graph.initializer.append(numpy_helper.from_array(scale, name + "__scale"))
+        nodes.append(helper.make_node("DequantizeLinear", [name + "__int8", name + "__scale"], [name], axis=0,
+                                      name=name + "__dequantize"))
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
 
 
 def store_initializers_as_float16(model, min_elements: int = 16) -> None:

@@ -336,13 +336,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     model = models.create(config.arch, num_classes=len(classes), pretrained_weights=config.pretrained_weights,
                           input_size=config.img_size)
     if config.init_weights:
-        from .checkpoint import read_payload
+        from .checkpoint import float_state_dict, read_payload
 
         init = read_payload(config.init_weights)
         if init["arch"] != config.arch or init["training"].get("manifest_sha256") != mldata.sha256_file(Path(config.manifest)):
             raise ValueError("--init-weights must be a model of the same architecture trained on the same split")
         own = model.state_dict()
-        model.load_state_dict({k: v for k, v in init["state_dict"].items() if k in own})
+        model.load_state_dict({k: v for k, v in float_state_dict(init).items() if k in own})
         log(f"initialised from {config.init_weights} ({init['model_version']})")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     weight = None
