@@ -72,9 +72,11 @@ def write_onnx(predictor: Predictor, path: Path, float16: bool = True) -> dict:
 
     if half:  # the model file keeps float16 (or int8) weights: so does its export, at the same size, losing nothing
         model = onnx.load(str(tmp))
-        if stored == "int8":
-            store_initializers_as_int8(model)
-        store_initializers_as_float16(model)
+        for node in model.graph.node:  # the exporter's per-node notes (source locations): megabytes, never read
+            node.doc_string = ""
+            del node.metadata_props[:]
+        scales = store_initializers_as_int8(model) if stored == "int8" else set()
+        store_initializers_as_float16(model, keep=scales)  # the scales stay float32: they are exact only so
         onnx.save(model, str(tmp))
     os.replace(tmp, path)
     opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
@@ -86,11 +88,11 @@ def write_onnx(predictor: Predictor, path: Path, float16: bool = True) -> dict:
                         else "float32")}
 
 
-def store_initializers_as_int8(model, min_elements: int = 256) -> None:
+def store_initializers_as_int8(model, min_elements: int = 256) -> set[str]:
     """Every float32 weight of >= 2 dimensions that is exactly an int8 tensor times one scale per output channel
     (the weights of a ``checkpoint.store_int8`` file) stored as int8 + scale and restored by a DequantizeLinear
     node: the file shrinks to a quarter, the arithmetic stays float32. Weights that are not int8-exact (within
-    float32 rounding of the scale) are left for ``store_initializers_as_float16``."""
+    float32 rounding of the scale) are left for ``store_initializers_as_float16``. Returns the scales' names."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
@@ -114,9 +116,10 @@ def store_initializers_as_int8(model, min_elements: int = 256) -> None:
                                       name=name + "__dequantize"))
     for node in reversed(nodes):
         graph.node.insert(0, node)
+    return {node.input[1] for node in nodes}
 
 
-def store_initializers_as_float16(model, min_elements: int = 16) -> None:
+def store_initializers_as_float16(model, min_elements: int = 16, keep: set[str] = frozenset()) -> None:
     """Every float32 weight (initializer) of at least ``min_elements`` values stored as float16 and cast
     back to float32 by a Cast node: the file halves, the arithmetic stays float32 (ONNX Runtime folds the
     casts when the session starts). Exact for weights that came from float16."""
@@ -125,7 +128,7 @@ def store_initializers_as_float16(model, min_elements: int = 16) -> None:
     graph = model.graph
     casts = []
     for index, tensor in enumerate(list(graph.initializer)):
-        if tensor.data_type != TensorProto.FLOAT:
+        if tensor.data_type != TensorProto.FLOAT or tensor.name in keep:
             continue
         values = numpy_helper.to_array(tensor)
         if values.size < min_elements:
