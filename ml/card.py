@@ -23,7 +23,7 @@ def train_command(config: dict) -> str:
     parts = [f"python -m ml train --data {config.get('data')} --arch {config.get('arch')} --out {config.get('out')}"]
     for key in ("manifest", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "img_size", "seed", "balance",
                 "augment_strength", "stain_augment", "stain_strength", "illumination", "blur_prob", "blur_sigma", "rgb_gain",
-                "crop_prob", "crop_scale", "jpeg_prob", "downscale_prob", "affine_fill", "scale_jitter", "input_norm",
+                "crop_prob", "crop_scale", "jpeg_prob", "downscale_prob", "affine_fill", "scale_jitter", "input_norm", "framing",
                 "min_epochs",
                 "threshold", "factor", "patience", "stop_patience", "pretrained_weights",
                 "init_weights", "teacher", "distill_alpha", "distill_temperature"):
@@ -87,33 +87,38 @@ def robustness_section(report_dir: Path, model_sha256: str, name: str) -> str:
     return "\n" + card_section(suite, plot=f"../reports/{name}/robustness.png")
 
 
-def describe_model_file(path: str | None) -> str:
+def describe_model_file(path: str | None, recorded: dict | None = None) -> str:
+    """A model named on a card: from the summary the run ``recorded`` when it read the file (the file may
+    have been overwritten since, as shipping does), else from the file as it is now."""
     if not path:
         return ""
-    try:
-        from .checkpoint import read_payload
+    summary = recorded
+    if summary is None:
+        try:
+            from .checkpoint import model_summary, read_payload
 
-        payload = read_payload(path)
-    except (OSError, ValueError):
-        return f"`{path}` (file not available here)"
-    training = payload.get("training", {})
-    spec = models.get_spec(payload["arch"])
-    pretrained = training.get("config", {}).get("pretrained_weights")
-    return (f"`{payload['model_version']}` ({spec.description}; "
-            f"{'backbone from ImageNet weights' if pretrained else 'from random initialisation'}; "
-            f"{training.get('epochs_run')} epochs, {training.get('wall_time_s', 0) / 60:.1f} min; trained on the "
-            f"same split, manifest sha256 `{str(training.get('manifest_sha256'))[:12]}…`)")
+            summary = model_summary(read_payload(path))
+        except (OSError, ValueError):
+            return f"`{path}` (file not available here)"
+    spec = models.get_spec(summary["arch"])
+    return (f"`{summary['model_version']}` ({spec.description}; "
+            f"{'backbone from ImageNet weights' if summary['pretrained'] else 'from random initialisation'}; "
+            f"{summary['epochs_run']} epochs, {(summary['wall_time_s'] or 0) / 60:.1f} min; trained on the "
+            f"same split, manifest sha256 `{str(summary['manifest_sha256'])[:12]}…`)")
 
 
-def lineage(config: dict) -> list[str]:
-    """How the weights came to be, when more than one run led to them."""
+def lineage(config: dict, ancestors: dict | None = None) -> list[str]:
+    """How the weights came to be, when more than one run led to them (``ancestors``: the run's record of
+    its init and teacher models, ``payload["training"]["ancestors"]``)."""
+    ancestors = ancestors or {}
     lines = []
     if config.get("init_weights"):
-        lines.append(f"- Warm start: every weight initialised from {describe_model_file(config['init_weights'])}.")
+        lines.append("- Warm start: every weight initialised from "
+                     f"{describe_model_file(config['init_weights'], ancestors.get('init_weights'))}.")
     if config.get("teacher"):
         lines.append(f"- Knowledge distillation (Hinton et al.): loss = {1 - config.get('distill_alpha', 0.5):.2f} x "
                      f"cross-entropy + {config.get('distill_alpha', 0.5):.2f} x T² KL to the soft labels of the teacher "
-                     f"{describe_model_file(config['teacher'])}, at T = {config.get('distill_temperature')}. The "
+                     f"{describe_model_file(config['teacher'], ancestors.get('teacher'))}, at T = {config.get('distill_temperature')}. The "
                      "teacher's soft labels were computed on training images only (mean over the 8 flips and 90° "
                      "rotations). Teacher and student used the validation split only for learning-rate decisions and "
                      "temperature fitting; neither ever saw a test image.")
@@ -222,7 +227,7 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
         *([f"- Stopped by hand after {training.get('epochs_run')} of {config.get('epochs')} epochs (time budget), "
            "with the best weights by validation loss so far (`python -m ml export`)."]
           if history and not history[-1].get("stop") and training.get("epochs_run", 0) < config.get("epochs", 0) else []),
-        *lineage(config),
+        *lineage(config, training.get("ancestors")),
         f"- {training.get('epochs_run')} epochs run, best epoch {training.get('best_epoch', -1) + 1}; "
         f"wall time {training.get('wall_time_s', 0) / 60:.1f} min on {training.get('hardware')}; "
         f"finished {training.get('finished')}.",

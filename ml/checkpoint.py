@@ -32,6 +32,7 @@ def save_model(path: Path, model, config, classes, temperature, history, elapsed
         "folder_classes": list(classes),
         "input_size": config.img_size,
         "input_norm": getattr(config, "input_norm", "imagenet"),
+        "framing": getattr(config, "framing", "none"),
         "mean": list(mldata.IMAGENET_MEAN),
         "std": list(mldata.IMAGENET_STD),
         "temperature": float(temperature),
@@ -47,6 +48,8 @@ def save_model(path: Path, model, config, classes, temperature, history, elapsed
             "hardware": hardware(),
             "finished": stamp.isoformat(timespec="seconds"),
             "history": history,
+            # What the init/teacher files were when this run read them (ml.card describes them from this).
+            **({"ancestors": config.extra["ancestors"]} if getattr(config, "extra", {}).get("ancestors") else {}),
         },
         **(extra or {}),
     }
@@ -77,6 +80,15 @@ def load_model(path: str | Path):
     model.load_state_dict(state)  # strict: every weight of the model must be in the file
     model.eval()
     return model, payload
+
+
+def model_summary(payload: dict) -> dict:
+    """The facts a model card states about a model this one was started or distilled from."""
+    training = payload.get("training", {})
+    return {"model_version": payload["model_version"], "arch": payload["arch"],
+            "pretrained": bool(training.get("config", {}).get("pretrained_weights")),
+            "epochs_run": training.get("epochs_run"), "wall_time_s": training.get("wall_time_s", 0),
+            "manifest_sha256": training.get("manifest_sha256")}
 
 
 def update_payload(path: str | Path, **fields) -> None:

@@ -54,6 +54,7 @@ class TrainConfig:
     affine_fill: str = "black"  # black | median: what the corners of a small rotation are filled with
     scale_jitter: float = 0.0  # > 0: the affine scale is U(1 - s, 1 + s) instead of 0.92..1.12 (cell size cue)
     input_norm: str = "imagenet"  # imagenet | image (per-image channel standardisation, ml.data.normalise)
+    framing: str = "none"  # none | cell (a segmented cell cut to its own square, ml.runtime.images.FRAMINGS)
     # LRA: watch training accuracy until `threshold`, then validation loss.
     threshold: float = 0.9
     factor: float = 0.5
@@ -77,7 +78,7 @@ class TrainConfig:
     limit_per_class: int | None = None  # tiny runs (tests, smoke checks)
     classes: list[str] | None = None
     progress: bool = True
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # facts found during the run (ancestors: init/teacher model summaries)
 
 
 class LearningRateAdjuster:
@@ -225,7 +226,7 @@ class IndexedSubset(torch.utils.data.Dataset):
 def teacher_soft_targets(config: TrainConfig, train_set, classes, log) -> torch.Tensor:
     """The teacher's tempered probabilities for every training image, averaged over the 8 flips and
     90° rotations (the label-preserving part of the augmentation). Only training images are used."""
-    from .checkpoint import load_model
+    from .checkpoint import load_model, model_summary
 
     teacher, payload = load_model(config.teacher)
     if list(payload["classes"]) != list(classes):
@@ -233,6 +234,7 @@ def teacher_soft_targets(config: TrainConfig, train_set, classes, log) -> torch.
     teacher_split = payload["training"].get("manifest_sha256")
     if teacher_split != mldata.sha256_file(Path(config.manifest)):
         raise ValueError("the teacher was trained on another split: its soft labels could leak test images")
+    config.extra.setdefault("ancestors", {})["teacher"] = model_summary(payload)
     log(f"distillation: teacher {payload['model_version']} (alpha {config.distill_alpha}, T {config.distill_temperature})")
     targets = []
     starts = range(0, len(train_set), 64)
@@ -326,9 +328,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                                            downscale_prob=config.downscale_prob, affine_fill=config.affine_fill,
                                            scale_jitter=config.scale_jitter)
     train_set = mldata.ImageTensorDataset(config.data, train_samples, classes, config.img_size, augment, config.progress,
-                                          input_norm=config.input_norm)
+                                          input_norm=config.input_norm, framing=config.framing)
     val_set = mldata.ImageTensorDataset(config.data, val_samples, classes, config.img_size, None, config.progress,
-                                        input_norm=config.input_norm)
+                                        input_norm=config.input_norm, framing=config.framing)
     val_loader = DataLoader(val_set, batch_size=64, shuffle=False, num_workers=config.num_workers)
     log(f"data: {len(train_set)} train / {len(val_set)} val images, classes {classes}, balance={config.balance}")
 
@@ -336,13 +338,15 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     model = models.create(config.arch, num_classes=len(classes), pretrained_weights=config.pretrained_weights,
                           input_size=config.img_size)
     if config.init_weights:
-        from .checkpoint import float_state_dict, read_payload
+        from .checkpoint import float_state_dict, model_summary, read_payload
 
         init = read_payload(config.init_weights)
         if init["arch"] != config.arch or init["training"].get("manifest_sha256") != mldata.sha256_file(Path(config.manifest)):
             raise ValueError("--init-weights must be a model of the same architecture trained on the same split")
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in float_state_dict(init).items() if k in own})
+        # Recorded now: the file may later be overwritten (shipping replaces ml/weights/NAME.pt).
+        config.extra.setdefault("ancestors", {})["init_weights"] = model_summary(init)
         log(f"initialised from {config.init_weights} ({init['model_version']})")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     weight = None
@@ -435,7 +439,7 @@ def export(run_dir: str | Path) -> Path:
     model.load_state_dict({k: v for k, v in best.items() if k in own})
     samples = mldata.read_manifest(config.manifest)
     val = mldata.ImageTensorDataset(config.data, [s for s in samples if s.split in config.val_splits], config.classes,
-                                    config.img_size, input_norm=config.input_norm)
+                                    config.img_size, input_norm=config.input_norm, framing=config.framing)
     temperature = fit_temperature(*collect_logits(model, DataLoader(val, batch_size=64)), log=print)
     return save_model(run_dir / "model.pt", model, config, config.classes, temperature, state["history"],
                       state["elapsed"], state["adjuster"].get("best_epoch", -1))

@@ -103,3 +103,22 @@ def test_init_weights_starts_from_a_model_of_the_same_split(tiny_model_file, sme
     warm = read_payload(train(config))["state_dict"]
     source = read_payload(tiny_model_file)["state_dict"]
     assert all(torch.equal(warm[k], source[k]) for k in warm)
+
+
+def test_the_card_names_the_init_model_as_it_was_when_training_read_it(tiny_model_file, smear_folder, tmp_path):
+    import shutil
+
+    from ml.card import lineage
+
+    init = tmp_path / "staging.pt"  # stands for ml/weights/staging.pt, which shipping later overwrites
+    shutil.copy(tiny_model_file, init)
+    config = TrainConfig(data=str(smear_folder), arch="mobilenetv3_lstm", out=str(tmp_path / "warm"), epochs=0,
+                         img_size=64, progress=False, manifest=str(tiny_model_file.parent / "manifest.csv"),
+                         init_weights=str(init))
+    warm = train(config)
+    original_version = read_payload(tiny_model_file)["model_version"]
+    shutil.copy(warm, init)  # "shipped": the init file now holds the new model
+    training = read_payload(warm)["training"]
+    assert training["ancestors"]["init_weights"]["model_version"] == original_version
+    (line,) = lineage(training["config"], training["ancestors"])
+    assert original_version in line and read_payload(warm)["model_version"] not in line
