@@ -157,7 +157,7 @@ def make_heatmap(prediction, predictor, smear):
         source = _image_source(smear)
         heat = heatmap(predictor, source, target=prediction.label)  # explains the stored label
         buf = io.BytesIO()
-        overlay(source, heat).convert("RGB").save(buf, "JPEG", quality=88)
+        overlay(source, heat, framing=getattr(predictor, "framing", "none")).convert("RGB").save(buf, "JPEG", quality=88)
         services.store_heatmap(prediction.pk, buf.getvalue(), prediction.label)
         return True
     except Exception as exc:  # SoftTimeLimitExceeded is an Exception too

@@ -30,6 +30,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="corners uncovered by the small affine rotation: black, or the image's median colour")
     parser.add_argument("--input-norm", choices=["imagenet", "image"], default=defaults.input_norm,
                         help="model input: ImageNet mean/std, or each image standardised per channel (stain-invariant)")
+    parser.add_argument("--framing", choices=["none", "cell"], default=defaults.framing,
+                        help="cell: cut a segmented cell to a square around it before resizing (no absolute size cue)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (smoke runs)")
     parser.add_argument("--pretrained-weights", metavar="FILE", help="local timm checkpoint for the backbone")
@@ -215,7 +217,7 @@ def cmd_screening(args) -> int:
                        progress=not args.no_progress, input_norm=args.input_norm, stain_augment=args.stain_augment,
                        stain_strength=args.stain_strength, rgb_gain=args.rgb_gain, illumination=args.illumination,
                        blur_prob=args.blur_prob, blur_sigma=args.blur_sigma, augment_strength=args.augment_strength,
-                       scale_jitter=args.scale_jitter)
+                       scale_jitter=args.scale_jitter, framing=args.framing)
     if args.ensemble:
         from . import screening_ensemble
 
@@ -290,7 +292,7 @@ def cmd_explain(args) -> int:
     label = result.get("stage", result.get("label"))
     heat = METHODS[args.method](predictor, image, target or label)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    overlay(image, heat).save(args.out)
+    overlay(image, heat, framing=predictor.framing).save(args.out)
     print(f"{args.file}: {label} ({result['probabilities'][label]:.3f}); {args.method} map of {target or label} "
           f"written to {args.out}")
     return 0
@@ -429,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     scr.add_argument("--no-test", action="store_true",
                      help="--ensemble: a new manifest puts every subject in a fold (the model to ship on all subjects)")
     scr.add_argument("--input-norm", choices=["imagenet", "image"], default="imagenet")
+    scr.add_argument("--framing", choices=["none", "cell"], default="none",
+                     help="cell: cut each cell to a square around it before resizing (no absolute size cue)")
     scr.add_argument("--stain-augment", choices=["none", "hed"], default="none")
     for name, default in (("stain_strength", 0.05), ("rgb_gain", 0.0), ("illumination", 0.0), ("blur_prob", 0.0),
                           ("blur_sigma", 1.5), ("augment_strength", 1.0), ("scale_jitter", 0.0)):

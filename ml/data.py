@@ -21,7 +21,8 @@ from PIL import Image
 
 # Image reading and the normalisation constants live in the torch-free runtime, which serving shares.
 from .runtime.images import (  # noqa: F401
-    _BLACK, _MIN_STD, IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMS, ImageError, load_image, sha256_file, to_rgb)
+    _BLACK, _MIN_STD, FRAMINGS, IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMS, ImageError, cell_box, fit_to_input, load_image,
+    sha256_file, to_rgb)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
@@ -250,12 +251,11 @@ def class_weights(labels: Sequence[int], n_classes: int) -> list[float]:
 
 # --------------------------------------------------------------------------- tensors and augmentation
 
-def preprocess(image: Image.Image, size: int, input_norm: str = "imagenet"):
+def preprocess(image: Image.Image, size: int, input_norm: str = "imagenet", framing: str = "none"):
     """PIL RGB -> normalised float tensor (3, size, size). The one preprocessing used everywhere."""
     import torch
 
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
+    image = fit_to_input(image, size, framing)
     return normalise(torch.from_numpy(np.array(image)).permute(2, 0, 1), input_norm)
 
 
@@ -393,10 +393,11 @@ class ImageTensorDataset:
     """Decoded images held in memory as uint8 tensors (the whole set is a few hundred MB)."""
 
     def __init__(self, root: str | Path, samples: list[Sample], classes: Sequence[str], size: int,
-                 augment=None, progress: bool = False, input_norm: str = "imagenet"):
+                 augment=None, progress: bool = False, input_norm: str = "imagenet", framing: str = "none"):
         import torch
 
         self.input_norm = input_norm
+        self.framing = framing
         self.samples = samples
         self.classes = list(classes)
         self.size = size
@@ -409,7 +410,7 @@ class ImageTensorDataset:
 
             iterator = tqdm(samples, desc="loading images", leave=False)
         for s in iterator:
-            image = load_image(Path(root) / s.path).resize((size, size), Image.BILINEAR)
+            image = fit_to_input(load_image(Path(root) / s.path), size, framing)
             images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
         self.images = torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
 

@@ -39,9 +39,7 @@ def blurred(rgb: Image.Image) -> Image.Image:
 
 
 def _input_image(predictor, image) -> Image.Image:
-    size = predictor.input_size
-    rgb = mldata.load_image(image)
-    return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.BILINEAR)
+    return mldata.fit_to_input(mldata.load_image(image), predictor.input_size, getattr(predictor, "framing", "none"))
 
 
 def _log_odds(logits: np.ndarray, index: int) -> np.ndarray:
@@ -278,10 +276,17 @@ def jet(values: np.ndarray) -> np.ndarray:
     return np.clip(1.5 - np.abs(4 * v - np.array([3, 2, 1], dtype=np.float32)), 0, 1)
 
 
-def overlay(image, heatmap: np.ndarray, opacity: float = 0.45) -> Image.Image:
-    """The heat map (jet colours) blended over the image at the image's own size (numpy only)."""
+def overlay(image, heatmap: np.ndarray, opacity: float = 0.45, framing: str = "none") -> Image.Image:
+    """The heat map (jet colours) blended over the image at the image's own size (numpy only). ``framing``
+    is the model's (``predictor.framing``): a map of a framed cell goes back over the cell it shows."""
     rgb = mldata.load_image(image)
-    resized = Image.fromarray((heatmap * 255).astype(np.uint8)).resize(rgb.size, Image.BILINEAR)
+    heat = Image.fromarray((heatmap * 255).astype(np.uint8))
+    box = mldata.cell_box(rgb) if framing == "cell" else None
+    if box is None:
+        resized = heat.resize(rgb.size, Image.BILINEAR)
+    else:  # the map covers the square the model saw; outside it the model saw nothing
+        resized = Image.new("L", rgb.size, 0)
+        resized.paste(heat.resize((box[2] - box[0], box[3] - box[1]), Image.BILINEAR), box[:2])
     colours = jet(np.round(np.asarray(resized, dtype=np.float32)) / 255.0)
     blended = opacity * colours + (1.0 - opacity) * (np.asarray(rgb, dtype=np.float32) / 255.0)
     return Image.fromarray((255 * blended / blended.max()).astype(np.uint8))

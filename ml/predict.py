@@ -46,10 +46,7 @@ class Predictor(PredictorContract):
 
     def prepare(self, image) -> tuple[torch.Tensor, np.ndarray]:
         """(normalised (3, S, S) tensor, image statistics for the domain check), from one decode and resize."""
-        rgb = mldata.load_image(image)
-        if rgb.size != (self.input_size, self.input_size):
-            rgb = rgb.resize((self.input_size, self.input_size), mldata.Image.BILINEAR)
-        array = np.asarray(rgb)
+        array = np.asarray(mldata.fit_to_input(mldata.load_image(image), self.input_size, self.framing))
         tensor = mldata.normalise(torch.from_numpy(array.copy()).permute(2, 0, 1), self.input_norm)
         return tensor, mldomain.image_statistics(array)
 

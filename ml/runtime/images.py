@@ -85,3 +85,50 @@ def sha256_file(path: Path) -> str:
 INPUT_NORMS = ("imagenet", "image")
 _BLACK = 0.04  # of the range: segmented cells lie on a black background that must not set the statistics
 _MIN_STD = 0.02  # of the range: a (nearly) blank image is not amplified into noise
+
+
+# Framings a model file can name ("framing"); files without the key use "none".
+#   none: the whole image is resized to the model's input.
+#   cell: a segmented cell (on a black surround) is cut to a square around its non-black pixels,
+#         a margin added, then resized. Every cell then fills the input alike, so the model cannot
+#         judge by absolute cell size, a cue that differs between subjects (and labs' magnifications)
+#         as much as between classes; shape, texture and nucleus-to-cytoplasm ratio are kept.
+FRAMINGS = ("none", "cell")
+_FRAME_MARGIN = 0.08  # of the cell's longer side, on each side
+_FRAME_MIN_PIXELS = 2  # rows/columns with fewer non-black pixels are specks, not cell
+
+
+def cell_box(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """The square (left, top, right, bottom) around the image's non-black pixels with a margin, in the
+    image's coordinates (it may reach past the edges, where it reads as black); None when there is no
+    cell on a black surround to frame (under 1% non-black, or non-black up to all four edges, as in a
+    smear field): such an image is used whole."""
+    array = np.asarray(image)
+    foreground = array.max(axis=2) > _BLACK * 255
+    if foreground.sum() < 0.01 * foreground.size:
+        return None
+    rows = np.flatnonzero(foreground.sum(axis=1) >= _FRAME_MIN_PIXELS)
+    cols = np.flatnonzero(foreground.sum(axis=0) >= _FRAME_MIN_PIXELS)
+    if not len(rows) or not len(cols):
+        return None
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if (top, left, bottom, right) == (0, 0, *foreground.shape):
+        return None
+    side = int(round(max(bottom - top, right - left) * (1 + 2 * _FRAME_MARGIN)))
+    x0 = (left + right - side) // 2
+    y0 = (top + bottom - side) // 2
+    return x0, y0, x0 + side, y0 + side
+
+
+def fit_to_input(image: Image.Image, size: int, framing: str = "none") -> Image.Image:
+    """RGB image -> (size, size) RGB model input image, framed by ``framing`` and resized bilinearly.
+    The one geometric preprocessing, shared by training (``ml.data``) and serving (``ml.runtime``)."""
+    if framing == "cell":
+        box = cell_box(image)
+        if box is not None:
+            image = image.crop(box)  # outside the image reads as black, like the cell's surround
+    elif framing != "none":
+        raise ValueError(f"unknown framing {framing!r}: use one of {', '.join(FRAMINGS)}")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return image

@@ -4,8 +4,6 @@ order); ``tests/ml/test_runtime.py`` checks both. Written for speed: it runs for
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
-
 from . import domain as mldomain
 from . import images as mlimages
 
@@ -51,16 +49,14 @@ def standardise_per_image(x: np.ndarray) -> np.ndarray:
     return out.reshape(shape)
 
 
-def resized_rgb(image, size: int) -> np.ndarray:
-    """Path/bytes/PIL -> (size, size, 3) uint8 RGB, resized as in training; raises ml.ImageError."""
-    rgb = mlimages.load_image(image)
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BILINEAR)
-    return np.asarray(rgb)
+def resized_rgb(image, size: int, framing: str = "none") -> np.ndarray:
+    """Path/bytes/PIL -> (size, size, 3) uint8 RGB, framed and resized as in training; raises ml.ImageError."""
+    return np.asarray(mlimages.fit_to_input(mlimages.load_image(image), size, framing))
 
 
-def prepare(image, size: int, mode: str, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def prepare(image, size: int, mode: str, out: np.ndarray | None = None,
+            framing: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """(float32 (3, size, size) model input, written into ``out`` when given, image statistics for the
     domain check) from one decode."""
-    array = resized_rgb(image, size)
+    array = resized_rgb(image, size, framing)
     return normalise(np.moveaxis(array, -1, 0), mode, out), mldomain.image_statistics(array)
