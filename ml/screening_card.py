@@ -39,6 +39,37 @@ def command(report: dict, no_test: bool) -> str:
     return " ".join(parts)
 
 
+def storage_section(report: dict, weights: Path) -> list[str]:
+    """How int8 storage moved the out-of-fold numbers and the cut (``screening_ensemble.run`` measures it)."""
+    storage = report.get("storage")
+    if not storage:
+        return []
+    before, same_cut, after = storage["oof_float32"], storage["oof_int8_at_float32_cut"], report["oof"]
+
+    def row(name, cut, m):
+        return (f"| {name} | {cut:.4f} | {fmt(m['sensitivity'])} | {fmt(m['specificity'])} | {fmt(m['weighted_f1'])} | "
+                f"{fmt(m['roc_auc'])} |")
+
+    return [
+        "### Stored in int8",
+        "",
+        f"Convolution and linear weights are stored as int8 with one scale per output channel "
+        f"(`ml.checkpoint.store_int8`; depthwise filters, biases and batch-norm statistics float16): "
+        f"`{weights.name}` {profile.file_megabytes(weights):.1f} MB; the arithmetic stays float32. int8 is not "
+        "lossless, so `python -m ml screening --ensemble` measures every member's out-of-fold predictions again on "
+        "the stored file and chooses the cut on those; every number above is the stored file's. On the out-of-fold "
+        f"cells P(blast) moved by a median of {storage['p_blast_change_median']:.3f} (max "
+        f"{storage['p_blast_change_max']:.3f}). Shipped run:",
+        "",
+        "| weights | cut | out-of-fold sensitivity | specificity | weighted F1 | ROC AUC |",
+        "| --- | --- | --- | --- | --- | --- |",
+        row("float32 fold models (as trained)", storage["float32_threshold"], before),
+        row("int8, the float32 cut", storage["float32_threshold"], same_cut),
+        row("**int8, cut re-chosen (shipped)**", report["threshold"], after),
+        "",
+    ]
+
+
 def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, latency_image: str | Path,
                   name: str = "screening") -> Path:
     """Copy the shipped run's ensemble (the estimate run's when ``shipped_dir`` is None) to ml/weights and
@@ -81,7 +112,7 @@ def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, late
         f"- An ensemble of {len(predictor.payload['members'])} `{member_arch}` members "
         f"({models.get_spec(member_arch).description}), one per subject-grouped cross-validation fold, each trained on "
         "the subjects of the other folds. The score is the members' mean P(blast) (temperature 1); weights stored as "
-        "float16.",
+        + ("int8 (see \"Stored in int8\" below)." if predictor.payload.get("weights_dtype") == "int8" else "float16."),
         f"- {models.count_parameters(predictor.model) / 1e6:.2f} M parameters in all, "
         f"{profile.count_flops(predictor.model, predictor.input_size) / 1e6:.0f} MFLOPs per cell at "
         f"{predictor.input_size}x{predictor.input_size}; backbones initialised from ImageNet weights "
@@ -151,6 +182,7 @@ def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, late
         "Full reports: [`estimate-report.md`](../reports/screening/estimate-report.md)"
         + ("" if same else ", [`report.md`](../reports/screening/report.md) (shipped run)") + ".",
         "",
+        *storage_section(shipped, target),
         "## Speed",
         f"- One cell from a PNG path to the screen's answer (all members): median {latency['median_ms']:.1f} ms "
         f"(p90 {latency['p90_ms']:.1f} ms), batch 1, {latency['threads']} threads, {latency['runs']} runs.",

@@ -13,8 +13,10 @@ score but keeps its centre, so the cut keeps its meaning. Whether it does is mea
 ensemble is scored once on the untouched test subjects.
 
 Protocol (``run``): subject-grouped folds (``make_kfold_manifest``), one member per fold
-(``screening.cross_validate``), the OOF cut, the ensemble file (``build_ensemble``, float16 weights),
-then the test subjects. With a manifest without test subjects (every subject in a fold) it builds the
+(``screening.cross_validate``), the OOF cut, the ensemble file (``build_ensemble``, float16 weights,
+then ``store_int8``: convolution and linear weights int8 per output channel, so four members ship in
+under 20 MB), the OOF predictions measured again on the stored file and the cut re-chosen on them
+(int8 is not lossless), then the test subjects. With a manifest without test subjects (every subject in a fold) it builds the
 model to ship on all subjects and reports the OOF results only.
 """
 from __future__ import annotations
@@ -29,12 +31,12 @@ import torch
 
 from . import data as mldata
 from . import screening
-from .checkpoint import read_payload
+from .checkpoint import read_payload, store_int8, update_payload
 from .screening import fmt
 from .predict import Predictor
 from .train import TrainConfig
 
-ENSEMBLE_FORMAT_NOTE = "members' mean P(blast); float16 weights"
+ENSEMBLE_FORMAT_NOTE = "members' mean P(blast); int8 weights (store_int8), cut chosen on the stored file"
 
 
 def make_kfold_manifest(base_manifest: str | Path, path: str | Path, folds: int, with_test: bool = True) -> Path:
@@ -100,6 +102,17 @@ def build_ensemble(member_files: list[str | Path], path: str | Path, threshold: 
     return Path(path)
 
 
+def member_predictor(predictor: Predictor, index: int) -> Predictor:
+    """The ensemble file's member ``index`` alone, as stored (for its own fold's out-of-fold predictions)."""
+    import copy
+
+    from .models import EnsembleClassifier
+
+    alone = copy.copy(predictor)
+    alone.model = EnsembleClassifier([predictor.model.members[index]]).eval()
+    return alone
+
+
 def subject_rows(samples, p_blast, threshold, source: str) -> list[dict]:
     rows = screening.per_subject(samples, p_blast, threshold)
     for row in rows:
@@ -123,14 +136,22 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
     samples = screening.load_subject_manifest(data, manifest, seed)
     folds = sorted({s.split for s in samples if s.split.startswith("fold")})
     cv = screening.cross_validate(data, out, manifest, samples, base, (balance,), seed)[balance]
-    y_oof, p_oof = cv["curve"]
+    y_oof, p_float = cv["curve"]
     target = cv["sensitivity_target"]
-    threshold = screening.choose_threshold(p_oof, y_oof, target)
+    float_threshold = screening.choose_threshold(p_float, y_oof, target)
     oof_samples = [s for fold in folds for s in samples if s.split == fold]  # the order cross_validate pooled them in
-    ensemble_file = build_ensemble([f["model_file"] for f in cv["folds"]], out / "model.pt", threshold,
+    ensemble_file = build_ensemble([f["model_file"] for f in cv["folds"]], out / "model.pt", float_threshold,
                                    extra={"screening": {"balance": balance, "min_sensitivity": screening.MIN_SENSITIVITY,
                                                         "validation_sensitivity_target": target,
-                                                        "threshold_from": "pooled out-of-fold P(blast) of the members"}})
+                                                        "threshold_from": "pooled out-of-fold P(blast) of the members "
+                                                                          "as stored (int8)"}})
+    store_int8(ensemble_file)
+    predictor = Predictor(ensemble_file, with_domain=False)
+    fold_samples = [[s for s in samples if s.split == fold["fold"]] for fold in cv["folds"]]
+    p_oof = np.concatenate([screening.blast_probability(member_predictor(predictor, i), data, cells)
+                            for i, cells in enumerate(fold_samples)])
+    threshold = screening.choose_threshold(p_oof, y_oof, target)
+    update_payload(ensemble_file, threshold=threshold)
     predictor = Predictor(ensemble_file, with_domain=False)
     report = {
         "model": "screening", "model_version": predictor.version, "model_file": str(ensemble_file),
@@ -140,6 +161,11 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
         "subjects": {split: sorted({screening.subject_of(s.path) for s in samples if s.split == split})
                      for split in sorted({s.split for s in samples})},
         "oof": screening.screening_metrics(p_oof, y_oof, threshold),
+        "storage": {"weights": "int8", "float32_threshold": float_threshold,
+                    "oof_float32": screening.screening_metrics(p_float, y_oof, float_threshold),
+                    "oof_int8_at_float32_cut": screening.screening_metrics(p_oof, y_oof, float_threshold),
+                    "p_blast_change_median": float(np.median(np.abs(p_oof - p_float))),
+                    "p_blast_change_max": float(np.abs(p_oof - p_float).max())},
         "oof_per_subject": subject_rows(oof_samples, p_oof, threshold, "out-of-fold"),
         "transfer": cv["transfer"],
         "folds": cv["folds"],
