@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .runtime.images import FRAMINGS
+
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from .train import TrainConfig
@@ -30,7 +32,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="corners uncovered by the small affine rotation: black, or the image's median colour")
     parser.add_argument("--input-norm", choices=["imagenet", "image"], default=defaults.input_norm,
                         help="model input: ImageNet mean/std, or each image standardised per channel (stain-invariant)")
-    parser.add_argument("--framing", choices=["none", "cell"], default=defaults.framing,
+    parser.add_argument("--framing", choices=FRAMINGS, default=defaults.framing,
                         help="cell: cut a segmented cell to a square around it before resizing (no absolute size cue)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (smoke runs)")
@@ -431,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     scr.add_argument("--no-test", action="store_true",
                      help="--ensemble: a new manifest puts every subject in a fold (the model to ship on all subjects)")
     scr.add_argument("--input-norm", choices=["imagenet", "image"], default="imagenet")
-    scr.add_argument("--framing", choices=["none", "cell"], default="none",
+    scr.add_argument("--framing", choices=FRAMINGS, default="none",
                      help="cell: cut each cell to a square around it before resizing (no absolute size cue)")
     scr.add_argument("--stain-augment", choices=["none", "hed"], default="none")
     for name, default in (("stain_strength", 0.05), ("rgb_gain", 0.0), ("illumination", 0.0), ("blur_prob", 0.0),

@@ -21,6 +21,7 @@ Maps are (input_size, input_size) float32 arrays in [0, 1]; ``overlay`` blends o
 """
 from __future__ import annotations
 
+import copy
 import functools
 import time
 
@@ -38,8 +39,17 @@ def blurred(rgb: Image.Image) -> Image.Image:
     return rgb.filter(ImageFilter.GaussianBlur(max(1.0, BLUR_SIGMA * rgb.width)))
 
 
-def _input_image(predictor, image) -> Image.Image:
-    return mldata.fit_to_input(mldata.load_image(image), predictor.input_size, getattr(predictor, "framing", "none"))
+def _model_input(predictor, image):
+    """(the image as the model sees it: framed and resized, the predictor that reads such images as they are).
+
+    Maps blur parts of the model's input and score every copy: framing those copies again would move a
+    framed cell once more, and differently once part of it is blurred."""
+    framing = getattr(predictor, "framing", "none")
+    rgb = mldata.fit_to_input(mldata.load_image(image), predictor.input_size, framing)
+    if framing != "none":
+        predictor = copy.copy(predictor)
+        predictor.framing = "none"
+    return rgb, predictor
 
 
 def _log_odds(logits: np.ndarray, index: int) -> np.ndarray:
@@ -81,7 +91,7 @@ def heatmap(predictor, image, target: str | None = None, *, grid: int = 8, candi
     get 1 (the first) down to 0.5 (the last), in the order taken (a cell that lowers the class no further is
     not taken: the greedy stops there); the other cells get up to 0.5 by how much blurring each alone costs. ``candidates`` bounds the cells tried per step (those that cost most alone):
     grid² + about candidates x steps forward passes, 64 + 280 by default."""
-    rgb = _input_image(predictor, image)
+    rgb, predictor = _model_input(predictor, image)
     size = rgb.width
     base = np.asarray(rgb)
     soft = np.asarray(blurred(rgb))
@@ -131,7 +141,7 @@ def occlusion_map(predictor, image, target: str | None = None, *, window: float 
     predicted label). 1 marks the region whose blurring costs the class most; 0 marks regions whose
     blurring costs nothing (or helps). ``window`` is the window's side as a fraction of the image,
     ``stride`` the step as a fraction of the window: 7 x 7 = 49 forward passes by default."""
-    rgb = _input_image(predictor, image)
+    rgb, predictor = _model_input(predictor, image)
     size = rgb.width
     base = np.asarray(rgb)
     soft = np.asarray(blurred(rgb))
@@ -172,12 +182,12 @@ def deletion_test(predictor, images, method=heatmap, fraction: float = DELETION_
     ``method(predictor, image, target)`` makes a map."""
     hot_drops, cold_drops, hot_odds, cold_odds, seconds = [], [], [], [], []
     for image in images:
-        rgb = _input_image(predictor, image)
-        logits = predictor.predict_logits([rgb])
-        probabilities = predictor.probabilities(logits)[0]
+        rgb, model = _model_input(predictor, image)
+        logits = model.predict_logits([rgb])
+        probabilities = model.probabilities(logits)[0]
         label = int(np.argmax(probabilities))
         tick = time.perf_counter()
-        saliency = np.asarray(method(predictor, rgb, predictor.classes[label]), dtype=np.float64)
+        saliency = np.asarray(method(model, rgb, model.classes[label]), dtype=np.float64)
         seconds.append(time.perf_counter() - tick)
         order = np.argsort(saliency.ravel(), kind="stable")
         k = max(1, round(fraction * order.size))
@@ -188,8 +198,8 @@ def deletion_test(predictor, images, method=heatmap, fraction: float = DELETION_
             mask[chosen] = True
             mask = mask.reshape(saliency.shape)[..., None]
             variants.append(Image.fromarray(np.where(mask, soft, base)))
-        changed = predictor.predict_logits(variants, batch_size)
-        hot, cold = predictor.probabilities(changed)[:, label]
+        changed = model.predict_logits(variants, batch_size)
+        hot, cold = model.probabilities(changed)[:, label]
         hot_drops.append(probabilities[label] - hot)
         cold_drops.append(probabilities[label] - cold)
         before, after_hot, after_cold = _log_odds(np.concatenate([logits, changed]), label)
@@ -259,7 +269,11 @@ def torch_twin(predictor):
     give (training profile only; the portal's occlusion map needs forward passes alone)."""
     if getattr(predictor, "runtime", "torch") == "torch":
         return predictor
-    return _torch_predictor(str(predictor.path))
+    twin = _torch_predictor(str(predictor.path))
+    if twin.framing != predictor.framing:  # the caller reads images already framed (``_model_input``)
+        twin = copy.copy(twin)
+        twin.framing = predictor.framing
+    return twin
 
 
 @functools.lru_cache(maxsize=2)

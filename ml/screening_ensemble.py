@@ -139,7 +139,6 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
     y_oof, p_float = cv["curve"]
     target = cv["sensitivity_target"]
     float_threshold = screening.choose_threshold(p_float, y_oof, target)
-    oof_samples = [s for fold in folds for s in samples if s.split == fold]  # the order cross_validate pooled them in
     ensemble_file = build_ensemble([f["model_file"] for f in cv["folds"]], out / "model.pt", float_threshold,
                                    extra={"screening": {"balance": balance, "min_sensitivity": screening.MIN_SENSITIVITY,
                                                         "validation_sensitivity_target": target,
@@ -148,6 +147,7 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
     store_int8(ensemble_file)
     predictor = Predictor(ensemble_file, with_domain=False)
     fold_samples = [[s for s in samples if s.split == fold["fold"]] for fold in cv["folds"]]
+    oof_samples = [s for cells in fold_samples for s in cells]  # the order cross_validate pooled them in
     p_oof = np.concatenate([screening.blast_probability(member_predictor(predictor, i), data, cells)
                             for i, cells in enumerate(fold_samples)])
     threshold = screening.choose_threshold(p_oof, y_oof, target)

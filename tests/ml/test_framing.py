@@ -100,3 +100,25 @@ def test_a_heat_map_of_a_framed_cell_is_laid_back_over_the_cell():
     # Over the cell the framed overlay is as hot as a full map; far from it the framed map is cold (blue).
     assert np.abs(inside - plain[top + 5:bottom - 5, left + 5:right - 5]).max() < 2
     assert outside[..., 0].max() < 5 and outside[..., 2].mean() > 50
+
+
+def test_a_heat_map_and_its_deletion_test_frame_a_cell_once_not_again_for_every_blurred_copy(
+        framed_model, monkeypatch):
+    from ml import explain
+    from ml.runtime import images as mlimages
+
+    predictor = Predictor(framed_model)
+    cell = segmented_cell(90, centre=(200, 260))
+    framings = []
+    real_cell_box = mlimages.cell_box
+    monkeypatch.setattr(mlimages, "cell_box", lambda image: framings.append(image.size) or real_cell_box(image))
+    heat = explain.heatmap(predictor, cell)
+    assert heat.shape == (predictor.input_size,) * 2
+    assert framings == [(450, 450)]  # the upload, once; the ~100 blurred copies are scored as they are
+    framings.clear()
+    explain.deletion_test(predictor, [cell], explain.occlusion_map)
+    assert framings == [(450, 450)]
+    # The map's intact copy is exactly what the predictor sees for the upload.
+    framed, view = explain._model_input(predictor, cell)
+    assert np.allclose(view.predict_logits([framed]), predictor.predict_logits([cell]), atol=1e-5)
+    assert predictor.framing == "cell"  # the caller's predictor is left as it was
