@@ -91,6 +91,15 @@ def model_summary(payload: dict) -> dict:
             "manifest_sha256": training.get("manifest_sha256")}
 
 
+def held_out_splits(payload: dict) -> list[str]:
+    """The manifest splits a model was not fitted on, for checks that need such images: its validation
+    splits, or the ``domain_splits`` calibration split a model fitted on every fold names (the screening probe)."""
+    named = payload.get("domain_splits")
+    if named:
+        return list(named["calibrate"])
+    return list(payload.get("training", {}).get("config", {}).get("val_splits") or [])
+
+
 def update_payload(path: str | Path, **fields) -> None:
     """Add fields (a decision threshold, say) to a saved model file, atomically."""
     payload = read_payload(path)

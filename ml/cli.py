@@ -220,12 +220,33 @@ def cmd_screening(args) -> int:
                        stain_strength=args.stain_strength, rgb_gain=args.rgb_gain, illumination=args.illumination,
                        blur_prob=args.blur_prob, blur_sigma=args.blur_sigma, augment_strength=args.augment_strength,
                        scale_jitter=args.scale_jitter, framing=args.framing)
-    if args.ensemble:
+    if args.ensemble or args.probe:
         from . import screening_ensemble
 
         manifest = Path(args.fold_manifest)
         if not manifest.is_file():
             screening_ensemble.make_kfold_manifest(args.manifest, manifest, args.folds, with_test=not args.no_test)
+    if args.probe:
+        from . import screening_probe
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        report = screening_probe.run(args.data, args.out, manifest, img_size=args.img_size, input_norm=args.input_norm,
+                                     grid=tuple(args.c_grid or screening_probe.C_GRID), pretrained=pretrained,
+                                     seed=args.seed, arch=args.arch if args.arch.endswith("_probe") else
+                                     screening_probe.ARCH)
+        o = report["oof"]
+        print(f"probe C {report['probe']['C']:g}: cut {report['threshold']:.4f}; out-of-fold sensitivity "
+              f"{o['sensitivity']:.4f}, specificity {o['specificity']:.4f}, weighted F1 {o['weighted_f1']:.4f}")
+        if report["test"]:
+            t = report["test"]
+            print(f"test subjects {report['subjects']['test']}: sensitivity {t['sensitivity']:.4f}, specificity "
+                  f"{t['specificity']:.4f}, weighted F1 {t['weighted_f1']:.4f}, AUC {t['roc_auc']:.4f}")
+        print(f"report in {args.out}/report.md")
+        return 0
+    if args.ensemble:
         report = screening_ensemble.run(args.data, args.out, manifest, base, balance=args.balance_modes[0],
                                         seed=args.seed)
         o = report["oof"]
@@ -256,7 +277,12 @@ def cmd_screening(args) -> int:
 def cmd_ship(args) -> int:
     from .card import ship, ship_screening
 
-    if args.name == "screening" and json.loads((Path(args.report) / "report.json").read_text()).get("members"):
+    kind = json.loads((Path(args.report) / "report.json").read_text()) if args.name == "screening" else {}
+    if kind.get("kind") == "probe":
+        from .screening_card import ship_probe
+
+        print(ship_probe(args.report, args.shipped_report, args.latency_image))
+    elif kind.get("members"):
         from .screening_card import ship_ensemble
 
         print(ship_ensemble(args.report, args.shipped_report, args.latency_image))
@@ -427,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="compare settings on the CV subjects only; the test subjects are not read")
     scr.add_argument("--ensemble", action="store_true",
                      help="ship the fold models as one ensemble (mean P(blast)), cut from their out-of-fold predictions")
+    scr.add_argument("--probe", action="store_true",
+                     help="a linear probe on the frozen ImageNet backbone (ml.screening_probe): C and the cut by "
+                          "subject-grouped CV on --fold-manifest")
+    scr.add_argument("--c-grid", type=float, nargs="+", default=None,
+                     help="--probe: regularisation strengths to choose from (default ml.screening_probe.C_GRID)")
     scr.add_argument("--folds", type=int, default=4, help="--ensemble: folds when the manifest has to be made")
     scr.add_argument("--fold-manifest", default="ml/splits/cnmc-fold1-k4.csv",
                      help="--ensemble: the folds (made from --manifest's subjects when absent)")

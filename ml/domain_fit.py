@@ -137,10 +137,18 @@ def collect(predictor, paths, batch_size: int = 32, progress: bool = False, desc
 
 
 def _splits(predictor) -> tuple[list[str], list[str], str]:
+    """(fitting splits, calibration splits, manifest): the model's training and validation splits, or the
+    ``domain_splits`` its file names (a model fitted on every fold, such as the screening probe, has no
+    validation split of its own; the check still needs images it was not fitted on to set its cut)."""
+    from .checkpoint import held_out_splits
+
     config = predictor.payload.get("training", {}).get("config", {})
     manifest = config.get("manifest")
     if not manifest:
         raise ValueError(f"{predictor.path} records no split manifest; the domain check is fitted on its splits")
+    named = predictor.payload.get("domain_splits")
+    if named:
+        return list(named["fit"]), held_out_splits(predictor.payload), manifest
     return list(config.get("train_splits") or ["train"]), list(config.get("val_splits") or ["val"]), manifest
 
 
@@ -359,7 +367,8 @@ def markdown_section(report: dict, heading: str = "## Domain check") -> str:
         "`reason`); the portal shows no suggestion for an image outside it. Method (`ml/runtime/domain.py`):",
         "",
         "- **Feature distance**: class-conditional Gaussians with one shared Ledoit-Wolf covariance on the model's "
-        f"own {fit.get('embedding_dim')}-dimensional embedding (pooled backbone features + the classifier's input), "
+        f"own {fit.get('embedding_dim')}-dimensional embedding (the pooled backbone features, and the sequence head's summary "
+        "where the model has one), "
         "fitted on the training split and kept as its 128 leading directions plus one pooled variance for the rest "
         "(probabilistic PCA: the file stores a small basis, not a full precision matrix); the score is the "
         "Mahalanobis distance to the nearest class (Lee et al., 2018). "
@@ -368,7 +377,7 @@ def markdown_section(report: dict, heading: str = "## Domain check") -> str:
         "- **Image-statistics distance**: Mahalanobis distance on 16 colour, brightness, texture and sharpness statistics of the "
         "resized image (one Gaussian over the training split"
         + (", clean and under the mild stain, exposure, saturation and contrast changes of the robustness suite, which "
-           "this model was trained to handle and standardises away: a slightly bluer or darker field is not refused for "
+           "this model's per-image standardisation removes: a slightly bluer or darker field is not refused for "
            "its colour, an inverted, greyscale or hue-rotated one still is" if fit.get("statistics_under_changes") else "")
         + "): catches stain, exposure and focus far outside training.",
         "- **The other kind**: a logistic regression on the same statistics, trained on this model's training images "

