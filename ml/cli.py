@@ -207,6 +207,18 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def print_cut_report(what: str, report: dict, out) -> int:
+    o = report["oof"]
+    print(f"{what}: cut {report['threshold']:.4f}; out-of-fold sensitivity {o['sensitivity']:.4f}, specificity "
+          f"{o['specificity']:.4f}, weighted F1 {o['weighted_f1']:.4f}")
+    if report["test"]:
+        t = report["test"]
+        print(f"test subjects {report['subjects']['test']}: sensitivity {t['sensitivity']:.4f}, specificity "
+              f"{t['specificity']:.4f}, weighted F1 {t['weighted_f1']:.4f}, AUC {t['roc_auc']:.4f}")
+    print(f"report in {out}/report.md")
+    return 0
+
+
 def cmd_screening(args) -> int:
     from . import models, screening
     from .train import TrainConfig
@@ -237,27 +249,11 @@ def cmd_screening(args) -> int:
                                      grid=tuple(args.c_grid or screening_probe.C_GRID), pretrained=pretrained,
                                      seed=args.seed, arch=args.arch if args.arch.endswith("_probe") else
                                      screening_probe.ARCH)
-        o = report["oof"]
-        print(f"probe C {report['probe']['C']:g}: cut {report['threshold']:.4f}; out-of-fold sensitivity "
-              f"{o['sensitivity']:.4f}, specificity {o['specificity']:.4f}, weighted F1 {o['weighted_f1']:.4f}")
-        if report["test"]:
-            t = report["test"]
-            print(f"test subjects {report['subjects']['test']}: sensitivity {t['sensitivity']:.4f}, specificity "
-                  f"{t['specificity']:.4f}, weighted F1 {t['weighted_f1']:.4f}, AUC {t['roc_auc']:.4f}")
-        print(f"report in {args.out}/report.md")
-        return 0
+        return print_cut_report(f"probe C {report['probe']['C']:g}", report, args.out)
     if args.ensemble:
         report = screening_ensemble.run(args.data, args.out, manifest, base, balance=args.balance_modes[0],
                                         seed=args.seed)
-        o = report["oof"]
-        print(f"ensemble of {report['members']}: cut {report['threshold']:.4f}; out-of-fold sensitivity "
-              f"{o['sensitivity']:.4f}, specificity {o['specificity']:.4f}, weighted F1 {o['weighted_f1']:.4f}")
-        if report["test"]:
-            t = report["test"]
-            print(f"test subjects {report['subjects']['test']}: sensitivity {t['sensitivity']:.4f}, specificity "
-                  f"{t['specificity']:.4f}, weighted F1 {t['weighted_f1']:.4f}, AUC {t['roc_auc']:.4f}")
-        print(f"report in {args.out}/report.md")
-        return 0
+        return print_cut_report(f"ensemble of {report['members']}", report, args.out)
     report = screening.run(args.data, args.out, args.manifest, base, balance_modes=args.balance_modes, seed=args.seed,
                            cv_only=args.cv_only, all_subjects_model=not args.no_all_subjects_model)
     if args.cv_only:

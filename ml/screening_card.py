@@ -70,15 +70,40 @@ def storage_section(report: dict, weights: Path) -> list[str]:
     ]
 
 
-def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, latency_image: str | Path,
-                  name: str = "screening") -> Path:
-    """Copy the shipped run's ensemble (the estimate run's when ``shipped_dir`` is None) to ml/weights and
-    write its card with both runs' results."""
+def header_lines(name: str, predictor: Predictor, target: Path) -> list[str]:
+    return [
+        f"# Model card: `{name}` (single-cell blast screening)",
+        "",
+        f"Version `{predictor.version}` · weights `ml/weights/{target.name}` ({profile.file_megabytes(target):.2f} MB) · "
+        f"sha256 `{mldata.sha256_file(target)}`",
+        "",
+        "Screens one segmented white cell: leukaemic B-ALL blast or normal B-lymphoid precursor (hematogone). A cell "
+        f"whose P(blast) is >= the stored threshold **{predictor.threshold:.4f}** is **flagged for review**; the "
+        "pathologist's reviewed label is the one that calls it blast or normal. Tuned so blasts are not missed.",
+        "",
+    ]
+
+
+def target_sentence(test: dict, n_test: int) -> str:
+    def verdict(met: bool) -> str:
+        return "met" if met else "**not met**"
+
+    return (f"Target on new subjects: sensitivity >= 0.95, specificity >= 0.50, weighted F1 >= 0.85. On the {n_test} "
+            f"untouched test subjects: sensitivity {fmt(test['sensitivity'])} ({verdict(test['sensitivity'] >= 0.95)}), "
+            f"specificity {fmt(test['specificity'])} ({verdict(test['specificity'] >= 0.5)}), weighted F1 "
+            f"{fmt(test['weighted_f1'])} ({verdict(test['weighted_f1'] >= 0.85)}). The ISBI 2019 winner reached weighted "
+            "F1 0.910 on unseen subjects with five times as many subjects. Specificity rests on one normal test subject "
+            "and two or three normal training subjects: read every number as an estimate with wide uncertainty.")
+
+
+def install(estimate_dir: str | Path, shipped_dir: str | Path | None, latency_image: str | Path, name: str):
+    """Copy the shipped run's model (the estimate run's when ``shipped_dir`` is None) to ml/weights and both runs'
+    reports to ml/reports/NAME; (estimate report, shipped report, weights path, predictor, latency)."""
     estimate_dir = Path(estimate_dir)
     shipped_dir = Path(shipped_dir) if shipped_dir else estimate_dir
     estimate = json.loads((estimate_dir / "report.json").read_text())
     shipped = json.loads((shipped_dir / "report.json").read_text())
-    if estimate["config"] != shipped["config"] or estimate["balance"] != shipped["balance"]:
+    if estimate["config"] != shipped["config"] or estimate.get("balance") != shipped.get("balance"):
         raise ValueError("the estimate and the shipped run must use one recipe")
     target = WEIGHTS_DIR / f"{name}.pt"
     shutil.copyfile(shipped["model_file"], target)
@@ -90,8 +115,15 @@ def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, late
         for file in ("report.json", "report.md", "roc.png", "subjects.png"):
             shutil.copyfile(source / file, reports / f"{prefix}{file}")
     predictor = Predictor(target, with_domain=False)
-    latency = profile.measure_latency(predictor, latency_image)
-    test, same = estimate["test"], shipped_dir == estimate_dir
+    return estimate, shipped, target, predictor, profile.measure_latency(predictor, latency_image)
+
+
+def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, latency_image: str | Path,
+                  name: str = "screening") -> Path:
+    """Copy the shipped run's ensemble (the estimate run's when ``shipped_dir`` is None) to ml/weights and
+    write its card with both runs' results."""
+    estimate, shipped, target, predictor, latency = install(estimate_dir, shipped_dir, latency_image, name)
+    test, same = estimate["test"], not shipped_dir or Path(shipped_dir) == Path(estimate_dir)
     member_arch = predictor.payload["members"][0]["arch"]
     c = shipped["config"]
     norm = ("each cell standardised per RGB channel by the mean and standard deviation of its own non-black pixels "
@@ -99,15 +131,7 @@ def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, late
             else "ImageNet mean/std normalisation")
     rows = estimate["oof_per_subject"] + estimate.get("test_per_subject", [])
     lines = [
-        f"# Model card: `{name}` (single-cell blast screening)",
-        "",
-        f"Version `{predictor.version}` · weights `ml/weights/{target.name}` ({profile.file_megabytes(target):.2f} MB) · "
-        f"sha256 `{mldata.sha256_file(target)}`",
-        "",
-        "Screens one segmented white cell: leukaemic B-ALL blast or normal B-lymphoid precursor (hematogone). A cell "
-        f"whose P(blast) is >= the stored threshold **{predictor.threshold:.4f}** is **flagged for review**; the "
-        "pathologist's reviewed label is the one that calls it blast or normal. Tuned so blasts are not missed.",
-        "",
+        *header_lines(name, predictor, target),
         "## Model",
         f"- An ensemble of {len(predictor.payload['members'])} `{member_arch}` members "
         f"({models.get_spec(member_arch).description}), one per subject-grouped cross-validation fold, each trained on "
@@ -162,13 +186,7 @@ def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, late
         *[metrics_rows(f"test subjects, member {m['fold']} alone", m, str(len(estimate["subjects"]["test"])))
           for m in estimate.get("test_members", [])],
         "",
-        f"Target on new subjects: sensitivity >= 0.95, specificity >= 0.50, weighted F1 >= 0.85. On the "
-        f"{len(estimate['subjects']['test'])} untouched test subjects: sensitivity {fmt(test['sensitivity'])} "
-        f"({'met' if test['sensitivity'] >= 0.95 else '**not met**'}), specificity {fmt(test['specificity'])} "
-        f"({'met' if test['specificity'] >= 0.5 else '**not met**'}), weighted F1 {fmt(test['weighted_f1'])} "
-        f"({'met' if test['weighted_f1'] >= 0.85 else '**not met**'}). The ISBI 2019 winner reached weighted F1 0.910 on "
-        "unseen subjects with five times as many subjects. Specificity rests on one normal test subject and two or "
-        "three normal training subjects: read every number as an estimate with wide uncertainty.",
+        target_sentence(test, len(estimate["subjects"]["test"])),
         "",
         "Per subject (estimate run: development subjects scored by the member that did not see them, test subjects by "
         "the ensemble):",
@@ -230,39 +248,15 @@ def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency
     write its card with both runs' results."""
     from .screening_probe import grid_table
 
-    estimate_dir = Path(estimate_dir)
-    shipped_dir = Path(shipped_dir) if shipped_dir else estimate_dir
-    estimate = json.loads((estimate_dir / "report.json").read_text())
-    shipped = json.loads((shipped_dir / "report.json").read_text())
-    if estimate["config"] != shipped["config"]:
-        raise ValueError("the estimate and the shipped run must use one recipe")
-    target = WEIGHTS_DIR / f"{name}.pt"
-    shutil.copyfile(shipped["model_file"], target)
-    if mldata.sha256_file(target) != shipped["model_sha256"]:
-        raise ValueError("the report was made with other weights than the ones being shipped")
-    reports = REPORTS_DIR / name
-    reports.mkdir(parents=True, exist_ok=True)
-    for source, prefix in ((estimate_dir, "estimate-"), (shipped_dir, "")):
-        for file in ("report.json", "report.md", "roc.png", "subjects.png"):
-            shutil.copyfile(source / file, reports / f"{prefix}{file}")
-    predictor = Predictor(target, with_domain=False)
-    latency = profile.measure_latency(predictor, latency_image)
-    test, same = estimate["test"], shipped_dir == estimate_dir
+    estimate, shipped, target, predictor, latency = install(estimate_dir, shipped_dir, latency_image, name)
+    test, same = estimate["test"], not shipped_dir or Path(shipped_dir) == Path(estimate_dir)
     c = shipped["config"]
     probe = predictor.payload["probe"]
     rows = estimate["oof_per_subject"] + estimate.get("test_per_subject", [])
     n_test = len(estimate["subjects"]["test"])
     previous = previous_ensemble_rows()
     lines = [
-        f"# Model card: `{name}` (single-cell blast screening)",
-        "",
-        f"Version `{predictor.version}` · weights `ml/weights/{target.name}` ({profile.file_megabytes(target):.2f} MB) · "
-        f"sha256 `{mldata.sha256_file(target)}`",
-        "",
-        "Screens one segmented white cell: leukaemic B-ALL blast or normal B-lymphoid precursor (hematogone). A cell "
-        f"whose P(blast) is >= the stored threshold **{predictor.threshold:.4f}** is **flagged for review**; the "
-        "pathologist's reviewed label is the one that calls it blast or normal. Tuned so blasts are not missed.",
-        "",
+        *header_lines(name, predictor, target),
         "## Model",
         f"- `{predictor.payload['arch']}`: {models.get_spec(predictor.payload['arch']).description}.",
         f"- The backbone is not trained at all: {probe['features']} pooled features per cell go to one linear layer, "
@@ -310,13 +304,7 @@ def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency
                                         str(sum(len(v) for v in shipped["subjects"].values())))]),
         *previous,
         "",
-        f"Target on new subjects: sensitivity >= 0.95, specificity >= 0.50, weighted F1 >= 0.85. On the {n_test} "
-        f"untouched test subjects: sensitivity {fmt(test['sensitivity'])} "
-        f"({'met' if test['sensitivity'] >= 0.95 else '**not met**'}), specificity {fmt(test['specificity'])} "
-        f"({'met' if test['specificity'] >= 0.5 else '**not met**'}), weighted F1 {fmt(test['weighted_f1'])} "
-        f"({'met' if test['weighted_f1'] >= 0.85 else '**not met**'}). The ISBI 2019 winner reached weighted F1 0.910 on "
-        "unseen subjects with five times as many subjects. Specificity rests on one normal test subject and two or "
-        "three normal training subjects: read every number as an estimate with wide uncertainty.",
+        target_sentence(test, n_test),
         "",
         "Per subject (estimate run: development subjects scored by the fold probe that did not see them, test "
         "subjects by the refitted probe):",
