@@ -297,8 +297,8 @@ def cmd_robustness(args) -> int:
                             limit=args.limit)
     print("\n".join(robustness.table(report)))
     mild = [r for r in report["perturbations"] if r["mild"]]
-    print(f"{len(mild) - len(report['mild_below_target'])} of {len(mild)} mild changes at accuracy >= "
-          f"{report['target']}; report in {out}/ ({report['seconds']:.0f} s)")
+    print(f"{len(mild) - len(report['mild_below_target'])} of {len(mild)} mild changes at "
+          f"{robustness.target_text(report)}; report in {out}/ ({report['seconds']:.0f} s)")
     return 0
 
 

@@ -1,5 +1,7 @@
 """The robustness suite: accuracy, macro-F1 and ECE of a model under each acquisition change of
-``perturb.PERTURBATIONS``, on a manifest's untouched split (test by default).
+``perturb.PERTURBATIONS``, on a manifest's untouched split (test by default). A screening model is judged
+as the portal uses it: at its stored cut, by sensitivity and specificity (an argmax accuracy would score a
+screen that flags at P(blast) >= 0.36 as if it flagged at 0.5).
 
 Writes ``robustness.json``, ``robustness.md`` (one table) and ``robustness.png`` (accuracy per change
 against the target) into the output folder; ``card_section(report)`` renders the same table for a
@@ -18,6 +20,7 @@ from . import perturb
 from .evaluate import classification_metrics
 
 MILD_TARGET = 0.97  # issue 11: accuracy under each mild acquisition change
+SCREEN_TARGETS = {"sensitivity": 0.95, "specificity": 0.50}  # issue 12: a screen on new subjects
 
 
 def load_split(predictor, data: str | Path, manifest: str | Path | None, split: str, limit: int | None = None):
@@ -61,6 +64,29 @@ def summary(probabilities: np.ndarray, labels: np.ndarray, classes) -> dict:
     return {k: metrics[k] for k in ("accuracy", "macro_f1", "ece")}
 
 
+def is_screen(predictor) -> bool:
+    return predictor.task == "screening" and predictor.threshold is not None and bool(predictor.positive_class)
+
+
+def screen_summary(predictor, probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """A screen's numbers at its stored cut: accuracy, sensitivity, specificity, weighted F1 (of the flags),
+    ROC AUC and ECE (of P(blast), threshold-free)."""
+    from .screening import screening_metrics
+
+    positive = predictor.classes.index(predictor.positive_class)
+    metrics = screening_metrics(probabilities[:, positive], labels == positive, predictor.threshold)
+    confusion = metrics["confusion"]
+    return {"accuracy": (confusion["tp"] + confusion["tn"]) / max(metrics["n"], 1),
+            **{k: metrics[k] for k in ("sensitivity", "specificity", "weighted_f1", "roc_auc")},
+            "ece": summary(probabilities, labels, predictor.classes)["ece"]}
+
+
+def meets_target(metrics: dict, screen: bool) -> bool:
+    if screen:  # NaN (a split without one of the classes) never meets a target
+        return all(metrics[k] >= target for k, target in SCREEN_TARGETS.items())
+    return metrics["accuracy"] >= MILD_TARGET
+
+
 def run(model, data: str | Path, manifest: str | Path | None = None, split: str = "test",
         out: str | Path | None = None, which: str = "all", limit: int | None = None, batch_size: int = 64) -> dict:
     """Score a model (file or shipped name) under every selected perturbation; write the report to ``out``."""
@@ -72,21 +98,31 @@ def run(model, data: str | Path, manifest: str | Path | None = None, split: str 
     images, labels, manifest = load_split(predictor, data, manifest, split, limit)
     flagged: dict[str, float] = {}
     logits = perturbed_logits(predictor, images, chosen, batch_size, flagged=flagged)
-    clean = {**summary(predictor.probabilities(logits["clean"]), labels, predictor.classes),
-             "flagged": flagged["clean"]}
+    screen = is_screen(predictor)
+
+    def score(name: str) -> dict:
+        probabilities = predictor.probabilities(logits[name])
+        if screen:
+            return screen_summary(predictor, probabilities, labels)
+        return summary(probabilities, labels, predictor.classes)
+
+    clean = {**score("clean"), "flagged": flagged["clean"]}
     rows = []
     for p in chosen:
-        metrics = summary(predictor.probabilities(logits[p.name]), labels, predictor.classes)
+        metrics = score(p.name)
         rows.append({"family": p.family, "name": p.name, "level": p.level, "mild": p.mild, **metrics,
                      "flagged": flagged[p.name],
                      "accuracy_change": metrics["accuracy"] - clean["accuracy"],
-                     "meets_target": metrics["accuracy"] >= MILD_TARGET})
+                     "meets_target": meets_target(metrics, screen)})
     report = {
         "model": predictor.name, "model_version": predictor.version,
         "model_file": str(model),  # as given (a shipped name or a path): the card's reproduce line
         "model_sha256": mldata.sha256_file(predictor.path), "temperature": predictor.temperature,
         "data": str(data), "manifest": str(manifest), "manifest_sha256": mldata.sha256_file(manifest),
         "split": split, "n": int(len(labels)), "limited": bool(limit), "target": MILD_TARGET,
+        "kind": "screening" if screen else "classification",
+        **({"threshold": float(predictor.threshold), "screen_targets": SCREEN_TARGETS,
+            "positives": int((labels == predictor.classes.index(predictor.positive_class)).sum())} if screen else {}),
         "clean": clean, "perturbations": rows,
         "mild_below_target": [r["name"] for r in rows if r["mild"] and not r["meets_target"]],
         "seconds": round(time.perf_counter() - tick, 1),
@@ -98,44 +134,84 @@ def run(model, data: str | Path, manifest: str | Path | None = None, split: str 
 
 def table(report: dict) -> list[str]:
     """The markdown table: one row per acquisition change, the clean split first."""
+    if report.get("kind") == "screening":
+        return screen_table(report)
     c = report["clean"]
-    def share(row: dict) -> str:  # reports made before the column existed have no "flagged"
-        return f"{row['flagged']:.1%}" if "flagged" in row else "n/a"
 
     lines = ["| family | change | level | mild | accuracy | change | macro-F1 | ECE | >= target | flagged out of domain |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| none | clean | untouched {report['split']} split | | {c['accuracy']:.4f} | | {c['macro_f1']:.4f} | "
-             f"{c['ece']:.4f} | {'yes' if c['accuracy'] >= report['target'] else '**no**'} | {share(c)} |"]
+             f"{c['ece']:.4f} | {'yes' if c['accuracy'] >= report['target'] else '**no**'} | {_share(c)} |"]
     for r in report["perturbations"]:
-        verdict = "yes" if r["meets_target"] else ("**no**" if r["mild"] else "no")
         lines.append(f"| {r['family']} | {r['name']} | {r['level']} | {'mild' if r['mild'] else 'strong'} | "
                      f"{r['accuracy']:.4f} | {r['accuracy_change']:+.4f} | {r['macro_f1']:.4f} | {r['ece']:.4f} | "
-                     f"{verdict} | {share(r)} |")
+                     f"{_verdict(r)} | {_share(r)} |")
     return lines
+
+
+def screen_table(report: dict) -> list[str]:
+    """A screen's table: sensitivity and specificity at the stored cut, with their change from clean."""
+    c = report["clean"]
+    lines = ["| family | change | level | mild | sensitivity | change | specificity | change | weighted F1 | ROC AUC "
+             "| meets targets | flagged out of domain |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+             f"| none | clean | untouched {report['split']} split | | {c['sensitivity']:.4f} | | {c['specificity']:.4f} "
+             f"| | {c['weighted_f1']:.4f} | {c['roc_auc']:.4f} | {'yes' if meets_target(c, True) else '**no**'} "
+             f"| {_share(c)} |"]
+    for r in report["perturbations"]:
+        lines.append(f"| {r['family']} | {r['name']} | {r['level']} | {'mild' if r['mild'] else 'strong'} | "
+                     f"{r['sensitivity']:.4f} | {r['sensitivity'] - c['sensitivity']:+.4f} | {r['specificity']:.4f} | "
+                     f"{r['specificity'] - c['specificity']:+.4f} | {r['weighted_f1']:.4f} | {r['roc_auc']:.4f} | "
+                     f"{_verdict(r)} | {_share(r)} |")
+    return lines
+
+
+def _share(row: dict) -> str:  # reports made before the column existed have no "flagged"
+    return f"{row['flagged']:.1%}" if "flagged" in row else "n/a"
+
+
+def _verdict(row: dict) -> str:
+    return "yes" if row["meets_target"] else ("**no**" if row["mild"] else "no")
+
+
+def target_text(report: dict) -> str:
+    if report.get("kind") == "screening":
+        return " and ".join(f"{k} >= {v}" for k, v in report["screen_targets"].items()) + \
+            f" at the stored cut {report['threshold']:.4f}"
+    return f"accuracy >= {report['target']}"
 
 
 def card_section(report: dict, plot: str | None = "robustness.png", heading: str = "##") -> str:
     """The model card's robustness section: what was measured, the verdict, the table and the plot."""
     mild = [r for r in report["perturbations"] if r["mild"]]
     below = report["mild_below_target"]
-    worst = min(mild, key=lambda r: r["accuracy"]) if mild else None
+    screen = report.get("kind") == "screening"
+    if screen:
+        worst = min(mild, key=lambda r: (r["sensitivity"], r["specificity"])) if mild else None
+        worst_text = (f" Lowest sensitivity under a mild change: {worst['name']} ({worst['level']}), "
+                      f"{worst['sensitivity']:.4f} (specificity {worst['specificity']:.4f})." if worst else "")
+        what = (f"screened by `{report['model_version']}` at its stored cut ({report['positives']} blasts, "
+                f"{report['n'] - report['positives']} normal cells)")
+    else:
+        worst = min(mild, key=lambda r: r["accuracy"]) if mild else None
+        worst_text = f" Worst mild change: {worst['name']} ({worst['level']}), accuracy {worst['accuracy']:.4f}." \
+            if worst else ""
+        what = f"classified by `{report['model_version']}` (T = {report['temperature']:.3f})"
     lines = [
         f"{heading} Robustness to acquisition changes",
         "",
         f"Split **{report['split']}** of `{report['manifest']}` ({report['n']} images"
         f"{', a subsample' if report.get('limited') else ''}), each image changed deterministically "
-        f"(`ml/perturb.py`) and classified by `{report['model_version']}` (T = {report['temperature']:.3f}). "
-        f"Target: accuracy >= {report['target']} under every mild change.",
+        f"(`ml/perturb.py`) and {what}. Target: {target_text(report)} under every mild change.",
         "",
         (f"**{len(mild) - len(below)} of {len(mild)} mild changes meet the target.**" if mild else "No mild changes run.")
-        + (f" Below it: {', '.join(below)}." if below else "")
-        + (f" Worst mild change: {worst['name']} ({worst['level']}), accuracy {worst['accuracy']:.4f}." if worst else ""),
+        + (f" Below it: {', '.join(below)}." if below else "") + worst_text,
         "",
         *table(report),
         "",
     ]
     if plot:
-        lines += [f"![accuracy per acquisition change]({plot})", ""]
+        lines += [f"![{'sensitivity and specificity' if screen else 'accuracy'} per acquisition change]({plot})", ""]
     lines += [f"Reproduce: `python -m ml robustness --data DATA --model {report['model_file']} --split {report['split']}`.",
               ""]
     return "\n".join(lines)
@@ -149,19 +225,26 @@ def plot(report: dict, path: Path) -> Path:
 
     rows = report["perturbations"]
     names = ["clean"] + [f"{r['family']}: {r['name']}" for r in rows]
-    values = [report["clean"]["accuracy"]] + [r["accuracy"] for r in rows]
-    colours = ["#444444"] + [("#2b7bba" if r["mild"] else "#9bbbd6") if r["meets_target"] else
-                             ("#c0392b" if r["mild"] else "#e6a49c") for r in rows]
-    fig, ax = plt.subplots(figsize=(7.5, 0.24 * len(names) + 1.2), dpi=110)
+    if report.get("kind") == "screening":
+        series = {m: (t, [report["clean"][m]] + [r[m] for r in rows]) for m, t in report["screen_targets"].items()}
+    else:
+        series = {"accuracy": (report["target"], [report["clean"]["accuracy"]] + [r["accuracy"] for r in rows])}
+    fig, axes = plt.subplots(1, len(series), figsize=(5.0 + 2.5 * len(series), 0.24 * len(names) + 1.2), dpi=110,
+                             sharey=True, squeeze=False)
     y = np.arange(len(names))[::-1]
-    ax.barh(y, values, color=colours)
-    ax.axvline(report["target"], color="black", linestyle="--", linewidth=1, label=f"target {report['target']}")
-    ax.set_yticks(y, names, fontsize=7)
-    ax.set_xlim(max(0.0, min(values) - 0.05), 1.0)
-    ax.set_xlabel("accuracy")
-    ax.set_title(f"{report['model_version']} — {report['split']} split (n={report['n']}); dark = mild change, "
+    for ax, (metric, (target, values)) in zip(axes[0], series.items()):
+        below = [False] + [v < target for v in values[1:]]
+        colours = ["#444444"] + [("#c0392b" if low else "#2b7bba") if r["mild"] else ("#e6a49c" if low else "#9bbbd6")
+                                 for r, low in zip(rows, below[1:])]
+        ax.barh(y, values, color=colours)
+        ax.axvline(target, color="black", linestyle="--", linewidth=1, label=f"target {target}")
+        finite = [v for v in values if np.isfinite(v)]
+        ax.set_xlim(max(0.0, min(finite, default=0.0) - 0.05), 1.0)
+        ax.set_xlabel(metric)
+        ax.legend(loc="lower left", fontsize=7)
+    axes[0][0].set_yticks(y, names, fontsize=7)
+    fig.suptitle(f"{report['model_version']} — {report['split']} split (n={report['n']}); dark = mild change, "
                  "red = below target", fontsize=8)
-    ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

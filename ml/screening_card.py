@@ -242,6 +242,21 @@ def previous_ensemble_rows() -> list[str]:
             metrics_rows("previous ensemble, out-of-fold, all subjects", shipped["oof"], str(n_oof))]
 
 
+def robustness_lines(estimate: dict, name: str = "screening") -> list[str]:
+    """The card's robustness section: the suite run on the estimate run's probe (``python -m ml robustness
+    --out ml/reports/NAME``), the only model of the recipe with untouched subjects; [] when not run yet."""
+    from .card import robustness_section
+
+    section = robustness_section(REPORTS_DIR / name, estimate["model_sha256"], name)
+    if not section:
+        return []
+    return [*section.strip("\n").splitlines(), "",
+            "The shipped probe was fitted on every subject, so none is left to change and score: the suite ran on the "
+            "estimate run's probe (the same recipe fitted on the development subjects), on the test subjects, at that "
+            "probe's own cut. That probe has no fitted domain check (the shipped one's is in the Domain check section), "
+            "so the flagged column counts only blank images.", ""]
+
+
 def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency_image: str | Path,
                name: str = "screening") -> Path:
     """Copy the shipped probe run's model (the estimate run's when ``shipped_dir`` is None) to ml/weights and
@@ -322,6 +337,7 @@ def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency
         "Full reports: [`estimate-report.md`](../reports/screening/estimate-report.md)"
         + ("" if same else ", [`report.md`](../reports/screening/report.md) (shipped run)") + ".",
         "",
+        *robustness_lines(estimate, name),
         "## Why a probe and not a fine-tuned network",
         "",
         "- With 3 normal subjects, fine-tuned networks learned the subjects' slides: the previous shipped model, an "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ml import robustness
 from ml.cli import main
 from ml.perturb import FAMILIES, PERTURBATIONS
@@ -65,3 +67,66 @@ def test_the_shipped_card_gets_the_section_of_its_own_weights_only(tiny_model_fi
 
     with pytest.raises(ValueError, match="other weights"):
         robustness_section(tmp_path, "0" * 64, "staging")
+
+
+# A screen is judged as the portal uses it: flags at its stored cut, by sensitivity and specificity.
+
+from .test_screening import cell_folder  # noqa: E402,F401  (the C-NMC-layout fixture of generated cells)
+
+
+@pytest.fixture(scope="module")
+def screen_run(cell_folder, tmp_path_factory):  # noqa: F811
+    from ml import data as mldata
+    from ml import screening, screening_ensemble, screening_probe
+
+    out = tmp_path_factory.mktemp("screen-robustness")
+    base = mldata.write_manifest(
+        screening.make_subject_split(cell_folder, test_subjects={"all": 1, "hem": 1}, folds=2), out / "base.csv")
+    manifest = screening_ensemble.make_kfold_manifest(base, out / "manifest.csv", folds=2)
+    screening_probe.run(str(cell_folder), out / "run", manifest, img_size=64, grid=(1.0,), pretrained=None)
+    return out / "run" / "model.pt", manifest
+
+
+def with_cut(model_file, cut: float, folder):
+    import shutil
+
+    from ml.checkpoint import update_payload
+
+    copy = shutil.copy(model_file, folder / f"cut-{cut}.pt")
+    update_payload(copy, threshold=cut)
+    return copy
+
+
+def test_a_screen_is_scored_by_sensitivity_and_specificity_at_its_stored_cut(screen_run, cell_folder, tmp_path):  # noqa: F811
+    from ml import screening
+    from ml.predict import Predictor
+
+    model_file, manifest = screen_run
+    report = robustness.run(model_file, cell_folder, manifest, out=tmp_path, which="stain,rotation")
+    assert report["kind"] == "screening" and report["screen_targets"] == {"sensitivity": 0.95, "specificity": 0.5}
+    predictor = Predictor(model_file)
+    images, labels, _ = robustness.load_split(predictor, cell_folder, manifest, "test")
+    is_blast = labels == predictor.classes.index("blast")
+    bluer = next(p for p in PERTURBATIONS if p.name == "bluer")
+    p_blast = predictor.predict_proba([bluer(image) for image in images])[:, predictor.classes.index("blast")]
+    expected = screening.screening_metrics(p_blast, is_blast, predictor.threshold)
+    row = next(r for r in report["perturbations"] if r["name"] == "bluer")
+    assert row["sensitivity"] == pytest.approx(expected["sensitivity"])
+    assert row["specificity"] == pytest.approx(expected["specificity"])
+    assert row["meets_target"] == (expected["sensitivity"] >= 0.95 and expected["specificity"] >= 0.5)
+    table = (tmp_path / "robustness.md").read_text()
+    assert "| sensitivity | change | specificity | change |" in table and "| stain | bluer |" in table
+    assert "sensitivity >= 0.95 and specificity >= 0.5 at the stored cut" in table
+    assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_screens_cut_not_the_larger_probability_decides_its_numbers(screen_run, cell_folder, tmp_path):  # noqa: F811
+    model_file, manifest = screen_run
+    flag_all = robustness.run(with_cut(model_file, 0.0, tmp_path), cell_folder, manifest, which="JPEG")
+    flag_none = robustness.run(with_cut(model_file, 1.01, tmp_path), cell_folder, manifest, which="JPEG")
+    for row in [flag_all["clean"], *flag_all["perturbations"]]:
+        assert (row["sensitivity"], row["specificity"]) == (1.0, 0.0)
+    for row in [flag_none["clean"], *flag_none["perturbations"]]:
+        assert (row["sensitivity"], row["specificity"]) == (0.0, 1.0)
+        assert not robustness.meets_target(row, screen=True)
+    assert flag_none["mild_below_target"] == ["JPEG q40"]

@@ -140,3 +140,22 @@ def test_the_domain_check_of_a_probe_is_fitted_on_the_folds_it_names(probe_run, 
     check = fit_model_domain(out / "run" / "model.pt", cell_folder, None, progress=False, write=False,
                              other_paths=others)
     assert check.fit_record["train_splits"] == ["fold1"] and check.fit_record["val_splits"] == ["fold0"]
+
+
+def test_the_card_shows_the_estimate_probes_robustness_at_its_cut(probe_run, cell_folder, tmp_path, monkeypatch):  # noqa: F811
+    from ml import robustness, screening_card
+
+    out, _ = probe_run
+    monkeypatch.setattr(screening_card, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(screening_card, "REPORTS_DIR", tmp_path / "reports")
+    monkeypatch.setattr(screening_card, "PREVIOUS_ENSEMBLE", tmp_path / "reports" / "none")
+    (tmp_path / "weights").mkdir()
+    cell = next((cell_folder / "all").iterdir())
+    assert "## Robustness" not in screening_card.ship_probe(out / "run", None, cell).read_text()
+    robustness.run(out / "run" / "model.pt", cell_folder, out / "manifest.csv", out=tmp_path / "reports" / "screening",
+                   which="stain")
+    card = screening_card.ship_probe(out / "run", None, cell).read_text()
+    assert "## Robustness to acquisition changes" in card and "| stain | bluer |" in card
+    assert "sensitivity >= 0.95 and specificity >= 0.5 at the stored cut" in card
+    assert "the suite ran on the estimate run's probe" in card
+    assert card.index("## Robustness") < card.index("## Why a probe")
