@@ -105,16 +105,23 @@ def test_the_cut_keeps_the_target_on_the_out_of_fold_predictions_and_the_test_su
     assert "| C | target | cut |" in (out / "run" / "report.md").read_text()
 
 
-def test_the_card_gives_every_subject_the_grid_and_the_targets(probe_run, cell_folder, tmp_path, monkeypatch):  # noqa: F811
+@pytest.fixture
+def card_dirs(cell_folder, tmp_path, monkeypatch):  # noqa: F811
+    """The card's weights and reports folders moved into tmp_path; a cell to time the latency on."""
     from ml import screening_card
 
-    out, report = probe_run
     monkeypatch.setattr(screening_card, "WEIGHTS_DIR", tmp_path / "weights")
     monkeypatch.setattr(screening_card, "REPORTS_DIR", tmp_path / "reports")
     monkeypatch.setattr(screening_card, "PREVIOUS_ENSEMBLE", tmp_path / "reports" / "none")
     (tmp_path / "weights").mkdir()
-    cell = next((cell_folder / "all").iterdir())
-    card = screening_card.ship_probe(out / "run", None, cell).read_text()
+    return next((cell_folder / "all").iterdir())
+
+
+def test_the_card_gives_every_subject_the_grid_and_the_targets(probe_run, card_dirs, tmp_path):
+    from ml import screening_card
+
+    out, report = probe_run
+    card = screening_card.ship_probe(out / "run", None, card_dirs).read_text()
     assert "flagged for review" in card and f"**{report['threshold']:.4f}**" in card
     for row in report["oof_per_subject"] + report["test_per_subject"]:
         assert f"| {row['subject']} | {row['truth']} | {row['source']} | {row['cells']} | {row['flagged']} |" in card
@@ -142,15 +149,11 @@ def test_the_domain_check_of_a_probe_is_fitted_on_the_folds_it_names(probe_run, 
     assert check.fit_record["train_splits"] == ["fold1"] and check.fit_record["val_splits"] == ["fold0"]
 
 
-def test_the_card_shows_the_estimate_probes_robustness_at_its_cut(probe_run, cell_folder, tmp_path, monkeypatch):  # noqa: F811
+def test_the_card_shows_the_estimate_probes_robustness_at_its_cut(probe_run, card_dirs, cell_folder, tmp_path):  # noqa: F811
     from ml import robustness, screening_card
 
     out, _ = probe_run
-    monkeypatch.setattr(screening_card, "WEIGHTS_DIR", tmp_path / "weights")
-    monkeypatch.setattr(screening_card, "REPORTS_DIR", tmp_path / "reports")
-    monkeypatch.setattr(screening_card, "PREVIOUS_ENSEMBLE", tmp_path / "reports" / "none")
-    (tmp_path / "weights").mkdir()
-    cell = next((cell_folder / "all").iterdir())
+    cell = card_dirs
     assert "## Robustness" not in screening_card.ship_probe(out / "run", None, cell).read_text()
     robustness.run(out / "run" / "model.pt", cell_folder, out / "manifest.csv", out=tmp_path / "reports" / "screening",
                    which="stain")
