@@ -257,6 +257,21 @@ def robustness_lines(estimate: dict, name: str = "screening") -> list[str]:
             "so the flagged column counts only blank images.", ""]
 
 
+def robustness_limitation(section: list[str], name: str = "screening") -> list[str]:
+    """A Limitations line naming the mild changes under which the estimate probe missed a target; [] without
+    a robustness section (``section`` is what ``robustness_lines`` returned, its weights already checked)."""
+    if not section:
+        return []
+    suite = json.loads((REPORTS_DIR / name / "robustness.json").read_text())
+    missed = [r for r in suite["perturbations"] if r["mild"] and not r["meets_target"]]
+    if not missed:
+        return []
+    return ["- Under mild acquisition changes the estimate probe missed a target: " + "; ".join(
+        f"{r['name']} (sensitivity {r['sensitivity']:.3f}, specificity {r['specificity']:.3f})" for r in missed)
+        + ". A lab that images cells at another magnification, framing or orientation should check the cut on its "
+          "own reviewed cells before relying on the flags."]
+
+
 def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency_image: str | Path,
                name: str = "screening") -> Path:
     """Copy the shipped probe run's model (the estimate run's when ``shipped_dir`` is None) to ml/weights and
@@ -270,6 +285,7 @@ def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency
     rows = estimate["oof_per_subject"] + estimate.get("test_per_subject", [])
     n_test = len(estimate["subjects"]["test"])
     previous = previous_ensemble_rows()
+    robustness = robustness_lines(estimate, name)
     lines = [
         *header_lines(name, predictor, target),
         "## Model",
@@ -337,7 +353,7 @@ def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency
         "Full reports: [`estimate-report.md`](../reports/screening/estimate-report.md)"
         + ("" if same else ", [`report.md`](../reports/screening/report.md) (shipped run)") + ".",
         "",
-        *robustness_lines(estimate, name),
+        *robustness,
         "## Why a probe and not a fine-tuned network",
         "",
         "- With 3 normal subjects, fine-tuned networks learned the subjects' slides: the previous shipped model, an "
@@ -364,6 +380,7 @@ def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency
         "from normal cells here is whatever those features happen to carry, and a lab whose cells differ in "
         "magnification or segmentation may move them. One normal subject (H10, large cells) is still flagged at "
         "most cells out of fold.",
+        *robustness_limitation(robustness, name),
         "- Cells must be segmented single white cells on a black background like C-NMC's; the domain check flags "
         "anything else.",
         "",

@@ -162,3 +162,8 @@ def test_the_card_shows_the_estimate_probes_robustness_at_its_cut(probe_run, car
     assert "sensitivity >= 0.95 and specificity >= 0.5 at the stored cut" in card
     assert "the suite ran on the estimate run's probe" in card
     assert card.index("## Robustness") < card.index("## Why a probe")
+    suite = json.loads((tmp_path / "reports" / "screening" / "robustness.json").read_text())
+    missed = [r["name"] for r in suite["perturbations"] if r["mild"] and not r["meets_target"]]
+    limitations = card[card.index("## Limitations"):]
+    assert ("missed a target" in limitations) == bool(missed)
+    assert all(f"{name} (sensitivity" in limitations for name in missed)
