@@ -205,12 +205,7 @@ def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, late
         f"- One cell from a PNG path to the screen's answer (all members): median {latency['median_ms']:.1f} ms "
         f"(p90 {latency['p90_ms']:.1f} ms), batch 1, {latency['threads']} threads, {latency['runs']} runs.",
         "",
-        "## Limitations",
-        "- Three normal subjects in all: specificity on a new patient's normal cells can differ widely from these "
-        "numbers. The screen flags cells for review; it does not diagnose.",
-        "- Cells must be segmented single white cells on a black background like C-NMC's; the domain check flags "
-        "anything else.",
-        "",
+        *limitations(),
     ]
     card = WEIGHTS_DIR / f"{name}.md"
     card.write_text("\n".join(lines))
@@ -240,6 +235,17 @@ def previous_ensemble_rows() -> list[str]:
     return [metrics_rows(f"previous ensemble ({estimate['members']} fine-tuned {estimate['arch']}), test subjects",
                          estimate["test"], str(n_test)),
             metrics_rows("previous ensemble, out-of-fold, all subjects", shipped["oof"], str(n_oof))]
+
+
+def limitations(*specific: str) -> list[str]:
+    """The Limitations section of a screening card: what holds for every screen, with ``specific`` lines between."""
+    return ["## Limitations",
+            "- Three normal subjects in all: specificity on a new patient's normal cells can differ widely from these "
+            "numbers. The screen flags cells for review; it does not diagnose.",
+            *specific,
+            "- Cells must be segmented single white cells on a black background like C-NMC's; the domain check flags "
+            "anything else.",
+            ""]
 
 
 def robustness_lines(estimate: dict, name: str = "screening") -> list[str]:
@@ -373,17 +379,12 @@ def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency
         "in the ONNX Runtime section below. Timings on this shared 2-core machine vary by up to a third from one "
         "measurement to the next.",
         "",
-        "## Limitations",
-        "- Three normal subjects in all: specificity on a new patient's normal cells can differ widely from these "
-        "numbers. The screen flags cells for review; it does not diagnose.",
-        "- The probe's features are ImageNet features of a network never shown a blood cell: what separates blasts "
-        "from normal cells here is whatever those features happen to carry, and a lab whose cells differ in "
-        "magnification or segmentation may move them. One normal subject (H10, large cells) is still flagged at "
-        "most cells out of fold.",
-        *robustness_limitation(robustness, name),
-        "- Cells must be segmented single white cells on a black background like C-NMC's; the domain check flags "
-        "anything else.",
-        "",
+        *limitations(
+            "- The probe's features are ImageNet features of a network never shown a blood cell: what separates blasts "
+            "from normal cells here is whatever those features happen to carry, and a lab whose cells differ in "
+            "magnification or segmentation may move them. One normal subject (H10, large cells) is still flagged at "
+            "most cells out of fold.",
+            *robustness_limitation(robustness, name)),
     ]
     card = WEIGHTS_DIR / f"{name}.md"
     card.write_text("\n".join(lines))

@@ -193,10 +193,16 @@ def run(data: str, out: str | Path, manifest: str | Path, base: TrainConfig, bal
     points = {"out-of-fold at the cut": (1 - report["oof"]["specificity"], report["oof"]["sensitivity"])}
     if report["test"]:
         points["test at the cut"] = (1 - report["test"]["specificity"], report["test"]["sensitivity"])
-    screening.plot_roc(curves, points, out / "roc.png", f"ensemble of {len(folds)} {base.arch}: blast vs normal cell")
+    return write_run(report, out, curves, points, f"ensemble of {len(folds)} {base.arch}: blast vs normal cell",
+                     markdown)
+
+
+def write_run(report: dict, out: Path, curves: dict, points: dict, title: str, render) -> dict:
+    """A screening run's outputs: roc.png, subjects.png, report.json and report.md (``render(report)``)."""
+    screening.plot_roc(curves, points, out / "roc.png", title)
     plot_subjects(report["oof_per_subject"] + report.get("test_per_subject", []), out / "subjects.png")
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(markdown(report))
+    (out / "report.md").write_text(render(report))
     return report
 
 

@@ -37,7 +37,7 @@ from . import data as mldata
 from . import models, screening
 from .checkpoint import read_payload, save_model, store_float16, update_payload
 from .predict import Predictor
-from .screening_ensemble import plot_subjects, subject_rows, subject_table, worst
+from .screening_ensemble import subject_rows, subject_table, worst, write_run
 from .screening import fmt
 from .train import TrainConfig, hardware
 
@@ -200,11 +200,7 @@ def run(data: str, out: str | Path, manifest: str | Path, img_size: int = 224, i
         report["test_per_subject"] = subject_rows(test, p_test, threshold, "test")
         curves["test subjects, shipped probe"] = (y_test, p_test)
         points["test at the cut"] = (1 - report["test"]["specificity"], report["test"]["sensitivity"])
-    screening.plot_roc(curves, points, out / "roc.png", f"{arch}: blast vs normal cell")
-    plot_subjects(report["oof_per_subject"] + report.get("test_per_subject", []), out / "subjects.png")
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(markdown(report))
-    return report
+    return write_run(report, out, curves, points, f"{arch}: blast vs normal cell", markdown)
 
 
 def markdown(report: dict) -> str:
