@@ -116,12 +116,17 @@ def lineage(config: dict, ancestors: dict | None = None) -> list[str]:
         lines.append("- Warm start: every weight initialised from "
                      f"{describe_model_file(config['init_weights'], ancestors.get('init_weights'))}.")
     if config.get("teacher"):
+        files = [config["teacher"]] if isinstance(config["teacher"], str) else list(config["teacher"])
+        recorded = ancestors.get("teachers") or [ancestors.get("teacher")]
+        described = [describe_model_file(file, recorded[i] if i < len(recorded) else None)
+                     for i, file in enumerate(files)]
+        whose = (f"the teacher {described[0]}" if len(files) == 1 else
+                 f"{len(files)} teachers, their probabilities averaged (an ensemble in one model): " + "; ".join(described))
         lines.append(f"- Knowledge distillation (Hinton et al.): loss = {1 - config.get('distill_alpha', 0.5):.2f} x "
-                     f"cross-entropy + {config.get('distill_alpha', 0.5):.2f} x T² KL to the soft labels of the teacher "
-                     f"{describe_model_file(config['teacher'], ancestors.get('teacher'))}, at T = {config.get('distill_temperature')}. The "
-                     "teacher's soft labels were computed on training images only (mean over the 8 flips and 90° "
-                     "rotations). Teacher and student used the validation split only for learning-rate decisions and "
-                     "temperature fitting; neither ever saw a test image.")
+                     f"cross-entropy + {config.get('distill_alpha', 0.5):.2f} x T² KL to the soft labels of {whose}, "
+                     f"at T = {config.get('distill_temperature')}. The soft labels were computed on training images "
+                     "only (mean over the 8 flips and 90° rotations). Teachers and student used the validation split "
+                     "only for learning-rate decisions and temperature fitting; none ever saw a test image.")
     return lines
 
 

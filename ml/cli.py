@@ -37,7 +37,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (smoke runs)")
     parser.add_argument("--pretrained-weights", metavar="FILE", help="local timm checkpoint for the backbone")
-    parser.add_argument("--teacher", metavar="MODEL_PT", help="distil from this trained model (same split)")
+    parser.add_argument("--teacher", metavar="MODEL_PT", nargs="+",
+                        help="distil from this trained model, or from the mean of several (same split)")
     parser.add_argument("--distill-alpha", type=float, default=defaults.distill_alpha)
     parser.add_argument("--distill-temperature", type=float, default=defaults.distill_temperature)
     parser.add_argument("--init-weights", metavar="MODEL_PT", help="start from this model (same arch and split)")

@@ -62,8 +62,9 @@ class TrainConfig:
     stop_patience: int = 3
     min_epochs: int = 0
     pretrained_weights: str | None = None
-    # Knowledge distillation: soft labels from a trained model file (trained on the same training split).
-    teacher: str | None = None
+    # Knowledge distillation: soft labels from trained model files (trained on the same training split); with
+    # several, their tempered probabilities are averaged (an ensemble teacher the student must fit in one model).
+    teacher: str | list[str] | None = None
     init_weights: str | None = None  # start every weight from this model.pt (same arch), e.g. a from-scratch run
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
@@ -224,17 +225,24 @@ class IndexedSubset(torch.utils.data.Dataset):
 
 @torch.no_grad()
 def teacher_soft_targets(config: TrainConfig, train_set, classes, log) -> torch.Tensor:
-    """The teacher's tempered probabilities for every training image, averaged over the 8 flips and
-    90° rotations (the label-preserving part of the augmentation). Only training images are used."""
+    """The teachers' tempered probabilities for every training image, averaged over the 8 flips and
+    90° rotations (the label-preserving part of the augmentation) and over the teachers. Only training
+    images are used."""
+    files = [config.teacher] if isinstance(config.teacher, str) else list(config.teacher)
+    return sum(one_teacher_soft_targets(config, file, train_set, classes, log) for file in files) / len(files)
+
+
+@torch.no_grad()
+def one_teacher_soft_targets(config: TrainConfig, file: str, train_set, classes, log) -> torch.Tensor:
     from .checkpoint import load_model, model_summary
 
-    teacher, payload = load_model(config.teacher)
+    teacher, payload = load_model(file)
     if list(payload["classes"]) != list(classes):
         raise ValueError(f"teacher classes {payload['classes']} differ from {classes}")
     teacher_split = payload["training"].get("manifest_sha256")
     if teacher_split != mldata.sha256_file(Path(config.manifest)):
         raise ValueError("the teacher was trained on another split: its soft labels could leak test images")
-    config.extra.setdefault("ancestors", {})["teacher"] = model_summary(payload)
+    config.extra.setdefault("ancestors", {}).setdefault("teachers", []).append(model_summary(payload))
     log(f"distillation: teacher {payload['model_version']} (alpha {config.distill_alpha}, T {config.distill_temperature})")
     targets = []
     starts = range(0, len(train_set), 64)

@@ -83,6 +83,36 @@ def test_distillation_from_a_teacher_trained_on_the_same_split(tiny_model_file, 
     assert read_payload(model)["training"]["config"]["teacher"] == str(tiny_model_file)
 
 
+def test_several_teachers_give_the_mean_of_their_soft_labels(tiny_model_file, tmp_path):
+    import shutil
+
+    from ml.checkpoint import update_payload
+    from ml.train import one_teacher_soft_targets, teacher_soft_targets
+
+    other = tmp_path / "other_teacher.pt"
+    shutil.copy(tiny_model_file, other)
+    state = {k: v + 0.3 * torch.randn_like(v.float()).to(v.dtype) if v.dim() > 1 else v  # weights, not statistics
+             for k, v in read_payload(other)["state_dict"].items()}
+    update_payload(other, state_dict=state)
+
+    class Images:
+        images = torch.rand(5, 3, 64, 64)
+
+        def __len__(self):
+            return 5
+
+    config = TrainConfig(data="unused", arch="mobilenetv3_lstm", out=str(tmp_path), progress=False,
+                         manifest=str(tiny_model_file.parent / "manifest.csv"),
+                         teacher=[str(tiny_model_file), str(other)])
+    classes = read_payload(tiny_model_file)["classes"]
+    first, second = (one_teacher_soft_targets(config, str(f), Images(), classes, print) for f in (tiny_model_file, other))
+    mean = teacher_soft_targets(config, Images(), classes, print)
+    assert not torch.allclose(first, second), "the two teachers should disagree somewhere"
+    assert torch.allclose(mean, (first + second) / 2)
+    assert torch.allclose(mean.sum(dim=1), torch.ones(5))
+    assert len(config.extra["ancestors"]["teachers"]) == 4  # two per call above: each teacher is recorded
+
+
 def test_a_teacher_from_another_split_is_refused(tiny_model_file, smear_folder, tmp_path):
     import pytest
 
@@ -122,3 +152,15 @@ def test_the_card_names_the_init_model_as_it_was_when_training_read_it(tiny_mode
     assert training["ancestors"]["init_weights"]["model_version"] == original_version
     (line,) = lineage(training["config"], training["ancestors"])
     assert original_version in line and read_payload(warm)["model_version"] not in line
+
+
+def test_the_card_names_every_teacher_of_an_ensemble_distillation(tiny_model_file):
+    from ml.card import lineage
+    from ml.checkpoint import model_summary
+
+    first = model_summary(read_payload(tiny_model_file))
+    second = {**first, "model_version": "teacher-two"}
+    config = {"teacher": ["runs/a.pt", "runs/b.pt"], "distill_alpha": 0.5, "distill_temperature": 2.0}
+    (line,) = lineage(config, {"teachers": [first, second]})
+    assert "2 teachers, their probabilities averaged" in line
+    assert first["model_version"] in line and "teacher-two" in line
