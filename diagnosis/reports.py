@@ -179,6 +179,11 @@ def case_report_pdf(case):
                     "chosen for a sensitivity of at least 0.95: it prefers false alarms to missed blasts. The "
                     "pathologist's label is the one that calls a cell blast or normal.", "Italic"),
                   _cell_table(ctx["cells"], styles, p)]
+    shortened = [smear for smear in (*ctx["smears"], *ctx["cells"]) if smear.review_reason and _shortened_reason(smear)]
+    if shortened:
+        story += [p("Review reasons in full", "Heading2")]
+        for smear in shortened:
+            story.append(_lines(f"{smear.original_filename}: {smear.review_reason.strip()}", styles))
     if ctx["not_assessable"]:
         story += [p("Not assessable (left out of every count)", "Heading2")]
         for smear in ctx["not_assessable"]:
@@ -216,10 +221,25 @@ def model_text(smear):
             f"\n{pred.model_display}")
 
 
+# A table row cannot break across pages: a reason of up to 1,000 characters (or 70 line breaks) in the 3 cm
+# "Final label" column would be taller than a page and the PDF could not be built. The table shows the start;
+# the section "Review reasons in full" below the tables (paragraphs, which do break) has the rest.
+REASON_IN_TABLE = 120
+
+
+def _shortened_reason(smear) -> str | None:
+    """The reason as one line of at most REASON_IN_TABLE characters, or None when it is shown whole."""
+    whole = (smear.review_reason or "").strip()
+    if len(whole) <= REASON_IN_TABLE and whole.count("\n") < 3:
+        return None
+    reason = " ".join(whole.split())
+    return reason[:REASON_IN_TABLE].rstrip() + "… (in full below)"
+
+
 def _final_text(smear):
     final = selectors.label_display(smear.review_label) if smear.review_label else "not reviewed"
     if smear.review_reason:
-        final += f"\nReason: {smear.review_reason}"
+        final += f"\nReason: {_shortened_reason(smear) or smear.review_reason.strip()}"
     return final
 
 

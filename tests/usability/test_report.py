@@ -99,3 +99,30 @@ def test_case_form_takes_specimen_type_and_collection_date_but_not_a_future_date
 ])
 def test_model_names_are_readable_and_keep_the_full_version(version, shown):
     assert Prediction(task="staging", model_version=version).model_display == shown
+
+
+@pytest.mark.parametrize("reason", [
+    "\n".join(f"observation {i}" for i in range(200))[:1000],  # the most line breaks the limit allows
+    ("Nuclear contour irregular, chromatin fine, nucleoli visible; " * 20)[:1000],  # the longest reason
+], ids=["many-lines", "longest"])
+def test_a_review_reason_of_the_allowed_length_prints_shortened_in_the_table_and_whole_below(
+        path_client, signed_report_case, reason):
+    from diagnosis.models import REVIEW_REASON_MAX_LENGTH, Smear
+
+    assert len(reason) == REVIEW_REASON_MAX_LENGTH
+    Smear.objects.filter(case=signed_report_case).update(review_reason=reason)
+    response = path_client.get(reverse("diagnosis:case_report_pdf", args=[signed_report_case.pk]))
+    assert response.status_code == 200 and response.content.startswith(b"%PDF")
+    _, text = pdf_text(signed_report_case)
+    flat = "".join(text.split())  # the table wraps lines within words' boundaries; compare without spaces
+    assert "(infullbelow)" in flat and "Reviewreasonsinfull" in flat
+    assert "".join(reason.split()[-3:]) in flat  # the end of the reason is printed too
+
+
+def test_a_short_review_reason_stays_whole_in_the_table(signed_report_case):
+    from diagnosis.models import Smear
+
+    Smear.objects.filter(case=signed_report_case).update(review_reason="Blast morphology clear.")
+    _, text = pdf_text(signed_report_case)
+    assert "Blastmorphologyclear." in "".join(text.split())  # whole, wrapped within its column
+    assert "Review reasons in full" not in text
