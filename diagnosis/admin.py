@@ -161,8 +161,15 @@ class SmearAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected failed smears", permissions=["retry"])
     def retry_failed(self, request, queryset):
-        n = sum(services.retry_smear(smear, request.user) for smear in queryset.filter(status=Smear.Status.FAILED))
+        n, locked = 0, 0
+        for smear in queryset.filter(status=Smear.Status.FAILED).select_related("case"):
+            try:
+                n += services.retry_smear(smear, request.user)
+            except services.CaseLocked:
+                locked += 1
         self.message_user(request, f"{n} smear(s) queued again.", messages.SUCCESS)
+        if locked:
+            self.message_user(request, f"{locked} smear(s) left as they are: their case is signed out.", messages.WARNING)
 
     def has_retry_permission(self, request):
         return request.user.has_perm("diagnosis.retry_smear")

@@ -448,7 +448,8 @@ class Smear(models.Model):
 
     @property
     def can_retry(self):
-        return self.status == self.Status.FAILED
+        """Failed, in a case still open: a signed-out case's smears are settled (changes go through an addendum)."""
+        return self.status == self.Status.FAILED and not self.case.is_signed_out
 
     @property
     def is_cell(self):

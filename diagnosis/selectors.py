@@ -123,7 +123,7 @@ def _smear_status_item(smear, can_retry):
 def smears_status_payload(smears, user):
     """Status JSON for any set of smears (the technician's upload queue)."""
     can_retry = user.has_perm("diagnosis.retry_smear")
-    items = [_smear_status_item(s, can_retry) for s in smears.select_related("prediction").order_by("-created_at", "-pk")]
+    items = [_smear_status_item(s, can_retry) for s in smears.select_related("prediction", "case").order_by("-created_at", "-pk")]
     return {
         "pending": any(i["status"] in (Smear.Status.QUEUED, Smear.Status.PROCESSING) for i in items),
         "smears": items,

@@ -144,7 +144,12 @@ class SmearRetryView(RolePermissionRequiredMixin, View):
 
     def post(self, request, pk):
         smear = get_object_or_404(Smear.objects.select_related("case"), pk=pk)
-        if services.retry_smear(smear, request.user):
+        try:
+            retried = services.retry_smear(smear, request.user)
+        except services.CaseLocked as exc:
+            messages.error(request, str(exc))
+            return redirect(smear.case)
+        if retried:
             messages.success(request, f"“{smear.original_filename}” queued again.")
         else:
             messages.warning(request, f"“{smear.original_filename}” is not failed; nothing to retry.")

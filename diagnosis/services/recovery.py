@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from ..models import AuditEvent, Case, Prediction, Smear
 from .audit import record_event
-from .case_state import _refresh_case_by_id
+from .case_state import _refresh_case_by_id, lock_open_case
 from .dispatch import enqueue_classification, enqueue_heatmap
 
 logger = logging.getLogger(__name__)
@@ -19,9 +19,10 @@ logger = logging.getLogger(__name__)
 
 def retry_smear(smear, user=None):
     """Put a failed smear back in the queue. Returns False when it was not
-    failed (e.g. someone else retried it already)."""
+    failed (e.g. someone else retried it already); raises CaseLocked when its
+    case is signed out: a signed report must not gain a prediction afterwards."""
     with transaction.atomic():
-        Case.objects.select_for_update().filter(pk=smear.case_id).first()  # case first: one lock order
+        lock_open_case(smear.case)  # case first: one lock order
         updated = Smear.objects.filter(pk=smear.pk, status=Smear.Status.FAILED).update(
             status=Smear.Status.QUEUED, claimed_at=None, transient_failure=False, updated_at=timezone.now()
         )
@@ -71,7 +72,8 @@ def sweep_stale_smears(now=None):
                 requeued.append(smear.pk)
                 _refresh_case_by_id(smear.case_id)
                 transaction.on_commit(lambda pk=smear.pk: enqueue_classification(pk))
-    transient = Smear.objects.filter(status=Smear.Status.FAILED, transient_failure=True, attempts__lt=max_attempts)
+    transient = Smear.objects.filter(status=Smear.Status.FAILED, transient_failure=True, attempts__lt=max_attempts,
+                                     case__signed_out_at__isnull=True)  # a signed-out case's smears stay as signed
     for smear in transient.only("pk", "case_id"):
         with transaction.atomic():
             Case.objects.select_for_update().filter(pk=smear.case_id).first()

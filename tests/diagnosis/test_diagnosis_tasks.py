@@ -164,6 +164,49 @@ def test_retry_of_a_smear_that_is_not_failed_changes_nothing(smear_factory, clie
     assert smear.status == Smear.Status.DONE and sent_messages == []
 
 
+def signed_out(smear):
+    """Its case signed out as it stands (a failed smear marked not assessable is allowed at sign-out)."""
+    Case.objects.filter(pk=smear.case_id).update(signed_out_at=timezone.now())
+    smear.case.refresh_from_db()
+    return smear
+
+
+def test_a_failed_smear_of_a_signed_out_case_cannot_be_retried(smear_factory, client, technician, sent_messages):
+    from diagnosis.models import AuditEvent
+
+    smear = signed_out(smear_factory(status="failed", error="The image could not be read by the model."))
+    client.force_login(technician)
+    page = client.get(smear.case.get_absolute_url()).content.decode()
+    assert 'data-field="retry" hidden' in page  # no retry button on a signed-out case
+    response = client.post(reverse("diagnosis:smear_retry", args=[smear.pk]), follow=True)
+    assert response.status_code == 200 and "was signed out" in response.content.decode()
+    smear.refresh_from_db()
+    assert smear.status == Smear.Status.FAILED and sent_messages == []
+    assert not AuditEvent.objects.filter(action=AuditEvent.Action.RETRY).exists()
+    with pytest.raises(services.CaseLocked):
+        services.retry_smear(smear)
+    status = client.get(reverse("diagnosis:case_status", args=[smear.case_id])).json()
+    assert [item["can_retry"] for item in status["smears"]] == [False]
+
+
+def test_the_sweep_leaves_a_transient_failure_of_a_signed_out_case_as_signed(smear_factory, sent_messages):
+    smear = signed_out(smear_factory(status="failed", transient_failure=True, attempts=1))
+    assert services.sweep_stale_smears()["requeued"] == 0
+    assert Smear.objects.get(pk=smear.pk).status == Smear.Status.FAILED and sent_messages == []
+
+
+def test_the_admin_retry_action_skips_smears_of_signed_out_cases(smear_factory, case, admin_client, sent_messages):
+    open_smear = smear_factory(status="failed")
+    other_case = Case.objects.create(patient=case.patient, accession_number="ACC-0002", created_by=case.created_by)
+    locked = signed_out(smear_factory(status="failed", case_=other_case))
+    response = admin_client.post(reverse("admin:diagnosis_smear_changelist"),
+                                 {"action": "retry_failed", "_selected_action": [open_smear.pk, locked.pk]}, follow=True)
+    page = response.content.decode()
+    assert "1 smear(s) queued again" in page and "1 smear(s) left as they are: their case is signed out" in page
+    assert Smear.objects.get(pk=locked.pk).status == Smear.Status.FAILED
+    assert Smear.objects.get(pk=open_smear.pk).status == Smear.Status.QUEUED
+
+
 def test_sweep_requeues_smears_of_dead_workers(smear_factory, settings, sent_messages, django_capture_on_commit_callbacks):
     now = timezone.now()
     long_ago = now - timedelta(seconds=settings.SMEAR_STALE_AFTER_SECONDS + 5)
