@@ -1,6 +1,8 @@
 """Pathologist review: work queue, review screen, sign-out, addenda, report,
 dashboard; and the technician's upload queue. Rules live in services/."""
 
+import re
+
 from django.contrib import messages
 from django.http import HttpResponse, JsonResponse
 from django.utils.http import content_disposition_header
@@ -62,9 +64,11 @@ class SmearReviewView(RolePermissionRequiredMixin, View):
     def post(self, request, pk):
         smear = get_object_or_404(Smear.objects.select_related("case"), pk=pk)
         version = request.POST.get("version", "")
+        # ASCII digits only, and few of them: "²".isdigit() is true but int() refuses it.
+        expected = int(version) if re.fullmatch(r"[0-9]{1,9}", version) else None
         try:
             services.review_smear(smear, request.user, request.POST.get("label", ""), request.POST.get("reason", ""),
-                                  expected_version=int(version) if version.isdigit() else None)
+                                  expected_version=expected)
         except services.CaseLocked as exc:
             return _refuse_locked(request, exc, _review_url(smear.case))
         except services.ReviewConflict as exc:

@@ -83,6 +83,7 @@ def mark_not_assessable(smear, user, reason):
 
 def mark_assessable(smear, user, reason=""):
     """Undo "not assessable" before sign-out (audited); the smear needs a review again."""
+    reason = check_length((reason or "").strip(), NOT_ASSESSABLE_REASON_MAX, "The reason")
     with transaction.atomic():
         case = lock_open_case(smear.case)
         smear = Smear.objects.select_for_update().get(pk=smear.pk)
@@ -95,7 +96,7 @@ def mark_assessable(smear, user, reason=""):
                                   "updated_at"])
         event = record_event(case, AuditEvent.Action.ASSESSABLE, actor=user, smear=smear,
                              old_value="not assessable", new_value="assessable",
-                             reason=(reason or "").strip() or f"was: {previous}")
+                             reason=reason or f"was: {previous}")
         _refresh_case_by_id(case.pk)
     return event
 

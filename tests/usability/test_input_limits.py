@@ -76,3 +76,29 @@ def test_an_overlong_search_is_explained_not_a_server_error(path_client):
 def test_an_overlong_patient_search_is_cut_not_a_server_error(tech_client, patient):
     response = tech_client.get(reverse("diagnosis:patient_list"), {"q": "P-0001" + " " * 10 + "x" * 100_000})
     assert response.status_code == 200
+
+
+def test_an_overlong_reason_for_assessable_again_is_refused_and_nothing_is_recorded(path_client, field, pathologist):
+    from diagnosis.models import AuditEvent
+    from diagnosis.services.review import NOT_ASSESSABLE_REASON_MAX
+
+    smear = field("Pre")
+    services.mark_not_assessable(smear, pathologist, "smudged")
+    response = path_client.post(reverse("diagnosis:smear_assessable", args=[smear.pk]),
+                                {"action": "assessable", "reason": "r" * 2_500_000}, follow=True)
+    assert response.status_code == 200
+    assert f"the limit is {NOT_ASSESSABLE_REASON_MAX:,} characters" in response.content.decode()
+    smear.refresh_from_db()
+    assert smear.not_assessable
+    assert not AuditEvent.objects.filter(action=AuditEvent.Action.ASSESSABLE).exists()
+
+
+@pytest.mark.parametrize("version", ["²", "9" * 5000, "-1", "1.5"])
+def test_a_review_with_a_malformed_version_is_saved_without_the_edit_check_not_a_server_error(path_client, field,
+                                                                                              version):
+    smear = field("Pre")
+    response = path_client.post(reverse("diagnosis:smear_review", args=[smear.pk]),
+                                {"label": "Pro", "reason": "nucleoli", "version": version})
+    assert response.status_code == 302
+    smear.refresh_from_db()
+    assert smear.review_label == "Pro"
