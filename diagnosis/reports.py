@@ -179,7 +179,7 @@ def case_report_pdf(case):
                     "chosen for a sensitivity of at least 0.95: it prefers false alarms to missed blasts. The "
                     "pathologist's label is the one that calls a cell blast or normal.", "Italic"),
                   _cell_table(ctx["cells"], styles, p)]
-    shortened = [smear for smear in (*ctx["smears"], *ctx["cells"]) if smear.review_reason and _shortened_reason(smear)]
+    shortened = [smear for smear in (*ctx["smears"], *ctx["cells"]) if _shortened_reason(smear)]
     if shortened:
         story += [p("Review reasons in full", "Heading2")]
         for smear in shortened:

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import data as mldata
 from . import models, profile
 from .predict import WEIGHTS_DIR, Predictor
-from .train import TEMPERATURE_BOUNDS, TrainConfig
+from .train import TEMPERATURE_BOUNDS, TrainConfig, teacher_files
 
 REPORTS_DIR = Path(__file__).resolve().parent / "reports"
 
@@ -116,7 +116,7 @@ def lineage(config: dict, ancestors: dict | None = None) -> list[str]:
         lines.append("- Warm start: every weight initialised from "
                      f"{describe_model_file(config['init_weights'], ancestors.get('init_weights'))}.")
     if config.get("teacher"):
-        files = [config["teacher"]] if isinstance(config["teacher"], str) else list(config["teacher"])
+        files = teacher_files(config["teacher"])
         recorded = ancestors.get("teachers") or [ancestors.get("teacher")]
         described = [describe_model_file(file, recorded[i] if i < len(recorded) else None)
                      for i, file in enumerate(files)]

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import data as mldata
 from . import perturb
-from .evaluate import classification_metrics
+from .evaluate import classification_metrics, expected_calibration_error
 
 MILD_TARGET = 0.97  # issue 11: accuracy under each mild acquisition change
 SCREEN_TARGETS = {"sensitivity": 0.95, "specificity": 0.50}  # issue 12: a screen on new subjects
@@ -78,7 +78,7 @@ def screen_summary(predictor, probabilities: np.ndarray, labels: np.ndarray) -> 
     confusion = metrics["confusion"]
     return {"accuracy": (confusion["tp"] + confusion["tn"]) / max(metrics["n"], 1),
             **{k: metrics[k] for k in ("sensitivity", "specificity", "weighted_f1", "roc_auc")},
-            "ece": summary(probabilities, labels, predictor.classes)["ece"]}
+            "ece": expected_calibration_error(probabilities, labels)}
 
 
 def meets_target(metrics: dict, screen: bool) -> bool:

@@ -228,13 +228,28 @@ def teacher_soft_targets(config: TrainConfig, train_set, classes, log) -> torch.
     """The teachers' tempered probabilities for every training image, averaged over the 8 flips and
     90° rotations (the label-preserving part of the augmentation) and over the teachers. Only training
     images are used."""
-    files = [config.teacher] if isinstance(config.teacher, str) else list(config.teacher)
-    return sum(one_teacher_soft_targets(config, file, train_set, classes, log) for file in files) / len(files)
+    from .checkpoint import model_summary
+
+    targets, summaries = [], []
+    for file in teacher_files(config.teacher):
+        soft, payload = one_teacher_soft_targets(config, file, train_set, classes, log)
+        targets.append(soft)
+        summaries.append(model_summary(payload))
+    config.extra.setdefault("ancestors", {})["teachers"] = summaries
+    return sum(targets) / len(targets)
+
+
+def teacher_files(teacher: str | list[str] | None) -> list[str]:
+    """The teacher model files of a config (one path in runs made before several were allowed)."""
+    if not teacher:
+        return []
+    return [teacher] if isinstance(teacher, str) else list(teacher)
 
 
 @torch.no_grad()
-def one_teacher_soft_targets(config: TrainConfig, file: str, train_set, classes, log) -> torch.Tensor:
-    from .checkpoint import load_model, model_summary
+def one_teacher_soft_targets(config: TrainConfig, file: str, train_set, classes, log) -> tuple[torch.Tensor, dict]:
+    """One teacher's soft labels (see ``teacher_soft_targets``) and its payload; refuses a teacher of another split."""
+    from .checkpoint import load_model
 
     teacher, payload = load_model(file)
     if list(payload["classes"]) != list(classes):
@@ -242,7 +257,6 @@ def one_teacher_soft_targets(config: TrainConfig, file: str, train_set, classes,
     teacher_split = payload["training"].get("manifest_sha256")
     if teacher_split != mldata.sha256_file(Path(config.manifest)):
         raise ValueError("the teacher was trained on another split: its soft labels could leak test images")
-    config.extra.setdefault("ancestors", {}).setdefault("teachers", []).append(model_summary(payload))
     log(f"distillation: teacher {payload['model_version']} (alpha {config.distill_alpha}, T {config.distill_temperature})")
     targets = []
     starts = range(0, len(train_set), 64)
@@ -256,7 +270,7 @@ def one_teacher_soft_targets(config: TrainConfig, file: str, train_set, classes,
         probs = sum(torch.softmax(teacher(v) / config.distill_temperature, dim=1) for v in views)
         targets.append(probs / len(views))
     log(f"distillation: soft labels for {len(train_set)} training images ready")
-    return torch.cat(targets)
+    return torch.cat(targets), payload
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:

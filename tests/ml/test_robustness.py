@@ -71,18 +71,15 @@ def test_the_shipped_card_gets_the_section_of_its_own_weights_only(tiny_model_fi
 
 # A screen is judged as the portal uses it: flags at its stored cut, by sensitivity and specificity.
 
-from .test_screening import cell_folder  # noqa: E402,F401  (the C-NMC-layout fixture of generated cells)
+from .test_screening import cell_folder, subject_kfold_manifest  # noqa: E402,F401  (generated C-NMC-layout cells)
 
 
 @pytest.fixture(scope="module")
 def screen_run(cell_folder, tmp_path_factory):  # noqa: F811
-    from ml import data as mldata
-    from ml import screening, screening_ensemble, screening_probe
+    from ml import screening_probe
 
     out = tmp_path_factory.mktemp("screen-robustness")
-    base = mldata.write_manifest(
-        screening.make_subject_split(cell_folder, test_subjects={"all": 1, "hem": 1}, folds=2), out / "base.csv")
-    manifest = screening_ensemble.make_kfold_manifest(base, out / "manifest.csv", folds=2)
+    manifest = subject_kfold_manifest(cell_folder, out, folds=2)
     screening_probe.run(str(cell_folder), out / "run", manifest, img_size=64, grid=(1.0,), pretrained=None)
     return out / "run" / "model.pt", manifest
 

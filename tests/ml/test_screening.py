@@ -44,6 +44,16 @@ def cell_folder(tmp_path_factory) -> Path:
     return root
 
 
+def subject_kfold_manifest(cell_folder: Path, out: Path, folds: int) -> Path:
+    """One blast and one normal subject held out as test, the rest in ``folds`` subject folds: ``out/base.csv``
+    (the subject split) and ``out/manifest.csv`` (its k-fold manifest), as the screening runs read them."""
+    from ml import screening_ensemble
+
+    base = mldata.write_manifest(
+        screening.make_subject_split(cell_folder, test_subjects={"all": 1, "hem": 1}, folds=2), out / "base.csv")
+    return screening_ensemble.make_kfold_manifest(base, out / "manifest.csv", folds=folds)
+
+
 def test_subject_ids_are_read_from_cnmc_names():
     assert screening.subject_of("all/UID_51_12_3_all.png") == "51"
     assert screening.subject_of("hem/UID_H10_100_1_hem.png") == "H10"

@@ -13,7 +13,7 @@ from ml import models, screening, screening_ensemble
 from ml.predict import Predictor
 from ml.train import TrainConfig
 
-from .test_screening import cell_folder  # noqa: F401  (the C-NMC-layout fixture of generated cells)
+from .test_screening import cell_folder, subject_kfold_manifest  # noqa: F401  (generated C-NMC-layout cells)
 
 
 def test_the_ensemble_probability_is_the_mean_of_its_members():
@@ -57,9 +57,7 @@ def test_a_cut_chosen_by_leave_one_subject_out_keeps_the_sensitivity_on_new_subj
 @pytest.fixture(scope="module")
 def ensemble_run(cell_folder, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("ensemble-run")
-    base_manifest = mldata.write_manifest(
-        screening.make_subject_split(cell_folder, test_subjects={"all": 1, "hem": 1}, folds=2), out / "base.csv")
-    manifest = screening_ensemble.make_kfold_manifest(base_manifest, out / "manifest.csv", folds=3)
+    manifest = subject_kfold_manifest(cell_folder, out, folds=3)
     base = TrainConfig(data=str(cell_folder), arch="mobilenetv3_screen", out="", epochs=2, img_size=48,
                        batch_size=16, progress=False)
     return out, screening_ensemble.run(str(cell_folder), out / "run", manifest, base)

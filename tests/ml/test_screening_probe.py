@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from ml import data as mldata
-from ml import models, screening, screening_ensemble, screening_probe
+from ml import models, screening, screening_probe
 from ml.checkpoint import read_payload
 from ml.predict import Predictor
 
-from .test_screening import cell_folder  # noqa: F401  (the C-NMC-layout fixture of generated cells)
+from .test_screening import cell_folder, subject_kfold_manifest  # noqa: F401  (generated C-NMC-layout cells)
 
 
 def test_a_linear_probe_model_classifies_the_pooled_features_it_returns_as_its_embedding():
@@ -65,9 +65,7 @@ def test_a_constant_feature_does_not_break_the_fit():
 @pytest.fixture(scope="module")
 def probe_run(cell_folder, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("probe-run")
-    base_manifest = mldata.write_manifest(
-        screening.make_subject_split(cell_folder, test_subjects={"all": 1, "hem": 1}, folds=2), out / "base.csv")
-    manifest = screening_ensemble.make_kfold_manifest(base_manifest, out / "manifest.csv", folds=2)
+    manifest = subject_kfold_manifest(cell_folder, out, folds=2)
     # A random backbone keeps the test off the ImageNet weights; the generated cells separate anyway.
     report = screening_probe.run(str(cell_folder), out / "run", manifest, img_size=64, grid=(0.01, 1.0),
                                  pretrained=None)
