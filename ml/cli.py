@@ -96,7 +96,8 @@ def print_domain_rows(domain_report: dict | None) -> None:
 
 
 def cmd_fit_domain(args) -> int:
-    from .domain_fit import evaluate_domain, fit_model_domain, markdown_section
+    from .domain_eval import evaluate_domain, markdown_section
+    from .domain_fit import fit_model_domain
     from .predict import Predictor, resolve_model_path
 
     check = fit_model_domain(args.model, args.data, args.other_data, target_rate=args.rate,

@@ -118,7 +118,7 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
                    for s, p, y in zip(samples, probabilities, labels) if int(p.argmax()) != int(y)],
     })
     if domain:
-        from .domain_fit import evaluate_domain
+        from .domain_eval import evaluate_domain
 
         # The split's own verdicts come from the pass above: its images are not predicted twice.
         report["domain"] = evaluate_domain(predictor, data, manifest, split, other_data,
@@ -164,7 +164,7 @@ def markdown_summary(report: dict) -> str:
         lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
     lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
     if report.get("domain"):
-        from .domain_fit import markdown_section
+        from .domain_eval import markdown_section
 
         lines += [markdown_section(report["domain"])]
     if report["errors"]:

@@ -49,6 +49,17 @@ def tiny_model_file(tmp_path_factory, smear_folder) -> Path:
     return train(config)
 
 
+@pytest.fixture(scope="session")
+def image_norm_model(tmp_path_factory, smear_folder) -> Path:
+    """A 1-epoch, 48 px model that standardises each image (``input_norm="image"``), as the shipped one does."""
+    from ml.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("image-norm-run")
+    config = TrainConfig(data=str(smear_folder), arch="mobilenetv3_lstm", out=str(out), epochs=1, batch_size=16,
+                         img_size=48, block_size=4, progress=False, augment_strength=0.0, input_norm="image")
+    return train(config)
+
+
 @pytest.fixture
 def real_data() -> Path:
     if not (REAL_DATA / "Pre").is_dir():

@@ -10,9 +10,11 @@ import pytest
 from PIL import Image, ImageFilter
 
 import ml
+from ml import data as mldata
 from ml.runtime import domain as mldomain
 from ml.checkpoint import read_payload, update_payload
-from ml.domain_fit import evaluate_domain, fit_model_domain, generated_images, markdown_section
+from ml.domain_eval import evaluate_domain, generated_images, markdown_section
+from ml.domain_fit import fit_model_domain
 from ml.predict import Predictor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -204,3 +206,65 @@ def test_statistics_under_the_mild_colour_changes_widen_the_check_for_colour_but
     inverted = mldomain.image_statistics(255 - np.asarray(fields[0]))[None]
     assert wide.stats.distance(darker)[0] < narrow.stats.distance(darker)[0]
     assert wide.stats.distance(inverted)[0] > wide.stats_reference.max()  # still far beyond every validation image
+
+
+def test_embeddings_under_the_mild_changes_widen_the_check_along_them_but_not_elsewhere():
+    """A model trained to handle a change moves its embedding along it: fitted on training images clean and
+    changed (and calibrated on validation images clean and changed), the check lets such an image through,
+    while an embedding as far out in another direction is still refused."""
+    from ml import domain_fit
+
+    rng = np.random.default_rng(2)
+    shift = np.zeros(8)
+    shift[0] = 6.0  # the direction a mild change moves the embedding
+    train, val, changed_val = rng.normal(size=(200, 8)), rng.normal(size=(100, 8)), rng.normal(size=(100, 8)) + shift
+    stats = rng.normal(size=(200, len(mldomain.STAT_NAMES)))
+    stats[:, mldomain.STAT_NAMES.index("luminance_std")] += 50  # textured fields, not blank ones
+    train_changed = domain_fit.UnderChanges(rng.normal(size=(200, 8)) + shift, stats, np.zeros(200, int), ["brighter"] * 200)
+    val_changed = domain_fit.UnderChanges(changed_val, stats[:100], np.full(100, -1), ["brighter"] * 100)
+    narrow = domain_fit.fit("staging", train, np.zeros(200, int), stats, val, stats[:100])
+    wide = domain_fit.fit("staging", train, np.zeros(200, int), stats, val, stats[:100],
+                          train_changed=train_changed, val_changed=val_changed)
+    changed_test = rng.normal(size=(50, 8)) + shift
+    elsewhere = rng.normal(size=(50, 8))
+    elsewhere[:, 1] += 6.0
+
+    def flagged(check, embeddings):
+        return np.mean([not r["in_domain"] for r in check.score(embeddings, stats[:50])])
+
+    assert flagged(narrow, changed_test) > 0.9
+    assert flagged(wide, changed_test) < 0.1
+    assert flagged(wide, elsewhere) > 0.9
+    assert (wide.fit_record["n_val"], wide.fit_record["n_val_changed"]) == (100, 100)
+    assert wide.fit_record["val_clean_flagged_rate"] <= wide.fit_record["val_flagged_rate"] + 0.02
+
+
+def test_images_under_changes_give_one_row_per_image_and_change(tiny_model_file, smear_folder):
+    from ml import domain_fit
+
+    predictor = Predictor(tiny_model_file)
+    paths = sorted(smear_folder.glob("*/*"))[:3]
+    changes = domain_fit.MILD_CHANGES()
+    result = domain_fit.under_changes(predictor, paths, [2, 0, 1], changes)
+    assert result.embeddings.shape[0] == result.stats.shape[0] == 3 * len(changes)
+    assert result.labels.tolist() == [2] * len(changes) + [0] * len(changes) + [1] * len(changes)
+    assert result.changes[:len(changes)] == [c.name for c in changes]
+    darker = next(c for c in changes if c.name == "darker")
+    _, embedding, stats = predictor.predict_outputs([darker(mldata.load_image(paths[1]))])
+    row = len(changes) + changes.index(darker)
+    assert np.allclose(result.embeddings[row], embedding[0], atol=1e-5)
+    assert np.allclose(result.stats[row], stats[0])
+
+
+def test_a_model_that_standardises_each_image_is_fitted_under_the_mild_changes(image_norm_model, smear_folder,
+                                                                               tmp_path):
+    from ml import domain_fit
+
+    path = tmp_path / "model.pt"
+    shutil.copy(image_norm_model, path)
+    check = fit_model_domain(path, smear_folder, None, progress=False)
+    record = check.fit_record
+    assert record["embedding_under_changes"] == sorted(c.name for c in domain_fit.MILD_CHANGES())
+    assert record["n_train_changed"] > 0 and record["n_val_changed"] > 0
+    assert len(check.feature_reference) == record["n_val"] + record["n_val_changed"]
+    assert Predictor(path).domain.cut == pytest.approx(check.cut)  # written into the file

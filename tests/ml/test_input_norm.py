@@ -8,7 +8,6 @@ from PIL import Image
 
 from ml import data as mldata
 from ml.predict import Predictor
-from ml.train import TrainConfig, train
 
 
 def mid_range_image(seed: int = 0, size: int = 32) -> torch.Tensor:
@@ -114,14 +113,6 @@ def test_scale_jitter_widens_the_range_of_cell_sizes_seen_in_training():
     default = areas(mldata.training_augmentation(64, 1.0))
     wide = areas(mldata.training_augmentation(64, 1.0, scale_jitter=0.3))
     assert min(wide) < 0.75 * min(default) and max(wide) > max(default)  # x0.7..1.3 against x0.92..1.12
-
-
-@pytest.fixture(scope="module")
-def image_norm_model(tmp_path_factory, smear_folder):
-    out = tmp_path_factory.mktemp("image-norm-run")
-    config = TrainConfig(data=str(smear_folder), arch="mobilenetv3_lstm", out=str(out), epochs=1, batch_size=16,
-                         img_size=48, block_size=4, progress=False, augment_strength=0.0, input_norm="image")
-    return train(config)
 
 
 def test_the_model_file_names_its_normalisation_and_the_predictor_applies_it(image_norm_model, smear_folder):
