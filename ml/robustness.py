@@ -123,6 +123,8 @@ def run(model, data: str | Path, manifest: str | Path | None = None, split: str 
         "kind": "screening" if screen else "classification",
         **({"threshold": float(predictor.threshold), "screen_targets": SCREEN_TARGETS,
             "positives": int((labels == predictor.classes.index(predictor.positive_class)).sum())} if screen else {}),
+        # Without a fitted check only the blank-image rule flags: the column would read 0% and mean nothing.
+        "domain_check": predictor.domain is not None,
         "clean": clean, "perturbations": rows,
         "mild_below_target": [r["name"] for r in rows if r["mild"] and not r["meets_target"]],
         "seconds": round(time.perf_counter() - tick, 1),
@@ -141,11 +143,11 @@ def table(report: dict) -> list[str]:
     lines = ["| family | change | level | mild | accuracy | change | macro-F1 | ECE | >= target | flagged out of domain |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| none | clean | untouched {report['split']} split | | {c['accuracy']:.4f} | | {c['macro_f1']:.4f} | "
-             f"{c['ece']:.4f} | {'yes' if c['accuracy'] >= report['target'] else '**no**'} | {_share(c)} |"]
+             f"{c['ece']:.4f} | {'yes' if c['accuracy'] >= report['target'] else '**no**'} | {_share(c, report)} |"]
     for r in report["perturbations"]:
         lines.append(f"| {r['family']} | {r['name']} | {r['level']} | {'mild' if r['mild'] else 'strong'} | "
                      f"{r['accuracy']:.4f} | {r['accuracy_change']:+.4f} | {r['macro_f1']:.4f} | {r['ece']:.4f} | "
-                     f"{_verdict(r)} | {_share(r)} |")
+                     f"{_verdict(r)} | {_share(r, report)} |")
     return lines
 
 
@@ -157,17 +159,19 @@ def screen_table(report: dict) -> list[str]:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
              f"| none | clean | untouched {report['split']} split | | {c['sensitivity']:.4f} | | {c['specificity']:.4f} "
              f"| | {c['weighted_f1']:.4f} | {c['roc_auc']:.4f} | {'yes' if meets_target(c, True) else '**no**'} "
-             f"| {_share(c)} |"]
+             f"| {_share(c, report)} |"]
     for r in report["perturbations"]:
         lines.append(f"| {r['family']} | {r['name']} | {r['level']} | {'mild' if r['mild'] else 'strong'} | "
                      f"{r['sensitivity']:.4f} | {r['sensitivity'] - c['sensitivity']:+.4f} | {r['specificity']:.4f} | "
                      f"{r['specificity'] - c['specificity']:+.4f} | {r['weighted_f1']:.4f} | {r['roc_auc']:.4f} | "
-                     f"{_verdict(r)} | {_share(r)} |")
+                     f"{_verdict(r)} | {_share(r, report)} |")
     return lines
 
 
-def _share(row: dict) -> str:  # reports made before the column existed have no "flagged"
-    return f"{row['flagged']:.1%}" if "flagged" in row else "n/a"
+def _share(row: dict, report: dict) -> str:
+    if "flagged" not in row:  # reports made before the column existed
+        return "n/a"
+    return f"{row['flagged']:.1%}" if report.get("domain_check", True) else "no check fitted"
 
 
 def _verdict(row: dict) -> str:
@@ -210,6 +214,9 @@ def card_section(report: dict, plot: str | None = "robustness.png", heading: str
         *table(report),
         "",
     ]
+    if not report.get("domain_check", True):
+        lines += ["The model file scored here has no fitted domain check, so the last column says nothing about "
+                  "what the portal would refuse: run the suite on the shipped file (`--model NAME`) for that.", ""]
     if plot:
         lines += [f"![{'sensitivity and specificity' if screen else 'accuracy'} per acquisition change]({plot})", ""]
     lines += [f"Reproduce: `python -m ml robustness --data DATA --model {report['model_file']} --split {report['split']}`.",

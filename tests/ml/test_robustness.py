@@ -127,3 +127,21 @@ def test_the_screens_cut_not_the_larger_probability_decides_its_numbers(screen_r
         assert (row["sensitivity"], row["specificity"]) == (0.0, 1.0)
         assert not robustness.meets_target(row, screen=True)
     assert flag_none["mild_below_target"] == ["JPEG q40"]
+
+
+def test_the_flagged_column_is_only_filled_for_a_model_with_a_fitted_domain_check(tiny_model_file, smear_folder,
+                                                                                  tmp_path):
+    """A run file before ``fit-domain`` has only the blank rule: its 0% must not read as "the check lets all through"."""
+    import shutil
+
+    from ml.domain_fit import fit_model_domain
+
+    bare = robustness.card_section(robustness.run(tiny_model_file, smear_folder, which="focus", limit=4))
+    assert "| no check fitted |" in bare and "has no fitted domain check" in bare
+    fitted = tmp_path / "model.pt"
+    shutil.copy(tiny_model_file, fitted)
+    fit_model_domain(fitted, smear_folder, None, progress=False)
+    report = robustness.run(fitted, smear_folder, which="focus", limit=4)
+    section = robustness.card_section(report)
+    assert report["domain_check"] and "no check fitted" not in section and "has no fitted domain check" not in section
+    assert f"| {report['clean']['flagged']:.1%} |" in section
