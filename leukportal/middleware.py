@@ -10,6 +10,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import TooManyFilesSent
 from django.http import JsonResponse
 from django.shortcuts import redirect
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.cache import patch_cache_control
 
 #: Requests a page makes by itself while it is open (status polling): they do
@@ -77,5 +78,13 @@ class TooManyFilesMiddleware:
                     f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files can be uploaded at once; "
                     "nothing was uploaded. Choose fewer files and upload the rest separately.",
                 )
-                return redirect(request.path)
+                return redirect(same_site_path(request))
         return self.get_response(request)
+
+
+def same_site_path(request) -> str:
+    """The request's path when it is a path on this site; "/" otherwise. A path such as ``//evil.example/`` reaches
+    the middleware before URL resolution, and as a Location header a browser would read it as another host."""
+    path = request.path
+    safe = url_has_allowed_host_and_scheme(path, allowed_hosts={request.get_host()}, require_https=request.is_secure())
+    return path if safe and path.startswith("/") else "/"

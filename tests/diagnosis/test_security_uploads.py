@@ -106,6 +106,15 @@ def test_more_files_than_allowed_gives_the_forms_message_not_a_bare_400(tech_cli
     assert not case.smears.exists()
 
 
+@pytest.mark.parametrize("path", ["//evil.example/x", "/\\evil.example/x", "///evil.example/"])
+def test_too_many_files_never_redirects_to_another_host(tech_client, settings, path):
+    """The too-many-files answer comes before URL resolution: a crafted path must not become an open redirect."""
+    files = [upload(f"f{i}.png", image_bytes(seed=i)) for i in range(settings.SMEAR_MAX_FILES_PER_UPLOAD + 1)]
+    # PATH_INFO set directly: the test client would read a leading "//" as a host, as a browser does.
+    response = tech_client.post("/", {"kind": "field", "images": files}, PATH_INFO=path)
+    assert response.status_code == 302 and response["Location"] == "/"
+
+
 def test_upload_racing_a_sign_out_stores_nothing(tech_client, case, pathologist, monkeypatch):
     """The sign-out commits while the upload is still checking its files."""
     from diagnosis.models import Case
