@@ -213,19 +213,22 @@ def fit_model_domain(model: str | Path, data: str | Path, other_data: str | Path
         others = [s for s in mldata.read_manifest(other_manifest) if s.split in fit_splits]
         other_stats = np.stack([predictor.prepare(Path(other_data) / s.path)[1] for s in others])
     labels = np.array([folder_classes.index(s.label) for s in train])
-    # A model that standardises each image was trained under stain, exposure, focus, resolution and framing
-    # changes and handles them: its check learns the training images under the mild changes of the robustness
-    # suite too (the embedding Gaussian from every mild change, the statistics Gaussian from the colour ones,
-    # which the standardisation removes), and sets its cut on validation images clean and changed. So it
-    # refuses a field only far beyond them (an inverted, greyscale or hue-rotated one still is).
+    # A model that standardises each image does not see the mild colour changes: its statistics Gaussian learns
+    # the training images under them too, so a field is not refused for its colour only (an inverted, greyscale
+    # or hue-rotated one still is). A model also trained under focus, resolution, JPEG and framing augmentation
+    # handles every mild change of the suite: its embedding Gaussian learns the training images under all of
+    # them, and its p-values and cut are set on validation images clean and changed.
     train_changed = val_changed = extra = None
-    if predictor.input_norm == "image":
-        train_changed = under_changes(predictor, [Path(data) / s.path for s in train[::4]], labels[::4],
-                                      progress=progress, desc="training split, changed")
+    train_paths = [Path(data) / s.path for s in train[::4]]
+    if trained_under_changes(predictor.payload):
+        train_changed = under_changes(predictor, train_paths, labels[::4], progress=progress,
+                                      desc="training split, changed")
         val_changed = under_changes(predictor, [Path(data) / s.path for s in val[::2]], None,
                                     progress=progress, desc="validation split, changed")
         colour = {p.name for p in COLOUR_CHANGES()}
         extra = train_changed.stats[[name in colour for name in train_changed.changes]]
+    elif predictor.input_norm == "image":
+        extra = under_changes(predictor, train_paths, labels[::4], COLOUR_CHANGES()).stats
     check = fit(predictor.task, train_emb, labels, train_stats, val_emb, val_stats, other_stats, target_rate,
                 extra_stats=extra, train_changed=train_changed, val_changed=val_changed)
     check.fit_record.update({"train_splits": train_splits, "val_splits": val_splits, "manifest": str(manifest),
@@ -234,6 +237,17 @@ def fit_model_domain(model: str | Path, data: str | Path, other_data: str | Path
     if write:
         update_payload(path, domain=compact(check.to_payload()))
     return check
+
+
+def trained_under_changes(payload: dict) -> bool:
+    """Whether a model file standardises each image and was trained under the acquisition augmentation that
+    covers the suite's mild changes (stain or white balance, focus blur, JPEG, camera resolution, crops). The
+    screening probe (frozen features, no training epochs) is not."""
+    config = payload.get("training", {}).get("config", {})
+    return payload.get("input_norm") == "image" and config.get("epochs", 0) > 0 and all((
+        config.get("stain_augment", "none") != "none" or config.get("rgb_gain", 0) > 0,
+        config.get("blur_prob", 0) > 0, config.get("jpeg_prob", 0) > 0,
+        config.get("downscale_prob", 0) > 0, config.get("crop_prob", 0) > 0))
 
 
 def MILD_CHANGES():

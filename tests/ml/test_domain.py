@@ -256,15 +256,45 @@ def test_images_under_changes_give_one_row_per_image_and_change(tiny_model_file,
     assert np.allclose(result.stats[row], stats[0])
 
 
-def test_a_model_that_standardises_each_image_is_fitted_under_the_mild_changes(image_norm_model, smear_folder,
-                                                                               tmp_path):
-    from ml import domain_fit
+ACQUISITION_AUGMENTATION = dict(stain_augment="hed", blur_prob=0.4, jpeg_prob=0.3, downscale_prob=0.3, crop_prob=0.3)
 
-    path = tmp_path / "model.pt"
-    shutil.copy(image_norm_model, path)
+
+def test_only_a_model_trained_under_the_acquisition_augmentation_counts_as_handling_the_changes():
+    from ml.domain_fit import trained_under_changes
+
+    def payload(input_norm="image", epochs=6, **config):
+        return {"input_norm": input_norm, "training": {"config": {"epochs": epochs, **config}}}
+
+    assert trained_under_changes(payload(**ACQUISITION_AUGMENTATION))
+    assert not trained_under_changes(payload(input_norm="imagenet", **ACQUISITION_AUGMENTATION))
+    assert not trained_under_changes(payload(epochs=0))  # the screening probe: frozen features, no augmentation
+    assert not trained_under_changes(payload(**{**ACQUISITION_AUGMENTATION, "jpeg_prob": 0.0}))
+
+
+def test_a_model_trained_under_the_changes_gets_a_check_fitted_under_them(smear_folder, tmp_path):
+    from ml import domain_fit
+    from ml.train import TrainConfig, train
+
+    config = TrainConfig(data=str(smear_folder), arch="mobilenetv3_lstm", out=str(tmp_path / "run"), epochs=1,
+                         batch_size=16, img_size=48, block_size=4, progress=False, input_norm="image",
+                         **ACQUISITION_AUGMENTATION)
+    path = train(config)
     check = fit_model_domain(path, smear_folder, None, progress=False)
     record = check.fit_record
     assert record["embedding_under_changes"] == sorted(c.name for c in domain_fit.MILD_CHANGES())
     assert record["n_train_changed"] > 0 and record["n_val_changed"] > 0
     assert len(check.feature_reference) == record["n_val"] + record["n_val_changed"]
     assert Predictor(path).domain.cut == pytest.approx(check.cut)  # written into the file
+
+
+def test_a_model_that_only_standardises_each_image_gets_its_statistics_widened_for_colour_only(
+        image_norm_model, smear_folder, tmp_path):
+    from ml import domain_fit
+
+    path = tmp_path / "model.pt"
+    shutil.copy(image_norm_model, path)
+    check = fit_model_domain(path, smear_folder, None, progress=False, write=False)
+    record = check.fit_record
+    assert record["statistics_under_changes"] == [c.name for c in domain_fit.COLOUR_CHANGES()]
+    assert record["embedding_under_changes"] == [] and record["n_val_changed"] == 0
+    assert len(check.feature_reference) == record["n_val"]
