@@ -152,7 +152,7 @@ def markdown_section(report: dict, heading: str = "## Domain check") -> str:
     fit = report.get("fit") or {}
     lines = [heading, ""]
     if not fit:
-        return "\n".join(lines + ["No domain check is fitted for this model: only the blank-image rule applies.", ""])
+        return "\n".join(lines + ["No domain check is fitted for this model: only the blank and greyscale rules apply.", ""])
     lines += [
         "Every prediction says whether the image lies inside the model's domain (`in_domain`, `domain_score`, "
         "`reason`); the portal shows no suggestion for an image outside it. Method (`ml/runtime/domain.py`):",
@@ -177,7 +177,8 @@ def markdown_section(report: dict, heading: str = "## Domain check") -> str:
         + "): catches stain, exposure and focus far outside training.",
         "- **The other kind**: a logistic regression on the same statistics, trained on this model's training images "
         f"against {fit.get('n_other_kind')} training images of the portal's other model, names a wrong upload.",
-        "- **Blank rule**: luminance standard deviation below 2% of the range is flagged whatever the model says.",
+        "- **Quality rules**, whatever the model says: luminance standard deviation below 2% of the range is blank; "
+        "mean saturation below 0.01 is a greyscale image (the least saturated training field has 0.034).",
         f"- Both distances become conformal p-values against the {fit.get('n_val')} validation images "
         f"(`{', '.join(fit.get('val_splits', []))}`)"
         + (f" and {fit['n_val_changed']} changed ones (half of them under each mild change)" if fit.get("n_val_changed") else "")

@@ -123,7 +123,7 @@ def run(model, data: str | Path, manifest: str | Path | None = None, split: str 
         "kind": "screening" if screen else "classification",
         **({"threshold": float(predictor.threshold), "screen_targets": SCREEN_TARGETS,
             "positives": int((labels == predictor.classes.index(predictor.positive_class)).sum())} if screen else {}),
-        # Without a fitted check only the blank-image rule flags: the column would read 0% and mean nothing.
+        # Without a fitted check only the quality rules (blank, greyscale) flag: the column would read 0% and mean nothing.
         "domain_check": predictor.domain is not None,
         "clean": clean, "perturbations": rows,
         "mild_below_target": [r["name"] for r in rows if r["mild"] and not r["meets_target"]],

@@ -21,7 +21,7 @@ Each distance becomes a conformal p-value against the validation split (the shar
 at least as far out); ``domain_score`` is the smaller of the two, in (0, 1], higher = more typical.
 The cut on it is fitted on the validation split for a target false-flag rate. An image is in domain
 when its score reaches the cut, the kind classifier does not call it the other kind, and it passes the
-quality rule below.
+quality rules below (not blank, not greyscale).
 
 This module scores (numpy only; part of the torch-free runtime); ``ml.domain_fit`` fits.
 """
@@ -34,6 +34,10 @@ import numpy as np
 # Quality rule, applied before any fitted check: a field whose luminance varies by less than 2% of the
 # 8-bit range is blank (an empty slide, a lens cap, a white page) whatever the model says of it.
 UNIFORM_LUMINANCE_STD = 0.02
+# ... and a field without colour (a greyscale camera or scan: mean HSV saturation under 0.01; the least
+# saturated training field has 0.034, and 0.024 under the suite's paler change) carries none of the stain
+# the models read: the per-image standardisation would only magnify the noise between equal channels.
+COLOURLESS_SATURATION = 0.01
 DOMAIN_FORMAT = "leukportal-domain/2"  # /2: the embedding Gaussian as PPCA (basis, eigenvalues)
 
 STAT_NAMES = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "mean_saturation", "std_saturation",
@@ -41,6 +45,7 @@ STAT_NAMES = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "mean_sat
               "gradient_per_contrast", "laplacian_per_contrast")
 REASONS = {
     "uniform": "blank or nearly uniform image",
+    "colourless": "greyscale image: no stain colour to read, upload the colour image",
     ("staging", "other_kind"): "looks like a single segmented cell, not a blood-smear field: upload it as a single cell",
     ("staging", "unlike"): "colours and texture unlike any training smear",
     ("screening", "other_kind"): ("looks like a blood-smear field or an unsegmented crop, not a single segmented cell "
@@ -80,6 +85,19 @@ def image_statistics(rgb: np.ndarray) -> np.ndarray:
 
 def is_uniform(stats: np.ndarray) -> bool:
     return bool(stats[STAT_NAMES.index("luminance_std")] < UNIFORM_LUMINANCE_STD)
+
+
+def is_colourless(stats: np.ndarray) -> bool:
+    return bool(stats[STAT_NAMES.index("mean_saturation")] < COLOURLESS_SATURATION)
+
+
+def quality_flag(stats: np.ndarray) -> dict | None:
+    """The quality rules, applied before any fitted check: a blank field, then a field without colour."""
+    if is_uniform(stats):
+        return flag(0.0, REASONS["uniform"])
+    if is_colourless(stats):
+        return flag(0.0, REASONS["colourless"])
+    return None
 
 
 # --------------------------------------------------------------------------- pieces
@@ -175,8 +193,9 @@ class DomainCheck:
         results = []
         for pf, ps, po, s in zip(p_features, p_stats, other, stats):
             score = float(min(pf, ps))
-            if is_uniform(s):
-                results.append(flag(0.0, REASONS["uniform"]))
+            quality = quality_flag(s)
+            if quality is not None:
+                results.append(quality)
             elif po >= 0.5:
                 results.append(flag(score, REASONS[(self.task, "other_kind")]))
             elif score < self.cut:
@@ -210,9 +229,8 @@ def flag(score: float, reason: str) -> dict:
 
 
 def quality_only(stats: np.ndarray) -> list[dict]:
-    """For a model file without a fitted check: only the blank-image rule applies (score 1 = not judged)."""
-    return [flag(0.0, REASONS["uniform"]) if is_uniform(s) else {"in_domain": True, "domain_score": 1.0}
-            for s in np.asarray(stats)]
+    """For a model file without a fitted check: only the quality rules apply (score 1 = not judged)."""
+    return [quality_flag(s) or {"in_domain": True, "domain_score": 1.0} for s in np.asarray(stats)]
 
 
 def _plain(value):

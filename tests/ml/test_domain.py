@@ -219,7 +219,8 @@ def test_embeddings_under_the_mild_changes_widen_the_check_along_them_but_not_el
     shift[0] = 6.0  # the direction a mild change moves the embedding
     train, val, changed_val = rng.normal(size=(200, 8)), rng.normal(size=(100, 8)), rng.normal(size=(100, 8)) + shift
     stats = rng.normal(size=(200, len(mldomain.STAT_NAMES)))
-    stats[:, mldomain.STAT_NAMES.index("luminance_std")] += 50  # textured fields, not blank ones
+    for name in ("luminance_std", "mean_saturation"):  # textured, coloured fields: the quality rules pass them
+        stats[:, mldomain.STAT_NAMES.index(name)] += 50
     train_changed = domain_fit.UnderChanges(rng.normal(size=(200, 8)) + shift, stats, np.zeros(200, int), ["brighter"] * 200)
     val_changed = domain_fit.UnderChanges(changed_val, stats[:100], np.full(100, -1), ["brighter"] * 100)
     narrow = domain_fit.fit("staging", train, np.zeros(200, int), stats, val, stats[:100])
@@ -298,3 +299,16 @@ def test_a_model_that_only_standardises_each_image_gets_its_statistics_widened_f
     assert record["statistics_under_changes"] == [c.name for c in domain_fit.COLOUR_CHANGES()]
     assert record["embedding_under_changes"] == [] and record["n_val_changed"] == 0
     assert len(check.feature_reference) == record["n_val"]
+
+
+def test_a_greyscale_field_is_refused_for_having_no_colour_but_a_pale_one_is_not(tiny_model_file, smear_folder):
+    """The rule needs no fitted check: it applies to every model file, before the distances."""
+    from PIL import ImageEnhance, ImageOps
+
+    predictor = Predictor(tiny_model_file)
+    field = mldata.load_image(next((smear_folder / "Pre").iterdir()))
+    grey, pale = ImageOps.grayscale(field).convert("RGB"), ImageEnhance.Color(field).enhance(0.5)
+    grey_result, pale_result = predictor.predict([grey, pale])
+    assert (grey_result["in_domain"], grey_result["reason"]) == (False, mldomain.REASONS["colourless"])
+    assert pale_result["in_domain"] is True
+    assert mldomain.is_colourless(mldomain.image_statistics(np.asarray(grey)))
