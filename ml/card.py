@@ -29,7 +29,8 @@ def train_command(config: dict) -> str:
                 "init_weights", "teacher", "distill_alpha", "distill_temperature"):
         value = config.get(key)
         if key == "manifest" or (value is not None and value != getattr(defaults, key)):
-            parts.append(f"--{key.replace('_', '-')} {value}")
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value  # --teacher A.pt B.pt
+            parts.append(f"--{key.replace('_', '-')} {shown}")
     return " ".join(parts)
 
 

@@ -164,3 +164,11 @@ def test_the_card_names_every_teacher_of_an_ensemble_distillation(tiny_model_fil
     (line,) = lineage(config, {"teachers": [first, second]})
     assert "2 teachers, their probabilities averaged" in line
     assert first["model_version"] in line and "teacher-two" in line
+
+
+def test_the_cards_train_command_passes_several_teachers_as_separate_arguments():
+    from ml.card import train_command
+
+    config = {"data": "DATA", "arch": "efficientnet_lite0_bigru", "out": "runs/s", "manifest": "m.csv",
+              "teacher": ["runs/a.pt", "runs/b.pt"]}
+    assert train_command(config).endswith("--teacher runs/a.pt runs/b.pt")
