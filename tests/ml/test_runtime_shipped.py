@@ -52,3 +52,13 @@ def test_shipped_export_gives_the_pytorch_results_on_real_test_images(filename):
         key = "label" if onnx_predictor.task == "screening" else "stage"
         assert [r[key] for r in results] == [r[key] for r in expected]
         assert [r["in_domain"] for r in results] == [r["in_domain"] for r in expected]
+
+
+def test_the_staging_cards_robustness_table_was_measured_on_the_shipped_file_with_its_domain_check():
+    """The flagged column is what the portal would refuse only when the suite ran on the shipped file itself: a run
+    file scored before ``fit-domain`` has the blank rule alone and showed 0.0% under every change (session 10)."""
+    import json
+
+    report = json.loads((WEIGHTS_DIR.parent / "reports" / "staging" / "robustness.json").read_text())
+    assert report["model_sha256"] == mldata.sha256_file(WEIGHTS_DIR / "staging.pt")
+    assert report["domain_check"] is True
