@@ -228,12 +228,12 @@ def fit_model_domain(model: str | Path, data: str | Path, other_data: str | Path
         colour = {p.name for p in COLOUR_CHANGES()}
         extra = train_changed.stats[[name in colour for name in train_changed.changes]]
     elif predictor.input_norm == "image":
-        extra = under_changes(predictor, train_paths, labels[::4], COLOUR_CHANGES()).stats
+        extra = acquisition_stats(predictor, train_paths)
     check = fit(predictor.task, train_emb, labels, train_stats, val_emb, val_stats, other_stats, target_rate,
                 extra_stats=extra, train_changed=train_changed, val_changed=val_changed)
     check.fit_record.update({"train_splits": train_splits, "val_splits": val_splits, "manifest": str(manifest),
                              "statistics_under_changes": [p.name for p in COLOUR_CHANGES()] if extra is not None else [],
-                             "embedding_under_changes": sorted(set(train_changed.changes)) if train_changed else []})
+                             "embedding_under_changes": sorted(set(train_changed.changes)) if train_changed is not None else []})
     if write:
         update_payload(path, domain=compact(check.to_payload()))
     return check
@@ -260,6 +260,12 @@ def MILD_CHANGES():
 def COLOUR_CHANGES():
     """The mild stain, exposure, saturation and contrast changes of the robustness suite."""
     return [p for p in MILD_CHANGES() if p.family in ("illumination", "stain", "stain (HED)", "saturation", "contrast")]
+
+
+def acquisition_stats(predictor, paths) -> np.ndarray:
+    """Image statistics of ``paths`` under every mild colour change (``COLOUR_CHANGES``), without the network."""
+    changes = COLOUR_CHANGES()
+    return np.stack([predictor.prepare(change(mldata.load_image(path)))[1] for path in paths for change in changes])
 
 
 def under_changes(predictor, paths, labels=None, changes=None, progress: bool = False, desc: str = "") -> UnderChanges:
