@@ -70,7 +70,26 @@ def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_imag
                       Path(latency_image).name, name) + robustness_section(report_dir, report["model_sha256"], name)
     card_path = WEIGHTS_DIR / f"{name}.md"
     card_path.write_text(card)
+    domain = domain_section(report_dir, report["model_sha256"])
+    if domain:
+        replace_section(card_path, "## Domain check", domain)
     return card_path
+
+
+def domain_section(report_dir: Path, model_sha256: str) -> str:
+    """The card's domain-check section from ``domain.json`` in the report folder (``python -m ml fit-domain
+    --report`` on the run file before the robustness suite, so that the suite's flagged column is the check's),
+    or "" when there is none; a report of other weights (an older check) is refused."""
+    path = Path(report_dir) / "domain.json"
+    if not path.is_file():
+        return ""
+    from .domain_eval import markdown_section
+
+    domain = json.loads(path.read_text())
+    if domain.get("model_sha256") != model_sha256:
+        raise ValueError("the domain-check report was made with other weights (or another check) than the ones being "
+                         "shipped: run fit-domain --report on the file, then the robustness suite, then ship")
+    return markdown_section(domain)
 
 
 def robustness_section(report_dir: Path, model_sha256: str, name: str) -> str:

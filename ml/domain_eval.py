@@ -142,6 +142,7 @@ def evaluate_domain(predictor, data: str | Path, manifest: str | Path, split: st
     for name, transform in TRANSFORMS.items():
         measure(f"{split} split {name}", [transform(im) for im in own_images], False, "the in-domain images transformed")
     return {"model": predictor.name, "model_version": predictor.version, "task": predictor.task, "split": split,
+            "model_sha256": mldata.sha256_file(predictor.path),
             "rows": rows,
             "cut": predictor.domain.cut if predictor.domain else None,
             "fit": predictor.domain.fit_record if predictor.domain else None}

@@ -312,3 +312,16 @@ def test_a_greyscale_field_is_refused_for_having_no_colour_but_a_pale_one_is_not
     assert (grey_result["in_domain"], grey_result["reason"]) == (False, mldomain.REASONS["colourless"])
     assert pale_result["in_domain"] is True
     assert mldomain.is_colourless(mldomain.image_statistics(np.asarray(grey)))
+
+
+def test_shipping_writes_the_domain_section_of_its_own_check_only(fitted_model, smear_folder, tmp_path):
+    from ml.card import domain_section
+
+    predictor = Predictor(fitted_model)
+    report = evaluate_domain(predictor, smear_folder, predictor.payload["training"]["config"]["manifest"], "test")
+    assert report["model_sha256"] == mldata.sha256_file(fitted_model)
+    assert domain_section(tmp_path, report["model_sha256"]) == ""  # no report in the folder: nothing to write
+    (tmp_path / "domain.json").write_text(json.dumps(report))
+    assert domain_section(tmp_path, report["model_sha256"]).startswith("## Domain check")
+    with pytest.raises(ValueError, match="other weights"):
+        domain_section(tmp_path, "0" * 64)  # a check refitted after the report was made
