@@ -85,6 +85,5 @@ class TooManyFilesMiddleware:
 def same_site_path(request) -> str:
     """The request's path when it is a path on this site; "/" otherwise. A path such as ``//evil.example/`` reaches
     the middleware before URL resolution, and as a Location header a browser would read it as another host."""
-    path = request.path
-    safe = url_has_allowed_host_and_scheme(path, allowed_hosts={request.get_host()}, require_https=request.is_secure())
-    return path if safe and path.startswith("/") else "/"
+    # A bare path has no host of its own; one that a browser would read as a host (//x, /\\x, ///x) is refused.
+    return request.path if url_has_allowed_host_and_scheme(request.path, allowed_hosts=None) else "/"

@@ -76,35 +76,36 @@ def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_imag
     return card_path
 
 
+def _own_report(report_dir: Path, filename: str, model_sha256: str, what: str) -> dict | None:
+    """A report in the folder made on the weights being shipped, or None when there is none; a report of
+    other weights (another model, or this one before its check was refitted) is refused."""
+    path = Path(report_dir) / filename
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    if report.get("model_sha256") != model_sha256:
+        raise ValueError(f"the {what} report was made with other weights than the ones being shipped: run "
+                         "fit-domain --report on the file, then the robustness suite, then ship")
+    return report
+
+
 def domain_section(report_dir: Path, model_sha256: str) -> str:
     """The card's domain-check section from ``domain.json`` in the report folder (``python -m ml fit-domain
     --report`` on the run file before the robustness suite, so that the suite's flagged column is the check's),
-    or "" when there is none; a report of other weights (an older check) is refused."""
-    path = Path(report_dir) / "domain.json"
-    if not path.is_file():
-        return ""
+    or "" when there is none."""
     from .domain_eval import markdown_section
 
-    domain = json.loads(path.read_text())
-    if domain.get("model_sha256") != model_sha256:
-        raise ValueError("the domain-check report was made with other weights (or another check) than the ones being "
-                         "shipped: run fit-domain --report on the file, then the robustness suite, then ship")
-    return markdown_section(domain)
+    domain = _own_report(report_dir, "domain.json", model_sha256, "domain-check")
+    return markdown_section(domain) if domain else ""
 
 
 def robustness_section(report_dir: Path, model_sha256: str, name: str) -> str:
     """The card's robustness section from ``robustness.json`` in the report folder (written by
-    ``python -m ml robustness --out`` into it), or "" when there is none. A suite run on other weights
-    is refused, as the evaluation report is."""
-    path = Path(report_dir) / "robustness.json"
-    if not path.is_file():
-        return ""
+    ``python -m ml robustness --out`` into it), or "" when there is none."""
     from .robustness import card_section
 
-    suite = json.loads(path.read_text())
-    if suite["model_sha256"] != model_sha256:
-        raise ValueError("the robustness report was made with other weights than the ones being shipped")
-    return "\n" + card_section(suite, plot=f"../reports/{name}/robustness.png")
+    suite = _own_report(report_dir, "robustness.json", model_sha256, "robustness")
+    return "\n" + card_section(suite, plot=f"../reports/{name}/robustness.png") if suite else ""
 
 
 def describe_model_file(path: str | None, recorded: dict | None = None) -> str:
