@@ -1,6 +1,8 @@
+from django import forms
 from django.contrib import admin, messages
 
 from . import services
+from .forms import CaseForm
 from .formatting import format_when, signer_name
 from .models import AuditEvent, Case, CaseAddendum, CaseState, Patient, Prediction, RejectedUpload, Smear
 
@@ -72,8 +74,19 @@ class SmearInline(ReadOnlyInline):
     readonly_fields = fields
 
 
+class CaseAdminForm(forms.ModelForm):
+    """The admin's case form checks what the portal's case form checks."""
+
+    clean_collection_date = CaseForm.clean_collection_date
+
+    class Meta:
+        model = Case
+        fields = "__all__"
+
+
 @admin.register(Case)
 class CaseAdmin(admin.ModelAdmin):
+    form = CaseAdminForm
     list_display = [
         "accession_number", "patient", "state", "final_stage_display", "signed_out", "status", "suggested_stage",
         "confidence", "created_by", "created_at",
@@ -148,13 +161,13 @@ class SmearAdmin(admin.ModelAdmin):
     search_fields = ["original_filename", "sha256", "case__accession_number", "case__patient__lab_id"]
     list_select_related = ["case", "uploaded_by"]
     actions = ["retry_failed"]
+
     # Smears are created by the upload page (validation, hashing, queueing) and
     # changed only by the workflow; the admin shows them.
-    readonly_fields = [
-        "case", "kind", "image", "thumbnail", "sha256", "width", "height", "image_format", "size_bytes",
-        "original_filename", "uploaded_by", "status", "error", "attempts", "claimed_at", "created_at", "updated_at",
-        "review_label", "review_reason", "reviewed_by", "reviewed_at",
-    ]
+    def get_readonly_fields(self, request, obj=None):
+        # Every field, the not-assessable mark and review version included: those change a case's counts and
+        # its signed summary, so they change only through the portal's audited review services.
+        return [f.name for f in self.model._meta.fields]
 
     def has_add_permission(self, request):
         return False

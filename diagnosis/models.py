@@ -448,8 +448,9 @@ class Smear(models.Model):
 
     @property
     def can_retry(self):
-        """Failed, in a case still open: a signed-out case's smears are settled (changes go through an addendum)."""
-        return self.status == self.Status.FAILED and not self.case.is_signed_out
+        """Failed, assessable, in a case still open: a signed-out case's smears are settled (changes go through
+        an addendum), and a smear set aside as not assessable is marked assessable again before a retry."""
+        return self.status == self.Status.FAILED and not self.not_assessable and not self.case.is_signed_out
 
     @property
     def is_cell(self):

@@ -151,6 +151,9 @@ class SmearRetryView(RolePermissionRequiredMixin, View):
             return redirect(smear.case)
         if retried:
             messages.success(request, f"“{smear.original_filename}” queued again.")
+        elif smear.not_assessable:
+            messages.warning(request, f"“{smear.original_filename}” is marked not assessable; mark it assessable "
+                             "before retrying it.")
         else:
             messages.warning(request, f"“{smear.original_filename}” is not failed; nothing to retry.")
         from django.utils.http import url_has_allowed_host_and_scheme

@@ -117,6 +117,7 @@ from .export import (
     EXPORT_CSV,
     EXPORT_LAYOUT,
     export_reviewed,
+    spreadsheet_safe,
 )
 
 __all__ = [
@@ -179,6 +180,7 @@ __all__ = [
     "set_final_stage",
     "sign_out",
     "sign_out_problems",
+    "spreadsheet_safe",
     "smears_status_payload",
     "store_heatmap",
     "sweep_stale_smears",

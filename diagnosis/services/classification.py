@@ -220,6 +220,11 @@ def _write_case_results(case_id, checked, invalid, latency_ms):
         for smear in smears:
             if smear.status != Smear.Status.PROCESSING:
                 logger.warning("Smear %s is %s, not processing; result dropped", smear.pk, smear.status)
+            elif case.is_signed_out:
+                # Sign-out waits for pending smears, so this is a result that should not exist: never change a signed case.
+                reason = "The case was signed out before this result arrived; the result was not stored."
+                _fail(case, smear, reason)
+                failed[smear.pk] = reason
             elif smear.pk in invalid:
                 _fail(case, smear, invalid[smear.pk])
                 failed[smear.pk] = invalid[smear.pk]

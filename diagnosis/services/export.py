@@ -15,6 +15,16 @@ EXPORT_LAYOUT = {
 }
 
 
+#: A spreadsheet reads a cell starting with one of these as a formula (CSV injection, OWASP).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A text cell that a spreadsheet shows as text: one starting like a formula gets a leading apostrophe
+    (an e-mail address may start with "=", a model version comes from a worker)."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def _inside(folder, relative):
     """folder/relative, refused unless it resolves inside folder."""
     from pathlib import Path
@@ -66,5 +76,5 @@ def export_reviewed(dest, smears=None):
         with open(dest / sub / EXPORT_CSV, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(EXPORT_COLUMNS)
-            writer.writerows(rows[kind])
+            writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows[kind])
     return sum(len(r) for r in rows.values())

@@ -8,7 +8,7 @@ from .case_state import lock_open_case
 
 
 #: Fields of a case and a patient that people may edit (admin), each change audited.
-CASE_EDITABLE_FIELDS = ("patient", "accession_number", "clinical_note")
+CASE_EDITABLE_FIELDS = ("patient", "accession_number", "specimen_type", "collection_date", "clinical_note")
 PATIENT_EDITABLE_FIELDS = ("lab_id", "sex", "birth_year")
 
 
@@ -40,7 +40,8 @@ def record_case_opened(case: Case, user) -> AuditEvent:
 
 
 def update_case(case: Case, user, **changes) -> Case:
-    """Change a case's own data (patient, accession number, clinical note),
+    """Change a case's own data (patient, accession number, specimen type,
+    collection date, clinical note),
     recording one audit event per changed field with before and after. A
     signed-out case is refused (CaseLocked): its data changes only through an
     addendum. Used by the admin; call it from a shell the same way."""

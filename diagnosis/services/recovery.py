@@ -19,11 +19,13 @@ logger = logging.getLogger(__name__)
 
 def retry_smear(smear, user=None):
     """Put a failed smear back in the queue. Returns False when it was not
-    failed (e.g. someone else retried it already); raises CaseLocked when its
+    failed (e.g. someone else retried it already) or is marked not assessable
+    (sign-out does not wait for such a smear, so a result could land after the
+    case was signed; mark it assessable again first); raises CaseLocked when its
     case is signed out: a signed report must not gain a prediction afterwards."""
     with transaction.atomic():
         lock_open_case(smear.case)  # case first: one lock order
-        updated = Smear.objects.filter(pk=smear.pk, status=Smear.Status.FAILED).update(
+        updated = Smear.objects.filter(pk=smear.pk, status=Smear.Status.FAILED, not_assessable=False).update(
             status=Smear.Status.QUEUED, claimed_at=None, transient_failure=False, updated_at=timezone.now()
         )
         if updated:
@@ -73,11 +75,13 @@ def sweep_stale_smears(now=None):
                 _refresh_case_by_id(smear.case_id)
                 transaction.on_commit(lambda pk=smear.pk: enqueue_classification(pk))
     transient = Smear.objects.filter(status=Smear.Status.FAILED, transient_failure=True, attempts__lt=max_attempts,
+                                     not_assessable=False,  # set aside by a pathologist: stays so
                                      case__signed_out_at__isnull=True)  # a signed-out case's smears stay as signed
     for smear in transient.only("pk", "case_id"):
         with transaction.atomic():
             Case.objects.select_for_update().filter(pk=smear.case_id).first()
-            if Smear.objects.filter(pk=smear.pk, status=Smear.Status.FAILED, transient_failure=True).update(
+            if Smear.objects.filter(pk=smear.pk, status=Smear.Status.FAILED, transient_failure=True,
+                                    not_assessable=False).update(
                 status=Smear.Status.QUEUED, claimed_at=None, transient_failure=False, updated_at=now
             ):
                 requeued.append(smear.pk)

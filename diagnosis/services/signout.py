@@ -1,5 +1,7 @@
 """Sign-out and what follows it: why a case cannot be signed out yet, the
 sign-out itself (the case is locked afterwards), and addenda."""
+from datetime import timedelta
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -16,11 +18,12 @@ from .text import check_length
 def sign_out_problems(case):
     """Why a case cannot be signed out yet (empty list: it can)."""
     problems = []
-    # Smears marked not assessable need nothing more: they are left out of every requirement.
+    # Every smear, assessable or not: a result landing after sign-out would change the signed case.
+    if case.smears.filter(status__in=[Smear.Status.QUEUED, Smear.Status.PROCESSING]).exists():
+        problems.append("some smears are still being classified")
+    # Smears marked not assessable need nothing more: they are left out of every other requirement.
     assessable = case.smears.filter(not_assessable=False)
     counts = {s: assessable.filter(status=s).count() for s in Smear.Status.values}
-    if counts[Smear.Status.QUEUED] or counts[Smear.Status.PROCESSING]:
-        problems.append("some smears are still being classified")
     if counts[Smear.Status.FAILED]:
         problems.append("some smears failed classification (retry them or mark them not assessable)")
     if not counts[Smear.Status.DONE]:
@@ -56,10 +59,15 @@ def sign_out(case, user, final_stage, comment=""):
     return case
 
 
+#: An identical addendum by the same author within this time is taken as the same form sent twice.
+DUPLICATE_ADDENDUM_WINDOW = timedelta(minutes=2)
+
+
 def add_addendum(case, user, text, new_final_stage=""):
     """Append an addendum to a signed-out case, optionally changing the final
     stage. The original sign-out (signed_out_stage, signer, time) and earlier
-    addenda are kept."""
+    addenda are kept. The same addendum sent twice in a row by its author
+    within DUPLICATE_ADDENDUM_WINDOW is stored once (the first is returned)."""
     text = check_length((text or "").strip(), ADDENDUM_MAX_LENGTH, "The addendum")
     if not text:
         raise ReviewError("An addendum needs a text.")
@@ -69,6 +77,11 @@ def add_addendum(case, user, text, new_final_stage=""):
             raise ReviewError("Addenda are for signed-out cases; change the review directly instead.")
         if new_final_stage and new_final_stage not in labels_for_case(locked):
             raise ReviewError(f"“{new_final_stage}” is not a label of this case's model.")
+        latest = locked.addenda.order_by("-created_at", "-pk").first()
+        if (latest is not None and latest.author_id == user.pk and latest.text == text
+                and (new_final_stage or locked.final_stage) == (latest.new_final_stage or latest.previous_final_stage)
+                and timezone.now() - latest.created_at < DUPLICATE_ADDENDUM_WINDOW):
+            return latest  # the same form sent twice (a double click, a resent page): addenda cannot be deleted
         changes = bool(new_final_stage) and new_final_stage != locked.final_stage
         addendum = CaseAddendum.objects.create(
             case=locked, text=text, author=user,
