@@ -52,12 +52,16 @@ CLASSIFY_WORKER := $(CELERY_WORKER) -Q "$${CELERY_QUEUE:-leukportal}" -n classif
 HEATMAP_WORKER := ML_RUNTIME_THREADS=1 nice -n 19 $(CELERY_WORKER) \
 	-Q "$${CELERY_HEATMAP_QUEUE:-$${CELERY_QUEUE:-leukportal}-heatmaps}" --concurrency 1 -n heatmaps@%h
 
+# Development mode: DEBUG=1 unless DEBUG is set, for the migrations too. The settings default to
+# DEBUG off, so everything else (`make serve`, `make worker`) needs SECRET_KEY and ALLOWED_HOSTS.
+run screenshots: export DEBUG := $(or $(DEBUG),1)
+
 # Web server and the workers (classification with beat for the periodic sweep,
 # and heat maps) together; Ctrl-C stops them all.
 run: migrate
-	@echo "LeukPortal on http://$(HOST):$(PORT)/ — the first account you sign up becomes the administrator."
-	@export DEBUG=$${DEBUG:-1}; \
-	$(CLASSIFY_WORKER) -B --concurrency $${CONCURRENCY:-1} & worker=$$!; \
+	@echo "LeukPortal on http://$(HOST):$(PORT)/ — the first account you sign up becomes the administrator"
+	@echo "(development mode; elsewhere PORTAL_BOOTSTRAP_ADMIN_EMAIL or: $(PY) manage.py createsuperuser)."
+	@$(CLASSIFY_WORKER) -B --concurrency $${CONCURRENCY:-1} & worker=$$!; \
 	$(HEATMAP_WORKER) & heatmaps=$$!; \
 	trap 'kill $$worker $$heatmaps 2>/dev/null; wait $$worker $$heatmaps 2>/dev/null' EXIT INT TERM; \
 	$(PY) manage.py runserver $(HOST):$(PORT)

@@ -1,25 +1,46 @@
 from allauth.account.adapter import DefaultAccountAdapter
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
 
 from . import roles
 
 
+def normalise_email(email):
+    return (email or "").strip().lower()
+
+
 class AccountAdapter(DefaultAccountAdapter):
     def save_user(self, request, user, form, commit=True):
         user = super().save_user(request, user, form, commit=commit)
         if commit:
-            promote_if_first_user(user)
+            promote_bootstrap_admin(user)
         return user
+
+    def _get_login_attempts_cache_key(self, request, **credentials):
+        # allauth's key starts with the request's site domain, i.e. its Host header: every spelling
+        # Django accepts (`portal:1`, `PORTAL`, `portal.`) would get five fresh guesses. One account, one count.
+        return normalise_email(credentials.get("email") or credentials.get("username"))
 
 
 @transaction.atomic
-def promote_if_first_user(user):
-    """The first account created on an empty database becomes superuser and
-    Admin, so a fresh install needs no default password. Every later account
-    starts without a role until an administrator assigns one."""
+def promote_bootstrap_admin(user):
+    """Make the installation's first administrator (superuser and Admin), so a
+    fresh install needs no default password:
+    * with PORTAL_BOOTSTRAP_ADMIN_EMAIL set, the account signed up with that
+      address, while there is no superuser yet;
+    * without it, only in development mode (DEBUG; `make run` listens on
+      127.0.0.1), the first account on an empty database.
+    Every other account starts without a role until an administrator assigns
+    one: whoever reaches an exposed production install first must not own it."""
+    wanted = normalise_email(settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL)
     User = type(user)
-    if User.objects.exclude(pk=user.pk).exists():
+    if wanted:
+        if normalise_email(user.email) != wanted:
+            return False
+        if User.objects.filter(is_superuser=True).exclude(pk=user.pk).exists():
+            return False
+    elif not settings.DEBUG or User.objects.exclude(pk=user.pk).exists():
         return False
     user.is_superuser = True
     user.is_staff = True

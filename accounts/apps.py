@@ -5,3 +5,11 @@ class AccountsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "accounts"
     verbose_name = "Accounts"
+
+    def ready(self):
+        from django.contrib.auth.signals import user_logged_in
+
+        from leukportal.middleware import start_session_clock
+
+        # Every sign-in (allauth's views, the admin's, force_login) starts the session's absolute limit.
+        user_logged_in.connect(start_session_clock, dispatch_uid="leukportal.start_session_clock")

@@ -1,10 +1,12 @@
 """LeukPortal settings.
 
 Every deployment-specific value comes from the environment (or a `.env` file in
-the repository root) through django-environ. With no environment at all the
-portal runs in development mode: DEBUG on, SQLite in db.sqlite3, the Celery
-broker on the local filesystem under var/, emails printed to the console.
-See the configuration table in README.md.
+the repository root) through django-environ. DEBUG is off unless DEBUG=1 is
+set, and with DEBUG off SECRET_KEY and ALLOWED_HOSTS are required: a forgotten
+setting stops the portal instead of exposing a debug server. With DEBUG=1
+(`make run`, the tests) and nothing else the portal runs in development mode:
+SQLite in db.sqlite3, the Celery broker on the local filesystem under var/,
+emails printed to the console. See the configuration table in README.md.
 """
 from pathlib import Path
 
@@ -21,7 +23,7 @@ if (BASE_DIR / ".env").is_file():
 VAR_DIR = Path(env.str("LEUKPORTAL_VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-DEBUG = env.bool("DEBUG", default=True)
+DEBUG = env.bool("DEBUG", default=False)
 
 
 def _secret_key():
@@ -29,7 +31,7 @@ def _secret_key():
     if key:
         return key
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (DEBUG=1 for development).")
     # Development only: a random key generated once per checkout and kept in
     # var/ so that sessions survive restarts and the worker agrees with the web.
     path = VAR_DIR / "dev-secret-key"
@@ -138,15 +140,30 @@ ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_EMAIL_VERIFICATION = env.str("ACCOUNT_EMAIL_VERIFICATION", default="optional")
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = True
-# Failed logins are limited per account (the email typed), never per IP
-# alone: a lab behind one NAT address must not be locked out by one person's
-# typos or by an attacker. All login attempts from one IP are capped generously.
+# Failed logins are limited per account (the email typed, whatever the Host
+# header: accounts.adapter) and per IP, against spraying one password over
+# many accounts. The account's limit comes first: once it refuses, further
+# guesses at that account stop counting against the IP, so a lab behind one
+# NAT address is not locked out by one person's typos or by an attacker
+# hammering one account. All login attempts from one IP are capped generously.
 ACCOUNT_RATE_LIMITS = {
-    "login_failed": env.str("LOGIN_FAILED_RATE_LIMIT", default="5/5m/key"),
+    "login_failed": env.str("LOGIN_FAILED_RATE_LIMIT", default="5/5m/key,10/m/ip"),
     "login": env.str("LOGIN_RATE_LIMIT", default="100/m/ip"),
 }
+# Behind the reverse proxy (README, Production server) every request comes
+# from the proxy's address, so the per-IP limits above would be one bucket
+# for everybody. Name the proxies that append the client to X-Forwarded-For
+# (nginx in front of `make serve`: 1), or a header the proxy sets to the client
+# address (X-Real-IP). Only when nothing reaches gunicorn but through them:
+# a client talking to it directly could write these headers itself.
+ALLAUTH_TRUSTED_PROXY_COUNT = env.int("ALLAUTH_TRUSTED_PROXY_COUNT", default=0)
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = env.str("ALLAUTH_TRUSTED_CLIENT_IP_HEADER", default="") or None
 # Sensitive account changes (email, password, MFA) ask for the password again.
 ACCOUNT_REAUTHENTICATION_REQUIRED = True
+# The one address whose sign-up makes the first superuser and Admin
+# (accounts.adapter.promote_bootstrap_admin); nobody else is promoted by
+# signing up, so a stranger reaching a fresh install first does not own it.
+PORTAL_BOOTSTRAP_ADMIN_EMAIL = env.str("PORTAL_BOOTSTRAP_ADMIN_EMAIL", default="")
 
 # --- Multi-factor authentication (allauth.mfa) --------------------------------
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
@@ -198,7 +215,9 @@ if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Idle timeout: a session unused for this long is signed out
 # (leukportal.middleware.IdleSessionTimeoutMiddleware; the pages' background
-# polling does not count as use). The cookie itself lasts a working day at most.
+# polling does not count as use). A session lasts a working day at most from
+# its sign-in, however active: the same middleware signs it out then, since
+# the cookie's age restarts whenever the session is saved (every request).
 SESSION_IDLE_TIMEOUT_SECONDS = env.int("SESSION_IDLE_TIMEOUT_SECONDS", default=30 * 60)
 SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=12 * 3600)
 

@@ -5,7 +5,7 @@ from django.contrib.auth.models import Group
 from django.core import mail
 from django.urls import reverse
 
-from accounts.adapter import promote_if_first_user
+from accounts.adapter import promote_bootstrap_admin
 from tests.portal_testutils import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -18,7 +18,8 @@ def signup(client, email, full_name="Jane Roe", title=""):
     )
 
 
-def test_first_signup_on_empty_database_becomes_superuser_and_admin(client, django_user_model):
+def test_signup_with_the_bootstrap_admin_email_becomes_superuser_and_admin(client, django_user_model, settings):
+    settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = "first@lab.example"
     response = signup(client, "First@Lab.Example")
     assert response.status_code == 302
     user = django_user_model.objects.get()
@@ -27,6 +28,36 @@ def test_first_signup_on_empty_database_becomes_superuser_and_admin(client, djan
     assert list(user.groups.values_list("name", flat=True)) == ["Admin"]
     # ... and lands on the case list, not the waiting page
     assert client.get(reverse("home")).url == reverse("diagnosis:case_list")
+
+
+def test_in_development_mode_the_first_signup_on_an_empty_database_becomes_admin(client, django_user_model, settings):
+    """`make run` (DEBUG, 127.0.0.1) with nothing configured: the one who installed it signs up first."""
+    settings.DEBUG, settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = True, ""
+    signup(client, "dev@lab.example")
+    assert django_user_model.objects.get().is_superuser
+    client.logout()
+    signup(client, "second@lab.example")
+    assert not django_user_model.objects.get(email="second@lab.example").is_superuser
+
+
+@pytest.mark.parametrize("debug,bootstrap_email", [(False, ""), (False, "admin@lab.example"), (True, "admin@lab.example")])
+def test_first_signup_on_an_exposed_fresh_install_gets_no_role(client, django_user_model, settings, debug,
+                                                                 bootstrap_email):
+    """Whoever reaches a fresh production install first must not own it."""
+    settings.DEBUG, settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = debug, bootstrap_email
+    assert signup(client, "stranger@elsewhere.example").status_code == 302
+    user = django_user_model.objects.get()
+    assert not user.is_superuser and not user.is_staff and user.groups.count() == 0
+    assert client.get(reverse("home")).url == reverse("pending_role")
+
+
+def test_the_bootstrap_admin_signing_up_after_a_stranger_still_becomes_admin(client, django_user_model, settings):
+    settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = " Admin@Lab.Example "
+    signup(client, "stranger@elsewhere.example")
+    client.logout()
+    signup(client, "admin@lab.example")
+    assert django_user_model.objects.get(email="admin@lab.example").is_superuser
+    assert not django_user_model.objects.get(email="stranger@elsewhere.example").is_superuser
 
 
 def test_later_signups_get_no_role_and_wait(client, make_user, django_user_model):
@@ -46,10 +77,12 @@ def test_later_signups_get_no_role_and_wait(client, make_user, django_user_model
         assert client.get(reverse(name)).url == reverse("pending_role")
 
 
-def test_promotion_only_for_the_only_user(make_user):
-    make_user("Technician")
-    later = make_user(None)
-    assert promote_if_first_user(later) is False
+def test_the_bootstrap_email_promotes_nobody_once_a_superuser_exists(make_user, settings):
+    """Left set after the install, it must not hand out superuser to whoever later gets that address."""
+    settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = "admin@lab.example"
+    make_user("Admin", is_staff=True, is_superuser=True, email="root@lab.example")
+    later = make_user(None, email="admin@lab.example")
+    assert promote_bootstrap_admin(later) is False
     later.refresh_from_db()
     assert not later.is_superuser
 

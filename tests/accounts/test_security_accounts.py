@@ -102,7 +102,7 @@ def test_rate_limits_use_the_shared_cache_named_by_cache_url():
 
     code = ("import django; django.setup(); from django.conf import settings; "
             "print(settings.CACHES['default']['BACKEND'])")
-    env = {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/5", "PATH": "/usr/bin:/bin",
+    env = {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/5", "PATH": "/usr/bin:/bin", "DEBUG": "1",
            "DJANGO_SETTINGS_MODULE": "leukportal.settings"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "django.core.cache.backends.redis.RedisCache"
