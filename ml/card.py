@@ -151,6 +151,17 @@ def lineage(config: dict, ancestors: dict | None = None) -> list[str]:
     return lines
 
 
+def flip_averaging_lines(payload: dict) -> list[str]:
+    if not payload.get("test_time_flips"):
+        return []
+    source = payload.get("test_time_from", {})
+    return [f"- Test-time augmentation: each field and its horizontal mirror image go through the network and their "
+            "logits and embeddings are averaged (`ml.models.FlipAveraged`, made by `python -m ml tta`): the weights are "
+            f"those of `{source.get('model_version', '?')}` (sha256 `{str(source.get('sha256', '?'))[:12]}…`), "
+            "trained as described under Training; the MFLOPs above count both passes. Chosen on the validation split: "
+            "see `ml/reports/staging/test-time-flips/README.md`."]
+
+
 def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict, latency_image: str, name: str) -> str:
     payload = predictor.payload
     training = payload.get("training", {})
@@ -184,6 +195,7 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
         f"fed to {SEQUENCE_MODELS.get(spec.head, spec.head)}; its summary is classified by a linear layer.",
         f"- {models.count_parameters(predictor.model) / 1e6:.2f} M parameters, {flops / 1e6:.0f} MFLOPs per image "
         f"at {predictor.input_size}x{predictor.input_size}.",
+        *flip_averaging_lines(payload),
         "",
         "## Input and output",
         f"- Input: any image Pillow reads (EXIF orientation applied, converted to 8-bit RGB), resized to "

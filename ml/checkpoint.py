@@ -78,6 +78,8 @@ def load_model(path: str | Path):
     # Files written before unused backbone heads were pruned carry those extra keys: drop them.
     state = {k: v for k, v in state.items() if k in own}
     model.load_state_dict(state)  # strict: every weight of the model must be in the file
+    if payload.get("test_time_flips"):
+        model = models.FlipAveraged(model)
     model.eval()
     return model, payload
 
@@ -105,6 +107,28 @@ def update_payload(path: str | Path, **fields) -> None:
     payload = read_payload(path)
     payload.update(fields)
     _replace(path, payload)
+
+
+def with_test_time_flips(source: str | Path, out: str | Path) -> Path:
+    """A copy of ``source`` that predicts the mean of each image and its mirror image (``models.FlipAveraged``):
+    the same weights, a new version (``-flip2``), and no domain check or calibration record, which were fitted on
+    the plain model's outputs: run ``calibrate`` and ``fit-domain`` on the copy before shipping it."""
+    payload = read_payload(source)
+    if payload.get("test_time_flips"):
+        raise ValueError(f"{source} already averages over flips")
+    payload.pop("domain", None)
+    payload.pop("calibration", None)
+    payload.update(test_time_flips=True, model_version=f"{payload['model_version']}-flip2",
+                   test_time_from={"model_version": read_payload(source)["model_version"],
+                                   "sha256": _sha256(source)})
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return _replace(out, payload)
+
+
+def _sha256(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 INT8_MIN_ELEMENTS = 256  # smaller tensors (biases, batch-norm statistics) stay float16: they weigh nothing

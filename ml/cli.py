@@ -165,6 +165,16 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_tta(args) -> int:
+    from .checkpoint import with_test_time_flips
+
+    from .runtime.loader import resolve_model_path
+
+    out = with_test_time_flips(resolve_model_path(args.model), args.out)
+    print(f"{out}: predicts the mean of each image and its mirror image; calibrate and fit-domain it before shipping")
+    return 0
+
+
 def cmd_export(args) -> int:
     if args.model is None:
         if args.run is None:
@@ -392,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--model", default=None, help="shipped name (staging, screening) or model file")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    tta = commands.add_parser("tta", help="copy a model file into one that averages each image and its mirror image")
+    tta.add_argument("model", help="shipped name or model file")
+    tta.add_argument("--out", required=True, help="the new model file")
     export = commands.add_parser("export", help="--model NAME: write NAME.onnx (+ runtime files) beside the model file "
                                  "and measure it against PyTorch; RUN: make model.pt from a run's last checkpoint")
     export.add_argument("run", nargs="?", help="run folder with last.pt (model.pt from its best weights so far)")
@@ -518,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"robustness": cmd_robustness, "explain": cmd_explain, "explain-eval": cmd_explain_eval,
                 "calibrate": cmd_calibrate, "split": cmd_split, "models": cmd_models, "train": cmd_train,
-                "evaluate": cmd_evaluate, "predict": cmd_predict, "fit-domain": cmd_fit_domain, "export": cmd_export,
+                "evaluate": cmd_evaluate, "predict": cmd_predict, "fit-domain": cmd_fit_domain, "export": cmd_export, "tta": cmd_tta,
                 "benchmark": cmd_benchmark, "bench": cmd_bench, "screening": cmd_screening,
                 "ship": cmd_ship}
     try:

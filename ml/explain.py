@@ -252,6 +252,8 @@ def gradcam(predictor, image, target: str | None = None) -> tuple[np.ndarray, st
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    from .models import unwrapped
+
     predictor = torch_twin(predictor)
     tensor = predictor.preprocess(image).unsqueeze(0)
     if target is None:
@@ -259,7 +261,9 @@ def gradcam(predictor, image, target: str | None = None) -> tuple[np.ndarray, st
             "label" if predictor.task == "screening" else "stage"]
     index = predictor.classes.index(target)
     with predictor._lock, torch.enable_grad():  # the shared model is not re-entrant
-        with GradCAM(model=predictor.model, target_layers=[predictor.model.feature_tap]) as cam:
+        # A flip-averaged model runs its network twice: Grad-CAM explains the one pass on the image as it is.
+        network = unwrapped(predictor.model)
+        with GradCAM(model=network, target_layers=[network.feature_tap]) as cam:
             heatmap = cam(input_tensor=tensor, targets=[ClassifierOutputTarget(index)])[0]
     return np.nan_to_num(heatmap.astype(np.float32)), target
 

@@ -195,6 +195,37 @@ class EnsembleClassifier(nn.Module):
         return probabilities.clamp_min(1e-12).log(), torch.cat([embedding for _, embedding in outputs], dim=1)
 
 
+class FlipAveraged(nn.Module):
+    """Test-time augmentation: a model's logits and embedding averaged over the image and its mirror image.
+
+    Smear fields have no left or right, and the staging model was trained under flips, so both views are
+    equally valid readings; their mean is one prediction that depends less on where a cell happens to lie.
+    The model file stores the plain model's weights and ``test_time_flips: True`` (``checkpoint.load_model``
+    wraps it); the ONNX export, the domain check and the heat maps all see the averaged model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.inner = model
+        self.num_classes = model.num_classes
+
+    @property
+    def feature_tap(self) -> nn.Module:  # Grad-CAM's layer: the plain model's (it is hooked on one view)
+        return self.inner.feature_tap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_embedding(x)[0]
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, embedding = self.inner.forward_with_embedding(x)
+        mirror_logits, mirror_embedding = self.inner.forward_with_embedding(torch.flip(x, dims=[3]))
+        return (logits + mirror_logits) / 2, (embedding + mirror_embedding) / 2
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The plain network inside a test-time wrapper (itself otherwise)."""
+    return model.inner if isinstance(model, FlipAveraged) else model
+
+
 def create_ensemble(member_archs: list[str], num_classes: int, **overrides) -> EnsembleClassifier:
     """An ensemble of registered architectures (random init; weights come from a model file)."""
     return EnsembleClassifier([create(arch, num_classes=num_classes, **overrides) for arch in member_archs])

@@ -52,3 +52,65 @@ def test_the_export_of_an_int8_file_keeps_int8_weights_and_matches_pytorch(tiny_
     # The scales stay float32: a float16 scale would move every weight of its channel.
     assert all(initializers[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in dequantize)
     assert report["parity"]["max_abs_logit_diff"] < 1e-4
+
+
+def test_a_flip_averaged_model_predicts_the_mean_of_the_image_and_its_mirror(tiny_model_file, tmp_path):
+    from ml.checkpoint import with_test_time_flips
+    from ml.models import FlipAveraged
+
+    flipped_file = with_test_time_flips(tiny_model_file, tmp_path / "flip2.pt")
+    plain, _ = load_model(tiny_model_file)
+    averaged, payload = load_model(flipped_file)
+    assert isinstance(averaged, FlipAveraged) and payload["model_version"].endswith("-flip2")
+    x = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        expected = (plain(x) + plain(torch.flip(x, dims=[3]))) / 2
+        assert torch.allclose(averaged(x), expected, atol=1e-5)
+        # The mirror image of a field gets the same answer as the field itself.
+        assert torch.allclose(averaged(torch.flip(x, dims=[3])), averaged(x), atol=1e-5)
+        logits, embedding = averaged.forward_with_embedding(x)
+        assert embedding.shape == plain.forward_with_embedding(x)[1].shape
+
+
+def test_the_tta_command_writes_the_flip_averaged_copy_and_says_what_to_fit_next(tiny_model_file, tmp_path, capsys):
+    from ml.cli import main
+
+    assert main(["tta", str(tiny_model_file), "--out", str(tmp_path / "flip2.pt")]) == 0
+    assert read_payload(tmp_path / "flip2.pt")["test_time_flips"] is True
+    assert "calibrate and fit-domain" in capsys.readouterr().out
+
+
+def test_the_card_says_the_model_averages_over_mirror_images(tiny_model_file, tmp_path):
+    from ml.card import flip_averaging_lines
+    from ml.checkpoint import with_test_time_flips
+
+    assert flip_averaging_lines(read_payload(tiny_model_file)) == []
+    [line] = flip_averaging_lines(read_payload(with_test_time_flips(tiny_model_file, tmp_path / "flip2.pt")))
+    assert "mirror image" in line and read_payload(tiny_model_file)["model_version"] in line
+
+
+def test_the_flip_averaged_copy_keeps_the_weights_and_drops_what_was_fitted_on_the_plain_model(tiny_model_file,
+                                                                                                tmp_path):
+    import pytest
+
+    from ml.checkpoint import update_payload, with_test_time_flips
+
+    source = tmp_path / "plain.pt"
+    shutil.copyfile(tiny_model_file, source)
+    update_payload(source, domain={"format": "stale"}, calibration={"temperature": 0.5})
+    copy = read_payload(with_test_time_flips(source, tmp_path / "flip2.pt"))
+    original = read_payload(source)
+    assert "domain" not in copy and "calibration" not in copy
+    assert copy["test_time_from"]["model_version"] == original["model_version"]
+    assert all(torch.equal(copy["state_dict"][k], v) for k, v in original["state_dict"].items())
+    with pytest.raises(ValueError, match="already"):
+        with_test_time_flips(tmp_path / "flip2.pt", tmp_path / "flip4.pt")
+
+
+def test_the_export_of_a_flip_averaged_model_matches_pytorch(tiny_model_file, smear_folder, tmp_path):
+    from ml.checkpoint import with_test_time_flips
+    from ml.onnx_export import export
+
+    flipped = with_test_time_flips(tiny_model_file, tmp_path / "flip2.pt")
+    report = export(flipped, data=smear_folder, report=tmp_path / "export.json")
+    assert report["passes"] and report["parity"]["max_abs_logit_diff"] < 1e-4
