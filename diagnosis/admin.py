@@ -99,6 +99,9 @@ class CaseAdmin(admin.ModelAdmin):
         "status", "suggested_stage", "suggested_confidence", "created_by", "created_at", "updated_at",
         # The review changes only through the portal's review screen (audited).
         "final_stage", "review_comment", "signed_out_by", "signed_out_at", "signed_out_stage",
+        # Copied at sign-out (what the signed report shows).
+        "signed_out_by_name", "signed_out_by_email", "signed_out_patient_lab_id", "signed_out_patient_sex",
+        "signed_out_patient_birth_year",
     ]
     inlines = [SmearInline]
     actions = ["export_reviewed"]

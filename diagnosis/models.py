@@ -229,6 +229,8 @@ class Case(models.Model):
     signed_out_by_email = models.EmailField(max_length=254, blank=True)
     # The identifiers as signed out (the report shows these after sign-out).
     signed_out_patient_lab_id = models.CharField(max_length=64, blank=True)
+    signed_out_patient_sex = models.CharField(max_length=1, choices=Patient.Sex.choices, blank=True)
+    signed_out_patient_birth_year = models.PositiveSmallIntegerField(null=True, blank=True)
 
     objects = CaseQuerySet.as_manager()
 
@@ -278,6 +280,23 @@ class Case(models.Model):
     def report_patient_lab_id(self):
         """The patient identifier of the report: as signed out once signed out."""
         return self.signed_out_patient_lab_id or self.patient.lab_id
+
+    @property
+    def _signed_patient_copy(self):
+        # Cases signed out before sex and birth year were copied (blank sex) show the current values.
+        return self.is_signed_out and bool(self.signed_out_patient_sex)
+
+    @property
+    def report_patient_sex_display(self):
+        """The patient's sex on the report: as signed out once signed out."""
+        if self._signed_patient_copy:
+            return self.get_signed_out_patient_sex_display()
+        return self.patient.get_sex_display()
+
+    @property
+    def report_patient_birth_year(self):
+        """The patient's birth year on the report (None: not known): as signed out once signed out."""
+        return self.signed_out_patient_birth_year if self._signed_patient_copy else self.patient.birth_year
 
     @property
     def state(self):

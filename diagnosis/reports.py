@@ -143,11 +143,10 @@ def case_report_pdf(case):
     story.append(p(f"Case report {case.accession_number}", "Title"))
     if not case.is_signed_out:
         story.append(p("Not signed out: this is a preliminary report.", "Heading3"))
-    patient = case.patient
     signer = signer_name(case)
     info = [
         ["Patient", case.report_patient_lab_id, "Accession", case.accession_number],
-        ["Sex", patient.get_sex_display(), "Birth year", str(patient.birth_year or "–")],
+        ["Sex", case.report_patient_sex_display, "Birth year", str(case.report_patient_birth_year or "–")],
         ["Specimen", case.get_specimen_type_display(), "Collected", format_date(case.collection_date)],
         ["Case opened", format_when(case.created_at), "Opened by", person_name(case.created_by)],
         ["Final stage", ctx["final_stage_display"] or ("none (single cells only)" if ctx["cells"] and not ctx["smears"]

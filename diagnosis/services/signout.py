@@ -51,8 +51,11 @@ def sign_out(case, user, final_stage, comment=""):
         locked.signed_out_by_name = person_name(user)[:255]  # "Dr Jane Roe", as the portal shows people
         locked.signed_out_by_email = user.email
         locked.signed_out_patient_lab_id = locked.patient.lab_id
+        locked.signed_out_patient_sex = locked.patient.sex
+        locked.signed_out_patient_birth_year = locked.patient.birth_year
         locked.save(update_fields=["signed_out_by", "signed_out_at", "signed_out_stage", "signed_out_by_name",
-                                   "signed_out_by_email", "signed_out_patient_lab_id", "updated_at"])
+                                   "signed_out_by_email", "signed_out_patient_lab_id", "signed_out_patient_sex",
+                                   "signed_out_patient_birth_year", "updated_at"])
         record_event(locked, AuditEvent.Action.SIGN_OUT, actor=user, new_value=final_stage, reason=comment,
                      detail=screening_summary_text(locked))
     case.refresh_from_db()

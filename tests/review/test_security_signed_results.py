@@ -154,3 +154,31 @@ def test_the_exported_labels_csv_has_no_formula_cells(classified, case, patholog
     call_command("export_reviewed", str(tmp_path / "export"))
     [row] = list(csv.DictReader((tmp_path / "export" / "staging" / "labels.csv").open()))
     assert row["reviewer"] == "'" + pathologist.email
+
+
+def test_sex_and_birth_year_edited_after_sign_out_leave_the_signed_report(classified, case, pathologist, path_client):
+    import io
+
+    from pypdf import PdfReader
+
+    patient = case.patient
+    patient.sex, patient.birth_year = "F", 1971
+    patient.save()
+    smear = classified("Pre")
+    services.review_smear(smear, pathologist, "Pre")
+    services.sign_out(case, pathologist, "Pre", "")
+    services.update_patient(patient, pathologist, sex="M", birth_year=1950)
+    html = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
+    sex_row = html[html.index("<th>Sex</th>"):][:160]
+    assert "Female" in sex_row and "1971" in sex_row and "1950" not in sex_row
+    pdf = path_client.get(reverse("diagnosis:case_report_pdf", args=[case.pk]))
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf.content)).pages)
+    assert "Female" in text and "1971" in text and "1950" not in text
+
+
+def test_a_case_signed_before_the_copy_existed_shows_the_current_sex_and_birth_year(signed_with_failed_smear):
+    case = signed_with_failed_smear[0]
+    Case.objects.filter(pk=case.pk).update(signed_out_patient_sex="", signed_out_patient_birth_year=None)
+    case.refresh_from_db()
+    assert case.report_patient_sex_display == case.patient.get_sex_display()
+    assert case.report_patient_birth_year == case.patient.birth_year
