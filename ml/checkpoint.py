@@ -119,16 +119,9 @@ def with_test_time_flips(source: str | Path, out: str | Path) -> Path:
     payload.pop("domain", None)
     payload.pop("calibration", None)
     payload.update(test_time_flips=True, model_version=f"{payload['model_version']}-flip2",
-                   test_time_from={"model_version": read_payload(source)["model_version"],
-                                   "sha256": _sha256(source)})
+                   test_time_from={"model_version": payload["model_version"], "sha256": mldata.sha256_file(source)})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     return _replace(out, payload)
-
-
-def _sha256(path: str | Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 INT8_MIN_ELEMENTS = 256  # smaller tensors (biases, batch-norm statistics) stay float16: they weigh nothing

@@ -208,10 +208,6 @@ class FlipAveraged(nn.Module):
         self.inner = model
         self.num_classes = model.num_classes
 
-    @property
-    def feature_tap(self) -> nn.Module:  # Grad-CAM's layer: the plain model's (it is hooked on one view)
-        return self.inner.feature_tap
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_embedding(x)[0]
 

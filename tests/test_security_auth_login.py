@@ -33,13 +33,16 @@ def small_login_limit(settings):
     settings.ACCOUNT_RATE_LIMITS = {**settings.ACCOUNT_RATE_LIMITS, "login": "3/m/ip"}
 
 
+def use_up_the_login_limit(client):
+    for _ in range(3):
+        login(client, "nobody@lab.example", "guess")
+    assert login(client, "nobody@lab.example", "guess").status_code == 429
+
+
 def test_behind_the_proxy_one_client_cannot_use_up_everyones_login_limit(settings, small_login_limit, make_user):
     settings.ALLAUTH_TRUSTED_PROXY_COUNT = 1
     colleague = make_user("Pathologist")
-    flooder = Client(REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR="203.0.113.9")
-    for _ in range(3):
-        login(flooder, "nobody@lab.example", "guess")
-    assert login(flooder, "nobody@lab.example", "guess").status_code == 429
+    use_up_the_login_limit(Client(REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR="203.0.113.9"))
     # A forged X-Forwarded-For does not help: nginx appends the address it saw, and that one counts.
     forged = Client(REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR="198.51.100.77, 203.0.113.9")
     assert login(forged, "nobody@lab.example", "guess").status_code == 429
@@ -50,9 +53,7 @@ def test_behind_the_proxy_one_client_cannot_use_up_everyones_login_limit(setting
 def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(small_login_limit, make_user):
     """Unset, a client could name any address in the header: the limit stays on REMOTE_ADDR."""
     colleague = make_user("Pathologist")
-    flooder = Client(REMOTE_ADDR="10.0.0.7", HTTP_X_FORWARDED_FOR="203.0.113.9")
-    for _ in range(3):
-        login(flooder, "nobody@lab.example", "guess")
+    use_up_the_login_limit(Client(REMOTE_ADDR="10.0.0.7", HTTP_X_FORWARDED_FOR="203.0.113.9"))
     other_header = Client(REMOTE_ADDR="10.0.0.7", HTTP_X_FORWARDED_FOR="198.51.100.20")
     assert login(other_header, colleague.email, PASSWORD).status_code == 429
     assert login(Client(REMOTE_ADDR="10.0.0.8"), colleague.email, PASSWORD).status_code == 302
@@ -61,10 +62,7 @@ def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(small_login_limit, m
 def test_a_header_named_by_the_proxy_gives_the_client_address(settings, small_login_limit, make_user):
     settings.ALLAUTH_TRUSTED_CLIENT_IP_HEADER = "X-Real-IP"
     colleague = make_user("Pathologist")
-    flooder = Client(REMOTE_ADDR=PROXY, HTTP_X_REAL_IP="203.0.113.9")
-    for _ in range(3):
-        login(flooder, "nobody@lab.example", "guess")
-    assert login(flooder, "nobody@lab.example", "guess").status_code == 429
+    use_up_the_login_limit(Client(REMOTE_ADDR=PROXY, HTTP_X_REAL_IP="203.0.113.9"))
     same_proxy = Client(REMOTE_ADDR=PROXY, HTTP_X_REAL_IP="198.51.100.20")
     assert login(same_proxy, colleague.email, PASSWORD).status_code == 302
 
