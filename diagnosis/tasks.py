@@ -158,8 +158,8 @@ def make_heatmap(prediction, predictor, smear):
         heat = heatmap(predictor, source, target=prediction.label)  # explains the stored label
         buf = io.BytesIO()
         overlay(source, heat, framing=getattr(predictor, "framing", "none")).convert("RGB").save(buf, "JPEG", quality=88)
-        services.store_heatmap(prediction.pk, buf.getvalue(), prediction.label)
-        return True
+        # None: the case was signed out meanwhile and the signed report keeps what was seen
+        return services.store_heatmap(prediction.pk, buf.getvalue(), prediction.label) is not None
     except Exception as exc:  # SoftTimeLimitExceeded is an Exception too
         logger.exception("Heat map for smear %s failed; the prediction is kept", smear.pk)
         services.heatmap_failed(prediction.pk, f"Heat map unavailable: {type(exc).__name__}: {exc}")

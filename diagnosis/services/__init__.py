@@ -74,6 +74,7 @@ from .intake import (
     UploadOutcome,
 )
 from .classification import (
+    HEATMAP_AFTER_SIGN_OUT,
     claim_batch,
     claim_heatmap,
     claim_smear,
@@ -183,6 +184,7 @@ __all__ = [
     "spreadsheet_safe",
     "smears_status_payload",
     "store_heatmap",
+    "HEATMAP_AFTER_SIGN_OUT",
     "sweep_stale_smears",
     "THUMBNAIL_SIZE",
     "TRANSACTION_ATTEMPTS",

@@ -279,13 +279,34 @@ def claim_heatmap(prediction_id):
     return Prediction.objects.select_related("smear").get(pk=prediction_id)
 
 
+#: Recorded on a heat map still pending when its case was signed out: the signed
+#: report shows what the pathologist saw, so a map made later is never added to it.
+HEATMAP_AFTER_SIGN_OUT = "Heat map unavailable: the case was signed out before it was ready."
+
+
+def close_pending_heatmaps(case):
+    """At sign-out: every heat map of the case neither stored nor failed yet is
+    recorded as unavailable, so no worker stores one on the signed case."""
+    return Prediction.objects.filter(smear__case=case, heatmap="", heatmap_error="").update(
+        heatmap_error=HEATMAP_AFTER_SIGN_OUT)
+
+
+@retry_transaction
 def store_heatmap(prediction_id, image_bytes, explained_class=""):
     """Store the Grad-CAM overlay (JPEG bytes) the worker computed after the
-    prediction. Never touches the prediction's result."""
-    prediction = Prediction.objects.get(pk=prediction_id)
-    prediction.heatmap.save("heatmap.jpg", ContentFile(image_bytes), save=False)
-    prediction.heatmap_error = ""
-    prediction.save(update_fields=["heatmap", "heatmap_error"])
+    prediction. Never touches the prediction's result. Refused (returns None)
+    once the case is signed out: the locking read (prediction and case rows)
+    orders a store against a concurrent sign-out."""
+    with transaction.atomic():
+        prediction = Prediction.objects.select_for_update().select_related("smear__case").get(pk=prediction_id)
+        if prediction.smear.case.signed_out_at is not None:
+            logger.info("Heat map of prediction %s not stored: the case is signed out", prediction_id)
+            if not prediction.heatmap and not prediction.heatmap_error:
+                Prediction.objects.filter(pk=prediction_id).update(heatmap_error=HEATMAP_AFTER_SIGN_OUT)
+            return None
+        prediction.heatmap.save("heatmap.jpg", ContentFile(image_bytes), save=False)
+        prediction.heatmap_error = ""
+        prediction.save(update_fields=["heatmap", "heatmap_error"])
     return prediction
 
 

@@ -10,6 +10,7 @@ from ..models import ADDENDUM_MAX_LENGTH, AuditEvent, Case, CaseAddendum, Smear
 from ..selectors import labels_for_case, screening_summary_text
 from .audit import record_event
 from .case_state import lock_open_case
+from .classification import close_pending_heatmaps
 from .errors import ReviewError
 from .review import apply_final_stage
 from .text import check_length
@@ -56,6 +57,7 @@ def sign_out(case, user, final_stage, comment=""):
         locked.save(update_fields=["signed_out_by", "signed_out_at", "signed_out_stage", "signed_out_by_name",
                                    "signed_out_by_email", "signed_out_patient_lab_id", "signed_out_patient_sex",
                                    "signed_out_patient_birth_year", "updated_at"])
+        close_pending_heatmaps(locked)  # the signed report shows what was seen at sign-out
         record_event(locked, AuditEvent.Action.SIGN_OUT, actor=user, new_value=final_stage, reason=comment,
                      detail=screening_summary_text(locked))
     case.refresh_from_db()

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from diagnosis import services
 from diagnosis.models import AuditEvent, Case, CaseAddendum, Smear
+from tests.portal_testutils import image_bytes
 from tests.review.conftest import result
 
 pytestmark = pytest.mark.django_db
@@ -182,3 +183,59 @@ def test_a_case_signed_before_the_copy_existed_shows_the_current_sex_and_birth_y
     case.refresh_from_db()
     assert case.report_patient_sex_display == case.patient.get_sex_display()
     assert case.report_patient_birth_year == case.patient.birth_year
+
+
+@pytest.fixture
+def signed_with_pending_heatmap(classified, case, pathologist):
+    """A signed-out case whose only smear's heat map was still being computed at sign-out."""
+    smear = classified("Pre")
+    services.review_smear(smear, pathologist, "Pre")
+    services.sign_out(case, pathologist, "Pre", "")
+    smear.refresh_from_db()
+    return case, smear
+
+
+def test_sign_out_records_a_pending_heat_map_as_unavailable(signed_with_pending_heatmap):
+    _, smear = signed_with_pending_heatmap
+    assert smear.prediction.heatmap_error == services.HEATMAP_AFTER_SIGN_OUT
+    assert services.claim_heatmap(smear.prediction.pk) is None  # no worker starts it any more
+
+
+def test_a_heat_map_finished_after_sign_out_never_reaches_the_signed_report(signed_with_pending_heatmap,
+                                                                            path_client):
+    case, smear = signed_with_pending_heatmap
+    assert services.store_heatmap(smear.prediction.pk, image_bytes("JPEG", seed=3)) is None
+    smear.prediction.refresh_from_db()
+    assert not smear.prediction.heatmap
+    report = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
+    assert "heat map unavailable" in report
+    assert reverse("diagnosis:smear_heatmap", args=[smear.pk]) not in report
+    assert path_client.get(reverse("diagnosis:smear_heatmap", args=[smear.pk])).status_code == 404
+
+
+def test_a_heat_map_a_worker_was_computing_during_sign_out_is_refused(classified, case, pathologist):
+    smear = classified("Pre")
+    services.review_smear(smear, pathologist, "Pre")
+    assert services.claim_heatmap(smear.prediction.pk) is not None  # a worker starts it before sign-out
+    services.sign_out(case, pathologist, "Pre", "")
+    assert services.store_heatmap(smear.prediction.pk, image_bytes("JPEG", seed=3)) is None
+    smear.prediction.refresh_from_db()
+    assert not smear.prediction.heatmap and smear.prediction.heatmap_error == services.HEATMAP_AFTER_SIGN_OUT
+
+
+def test_the_sweep_does_not_resend_a_signed_cases_heat_map(signed_with_pending_heatmap, monkeypatch):
+    sent = []
+    monkeypatch.setattr("diagnosis.services.recovery.enqueue_heatmap", lambda pk: sent.append(pk) or True)
+    later = timezone.now() + datetime.timedelta(days=1)
+    assert services.resend_lost_heatmaps(now=later) == 0 and sent == []
+
+
+def test_a_heat_map_stored_before_sign_out_stays_on_the_signed_report(classified, case, pathologist, path_client):
+    smear = classified("Pre")
+    services.store_heatmap(smear.prediction.pk, image_bytes("JPEG", seed=3))
+    services.review_smear(smear, pathologist, "Pre")
+    services.sign_out(case, pathologist, "Pre", "")
+    smear.prediction.refresh_from_db()
+    assert smear.prediction.heatmap and smear.prediction.heatmap_error == ""
+    report = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
+    assert reverse("diagnosis:smear_heatmap", args=[smear.pk]) in report
