@@ -1,4 +1,5 @@
 from allauth.account.adapter import DefaultAccountAdapter
+from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
@@ -27,8 +28,9 @@ class AccountAdapter(DefaultAccountAdapter):
 def promote_bootstrap_admin(user):
     """Make the installation's first administrator (superuser and Admin), so a
     fresh install needs no default password:
-    * with PORTAL_BOOTSTRAP_ADMIN_EMAIL set, the account signed up with that
-      address, while there is no superuser yet;
+    * with PORTAL_BOOTSTRAP_ADMIN_EMAIL set, the account with that address,
+      once the address is verified (its confirmation link: whoever merely
+      types the address at sign-up gets nothing), while there is no superuser;
     * without it, only in development mode (DEBUG; `make run` listens on
       127.0.0.1), the first account on an empty database.
     Every other account starts without a role until an administrator assigns
@@ -37,6 +39,8 @@ def promote_bootstrap_admin(user):
     User = type(user)
     if wanted:
         if normalise_email(user.email) != wanted:
+            return False
+        if not EmailAddress.objects.filter(user=user, email__iexact=wanted, verified=True).exists():
             return False
         if User.objects.filter(is_superuser=True).exclude(pk=user.pk).exists():
             return False
@@ -47,3 +51,8 @@ def promote_bootstrap_admin(user):
     user.save(update_fields=["is_superuser", "is_staff"])
     user.groups.add(Group.objects.get(name=roles.ADMIN))
     return True
+
+
+def promote_on_confirmation(sender, request, email_address, **kwargs):
+    """allauth's email_confirmed signal: the bootstrap address just proved its owner."""
+    promote_bootstrap_admin(email_address.user)

@@ -18,12 +18,22 @@ def signup(client, email, full_name="Jane Roe", title=""):
     )
 
 
-def test_signup_with_the_bootstrap_admin_email_becomes_superuser_and_admin(client, django_user_model, settings):
+def confirm_email(client, message):
+    """Open the confirmation link of an allauth e-mail and press its Confirm button."""
+    path = re.search(r"https?://[^/]+(/accounts/confirm-email/\S+)", message.body).group(1)
+    return client.post(path)
+
+
+def test_signup_with_the_bootstrap_admin_email_becomes_superuser_and_admin_once_confirmed(client, django_user_model,
+                                                                                          settings):
     settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = "first@lab.example"
     response = signup(client, "First@Lab.Example")
     assert response.status_code == 302
     user = django_user_model.objects.get()
     assert user.email == "first@lab.example"
+    assert not user.is_superuser  # typing the address proves nothing yet
+    assert confirm_email(client, mail.outbox[-1]).status_code == 302
+    user.refresh_from_db()
     assert user.is_superuser and user.is_staff
     assert list(user.groups.values_list("name", flat=True)) == ["Admin"]
     # ... and lands on the case list, not the waiting page
@@ -56,6 +66,7 @@ def test_the_bootstrap_admin_signing_up_after_a_stranger_still_becomes_admin(cli
     signup(client, "stranger@elsewhere.example")
     client.logout()
     signup(client, "admin@lab.example")
+    confirm_email(client, mail.outbox[-1])
     assert django_user_model.objects.get(email="admin@lab.example").is_superuser
     assert not django_user_model.objects.get(email="stranger@elsewhere.example").is_superuser
 
@@ -75,6 +86,17 @@ def test_later_signups_get_no_role_and_wait(client, make_user, django_user_model
     # ... and no patient data is reachable meanwhile.
     for name in ("diagnosis:case_list", "diagnosis:patient_list", "diagnosis:case_create"):
         assert client.get(reverse(name)).url == reverse("pending_role")
+
+
+def test_someone_signing_up_with_the_bootstrap_email_they_cannot_read_gets_no_role(client, django_user_model,
+                                                                                  settings):
+    """With e-mail verification optional, sign-up alone must not hand the install to whoever types the address."""
+    settings.ACCOUNT_EMAIL_VERIFICATION = "optional"
+    settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = "admin@lab.example"
+    assert signup(client, "admin@lab.example").status_code == 302
+    user = django_user_model.objects.get()
+    assert not user.is_superuser and not user.is_staff and user.groups.count() == 0
+    assert client.get(reverse("home")).url == reverse("pending_role")
 
 
 def test_the_bootstrap_email_promotes_nobody_once_a_superuser_exists(make_user, settings):
