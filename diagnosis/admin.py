@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from . import services
 from .forms import CaseForm
 from .formatting import format_when, signer_name
-from .models import AuditEvent, Case, CaseAddendum, CaseState, Patient, Prediction, RejectedUpload, Smear
+from .models import AuditEvent, Case, CaseAddendum, CaseState, Patient, Prediction, RejectedUpload, ReviewedExport, Smear
 
 
 class CaseStateFilter(admin.SimpleListFilter):
@@ -254,4 +254,15 @@ class RejectedUploadAdmin(ReadOnlyAdmin):
     list_filter = ["created_at"]
     search_fields = ["filename", "reason", "case__accession_number", "uploaded_by__email"]
     list_select_related = ["case", "uploaded_by"]
+    actions = None
+
+
+@admin.register(ReviewedExport)
+class ReviewedExportAdmin(ReadOnlyAdmin):
+    """Who took which reviewed images out of the portal, and when (downloads: Review, Exports)."""
+
+    list_display = ["requested_at", "requested_by", "status", "image_count", "size_bytes", "finished_at", "error"]
+    list_filter = ["status", "requested_at"]
+    list_select_related = ["requested_by"]
+    exclude = ["file"]  # the zip is downloaded through the portal's permission check, not an admin link
     actions = None

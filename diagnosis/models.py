@@ -737,3 +737,47 @@ class Notification(models.Model):
         if self.kind == self.Kind.CASE_READY:
             return reverse("diagnosis:case_review", args=[self.case_id])
         return reverse("diagnosis:case_detail", args=[self.case_id])
+
+
+def export_upload_to(instance, filename):
+    return f"exports/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.zip"
+
+
+class ReviewedExport(models.Model):
+    """One request for the reviewed-smear export (class folders + labels.csv as
+    a zip), built by a worker (services.build_export), never inside the web
+    request: an export grows with every signed case. The zip is kept
+    EXPORT_KEEP_DAYS, then deleted; the row stays as the record of who took
+    which images out of the portal, and when."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        BUILDING = "building", "Being built"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Deleted (expired)"
+
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    requested_at = models.DateTimeField(default=timezone.now, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    file = models.FileField(upload_to=export_upload_to, max_length=255, blank=True)
+    image_count = models.PositiveIntegerField(null=True, blank=True)
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-pk"]
+
+    def __str__(self):
+        return f"Export {self.pk} ({self.get_status_display()})"
+
+    @property
+    def pending(self):
+        return self.status in (self.Status.QUEUED, self.Status.BUILDING)
+
+    @property
+    def download_name(self):
+        """Built from the request time alone, never from user input."""
+        return f"leukportal-reviewed-{timezone.localtime(self.requested_at):%Y%m%d-%H%M}-{self.pk}.zip"

@@ -1,9 +1,6 @@
-"""Case report (HTML context and PDF via reportlab) and the export zip."""
+"""Case report (HTML context and PDF via reportlab) and the admin action's export zip."""
 import io
-import shutil
 import tempfile
-import zipfile
-from pathlib import Path
 
 from django.conf import settings
 from django.http import FileResponse
@@ -306,18 +303,12 @@ def _smear_table(smears, styles, p):
 
 
 def export_zip_response(smears):
-    """The export (class folders + labels.csv) as a zip download."""
-    tmp = Path(tempfile.mkdtemp(prefix="leukportal-export-"))
-    try:
-        services.export_reviewed(tmp / "reviewed", smears)
-        out = tempfile.TemporaryFile()
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted((tmp / "reviewed").rglob("*")):
-                if path.is_file():
-                    zf.write(path, Path("reviewed") / path.relative_to(tmp / "reviewed"))
-        out.seek(0)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """The export of a few selected cases (the case admin's action) as a zip
+    download made in the request; the portal's export of every reviewed smear
+    is built by a worker instead (ReviewedExport)."""
+    out = tempfile.TemporaryFile()
+    services.write_export_zip(out, smears)
+    out.seek(0)
     stamp = timezone.now().strftime("%Y%m%d-%H%M")
     return FileResponse(out, as_attachment=True, filename=f"leukportal-reviewed-{stamp}.zip",
                         content_type="application/zip")

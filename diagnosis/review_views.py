@@ -286,15 +286,6 @@ class UploadQueueStatusView(RolePermissionRequiredMixin, View):
         return response
 
 
-class ExportView(RolePermissionRequiredMixin, View):
-    """Zip of the reviewed-smear export (same content as `manage.py export_reviewed`)."""
-
-    permission_required = "diagnosis.export_reviewed"
-
-    def get(self, request):
-        return reports.export_zip_response(services.reviewed_smears())
-
-
 class RoleRequiredMixin(RolePermissionRequiredMixin):
     """Any portal role may open the page (its content is the user's own)."""
 

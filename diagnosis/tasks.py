@@ -187,7 +187,15 @@ def _readable_reason(exc):
 def sweep_stale_smears():
     counts = services.sweep_stale_smears()
     services.resend_lost_heatmaps()  # heat maps lost with their worker (it logs what it sends)
+    services.tidy_exports()  # lost exports failed, old zips deleted
     return counts
+
+
+@shared_task(name="diagnosis.build_export", ignore_result=True,
+             soft_time_limit=settings.EXPORT_TIME_LIMIT_SECONDS, time_limit=settings.EXPORT_TIME_LIMIT_SECONDS + 30)
+def build_export(export_id):
+    """Zip the reviewed-smear export a user asked for (services.build_export)."""
+    return "done" if services.build_export(export_id) is not None else "skipped or failed"
 
 
 @shared_task(name="diagnosis.compute_heatmap", ignore_result=True)

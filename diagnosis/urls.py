@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import review_views, views
+from . import export_views, review_views, views
 
 app_name = "diagnosis"
 
@@ -18,7 +18,8 @@ urlpatterns = [
     path("smears/<int:pk>/assessable/", review_views.SmearAssessabilityView.as_view(), name="smear_assessable"),
     path("review/", review_views.ReviewQueueView.as_view(), name="review_queue"),
     path("review/dashboard/", review_views.DashboardView.as_view(), name="dashboard"),
-    path("review/export.zip", review_views.ExportView.as_view(), name="export_reviewed"),
+    path("review/exports/", export_views.ExportListView.as_view(), name="exports"),
+    path("review/exports/<int:pk>/download/", export_views.ExportDownloadView.as_view(), name="export_download"),
     path("cases/<int:pk>/review/", review_views.CaseReviewView.as_view(), name="case_review"),
     path("cases/<int:pk>/confirm-remaining/", review_views.ConfirmRemainingView.as_view(), name="case_confirm_remaining"),
     path("cases/<int:pk>/gallery/", review_views.CaseGalleryView.as_view(), name="case_gallery"),

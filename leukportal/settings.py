@@ -304,7 +304,15 @@ CELERY_HEATMAP_QUEUE = env.str("CELERY_HEATMAP_QUEUE", default=f"{CELERY_TASK_DE
 CELERY_TASK_ROUTES = {
     "diagnosis.compute_heatmap": {"queue": CELERY_HEATMAP_QUEUE},
     "diagnosis.retry_heatmap": {"queue": CELERY_HEATMAP_QUEUE},
+    "diagnosis.build_export": {"queue": CELERY_HEATMAP_QUEUE},
 }
+# The reviewed-smear export is zipped by the low-priority worker, never in a
+# web request (it grows with every signed case): its own time limit, and the
+# zip is deleted this many days after it was built.
+EXPORT_TIME_LIMIT_SECONDS = env.int("EXPORT_TIME_LIMIT_SECONDS", default=1800)
+EXPORT_KEEP_DAYS = env.int("EXPORT_KEEP_DAYS", default=7)
+if EXPORT_TIME_LIMIT_SECONDS + 60 >= CELERY_VISIBILITY_TIMEOUT:
+    raise ImproperlyConfigured("EXPORT_TIME_LIMIT_SECONDS + 60 must be below CELERY_VISIBILITY_TIMEOUT.")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}

@@ -28,3 +28,22 @@ def browser_login(page, base, user):
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(base + "/cases/")
+
+
+def exported_zip_names(client):
+    """Ask for the reviewed-smear export as a user does, let the worker build
+    it (services.build_export, what the Celery task runs), download the zip:
+    the names in it."""
+    import zipfile
+
+    from django.urls import reverse
+
+    from diagnosis import services
+    from diagnosis.models import ReviewedExport
+
+    assert client.post(reverse("diagnosis:exports")).status_code == 302
+    export = ReviewedExport.objects.latest("pk")
+    services.build_export(export.pk)
+    response = client.get(reverse("diagnosis:export_download", args=[export.pk]))
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    return zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()

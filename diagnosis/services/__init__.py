@@ -117,8 +117,12 @@ from .export import (
     EXPORT_COLUMNS,
     EXPORT_CSV,
     EXPORT_LAYOUT,
+    build_export,
     export_reviewed,
+    request_export,
     spreadsheet_safe,
+    tidy_exports,
+    write_export_zip,
 )
 
 __all__ = [
@@ -182,6 +186,10 @@ __all__ = [
     "sign_out",
     "sign_out_problems",
     "spreadsheet_safe",
+    "build_export",
+    "request_export",
+    "tidy_exports",
+    "write_export_zip",
     "smears_status_payload",
     "store_heatmap",
     "HEATMAP_AFTER_SIGN_OUT",

@@ -34,3 +34,17 @@ def enqueue_heatmap(prediction_id):
         logger.exception("Could not queue the heat map of prediction %s", prediction_id)
         return False
     return True
+
+
+def enqueue_export(export_id):
+    """Send the message that zips a requested export, on the low-priority
+    queue. If the broker is down the export stays queued until the sweep
+    marks it failed; the user asks again."""
+    from ..tasks import build_export
+
+    try:
+        build_export.apply_async((export_id,), queue=settings.CELERY_HEATMAP_QUEUE)
+    except Exception:
+        logger.exception("Could not queue export %s", export_id)
+        return False
+    return True

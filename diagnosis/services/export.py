@@ -1,8 +1,24 @@
 """The export of reviewed smears of signed-out cases as training folders
-for `python -m ml train`."""
-from ..models import IMAGE_FORMAT_FILES, CellLabel, Smear, Stage
+for `python -m ml train`: written to a folder (`manage.py export_reviewed`),
+or zipped by a worker for download from the portal (ReviewedExport)."""
+import logging
+import shutil
+import tempfile
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files import File
+from django.db import transaction
+from django.utils import timezone
+
+from ..models import IMAGE_FORMAT_FILES, CellLabel, ReviewedExport, Smear, Stage
 from ..selectors import reviewed_smears
+from .dispatch import enqueue_export
 from .text import safe_name_part
+
+logger = logging.getLogger(__name__)
 
 
 EXPORT_CSV = "labels.csv"
@@ -78,3 +94,84 @@ def export_reviewed(dest, smears=None):
             writer.writerow(EXPORT_COLUMNS)
             writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows[kind])
     return sum(len(r) for r in rows.values())
+
+
+def write_export_zip(out, smears=None):
+    """The export (reviewed/staging/..., reviewed/screening/...) as a zip
+    written to the binary file `out`. Images are stored, not deflated: JPEG
+    and PNG are compressed already. Returns the number of images."""
+    tmp = Path(tempfile.mkdtemp(prefix="leukportal-export-"))
+    try:
+        count = export_reviewed(tmp / "reviewed", smears)
+        with zipfile.ZipFile(out, "w") as zf:
+            for path in sorted((tmp / "reviewed").rglob("*")):
+                if path.is_file():
+                    compress = zipfile.ZIP_DEFLATED if path.suffix == ".csv" else zipfile.ZIP_STORED
+                    zf.write(path, Path("reviewed") / path.relative_to(tmp / "reviewed"), compress_type=compress)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return count
+
+
+def request_export(user):
+    """Queue the export of every reviewed smear for a worker to zip. One at a
+    time: while an export is queued or being built, asking again returns it
+    instead of starting another (a double click, or many, builds one zip)."""
+    with transaction.atomic():
+        pending = (ReviewedExport.objects.select_for_update()
+                   .filter(status__in=[ReviewedExport.Status.QUEUED, ReviewedExport.Status.BUILDING]).first())
+        if pending is not None:
+            return pending, False
+        export = ReviewedExport.objects.create(requested_by=user)
+        transaction.on_commit(lambda: enqueue_export(export.pk))
+    return export, True
+
+
+def build_export(export_id):
+    """The worker's part: zip the reviewed smears into the export's file.
+    Does nothing unless the export is still queued (a message delivered twice
+    builds once). Any failure is recorded on the export; nothing else changes."""
+    now = timezone.now()
+    if not ReviewedExport.objects.filter(pk=export_id, status=ReviewedExport.Status.QUEUED).update(
+            status=ReviewedExport.Status.BUILDING, started_at=now):
+        return None
+    export = ReviewedExport.objects.get(pk=export_id)
+    try:
+        with tempfile.TemporaryFile() as out:
+            count = write_export_zip(out)
+            size = out.tell()
+            out.seek(0)
+            export.file.save("export.zip", File(out), save=False)
+        export.image_count, export.size_bytes = count, size
+        export.status, export.finished_at = ReviewedExport.Status.READY, timezone.now()
+        export.save(update_fields=["file", "image_count", "size_bytes", "status", "finished_at"])
+    except Exception as exc:  # the soft time limit too: recorded, and a new export can be asked for
+        logger.exception("Export %s failed", export_id)
+        ReviewedExport.objects.filter(pk=export_id).update(
+            status=ReviewedExport.Status.FAILED, finished_at=timezone.now(),
+            error=f"The export could not be built: {type(exc).__name__}: {exc}"[:2000])
+        return None
+    return export
+
+
+def tidy_exports(now=None):
+    """Run by the periodic sweep: an export queued or being built for longer
+    than EXPORT_TIME_LIMIT_SECONDS and a minute is marked failed (its worker or
+    message was lost; ask again); a ready export's zip is deleted after
+    EXPORT_KEEP_DAYS (copies of patient images are not kept longer than
+    needed), the row stays as the record. Returns (failed, expired)."""
+    now = now or timezone.now()
+    lost_before = now - timedelta(seconds=settings.EXPORT_TIME_LIMIT_SECONDS + 60)
+    failed = ReviewedExport.objects.filter(
+        status__in=[ReviewedExport.Status.QUEUED, ReviewedExport.Status.BUILDING], requested_at__lt=lost_before,
+    ).update(status=ReviewedExport.Status.FAILED, finished_at=now,
+             error="The export was not finished in time (its worker stopped or the message was lost); ask again.")
+    expired = 0
+    old = ReviewedExport.objects.filter(status=ReviewedExport.Status.READY,
+                                        finished_at__lt=now - timedelta(days=settings.EXPORT_KEEP_DAYS))
+    for export in old:
+        export.file.delete(save=False)
+        export.status = ReviewedExport.Status.EXPIRED
+        export.save(update_fields=["file", "status"])
+        expired += 1
+    return failed, expired

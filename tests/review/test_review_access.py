@@ -10,20 +10,24 @@ REVIEWERS = ("Pathologist", "Admin")
 
 
 @pytest.fixture
-def objects(classified, case):
+def objects(classified, case, make_user):
     from diagnosis import services
     from tests.portal_testutils import image_bytes
 
     smear = classified("Pre")
     services.store_heatmap(smear.prediction.pk, image_bytes("JPEG"))
-    return {"case": case, "smear": smear}
+    export, _ = services.request_export(make_user("Pathologist"))
+    services.build_export(export.pk)
+    return {"case": case, "smear": smear, "export": export}
 
 
 # (url name, kwargs key, roles allowed, method, data)
 PAGES = [
     ("diagnosis:review_queue", None, REVIEWERS, "get", None),
     ("diagnosis:dashboard", None, REVIEWERS, "get", None),
-    ("diagnosis:export_reviewed", None, REVIEWERS, "get", None),
+    ("diagnosis:exports", None, REVIEWERS, "get", None),
+    ("diagnosis:exports", None, REVIEWERS, "post", None),
+    ("diagnosis:export_download", "export", REVIEWERS, "get", None),
     ("diagnosis:case_review", "case", REVIEWERS, "get", None),
     ("diagnosis:case_report", "case", ROLES, "get", None),
     ("diagnosis:case_report_pdf", "case", ROLES, "get", None),

@@ -1,7 +1,6 @@
 """Smears the model cannot judge (outside its domain) and smears the pathologist marks not assessable:
 no suggestion is shown, they count nowhere, and every step is audited."""
 import io
-import zipfile
 
 import pytest
 from django.urls import reverse
@@ -10,6 +9,7 @@ from diagnosis import services
 from diagnosis.models import AuditEvent, Case
 from tests.review.conftest import result
 from tests.screening.conftest import cell  # noqa: F401
+from tests.portal_testutils import exported_zip_names
 
 pytestmark = pytest.mark.django_db
 
@@ -184,8 +184,7 @@ def test_report_and_export_respect_not_assessable_and_outside(classified, outsid
     text = " ".join(" ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf.content)).pages).split())
     assert "Not assessable" in text and "Stain precipitate over every cell" in text
     assert "Outside the model's domain: no suggestion" in text
-    export = path_client.get(reverse("diagnosis:export_reviewed"))
-    names = zipfile.ZipFile(io.BytesIO(b"".join(export.streaming_content))).namelist()
+    names = exported_zip_names(path_client)
     exported = [n for n in names if n.endswith(".png")]
     assert len(exported) == 2 and not any(f"-{bad.pk}." in n for n in exported)
 

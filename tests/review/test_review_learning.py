@@ -9,6 +9,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from diagnosis import services
+from tests.portal_testutils import exported_zip_names
 
 pytestmark = pytest.mark.django_db
 
@@ -61,8 +62,7 @@ def test_export_command_writes_class_folders_and_csv(reviewed, tmp_path, case, p
 
 
 def test_export_zip_and_admin_action(reviewed, path_client, client, make_user, case):
-    response = path_client.get(reverse("diagnosis:export_reviewed"))
-    names = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()
+    names = exported_zip_names(path_client)
     assert "reviewed/staging/labels.csv" in names and "reviewed/screening/labels.csv" in names
     assert len([n for n in names if n.startswith("reviewed/staging/Pre/")]) == 2
     client.force_login(make_user("Admin", is_staff=True))
