@@ -5,11 +5,14 @@ Prediction lands in the database pytest-django created.
 Broker: whatever CELERY_BROKER_URL says (Redis in CI, the filesystem transport
 by default), on a queue of its own so no other worker takes the message.
 """
+import contextlib
+import io
 import os
 import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -54,6 +57,36 @@ def smear_image():
     return "generated.png", image_bytes("PNG", size=(256, 256), seed=42)
 
 
+@contextlib.contextmanager
+def real_worker(queue, settings, log_path):
+    """A Celery worker subprocess consuming only `queue` (as the classification
+    and the heat-map queue), on the test database and media folder."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(),
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        CELERY_QUEUE=queue,
+        CELERY_HEATMAP_QUEUE=queue,
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        DJANGO_SETTINGS_MODULE="leukportal.settings",
+    )
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "leukportal", "worker", "--pool", "solo", "--concurrency", "1",
+             "--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel", "INFO", "-n", f"{queue}@%h"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        yield worker, log_path
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
 @pytest.mark.real_broker
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)  # keeps the role groups of the data migration
 def test_uploaded_smear_is_classified_by_a_real_worker(client, make_user, patient, settings, tmp_path):
@@ -65,22 +98,7 @@ def test_uploaded_smear_is_classified_by_a_real_worker(client, make_user, patien
     technician = make_user("Technician")
     case = Case.objects.create(patient=patient, accession_number="E2E-1", created_by=technician)
 
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url(),
-        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-        CELERY_QUEUE=queue,
-        MEDIA_ROOT=str(settings.MEDIA_ROOT),
-        DJANGO_SETTINGS_MODULE="leukportal.settings",
-    )
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "leukportal", "worker", "--pool", "solo", "--concurrency", "1",
-             "--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel", "INFO", "-n", f"{queue}@%h"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
+    with real_worker(queue, settings, tmp_path / "worker.log") as (worker, log_path):
         name, data = smear_image()
         client.force_login(technician)
         response = client.post(reverse("diagnosis:smear_upload", args=[case.pk]), {"kind": "field", "images": [upload(name, data)]})
@@ -96,13 +114,6 @@ def test_uploaded_smear_is_classified_by_a_real_worker(client, make_user, patien
         log_text = log_path.read_text(errors="replace")[-6000:]
         assert worker.poll() is None, f"worker exited early:\n{log_text}"
         assert smear.status == Smear.Status.DONE, f"smear is {smear.status} ({smear.error!r}); worker log:\n{log_text}"
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
 
     prediction = Prediction.objects.get(smear=smear)
     probabilities = prediction.probabilities
@@ -117,3 +128,37 @@ def test_uploaded_smear_is_classified_by_a_real_worker(client, make_user, patien
     # The case page's JSON shows the result (what the browser polls).
     data = client.get(reverse("diagnosis:case_status", args=[case.pk])).json()
     assert data["pending"] is False and data["smears"][0]["stage"] == prediction.label
+
+
+@pytest.mark.real_broker
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_an_export_asked_for_in_the_portal_is_zipped_by_a_real_worker(client, make_user, smear_factory, case,
+                                                                       settings, tmp_path):
+    from diagnosis import services
+    from diagnosis.models import ReviewedExport
+    from tests.review.conftest import result
+
+    reason = broker_unreachable_reason()
+    if reason:
+        pytest.skip(reason)
+    queue = f"leukportal-e2e-{uuid.uuid4().hex[:8]}"
+    settings.CELERY_TASK_DEFAULT_QUEUE = settings.CELERY_HEATMAP_QUEUE = queue
+    pathologist = make_user("Pathologist")
+    smear = smear_factory(status="processing")
+    services.record_prediction(smear.pk, result("Pre"), 5)
+    smear.refresh_from_db()
+    services.review_smear(smear, pathologist, "Pre")
+    services.sign_out(case, pathologist, "Pre", "")
+    with real_worker(queue, settings, tmp_path / "worker.log") as (worker, log_path):
+        client.force_login(pathologist)
+        assert client.post(reverse("diagnosis:exports")).status_code == 302
+        export = ReviewedExport.objects.get()
+        deadline = time.monotonic() + TIMEOUT_S
+        while export.pending and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.5)
+            export.refresh_from_db()
+        log_text = log_path.read_text(errors="replace")[-6000:]
+        assert export.status == ReviewedExport.Status.READY, f"export is {export.status} ({export.error!r}):\n{log_text}"
+    response = client.get(reverse("diagnosis:export_download", args=[export.pk]))
+    names = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()
+    assert f"reviewed/staging/Pre/{case.accession_number}-{smear.pk}.png" in names
