@@ -46,7 +46,7 @@ def shot(page, name):
 
 
 def test_upload_review_sign_out_report(browser, live_server, technician, pathologist, tmp_path, sent_messages,
-                                      queued_heatmaps):
+                                      queued_heatmaps, monkeypatch):
     base = live_server.url
     patient = Patient.objects.create(lab_id="P-5150", sex="M", birth_year=1991, created_by=technician)
     case = Case.objects.create(patient=patient, accession_number="ACC-2026-0420", created_by=technician,
@@ -135,3 +135,22 @@ def test_upload_review_sign_out_report(browser, live_server, technician, patholo
 
     printed = PdfReader(io.BytesIO(page.pdf(format="A4")))
     assert f"Page 1 of {len(printed.pages)}" in printed.pages[0].extract_text()
+
+    # The reviewed smears leave the portal as a zip a worker builds: asked for, watched, downloaded.
+    export_messages = []
+    monkeypatch.setattr(tasks.build_export, "apply_async", lambda args=None, **options: export_messages.append(args[0]))
+    page.emulate_media(media="screen")
+    page.goto(base + "/review/dashboard/")
+    page.click("text=Export reviewed smears (zip)")
+    page.click("[data-request-export]")
+    assert page.get_attribute("[data-exports] tbody tr", "data-export") == "queued"
+    assert tasks.build_export(export_messages[0]) == "done"
+    page.reload()
+    assert page.get_attribute("[data-exports] tbody tr", "data-export") == "ready"
+    shot(page, "exports.png")
+    with page.expect_download() as download:
+        page.click("[data-exports] a:has-text('Download')")
+    import zipfile
+
+    names = zipfile.ZipFile(download.value.path()).namelist()
+    assert len([n for n in names if n.startswith("reviewed/staging/") and not n.endswith(".csv")]) == 2
