@@ -26,3 +26,15 @@ def classified(smear_factory, case):
         return smear
 
     return make
+
+
+@pytest.fixture
+def signed_case(classified, case, pathologist):
+    """The case signed out as Pre by the pathologist, its one smear confirmed Pre."""
+    from diagnosis import services
+
+    smear = classified("Pre")
+    services.review_smear(smear, pathologist, "Pre")
+    services.sign_out(case, pathologist, "Pre", "Pre-B ALL.")
+    case.refresh_from_db()
+    return case

@@ -16,14 +16,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def signed_case(classified, case, pathologist):
-    smear = classified("Pre")
-    services.review_smear(smear, pathologist, "Pre")
-    services.sign_out(case, pathologist, "Pre", "")
-    return case
-
-
-@pytest.fixture
 def sent(monkeypatch):
     """The export messages sent to the broker (export ids)."""
     from diagnosis.tasks import build_export

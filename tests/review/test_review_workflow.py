@@ -90,14 +90,6 @@ def test_sign_out_needs_every_smear_reviewed(classified, case, pathologist):
     assert case.signed_out_by == pathologist and case.signed_out_stage == "Pre" and case.final_stage == "Pre"
 
 
-@pytest.fixture
-def signed_case(classified, case, pathologist):
-    smear = classified("Pre")
-    services.review_smear(smear, pathologist, "Pre")
-    services.sign_out(case, pathologist, "Pre", "Pre-B ALL.")
-    return case
-
-
 def test_signed_out_case_refuses_review_posts(path_client, signed_case):
     smear = signed_case.smears.get()
     before = AuditEvent.objects.count()

@@ -13,15 +13,6 @@ from tests.portal_testutils import exported_zip_names
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def signed_out(classified, case, pathologist):
-    smear = classified("Pre")
-    services.review_smear(smear, pathologist, "Pre")
-    services.sign_out(case, pathologist, "Pre", "Pre-B ALL.")
-    case.refresh_from_db()
-    return case
-
-
 @pytest.mark.parametrize("accession", ["../../../../tmp/pwned", "a/b", "ACC\n1", 'ACC"1', ".hidden", "x" * 65])
 def test_case_form_refuses_accession_numbers_that_could_become_paths_or_headers(tech_client, patient, accession):
     response = tech_client.post(reverse("diagnosis:case_create"), {"patient": patient.pk, "accession_number": accession})
@@ -38,7 +29,7 @@ def test_patient_form_refuses_lab_ids_with_path_characters(tech_client):
 
 
 def test_export_zip_never_writes_outside_its_folder_even_for_a_legacy_hostile_accession(
-    signed_out, path_client, tmp_path, monkeypatch
+    signed_case, path_client, tmp_path, monkeypatch
 ):
     import tempfile
 
@@ -46,10 +37,10 @@ def test_export_zip_never_writes_outside_its_folder_even_for_a_legacy_hostile_ac
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     # Stored before validation existed (or by a raw update): the export must still be safe.
-    Case.objects.filter(pk=signed_out.pk).update(accession_number="../../../../../pwned")
+    Case.objects.filter(pk=signed_case.pk).update(accession_number="../../../../../pwned")
     names = exported_zip_names(path_client)
     assert all(name.startswith("reviewed/") and ".." not in name.split("/") for name in names)
-    smear = signed_out.smears.get()
+    smear = signed_case.smears.get()
     assert f"reviewed/staging/Pre/_.._.._.._.._pwned-{smear.pk}.png" in names
     assert list(tmp_path.rglob("pwned*")) == []
 
@@ -60,12 +51,12 @@ def test_export_refuses_a_path_that_escapes_its_folder(tmp_path):
 
 
 @pytest.mark.parametrize("accession", ["ACC\r\nSet-Cookie: x=1", 'ACC"; filename="evil.exe'])
-def test_pdf_download_header_cannot_be_broken_by_the_accession(signed_out, path_client, accession):
-    Case.objects.filter(pk=signed_out.pk).update(accession_number=accession)
-    response = path_client.get(reverse("diagnosis:case_report_pdf", args=[signed_out.pk]))
+def test_pdf_download_header_cannot_be_broken_by_the_accession(signed_case, path_client, accession):
+    Case.objects.filter(pk=signed_case.pk).update(accession_number=accession)
+    response = path_client.get(reverse("diagnosis:case_report_pdf", args=[signed_case.pk]))
     assert response.status_code == 200
     disposition = response["Content-Disposition"]
-    assert disposition.startswith(f'attachment; filename="report-{signed_out.pk}-ACC')
+    assert disposition.startswith(f'attachment; filename="report-{signed_case.pk}-ACC')
     assert "\n" not in disposition and "\r" not in disposition and disposition.count('"') == 2
     assert "Set-Cookie" not in response.headers
 
@@ -93,18 +84,18 @@ def test_review_screen_sends_the_version_it_shows(classified, case, path_client)
     assert f'name="version" value="{smear.review_version}"' in page
 
 
-def test_signer_of_a_past_sign_out_keeps_the_name_and_email_signed_with(signed_out, pathologist, client, make_user):
+def test_signer_of_a_past_sign_out_keeps_the_name_and_email_signed_with(signed_case, pathologist, client, make_user):
     client.force_login(make_user("Pathologist"))  # someone else reads the case
     pathologist.first_name, pathologist.last_name = "Ada", "Lovelace"
     old_email = pathologist.email
     pathologist.save()
-    assert signed_out.signed_out_by_email == old_email
+    assert signed_case.signed_out_by_email == old_email
     pathologist.email = "someone.else@lab.example"
     pathologist.save()
-    detail = client.get(reverse("diagnosis:case_detail", args=[signed_out.pk])).content.decode()
+    detail = client.get(reverse("diagnosis:case_detail", args=[signed_case.pk])).content.decode()
     signout_card = detail[detail.index("data-signout"):][:800]
     assert old_email in signout_card and "someone.else" not in signout_card
-    report = client.get(reverse("diagnosis:case_report", args=[signed_out.pk])).content.decode()
+    report = client.get(reverse("diagnosis:case_report", args=[signed_case.pk])).content.decode()
     signed_by_row = report[report.index("Signed out by"):][:200]
     assert old_email in signed_by_row and "someone.else" not in signed_by_row
 
@@ -141,12 +132,12 @@ def test_admin_edit_of_a_case_is_audited_with_before_and_after(case, superuser_c
     assert event.actor.is_superuser
 
 
-def test_admin_cannot_change_a_signed_out_case(signed_out, superuser_client):
-    url = reverse("admin:diagnosis_case_change", args=[signed_out.pk])
-    response = superuser_client.post(url, admin_case_form(signed_out, accession_number="CHANGED"))
+def test_admin_cannot_change_a_signed_out_case(signed_case, superuser_client):
+    url = reverse("admin:diagnosis_case_change", args=[signed_case.pk])
+    response = superuser_client.post(url, admin_case_form(signed_case, accession_number="CHANGED"))
     assert response.status_code == 403
-    signed_out.refresh_from_db()
-    assert signed_out.accession_number == "ACC-0001"
+    signed_case.refresh_from_db()
+    assert signed_case.accession_number == "ACC-0001"
 
 
 def admin_patient_form(patient, **changes):
@@ -157,23 +148,23 @@ def admin_patient_form(patient, **changes):
 
 
 def test_admin_edit_of_a_patient_after_sign_out_is_audited_and_leaves_the_signed_report(
-    signed_out, superuser_client, pathologist
+    signed_case, superuser_client, pathologist
 ):
-    patient = signed_out.patient
+    patient = signed_case.patient
     url = reverse("admin:diagnosis_patient_change", args=[patient.pk])
     response = superuser_client.post(url, admin_patient_form(patient, lab_id="P-RENAMED"))
     assert response.status_code == 302 and response.url == reverse("admin:diagnosis_patient_changelist")
-    event = AuditEvent.objects.get(case=signed_out, action=AuditEvent.Action.PATIENT_CHANGED)
+    event = AuditEvent.objects.get(case=signed_case, action=AuditEvent.Action.PATIENT_CHANGED)
     assert (event.old_value, event.new_value) == ("P-0001", "P-RENAMED")
     superuser_client.force_login(pathologist)
-    report = superuser_client.get(reverse("diagnosis:case_report", args=[signed_out.pk])).content.decode()
+    report = superuser_client.get(reverse("diagnosis:case_report", args=[signed_case.pk])).content.decode()
     patient_row = report[report.index("<th>Patient</th>"):][:80]
     assert "P-0001" in patient_row and "P-RENAMED" not in patient_row
 
 
-def test_update_case_from_a_shell_is_audited_and_refused_after_sign_out(case, signed_out, pathologist):
+def test_update_case_from_a_shell_is_audited_and_refused_after_sign_out(case, signed_case, pathologist):
     with pytest.raises(services.CaseLocked):
-        services.update_case(signed_out, pathologist, clinical_note="late edit")
+        services.update_case(signed_case, pathologist, clinical_note="late edit")
     assert not AuditEvent.objects.filter(action=AuditEvent.Action.CASE_CHANGED).exists()
 
 
