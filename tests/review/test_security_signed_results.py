@@ -185,25 +185,14 @@ def test_a_case_signed_before_the_copy_existed_shows_the_current_sex_and_birth_y
     assert case.report_patient_birth_year == case.patient.birth_year
 
 
-@pytest.fixture
-def signed_with_pending_heatmap(classified, case, pathologist):
-    """A signed-out case whose only smear's heat map was still being computed at sign-out."""
-    smear = classified("Pre")
-    services.review_smear(smear, pathologist, "Pre")
-    services.sign_out(case, pathologist, "Pre", "")
-    smear.refresh_from_db()
-    return case, smear
-
-
-def test_sign_out_records_a_pending_heat_map_as_unavailable(signed_with_pending_heatmap):
-    _, smear = signed_with_pending_heatmap
+def test_sign_out_records_a_pending_heat_map_as_unavailable(signed_case):
+    smear = signed_case.smears.get()  # its heat map was still being computed at sign-out
     assert smear.prediction.heatmap_error == services.HEATMAP_AFTER_SIGN_OUT
     assert services.claim_heatmap(smear.prediction.pk) is None  # no worker starts it any more
 
 
-def test_a_heat_map_finished_after_sign_out_never_reaches_the_signed_report(signed_with_pending_heatmap,
-                                                                            path_client):
-    case, smear = signed_with_pending_heatmap
+def test_a_heat_map_finished_after_sign_out_never_reaches_the_signed_report(signed_case, path_client):
+    case, smear = signed_case, signed_case.smears.get()
     assert services.store_heatmap(smear.prediction.pk, image_bytes("JPEG", seed=3)) is None
     smear.prediction.refresh_from_db()
     assert not smear.prediction.heatmap
@@ -223,7 +212,7 @@ def test_a_heat_map_a_worker_was_computing_during_sign_out_is_refused(classified
     assert not smear.prediction.heatmap and smear.prediction.heatmap_error == services.HEATMAP_AFTER_SIGN_OUT
 
 
-def test_the_sweep_does_not_resend_a_signed_cases_heat_map(signed_with_pending_heatmap, monkeypatch):
+def test_the_sweep_does_not_resend_a_signed_cases_heat_map(signed_case, monkeypatch):
     sent = []
     monkeypatch.setattr("diagnosis.services.recovery.enqueue_heatmap", lambda pk: sent.append(pk) or True)
     later = timezone.now() + datetime.timedelta(days=1)
