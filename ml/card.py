@@ -152,14 +152,20 @@ def lineage(config: dict, ancestors: dict | None = None) -> list[str]:
 
 
 def flip_averaging_lines(payload: dict) -> list[str]:
-    if not payload.get("test_time_flips"):
-        return []
     source = payload.get("test_time_from", {})
-    return [f"- Test-time augmentation: each field and its horizontal mirror image go through the network and their "
-            "logits and embeddings are averaged (`ml.models.FlipAveraged`, made by `python -m ml tta`): the weights are "
-            f"those of `{source.get('model_version', '?')}` (sha256 `{str(source.get('sha256', '?'))[:12]}…`), "
-            "trained as described under Training; the MFLOPs above count both passes. Chosen on the validation split: "
-            "see `ml/reports/staging/test-time-flips/README.md`."]
+    weights = (f"the weights are those of `{source.get('model_version', '?')}` (sha256 "
+               f"`{str(source.get('sha256', '?'))[:12]}…`), trained as described under Training")
+    record = "Chosen on the validation split: see `ml/reports/staging/test-time-flips/README.md`."
+    if payload.get("test_time_flips"):
+        return [f"- Test-time augmentation: each field and its horizontal mirror image go through the network and their "
+                "logits and embeddings are averaged (`ml.models.FlipAveraged`, made by `python -m ml tta`): "
+                f"{weights}; the MFLOPs above count both passes. {record}"]
+    if payload.get("token_flips"):
+        return [f"- Test-time augmentation at the token grid: the backbone runs once, the sequence head reads its "
+                "feature map and the feature map's left-right mirror image, and the two logits are averaged "
+                "(`ml.models.TokenFlipAveraged`, made by `python -m ml tta --where tokens`): "
+                f"{weights}; only the head runs twice. {record}"]
+    return []
 
 
 def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict, latency_image: str, name: str) -> str:

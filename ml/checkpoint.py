@@ -80,6 +80,8 @@ def load_model(path: str | Path):
     model.load_state_dict(state)  # strict: every weight of the model must be in the file
     if payload.get("test_time_flips"):
         model = models.FlipAveraged(model)
+    elif payload.get("token_flips"):
+        model = models.TokenFlipAveraged(model)
     model.eval()
     return model, payload
 
@@ -109,16 +111,26 @@ def update_payload(path: str | Path, **fields) -> None:
     _replace(path, payload)
 
 
-def with_test_time_flips(source: str | Path, out: str | Path) -> Path:
-    """A copy of ``source`` that predicts the mean of each image and its mirror image (``models.FlipAveraged``):
-    the same weights, a new version (``-flip2``), and no domain check or calibration record, which were fitted on
-    the plain model's outputs: run ``calibrate`` and ``fit-domain`` on the copy before shipping it."""
+#: Where the mirror image is taken: the model file's flag, the wrapper ``load_model`` puts around the network,
+#: and the suffix of the copy's version.
+FLIP_PLACES = {"image": ("test_time_flips", "-flip2"), "tokens": ("token_flips", "-tokenflip2")}
+
+
+def with_test_time_flips(source: str | Path, out: str | Path, where: str = "image") -> Path:
+    """A copy of ``source`` that averages over the mirror image: of each input image (``where="image"``,
+    ``models.FlipAveraged``, two network passes) or of the backbone's token grid (``"tokens"``,
+    ``models.TokenFlipAveraged``, one backbone pass). The same weights, a new version, and no domain check or
+    calibration record, which were fitted on the plain model's outputs: run ``calibrate`` and ``fit-domain`` on
+    the copy before shipping it."""
+    flag, suffix = FLIP_PLACES[where]
     payload = read_payload(source)
-    if payload.get("test_time_flips"):
+    if any(payload.get(other) for other, _ in FLIP_PLACES.values()):
         raise ValueError(f"{source} already averages over flips")
+    if where == "tokens":
+        models.TokenFlipAveraged(load_model(source)[0])  # refuses a model without a token grid before writing
     payload.pop("domain", None)
     payload.pop("calibration", None)
-    payload.update(test_time_flips=True, model_version=f"{payload['model_version']}-flip2",
+    payload.update({flag: True}, model_version=f"{payload['model_version']}{suffix}",
                    test_time_from={"model_version": payload["model_version"], "sha256": mldata.sha256_file(source)})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     return _replace(out, payload)

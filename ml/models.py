@@ -217,9 +217,35 @@ class FlipAveraged(nn.Module):
         return (logits + mirror_logits) / 2, (embedding + mirror_embedding) / 2
 
 
+class TokenFlipAveraged(nn.Module):
+    """Test-time augmentation at the token grid: one backbone pass, then the head reads the feature map and its
+    left-right mirror, and their logits are averaged. The mirror image costs only the head (about 1 ms for the
+    staging model's GRU) instead of a second backbone pass. The embedding is the pooled feature map (the same for
+    both orders) beside the mean of the two summaries. For ``HybridClassifier`` models with a sequence head; the
+    model file stores the plain weights and ``token_flips: True`` (``checkpoint.load_model`` wraps it)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if not isinstance(model, HybridClassifier) or model.sequence.kind == "linear":
+            raise ValueError("token flips need a backbone + sequence head model (HybridClassifier)")
+        self.inner = model
+        self.num_classes = model.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_embedding(x)[0]
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.inner
+        fmap = net.features(x)
+        summaries = [net.sequence(net.project(grid.flatten(2).transpose(1, 2)))
+                     for grid in (fmap, torch.flip(fmap, dims=[3]))]
+        logits = (net.classifier(net.dropout(summaries[0])) + net.classifier(net.dropout(summaries[1]))) / 2
+        return logits, torch.cat([fmap.mean(dim=(2, 3)), (summaries[0] + summaries[1]) / 2], dim=1)
+
+
 def unwrapped(model: nn.Module) -> nn.Module:
     """The plain network inside a test-time wrapper (itself otherwise)."""
-    return model.inner if isinstance(model, FlipAveraged) else model
+    return model.inner if isinstance(model, (FlipAveraged, TokenFlipAveraged)) else model
 
 
 def create_ensemble(member_archs: list[str], num_classes: int, **overrides) -> EnsembleClassifier:

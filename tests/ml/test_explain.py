@@ -140,12 +140,14 @@ def test_explain_eval_command_reports_every_method(tiny_model_file, smear_folder
     assert "greedy: blurring the hottest 20% costs the predicted class" in printed and "s per map" in printed
 
 
-def test_heat_maps_of_a_flip_averaged_model_have_the_input_shape(tiny_model_file, tmp_path):
+@pytest.mark.parametrize("where", ["image", "tokens"])
+def test_heat_maps_of_a_flip_averaged_model_have_the_input_shape(tiny_model_file, tmp_path, where):
     from ml.checkpoint import with_test_time_flips
 
-    predictor = Predictor(with_test_time_flips(tiny_model_file, tmp_path / "flip2.pt"))
+    predictor = Predictor(with_test_time_flips(tiny_model_file, tmp_path / "flip2.pt", where=where))
     image = textured_image()
     for method in (heatmap, gradcam):
         result = method(predictor, image)
         m = result[0] if isinstance(result, tuple) else result
         assert m.shape == (predictor.input_size, predictor.input_size) and 0 <= m.min() and m.max() <= 1
+
