@@ -1,7 +1,7 @@
 """The reviewed-smear export in the portal: ask for one, see it being built
 by a worker, download the zip. Rules live in services/export.py."""
 from django.contrib import messages
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect
 from django.views import View
 from django.views.generic import ListView
@@ -10,6 +10,7 @@ from accounts.mixins import RolePermissionRequiredMixin
 
 from . import services
 from .models import ReviewedExport
+from .views import private_file_response
 
 
 class ExportListView(RolePermissionRequiredMixin, ListView):
@@ -25,8 +26,7 @@ class ExportListView(RolePermissionRequiredMixin, ListView):
         from django.conf import settings
 
         ctx = super().get_context_data(**kwargs)
-        ctx["pending"] = ReviewedExport.objects.filter(
-            status__in=[ReviewedExport.Status.QUEUED, ReviewedExport.Status.BUILDING]).exists()
+        ctx["pending"] = ReviewedExport.objects.filter(status__in=ReviewedExport.PENDING).exists()
         ctx["keep_days"] = settings.EXPORT_KEEP_DAYS
         return ctx
 
@@ -47,12 +47,5 @@ class ExportDownloadView(RolePermissionRequiredMixin, View):
         export = get_object_or_404(ReviewedExport, pk=pk, status=ReviewedExport.Status.READY)
         if not export.file:
             raise Http404("No such file.")
-        try:
-            handle = export.file.open("rb")
-        except FileNotFoundError:
-            raise Http404("The file is missing from storage.") from None
-        response = FileResponse(handle, as_attachment=True, filename=export.download_name,
-                                content_type="application/zip")
-        response["Cache-Control"] = "no-store, private"  # patient images: no copy in browser or proxy caches
-        response["X-Content-Type-Options"] = "nosniff"
-        return response
+        return private_file_response(export.file, filename=export.download_name, content_type="application/zip",
+                                     as_attachment=True)

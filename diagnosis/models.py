@@ -757,6 +757,9 @@ class ReviewedExport(models.Model):
         FAILED = "failed", "Failed"
         EXPIRED = "expired", "Deleted (expired)"
 
+    #: Asked for and not finished: one at a time, and what the sweep fails when it is lost.
+    PENDING = (Status.QUEUED, Status.BUILDING)
+
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     requested_at = models.DateTimeField(default=timezone.now, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
@@ -775,7 +778,7 @@ class ReviewedExport(models.Model):
 
     @property
     def pending(self):
-        return self.status in (self.Status.QUEUED, self.Status.BUILDING)
+        return self.status in self.PENDING
 
     @property
     def download_name(self):

@@ -184,10 +184,6 @@ class SmearFileView(RolePermissionRequiredMixin, View):
             file = getattr(smear, self.field)
         if not file:
             raise Http404("No such file.")
-        try:
-            handle = file.open("rb")
-        except FileNotFoundError:
-            raise Http404("The file is missing from storage.") from None
         if self.field == "image":
             extension, content_type = IMAGE_FORMAT_FILES.get(smear.image_format, (".img", "application/octet-stream"))
         else:
@@ -196,12 +192,23 @@ class SmearFileView(RolePermissionRequiredMixin, View):
             download_name = f"{services.safe_name_part(PurePath(smear.original_filename).stem)}{extension}"
         else:
             download_name = f"{self.field}-{smear.pk}{extension}"
-        response = FileResponse(handle, filename=download_name, content_type=content_type)
-        response["Cache-Control"] = "no-store, private"  # patient data: no copy in browser or proxy caches
-        response["X-Content-Type-Options"] = "nosniff"
-        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-        response["Cross-Origin-Resource-Policy"] = "same-origin"
-        return response
+        return private_file_response(file, filename=download_name, content_type=content_type)
+
+
+def private_file_response(file, *, filename, content_type, as_attachment=False):
+    """A stored file (smear, heat map, export zip) for a user the view has
+    already let in: the type given by the caller, never from a name, no
+    caching, no sniffing, no active content; 404 when storage lost it."""
+    try:
+        handle = file.open("rb")
+    except FileNotFoundError:
+        raise Http404("The file is missing from storage.") from None
+    response = FileResponse(handle, as_attachment=as_attachment, filename=filename, content_type=content_type)
+    response["Cache-Control"] = "no-store, private"  # patient data: no copy in browser or proxy caches
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Cross-Origin-Resource-Policy"] = "same-origin"
+    return response
 
 
 class PatientListView(RolePermissionRequiredMixin, ListView):

@@ -237,10 +237,10 @@ class TokenFlipAveraged(nn.Module):
     def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         net = self.inner
         fmap = net.features(x)
-        summaries = [net.sequence(net.project(grid.flatten(2).transpose(1, 2)))
-                     for grid in (fmap, torch.flip(fmap, dims=[3]))]
-        logits = (net.classifier(net.dropout(summaries[0])) + net.classifier(net.dropout(summaries[1]))) / 2
-        return logits, torch.cat([fmap.mean(dim=(2, 3)), (summaries[0] + summaries[1]) / 2], dim=1)
+        summary = sum(net.sequence(net.project(grid.flatten(2).transpose(1, 2)))
+                      for grid in (fmap, torch.flip(fmap, dims=[3]))) / 2
+        # The classifier is linear: classifying the mean summary is the mean of the two logits.
+        return net.classifier(net.dropout(summary)), torch.cat([fmap.mean(dim=(2, 3)), summary], dim=1)
 
 
 def unwrapped(model: nn.Module) -> nn.Module:

@@ -291,23 +291,39 @@ def close_pending_heatmaps(case):
         heatmap_error=HEATMAP_AFTER_SIGN_OUT)
 
 
-@retry_transaction
 def store_heatmap(prediction_id, image_bytes, explained_class=""):
-    """Store the Grad-CAM overlay (JPEG bytes) the worker computed after the
-    prediction. Never touches the prediction's result. Refused (returns None)
-    once the case is signed out: the locking read (prediction and case rows)
-    orders a store against a concurrent sign-out."""
+    """Store the heat-map overlay (JPEG bytes) the worker computed after the
+    prediction. Never touches the prediction's result. The file is written
+    first, holding no lock; it is attached under the prediction's row lock,
+    or deleted again when the case was signed out meanwhile (returns None):
+    the signed report shows what the pathologist saw."""
+    field = Prediction._meta.get_field("heatmap")
+    name = field.storage.save(field.generate_filename(None, "heatmap.jpg"), ContentFile(image_bytes))
+    try:
+        attached = _attach_heatmap(prediction_id, name)
+    except BaseException:
+        field.storage.delete(name)
+        raise
+    if not attached:
+        field.storage.delete(name)
+        logger.info("Heat map of prediction %s not stored: the case is signed out", prediction_id)
+        return None
+    return Prediction.objects.get(pk=prediction_id)
+
+
+@retry_transaction
+def _attach_heatmap(prediction_id, name):
     with transaction.atomic():
-        prediction = Prediction.objects.select_for_update().select_related("smear__case").get(pk=prediction_id)
-        if prediction.smear.case.signed_out_at is not None:
-            logger.info("Heat map of prediction %s not stored: the case is signed out", prediction_id)
-            if not prediction.heatmap and not prediction.heatmap_error:
-                Prediction.objects.filter(pk=prediction_id).update(heatmap_error=HEATMAP_AFTER_SIGN_OUT)
-            return None
-        prediction.heatmap.save("heatmap.jpg", ContentFile(image_bytes), save=False)
-        prediction.heatmap_error = ""
-        prediction.save(update_fields=["heatmap", "heatmap_error"])
-    return prediction
+        # Sign-out closes pending maps (close_pending_heatmaps) in its own transaction; this row lock orders
+        # the two. The case read covers maps left pending on cases signed out before sign-out closed them.
+        prediction = Prediction.objects.select_for_update().only("heatmap_error").get(pk=prediction_id)
+        if (prediction.heatmap_error == HEATMAP_AFTER_SIGN_OUT
+                or Case.objects.filter(smears__prediction__pk=prediction_id, signed_out_at__isnull=False).exists()):
+            Prediction.objects.filter(pk=prediction_id, heatmap="", heatmap_error="").update(
+                heatmap_error=HEATMAP_AFTER_SIGN_OUT)
+            return False
+        Prediction.objects.filter(pk=prediction_id).update(heatmap=name, heatmap_error="")
+        return True
 
 
 def heatmap_failed(prediction_id, reason):

@@ -8,17 +8,23 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 
+def _send(task, object_id, queue, what):
+    """One message to the workers; False (logged) when the broker cannot be
+    reached, so the caller's committed data stays and the sweep takes over."""
+    try:
+        task.apply_async((object_id,), queue=queue)
+    except Exception:  # broker down: stored data is safe
+        logger.exception("Could not queue %s %s", what, object_id)
+        return False
+    return True
+
+
 def enqueue_classification(smear_id):
     """Send the classification message. If the broker is unreachable the
     smear simply stays queued: the periodic sweep sends it again later."""
     from ..tasks import classify_smear
 
-    try:
-        classify_smear.apply_async((smear_id,), queue=settings.CELERY_TASK_DEFAULT_QUEUE)
-    except Exception:  # broker down: stored data is safe, the sweep re-sends
-        logger.exception("Could not queue smear %s; the sweep will re-send it", smear_id)
-        return False
-    return True
+    return _send(classify_smear, smear_id, settings.CELERY_TASK_DEFAULT_QUEUE, "smear")
 
 
 def enqueue_heatmap(prediction_id):
@@ -28,12 +34,7 @@ def enqueue_heatmap(prediction_id):
     worker that made it, and again by the sweep when it was lost."""
     from ..tasks import compute_heatmap
 
-    try:
-        compute_heatmap.apply_async((prediction_id,), queue=settings.CELERY_HEATMAP_QUEUE)
-    except Exception:  # broker down: the next sweep sends it again
-        logger.exception("Could not queue the heat map of prediction %s", prediction_id)
-        return False
-    return True
+    return _send(compute_heatmap, prediction_id, settings.CELERY_HEATMAP_QUEUE, "the heat map of prediction")
 
 
 def enqueue_export(export_id):
@@ -42,9 +43,4 @@ def enqueue_export(export_id):
     marks it failed; the user asks again."""
     from ..tasks import build_export
 
-    try:
-        build_export.apply_async((export_id,), queue=settings.CELERY_HEATMAP_QUEUE)
-    except Exception:
-        logger.exception("Could not queue export %s", export_id)
-        return False
-    return True
+    return _send(build_export, export_id, settings.CELERY_HEATMAP_QUEUE, "export")

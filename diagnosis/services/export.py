@@ -1,12 +1,13 @@
 """The export of reviewed smears of signed-out cases as training folders
 for `python -m ml train`: written to a folder (`manage.py export_reviewed`),
 or zipped by a worker for download from the portal (ReviewedExport)."""
+import csv
+import io
 import logging
-import shutil
 import tempfile
 import zipfile
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 from django.core.files import File
@@ -43,13 +44,38 @@ def spreadsheet_safe(value):
 
 def _inside(folder, relative):
     """folder/relative, refused unless it resolves inside folder."""
-    from pathlib import Path
-
     folder = Path(folder).resolve()
     target = (folder / relative).resolve()
     if not target.is_relative_to(folder):
         raise ValueError(f"Refusing to write {relative!r} outside the export folder.")
     return target
+
+
+def _export_entries(smears):
+    """(kind, path relative to the kind's subfolder, smear, labels.csv row) for every smear to export.
+    Only known class names become path components; the rest of the name is the safe accession and the pk."""
+    for smear in smears:
+        sub, labels = EXPORT_LAYOUT[smear.kind]
+        if smear.review_label not in labels:  # never a path component that is not a known class
+            raise ValueError(f"Smear {smear.pk} has the unknown label {smear.review_label!r}; not exported.")
+        suffix = IMAGE_FORMAT_FILES.get(smear.image_format, (".img",))[0]
+        relative = f"{smear.review_label}/{safe_name_part(smear.case.accession_number)}-{smear.pk}{suffix}"
+        if ".." in PurePosixPath(relative).parts or PurePosixPath(relative).is_absolute():
+            raise ValueError(f"Refusing to write {relative!r} outside the export folder.")
+        yield smear.kind, relative, smear, [
+            relative, smear.review_label, smear.prediction.label, int(smear.prediction.in_domain),
+            f"{smear.prediction.model_name} {smear.prediction.model_version}".strip(),
+            smear.reviewed_by.email if smear.reviewed_by else "", smear.case.accession_number, smear.sha256,
+        ]
+
+
+def _labels_csv(rows):
+    """labels.csv of one subfolder: the header, then one formula-safe row per image."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_COLUMNS)
+    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
+    return buffer.getvalue()
 
 
 def export_reviewed(dest, smears=None):
@@ -59,58 +85,40 @@ def export_reviewed(dest, smears=None):
     own labels.csv and directly usable as `python -m ml train --data
     DEST/staging` (or DEST/screening). DEST must be empty or absent.
     Returns the number of images written."""
-    import csv
-    from pathlib import Path
-
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise ValueError(f"{dest} is not empty; export into a new folder.")
     dest.mkdir(parents=True, exist_ok=True)
-    smears = list(reviewed_smears() if smears is None else smears)
-    rows = {kind: [] for kind in EXPORT_LAYOUT}
     for sub, labels in EXPORT_LAYOUT.values():
         for label in labels:  # the model's classes always exist, even when empty
             (dest / sub / label).mkdir(parents=True, exist_ok=True)
-    for smear in smears:
-        sub, labels = EXPORT_LAYOUT[smear.kind]
-        if smear.review_label not in labels:  # never a path component that is not a known class
-            raise ValueError(f"Smear {smear.pk} has the unknown label {smear.review_label!r}; not exported.")
-        suffix = IMAGE_FORMAT_FILES.get(smear.image_format, (".img",))[0]
-        relative = f"{smear.review_label}/{safe_name_part(smear.case.accession_number)}-{smear.pk}{suffix}"
-        target = _inside(dest / sub, relative)
+    rows = {kind: [] for kind in EXPORT_LAYOUT}
+    for kind, relative, smear, row in _export_entries(reviewed_smears() if smears is None else smears):
+        target = _inside(dest / EXPORT_LAYOUT[kind][0], relative)
         with smear.image.open("rb") as src, open(target, "xb") as out:
             for chunk in src.chunks():
                 out.write(chunk)
-        rows[smear.kind].append(
-            [
-                relative, smear.review_label, smear.prediction.label, int(smear.prediction.in_domain),
-                f"{smear.prediction.model_name} {smear.prediction.model_version}".strip(),
-                smear.reviewed_by.email if smear.reviewed_by else "", smear.case.accession_number, smear.sha256,
-            ]
-        )
+        rows[kind].append(row)
     for kind, (sub, _) in EXPORT_LAYOUT.items():
-        with open(dest / sub / EXPORT_CSV, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(EXPORT_COLUMNS)
-            writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows[kind])
+        (dest / sub / EXPORT_CSV).write_text(_labels_csv(rows[kind]), encoding="utf-8", newline="")
     return sum(len(r) for r in rows.values())
 
 
 def write_export_zip(out, smears=None):
-    """The export (reviewed/staging/..., reviewed/screening/...) as a zip
-    written to the binary file `out`. Images are stored, not deflated: JPEG
-    and PNG are compressed already. Returns the number of images."""
-    tmp = Path(tempfile.mkdtemp(prefix="leukportal-export-"))
-    try:
-        count = export_reviewed(tmp / "reviewed", smears)
-        with zipfile.ZipFile(out, "w") as zf:
-            for path in sorted((tmp / "reviewed").rglob("*")):
-                if path.is_file():
-                    compress = zipfile.ZIP_DEFLATED if path.suffix == ".csv" else zipfile.ZIP_STORED
-                    zf.write(path, Path("reviewed") / path.relative_to(tmp / "reviewed"), compress_type=compress)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return count
+    """The same export as export_reviewed, as reviewed/<subfolder>/... members of
+    a zip written to the binary file `out`, streamed from storage (no copy on
+    disk first). Images are stored, not deflated: JPEG and PNG are compressed
+    already. Returns the number of images."""
+    rows = {kind: [] for kind in EXPORT_LAYOUT}
+    with zipfile.ZipFile(out, "w") as zf:
+        for kind, relative, smear, row in _export_entries(reviewed_smears() if smears is None else smears):
+            with smear.image.open("rb") as src, zf.open(f"reviewed/{EXPORT_LAYOUT[kind][0]}/{relative}", "w") as dst:
+                for chunk in src.chunks():
+                    dst.write(chunk)
+            rows[kind].append(row)
+        for kind, (sub, _) in EXPORT_LAYOUT.items():
+            zf.writestr(f"reviewed/{sub}/{EXPORT_CSV}", _labels_csv(rows[kind]), compress_type=zipfile.ZIP_DEFLATED)
+    return sum(len(r) for r in rows.values())
 
 
 def request_export(user):
@@ -119,7 +127,7 @@ def request_export(user):
     instead of starting another (a double click, or many, builds one zip)."""
     with transaction.atomic():
         pending = (ReviewedExport.objects.select_for_update()
-                   .filter(status__in=[ReviewedExport.Status.QUEUED, ReviewedExport.Status.BUILDING]).first())
+                   .filter(status__in=ReviewedExport.PENDING).first())
         if pending is not None:
             return pending, False
         export = ReviewedExport.objects.create(requested_by=user)
@@ -163,7 +171,7 @@ def tidy_exports(now=None):
     now = now or timezone.now()
     lost_before = now - timedelta(seconds=settings.EXPORT_TIME_LIMIT_SECONDS + 60)
     failed = ReviewedExport.objects.filter(
-        status__in=[ReviewedExport.Status.QUEUED, ReviewedExport.Status.BUILDING], requested_at__lt=lost_before,
+        status__in=ReviewedExport.PENDING, requested_at__lt=lost_before,
     ).update(status=ReviewedExport.Status.FAILED, finished_at=now,
              error="The export was not finished in time (its worker stopped or the message was lost); ask again.")
     expired = 0

@@ -191,9 +191,14 @@ def test_sign_out_records_a_pending_heat_map_as_unavailable(signed_case):
     assert services.claim_heatmap(smear.prediction.pk) is None  # no worker starts it any more
 
 
-def test_a_heat_map_finished_after_sign_out_never_reaches_the_signed_report(signed_case, path_client):
+def test_a_heat_map_finished_after_sign_out_never_reaches_the_signed_report(signed_case, path_client, settings):
+    from pathlib import Path
+
     case, smear = signed_case, signed_case.smears.get()
+    stored_files = lambda: sorted(p for p in Path(settings.MEDIA_ROOT).rglob("*") if p.is_file())  # noqa: E731
+    files_before = stored_files()
     assert services.store_heatmap(smear.prediction.pk, image_bytes("JPEG", seed=3)) is None
+    assert stored_files() == files_before  # the refused file is deleted again
     smear.prediction.refresh_from_db()
     assert not smear.prediction.heatmap
     report = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
