@@ -68,8 +68,7 @@ def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_imag
         raise ValueError("the evaluation report was made with other weights than the ones being shipped")
     card = model_card(predictor, target, report, profile.measure_latency(predictor, latency_image),
                       Path(latency_image).name, name) + robustness_section(report_dir, report["model_sha256"], name)
-    card_path = WEIGHTS_DIR / f"{name}.md"
-    card_path.write_text(card)
+    card_path = write_card(WEIGHTS_DIR / f"{name}.md", card)
     domain = domain_section(report_dir, report["model_sha256"])
     if domain:
         replace_section(card_path, "## Domain check", domain)
@@ -455,9 +454,7 @@ def ship_screening(report_dir: str | Path, latency_image: str | Path, name: str 
         f"batch 1, {latency['threads']} threads, {latency['runs']} runs.",
         "",
     ])
-    card_path = WEIGHTS_DIR / f"{name}.md"
-    card_path.write_text(card)
-    return card_path
+    return write_card(WEIGHTS_DIR / f"{name}.md", card)
 
 
 def replace_section(card: str | Path, heading: str, text: str, before: str = "## Limitations") -> Path:
@@ -477,6 +474,68 @@ def replace_section(card: str | Path, heading: str, text: str, before: str = "##
         lines += [""] + new
     card.write_text("\n".join(lines).rstrip("\n") + "\n")
     return card
+
+
+def _sections(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """(heading, its lines without the heading) for every '## ' section, in order; the text before the first
+    heading comes under the heading ""."""
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    for line in lines:
+        if line.startswith("## "):
+            sections.append((line, []))
+        else:
+            sections[-1][1].append(line)
+    return sections
+
+
+# Sections other commands write from their reports (fit-domain, export, robustness): a card for new weights
+# must not inherit the old weights' ones.
+MACHINE_WRITTEN = ("## Domain check", "## ONNX Runtime", "## Robustness to acquisition changes")
+
+
+def keep_hand_written(old: str, new: str) -> tuple[str, list[str]]:
+    """The generated card ``new`` with what a person wrote into the card ``old`` it replaces: every '## '
+    section the generator does not write (placed before the heading that followed it in ``old``), and every
+    generated line a person extended (the old line starts with the generated one less its full stop).
+
+    Shipping new weights rewrites the card from the reports; the reasons and records written by hand
+    (why this architecture, how the heat maps were chosen) would otherwise be lost with each ship. They are
+    kept, not rewritten, so they are named in the second value to be checked against the new weights."""
+    old_sections = _sections(old.splitlines())
+    new_sections = _sections(new.splitlines())
+    generated = {heading for heading, _ in new_sections}
+    kept: list[str] = []
+    old_lines = [line for _, body in old_sections for line in body if line.startswith("- ")]
+    for heading, body in new_sections:
+        for i, line in enumerate(body):
+            stem = line.rstrip(".")
+            if not line.startswith("- ") or len(stem) < 12:
+                continue
+            extended = [o for o in old_lines if o != line and o.startswith(stem) and len(o) > len(line)]
+            if len(extended) == 1:
+                body[i] = extended[0]
+                kept.append(f"the extended line '{stem[:40]}…' under {heading[3:]}")
+    headings = [heading for heading, _ in old_sections]
+    for position, (heading, body) in enumerate(old_sections):
+        if not heading or heading in generated or heading in MACHINE_WRITTEN:
+            continue
+        after = next((h for h in headings[position + 1:] if h in {n for n, _ in new_sections}), None)
+        at = next((i for i, (n, _) in enumerate(new_sections) if n == after), len(new_sections))
+        new_sections.insert(at, (heading, body))
+        kept.append(f"the section '{heading[3:]}'")
+    lines = [line for heading, body in new_sections for line in ([heading] if heading else []) + body]
+    return "\n".join(lines).rstrip("\n") + "\n", kept
+
+
+def write_card(path: Path, text: str) -> Path:
+    """Write a generated model card over ``path``, keeping what a person wrote into the card it replaces
+    (``keep_hand_written``); what was kept is printed, to be checked against the new weights."""
+    if path.is_file():
+        text, kept = keep_hand_written(path.read_text(), text)
+        if kept:
+            print(f"{path}: kept from the card it replaces, to be checked against the new weights: " + "; ".join(kept))
+    path.write_text(text)
+    return path
 
 
 def refresh_weights_line(card: str | Path, weights: str | Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import data as mldata
 from . import models, profile
+from .card import write_card
 from .predict import WEIGHTS_DIR, Predictor
 from .screening import MIN_SENSITIVITY, fmt, metrics_rows
 from .screening_ensemble import subject_table
@@ -207,8 +208,7 @@ def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, late
         "",
         *limitations(),
     ]
-    card = WEIGHTS_DIR / f"{name}.md"
-    card.write_text("\n".join(lines))
+    card = write_card(WEIGHTS_DIR / f"{name}.md", "\n".join(lines))
     return card
 
 
@@ -386,6 +386,5 @@ def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency
             "most cells out of fold.",
             *robustness_limitation(robustness, name)),
     ]
-    card = WEIGHTS_DIR / f"{name}.md"
-    card.write_text("\n".join(lines))
+    card = write_card(WEIGHTS_DIR / f"{name}.md", "\n".join(lines))
     return card
