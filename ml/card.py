@@ -68,11 +68,10 @@ def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_imag
         raise ValueError("the evaluation report was made with other weights than the ones being shipped")
     card = model_card(predictor, target, report, profile.measure_latency(predictor, latency_image),
                       Path(latency_image).name, name) + robustness_section(report_dir, report["model_sha256"], name)
-    card_path = write_card(WEIGHTS_DIR / f"{name}.md", card)
     domain = domain_section(report_dir, report["model_sha256"])
     if domain:
-        replace_section(card_path, "## Domain check", domain)
-    return card_path
+        card = with_section(card, "## Domain check", domain)
+    return write_card(WEIGHTS_DIR / f"{name}.md", card)
 
 
 def _own_report(report_dir: Path, filename: str, model_sha256: str, what: str) -> dict | None:
@@ -457,12 +456,11 @@ def ship_screening(report_dir: str | Path, latency_image: str | Path, name: str 
     return write_card(WEIGHTS_DIR / f"{name}.md", card)
 
 
-def replace_section(card: str | Path, heading: str, text: str, before: str = "## Limitations") -> Path:
-    """Rewrite one '## ' section of a model card (from its heading to the next one), or insert it before
-    ``before`` (or at the end) when the card has none yet."""
-    card = Path(card)
-    lines = card.read_text().splitlines()
-    new = text.rstrip("\n").splitlines()
+def with_section(text: str, heading: str, section: str, before: str = "## Limitations") -> str:
+    """``text`` (a model card) with one '## ' section rewritten (from its heading to the next one), or
+    inserted before ``before`` (or at the end) when the card has none yet."""
+    lines = text.splitlines()
+    new = section.rstrip("\n").splitlines()
     if heading in lines:
         start = lines.index(heading)
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
@@ -472,7 +470,13 @@ def replace_section(card: str | Path, heading: str, text: str, before: str = "##
         lines[at:at] = new + [""]
     else:
         lines += [""] + new
-    card.write_text("\n".join(lines).rstrip("\n") + "\n")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def replace_section(card: str | Path, heading: str, text: str, before: str = "## Limitations") -> Path:
+    """Rewrite one '## ' section of a model card file (``with_section``)."""
+    card = Path(card)
+    card.write_text(with_section(card.read_text(), heading, text, before))
     return card
 
 
