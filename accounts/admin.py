@@ -1,14 +1,42 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.forms import UserChangeForm as BaseUserChangeForm
+from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
 from .models import User
 
 
+def unconfirmed_signup(user) -> bool:
+    """Whether the account signed itself up (allauth keeps its address) and its address was never
+    confirmed: anyone can sign up as a colleague's address, and only the confirmation link shows who
+    reads that mailbox. Accounts an admin creates here have no such record: the admin vouches for them."""
+    from allauth.account.models import EmailAddress
+
+    addresses = EmailAddress.objects.filter(user=user)
+    return addresses.exists() and not addresses.filter(email__iexact=user.email, verified=True).exists()
+
+
+class UserChangeForm(BaseUserChangeForm):
+    def clean_groups(self):
+        groups = self.cleaned_data.get("groups")
+        if self.instance.pk and groups is not None:
+            added = set(groups) - set(self.instance.groups.all())
+            if added and unconfirmed_signup(self.instance):
+                raise ValidationError(
+                    "This account signed itself up and %(email)s is not confirmed yet: a role is given only once "
+                    "its owner has clicked the confirmation link we e-mailed (or, after checking the address with "
+                    "its owner, once it is marked verified under Email addresses).",
+                    params={"email": self.instance.email}, code="unconfirmed_email")
+        return groups
+
+
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
+    form = UserChangeForm
     ordering = ["email"]
-    list_display = ["email", "full_name", "title", "role_list", "is_active", "is_staff", "last_login", "date_joined"]
+    list_display = ["email", "email_confirmed", "full_name", "title", "role_list", "is_active", "is_staff",
+                    "last_login", "date_joined"]
     list_filter = ["groups", "is_active", "is_staff", "is_superuser"]
     search_fields = ["email", "full_name", "first_name", "last_name"]
     readonly_fields = ["last_login", "date_joined"]
@@ -20,7 +48,8 @@ class UserAdmin(BaseUserAdmin):
             {
                 "fields": ("is_active", "groups", "is_staff", "is_superuser", "user_permissions"),
                 "description": "Assign exactly one role group (Technician, Pathologist or Admin). "
-                "Admins also need “Staff status” to open this admin site.",
+                "Admins also need “Staff status” to open this admin site. A role is refused to an account that "
+                "signed itself up until its e-mail address is confirmed.",
             },
         ),
         (_("Important dates"), {"fields": ("last_login", "date_joined")}),
@@ -49,7 +78,14 @@ class UserAdmin(BaseUserAdmin):
         return super().has_delete_permission(request, obj)
 
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("groups")
+        return super().get_queryset(request).prefetch_related("groups", "emailaddress_set")
+
+    @admin.display(description="email confirmed")
+    def email_confirmed(self, obj):
+        addresses = list(obj.emailaddress_set.all())
+        if not addresses:
+            return "created by an admin"
+        return "yes" if any(a.verified and a.email.lower() == obj.email.lower() for a in addresses) else "NO"
 
     @admin.display(description="roles")
     def role_list(self, obj):

@@ -66,6 +66,61 @@ def test_superuser_can_still_grant_staff(client, make_user):
     assert other.is_staff
 
 
+# --- A role only for an address its owner confirmed ------------------------------
+@pytest.fixture
+def self_signed_up(make_user):
+    """An account as sign-up leaves it with verification optional: its address recorded, not confirmed."""
+    from allauth.account.models import EmailAddress
+
+    user = make_user(email="pathologist.jones@lab.example")
+    EmailAddress.objects.create(user=user, email=user.email, primary=True, verified=False)
+    return user
+
+
+def pathologist_group():
+    from django.contrib.auth.models import Group
+
+    return Group.objects.get(name="Pathologist")
+
+
+def test_admin_cannot_give_a_role_to_a_self_signed_up_account_whose_address_is_unconfirmed(client, staff_admin,
+                                                                                          self_signed_up):
+    client.force_login(staff_admin)
+    url = reverse("admin:accounts_user_change", args=[self_signed_up.pk])
+    response = client.post(url, user_form(self_signed_up, groups=[pathologist_group().pk]))
+    assert response.status_code == 200
+    assert "is not confirmed yet" in response.content.decode()
+    assert not self_signed_up.groups.exists()
+
+
+def test_the_role_is_given_once_the_address_is_confirmed(client, staff_admin, self_signed_up):
+    self_signed_up.emailaddress_set.update(verified=True)
+    client.force_login(staff_admin)
+    url = reverse("admin:accounts_user_change", args=[self_signed_up.pk])
+    assert client.post(url, user_form(self_signed_up, groups=[pathologist_group().pk])).status_code == 302
+    assert list(self_signed_up.groups.all()) == [pathologist_group()]
+
+
+def test_accounts_an_admin_created_take_a_role_and_the_list_says_which_addresses_are_confirmed(client, staff_admin,
+                                                                                               make_user,
+                                                                                               self_signed_up):
+    created = make_user(email="made.here@lab.example")
+    client.force_login(staff_admin)
+    url = reverse("admin:accounts_user_change", args=[created.pk])
+    assert client.post(url, user_form(created, groups=[pathologist_group().pk])).status_code == 302
+    assert created.groups.filter(name="Pathologist").exists()
+    listing = client.get(reverse("admin:accounts_user_changelist")).content.decode()
+    assert "email confirmed" in listing.lower() and "created by an admin" in listing and ">NO<" in listing
+
+
+def test_an_unconfirmed_account_that_already_has_a_role_can_still_be_edited(client, staff_admin, self_signed_up):
+    self_signed_up.groups.add(pathologist_group())
+    client.force_login(staff_admin)
+    url = reverse("admin:accounts_user_change", args=[self_signed_up.pk])
+    response = client.post(url, user_form(self_signed_up, first_name="Ann"))
+    assert response.status_code == 302
+
+
 # --- Admin login goes through allauth (rate limits, MFA) ------------------------
 def test_admin_login_page_sends_to_the_portal_login(client):
     response = client.get(reverse("admin:login"))
