@@ -71,7 +71,7 @@ def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_imag
     domain = domain_section(report_dir, report["model_sha256"])
     if domain:
         card = with_section(card, "## Domain check", domain)
-    return write_card(WEIGHTS_DIR / f"{name}.md", card)
+    return write_card(WEIGHTS_DIR / f"{name}.md", card, report["model_sha256"])
 
 
 def _own_report(report_dir: Path, filename: str, model_sha256: str, what: str) -> dict | None:
@@ -106,9 +106,10 @@ def robustness_section(report_dir: Path, model_sha256: str, name: str) -> str:
     return "\n" + card_section(suite, plot=f"../reports/{name}/robustness.png") if suite else ""
 
 
-def describe_model_file(path: str | None, recorded: dict | None = None) -> str:
+def describe_model_file(path: str | None, recorded: dict | None = None, own_versions: tuple = ()) -> str:
     """A model named on a card: from the summary the run ``recorded`` when it read the file (the file may
-    have been overwritten since, as shipping does), else from the file as it is now."""
+    have been overwritten since, as shipping does), else from the file as it is now, unless that file is
+    now the model the card describes (``own_versions``): then it was shipped over, and is not described."""
     if not path:
         return ""
     summary = recorded
@@ -119,6 +120,9 @@ def describe_model_file(path: str | None, recorded: dict | None = None) -> str:
             summary = model_summary(read_payload(path))
         except (OSError, ValueError):
             return f"`{path}` (file not available here)"
+        if summary["model_version"] in own_versions:
+            return (f"`{path}` as it was before these weights were shipped over it (not recorded in the weights "
+                    "file; the earlier card is in git history)")
     spec = models.get_spec(summary["arch"])
     return (f"`{summary['model_version']}` ({spec.description}; "
             f"{'backbone from ImageNet weights' if summary['pretrained'] else 'from random initialisation'}; "
@@ -126,14 +130,15 @@ def describe_model_file(path: str | None, recorded: dict | None = None) -> str:
             f"same split, manifest sha256 `{str(summary['manifest_sha256'])[:12]}…`)")
 
 
-def lineage(config: dict, ancestors: dict | None = None) -> list[str]:
+def lineage(config: dict, ancestors: dict | None = None, own_versions: tuple = ()) -> list[str]:
     """How the weights came to be, when more than one run led to them (``ancestors``: the run's record of
-    its init and teacher models, ``payload["training"]["ancestors"]``)."""
+    its init and teacher models, ``payload["training"]["ancestors"]``; ``own_versions``: the described
+    model's own version names, see ``describe_model_file``)."""
     ancestors = ancestors or {}
     lines = []
     if config.get("init_weights"):
         lines.append("- Warm start: every weight initialised from "
-                     f"{describe_model_file(config['init_weights'], ancestors.get('init_weights'))}.")
+                     f"{describe_model_file(config['init_weights'], ancestors.get('init_weights'), own_versions)}.")
     if config.get("teacher"):
         files = teacher_files(config["teacher"])
         recorded = ancestors.get("teachers") or [ancestors.get("teacher")]
@@ -147,6 +152,11 @@ def lineage(config: dict, ancestors: dict | None = None) -> list[str]:
                      "only (mean over the 8 flips and 90° rotations). Teachers and student used the validation split "
                      "only for learning-rate decisions and temperature fitting; none ever saw a test image.")
     return lines
+
+
+def own_versions(payload: dict) -> tuple:
+    """The version names a model file goes by: its own and, for a test-time copy, its source's."""
+    return tuple(v for v in (payload.get("model_version"), payload.get("test_time_from", {}).get("model_version")) if v)
 
 
 def flip_averaging_lines(payload: dict) -> list[str]:
@@ -269,7 +279,7 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
         *([f"- Stopped by hand after {training.get('epochs_run')} of {config.get('epochs')} epochs (time budget), "
            "with the best weights by validation loss so far (`python -m ml export`)."]
           if history and not history[-1].get("stop") and training.get("epochs_run", 0) < config.get("epochs", 0) else []),
-        *lineage(config, training.get("ancestors")),
+        *lineage(config, training.get("ancestors"), own_versions(payload)),
         f"- {training.get('epochs_run')} epochs run, best epoch {training.get('best_epoch', -1) + 1}; "
         f"wall time {training.get('wall_time_s', 0) / 60:.1f} min on {training.get('hardware')}; "
         f"finished {training.get('finished')}.",
@@ -497,7 +507,7 @@ def _sections(lines: list[str]) -> list[tuple[str, list[str]]]:
 MACHINE_WRITTEN = ("## Domain check", "## ONNX Runtime", "## Robustness to acquisition changes")
 
 
-def keep_hand_written(old: str, new: str) -> tuple[str, list[str]]:
+def keep_hand_written(old: str, new: str, weights_sha256: str | None = None) -> tuple[str, list[str]]:
     """The generated card ``new`` with what a person wrote into the card ``old`` it replaces: every '## '
     section the generator does not write (placed before the heading that followed it in ``old``), and every
     generated line a person extended (the old line starts with the generated one less its full stop).
@@ -521,7 +531,9 @@ def keep_hand_written(old: str, new: str) -> tuple[str, list[str]]:
                 kept.append(f"the extended line '{stem[:40]}…' under {heading[3:]}")
     headings = [heading for heading, _ in old_sections]
     for position, (heading, body) in enumerate(old_sections):
-        if not heading or heading in generated or heading in MACHINE_WRITTEN:
+        if not heading or heading in generated:
+            continue
+        if heading in MACHINE_WRITTEN and not (weights_sha256 and any(weights_sha256 in line for line in body)):
             continue
         after = next((h for h in headings[position + 1:] if h in {n for n, _ in new_sections}), None)
         at = next((i for i, (n, _) in enumerate(new_sections) if n == after), len(new_sections))
@@ -531,11 +543,11 @@ def keep_hand_written(old: str, new: str) -> tuple[str, list[str]]:
     return "\n".join(lines).rstrip("\n") + "\n", kept
 
 
-def write_card(path: Path, text: str) -> Path:
+def write_card(path: Path, text: str, weights_sha256: str | None = None) -> Path:
     """Write a generated model card over ``path``, keeping what a person wrote into the card it replaces
     (``keep_hand_written``); what was kept is printed, to be checked against the new weights."""
     if path.is_file():
-        text, kept = keep_hand_written(path.read_text(), text)
+        text, kept = keep_hand_written(path.read_text(), text, weights_sha256)
         if kept:
             print(f"{path}: kept from the card it replaces, to be checked against the new weights: " + "; ".join(kept))
     path.write_text(text)

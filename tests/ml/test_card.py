@@ -74,3 +74,21 @@ def test_shipping_over_an_existing_card_keeps_and_names_its_hand_written_section
     fresh = tmp_path / "new.md"
     write_card(fresh, NEW)
     assert fresh.read_text() == NEW
+
+
+def test_the_export_section_of_the_same_weights_is_kept_when_the_card_is_written_again():
+    old = OLD.replace("- Old weights' export.", "- Exported from this model file (sha256 `abc123`).")
+    card, _ = keep_hand_written(old, NEW, weights_sha256="abc123")
+    assert "## ONNX Runtime" in card and "sha256 `abc123`" in card
+    card, _ = keep_hand_written(old, NEW, weights_sha256="other")
+    assert "## ONNX Runtime" not in card
+
+
+def test_a_warm_start_file_that_is_now_the_described_model_is_not_described_as_its_ancestor(tiny_model_file):
+    from ml.card import describe_model_file
+    from ml.checkpoint import model_summary, read_payload
+
+    version = model_summary(read_payload(tiny_model_file))["model_version"]
+    assert version in describe_model_file(str(tiny_model_file))
+    text = describe_model_file(str(tiny_model_file), None, own_versions=(version,))
+    assert version not in text and "shipped over it" in text
