@@ -58,7 +58,13 @@ def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_imag
     report = json.loads((report_dir / "report.json").read_text())
     target = WEIGHTS_DIR / f"{name}.pt"
     WEIGHTS_DIR.mkdir(exist_ok=True)
+    previous = None  # the model being replaced, loaded before it is overwritten: its latency is the yardstick
     if model_path.resolve() != target.resolve():
+        if target.is_file() and mldata.sha256_file(target) != mldata.sha256_file(model_path):
+            try:
+                previous = Predictor(target)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:  # an older format: no yardstick
+                print(f"{target}: the replaced model could not be loaded for a paired latency ({exc})")
         shutil.copyfile(model_path, target)
     reports = REPORTS_DIR / name
     if report_dir.resolve() != reports.resolve():
@@ -66,7 +72,11 @@ def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_imag
     predictor = Predictor(target)
     if mldata.sha256_file(target) != report["model_sha256"]:
         raise ValueError("the evaluation report was made with other weights than the ones being shipped")
-    card = model_card(predictor, target, report, profile.measure_latency(predictor, latency_image),
+    latency = profile.measure_latency(predictor, latency_image)
+    if previous is not None:
+        latency["against_previous"] = {"model_version": previous.payload.get("model_version"),
+                                       **profile.paired_latency(predictor, previous, latency_image)}
+    card = model_card(predictor, target, report, latency,
                       Path(latency_image).name, name) + robustness_section(report_dir, report["model_sha256"], name)
     domain = domain_section(report_dir, report["model_sha256"])
     if domain:
@@ -152,6 +162,17 @@ def lineage(config: dict, ancestors: dict | None = None, own_versions: tuple = (
                      "only (mean over the 8 flips and 90° rotations). Teachers and student used the validation split "
                      "only for learning-rate decisions and temperature fitting; none ever saw a test image.")
     return lines
+
+
+def speed_against_previous(paired: dict | None) -> list[str]:
+    if not paired:
+        return []
+    return [f"- Against the model it replaced (`{paired['model_version']}`), measured in turn in one process "
+            f"({paired['rounds']} rounds of {paired['runs']} runs, `ml.profile.paired_latency`): median ratio "
+            f"**{paired['median_ratio']:.2f}** (rounds {min(paired['ratios']):.2f}-{max(paired['ratios']):.2f}; "
+            f"this model {min(paired['ms']):.1f}-{max(paired['ms']):.1f} ms, the replaced one "
+            f"{min(paired['reference_ms']):.1f}-{max(paired['reference_ms']):.1f} ms). The machine is shared and "
+            "its speed drifts: the ratio holds where one absolute number may not."]
 
 
 def own_versions(payload: dict) -> tuple:
@@ -265,6 +286,7 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
         f"p90 {latency['p90_ms']:.1f} ms over {latency['runs']} runs after warm-up, batch 1, "
         f"{latency['threads']} torch threads (`{latency_image}`); target <= 30 ms, "
         f"{'met' if latency['median_ms'] <= 30 else '**not met**'}.",
+        *speed_against_previous(latency.get("against_previous")),
         "",
         "## Training",
         f"- `{train_command(config)}`",

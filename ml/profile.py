@@ -36,6 +36,20 @@ def measure_latency(predictor, image, runs: int = 50, warmup: int = 5, threads: 
             "min_ms": times[0], "runs": runs, "threads": threads}
 
 
+def paired_latency(predictor, reference, image, rounds: int = 5, runs: int = 20, threads: int = 2) -> dict:
+    """``measure_latency`` of ``predictor`` and ``reference`` in turn, ``rounds`` times: the ratio of each
+    pair and its median. On a shared machine whose speed drifts, one absolute number can be off by half;
+    two models measured back to back drift together, so their ratio is what a comparison should rest on."""
+    pairs = []
+    for _ in range(rounds):
+        mine = measure_latency(predictor, image, runs=runs, threads=threads)["median_ms"]
+        theirs = measure_latency(reference, image, runs=runs, threads=threads)["median_ms"]
+        pairs.append((mine, theirs))
+    ratios = [m / t for m, t in pairs]
+    return {"rounds": rounds, "runs": runs, "threads": threads, "ms": [m for m, _ in pairs],
+            "reference_ms": [t for _, t in pairs], "ratios": ratios, "median_ratio": statistics.median(ratios)}
+
+
 def measure_throughput(model: torch.nn.Module, input_size: int, batch: int = 32, runs: int = 5, threads: int = 2) -> float:
     """Images per second of the bare model on a batch (no decoding)."""
     previous = torch.get_num_threads()

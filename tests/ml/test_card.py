@@ -92,3 +92,41 @@ def test_a_warm_start_file_that_is_now_the_described_model_is_not_described_as_i
     assert version in describe_model_file(str(tiny_model_file))
     text = describe_model_file(str(tiny_model_file), None, own_versions=(version,))
     assert version not in text and "shipped over it" in text
+
+
+def test_ship_writes_the_card_keeps_hand_written_text_and_times_the_new_model_against_the_one_it_replaces(
+        tiny_model_file, smear_folder, tmp_path, monkeypatch):
+    import shutil
+
+    import ml.card
+    from ml.checkpoint import read_payload, with_test_time_flips
+    from ml.evaluate import evaluate
+
+    monkeypatch.setattr(ml.card, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(ml.card, "REPORTS_DIR", tmp_path / "reports")
+    image = next((smear_folder / "Pre").iterdir())
+    first = tmp_path / "first.pt"
+    shutil.copyfile(tiny_model_file, first)
+    evaluate(str(first), smear_folder, out=tmp_path / "eval-first")
+    card = ml.card.ship(first, tmp_path / "eval-first", "staging", image)
+    assert "## Speed" in card.read_text() and "Against the model it replaced" not in card.read_text()
+    card.write_text(card.read_text() + "\n## Why this architecture\n- Written by a person.\n")
+
+    second = with_test_time_flips(first, tmp_path / "second.pt")
+    evaluate(str(second), smear_folder, out=tmp_path / "eval-second")
+    text = ml.card.ship(second, tmp_path / "eval-second", "staging", image).read_text()
+    assert "- Written by a person." in text
+    assert "Against the model it replaced (`" + read_payload(first)["model_version"] + "`)" in text
+    assert "median ratio" in text
+
+
+def test_paired_latency_alternates_the_two_models_and_reports_each_rounds_ratio(tiny_model_file, smear_folder):
+    from ml.predict import Predictor
+    from ml.profile import paired_latency
+
+    image = next((smear_folder / "Pre").iterdir())
+    model = Predictor(tiny_model_file)
+    paired = paired_latency(model, model, image, rounds=3, runs=5)
+    assert len(paired["ratios"]) == len(paired["ms"]) == len(paired["reference_ms"]) == 3
+    assert paired["ratios"] == [m / r for m, r in zip(paired["ms"], paired["reference_ms"])]
+    assert sorted(paired["ratios"])[1] == paired["median_ratio"]
