@@ -190,9 +190,11 @@ def flip_averaging_lines(payload: dict) -> list[str]:
                 "logits and embeddings are averaged (`ml.models.FlipAveraged`, made by `python -m ml tta`): "
                 f"{weights}; the MFLOPs above count both passes. {record}"]
     if payload.get("token_flips"):
+        axis = payload.get("token_flip_axis", "left-right")
+        where = "tokens" if axis == "left-right" else "tokens-updown"
         return [f"- Test-time augmentation at the token grid: the backbone runs once, the sequence head reads its "
-                "feature map and the feature map's left-right mirror image, and the two logits are averaged "
-                "(`ml.models.TokenFlipAveraged`, made by `python -m ml tta --where tokens`): "
+                f"feature map and the feature map's {axis} mirror image, and the two logits are averaged "
+                f"(`ml.models.TokenFlipAveraged`, made by `python -m ml tta --where {where}`): "
                 f"{weights}; only the head runs twice. {record}"]
     return []
 

@@ -81,7 +81,7 @@ def load_model(path: str | Path):
     if payload.get("test_time_flips"):
         model = models.FlipAveraged(model)
     elif payload.get("token_flips"):
-        model = models.TokenFlipAveraged(model)
+        model = models.TokenFlipAveraged(model, payload.get("token_flip_axis", "left-right"))
     model.eval()
     return model, payload
 
@@ -112,8 +112,9 @@ def update_payload(path: str | Path, **fields) -> None:
 
 
 #: Where the mirror image is taken: the model file's flag, the wrapper ``load_model`` puts around the network,
-#: and the suffix of the copy's version.
-FLIP_PLACES = {"image": ("test_time_flips", "-flip2"), "tokens": ("token_flips", "-tokenflip2")}
+#: and the suffix of the copy's version; "tokens" mirrors the grid left-right, "tokens-updown" up-down.
+FLIP_PLACES = {"image": ("test_time_flips", "-flip2"), "tokens": ("token_flips", "-tokenflip2"),
+               "tokens-updown": ("token_flips", "-tokenflipud2")}
 
 
 def with_test_time_flips(source: str | Path, out: str | Path, where: str = "image") -> Path:
@@ -126,12 +127,15 @@ def with_test_time_flips(source: str | Path, out: str | Path, where: str = "imag
     payload = read_payload(source)
     if any(payload.get(other) for other, _ in FLIP_PLACES.values()):
         raise ValueError(f"{source} already averages over flips")
-    if where == "tokens":
-        models.TokenFlipAveraged(load_model(source)[0])  # refuses a model without a token grid before writing
+    axis = {"tokens": "left-right", "tokens-updown": "up-down"}.get(where)
+    if axis:
+        models.TokenFlipAveraged(load_model(source)[0], axis)  # refuses a model without a token grid before writing
     payload.pop("domain", None)
     payload.pop("calibration", None)
     payload.update({flag: True}, model_version=f"{payload['model_version']}{suffix}",
                    test_time_from={"model_version": payload["model_version"], "sha256": mldata.sha256_file(source)})
+    if axis == "up-down":
+        payload["token_flip_axis"] = axis
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     return _replace(out, payload)
 

@@ -171,7 +171,7 @@ def cmd_tta(args) -> int:
     from .runtime.loader import resolve_model_path
 
     out = with_test_time_flips(resolve_model_path(args.model), args.out, where=args.where)
-    mirrored = "image" if args.where == "image" else "token grid"
+    mirrored = {"image": "image", "tokens": "token grid", "tokens-updown": "token grid"}[args.where]
     print(f"{out}: predicts the mean over each {mirrored} and its mirror image; calibrate and fit-domain it before "
           "shipping")
     return 0
@@ -407,8 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     tta = commands.add_parser("tta", help="copy a model file into one that averages each image and its mirror image")
     tta.add_argument("model", help="shipped name or model file")
     tta.add_argument("--out", required=True, help="the new model file")
-    tta.add_argument("--where", choices=["image", "tokens"], default="image",
-                     help="mirror the input image (two network passes) or the backbone's token grid (one pass)")
+    tta.add_argument("--where", choices=["image", "tokens", "tokens-updown"], default="image",
+                     help="mirror the input image (two network passes) or the backbone's token grid left-right or "
+                          "up-down (one pass)")
     export = commands.add_parser("export", help="--model NAME: write NAME.onnx (+ runtime files) beside the model file "
                                  "and measure it against PyTorch; RUN: make model.pt from a run's last checkpoint")
     export.add_argument("run", nargs="?", help="run folder with last.pt (model.pt from its best weights so far)")

@@ -217,18 +217,27 @@ class FlipAveraged(nn.Module):
         return (logits + mirror_logits) / 2, (embedding + mirror_embedding) / 2
 
 
+#: The feature-map dimension each token-grid mirror flips ((B, C, H, W): 3 is left-right, 2 is up-down). The GRU
+#: reads the grid in raster order, so the two mirrors give it different sequences.
+TOKEN_FLIP_AXES = {"left-right": [3], "up-down": [2]}
+
+
 class TokenFlipAveraged(nn.Module):
     """Test-time augmentation at the token grid: one backbone pass, then the head reads the feature map and its
     left-right mirror, and their logits are averaged. The mirror image costs only the head (about 1 ms for the
     staging model's GRU) instead of a second backbone pass. The embedding is the pooled feature map (the same for
     both orders) beside the mean of the two summaries. For ``HybridClassifier`` models with a sequence head; the
-    model file stores the plain weights and ``token_flips: True`` (``checkpoint.load_model`` wraps it)."""
+    model file stores the plain weights and ``token_flips: True`` (``checkpoint.load_model`` wraps it), and
+    ``token_flip_axis`` when the grid is mirrored up-down instead of left-right (``TOKEN_FLIP_AXES``)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, axis: str = "left-right"):
         super().__init__()
         if not isinstance(model, HybridClassifier) or model.sequence.kind == "linear":
             raise ValueError("token flips need a backbone + sequence head model (HybridClassifier)")
+        if axis not in TOKEN_FLIP_AXES:
+            raise ValueError(f"unknown token flip axis {axis!r}: one of {', '.join(TOKEN_FLIP_AXES)}")
         self.inner = model
+        self.axis = axis
         self.num_classes = model.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +247,7 @@ class TokenFlipAveraged(nn.Module):
         net = self.inner
         fmap = net.features(x)
         summary = sum(net.sequence(net.project(grid.flatten(2).transpose(1, 2)))
-                      for grid in (fmap, torch.flip(fmap, dims=[3]))) / 2
+                      for grid in (fmap, torch.flip(fmap, dims=TOKEN_FLIP_AXES[self.axis]))) / 2
         # The classifier is linear: classifying the mean summary is the mean of the two logits.
         return net.classifier(net.dropout(summary)), torch.cat([fmap.mean(dim=(2, 3)), summary], dim=1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from ml.checkpoint import float_state_dict, load_model, read_payload, store_int8
@@ -116,21 +117,23 @@ def test_the_export_of_a_flip_averaged_model_matches_pytorch(tiny_model_file, sm
     assert report["passes"] and report["parity"]["max_abs_logit_diff"] < 1e-4
 
 
-def test_a_token_flip_model_averages_the_head_over_the_feature_map_and_its_mirror(tiny_model_file, tmp_path):
+@pytest.mark.parametrize("where, suffix, dims", [("tokens", "-tokenflip2", [3]), ("tokens-updown", "-tokenflipud2", [2])])
+def test_a_token_flip_model_averages_the_head_over_the_feature_map_and_its_mirror(tiny_model_file, tmp_path, where,
+                                                                                 suffix, dims):
     from ml.checkpoint import with_test_time_flips
     from ml.models import TokenFlipAveraged, unwrapped
 
-    copy = with_test_time_flips(tiny_model_file, tmp_path / "tokenflip2.pt", where="tokens")
+    copy = with_test_time_flips(tiny_model_file, tmp_path / "tokenflip2.pt", where=where)
     plain, _ = load_model(tiny_model_file)
     averaged, payload = load_model(copy)
-    assert isinstance(averaged, TokenFlipAveraged) and payload["model_version"].endswith("-tokenflip2")
+    assert isinstance(averaged, TokenFlipAveraged) and payload["model_version"].endswith(suffix)
     assert payload["token_flips"] is True and not payload.get("test_time_flips")
     assert unwrapped(averaged) is averaged.inner
     x = torch.rand(3, 3, 64, 64)
     with torch.inference_mode():
         fmap = plain.features(x)
         head = [plain.classifier(plain.sequence(plain.project(g.flatten(2).transpose(1, 2))))
-                for g in (fmap, torch.flip(fmap, dims=[3]))]
+                for g in (fmap, torch.flip(fmap, dims=dims))]
         assert torch.allclose(averaged(x), (head[0] + head[1]) / 2, atol=1e-5)
         logits, embedding = averaged.forward_with_embedding(x)
         assert embedding.shape == plain.forward_with_embedding(x)[1].shape
@@ -148,18 +151,21 @@ def test_the_tta_command_makes_a_token_flip_copy_and_refuses_a_second_flip(tiny_
         with_test_time_flips(tmp_path / "t.pt", tmp_path / "t2.pt", where="image")
 
 
-def test_the_card_says_the_head_averages_over_the_mirrored_token_grid(tiny_model_file, tmp_path):
+@pytest.mark.parametrize("where, axis", [("tokens", "left-right"), ("tokens-updown", "up-down")])
+def test_the_card_says_the_head_averages_over_the_mirrored_token_grid(tiny_model_file, tmp_path, where, axis):
     from ml.card import flip_averaging_lines
     from ml.checkpoint import with_test_time_flips
 
-    [line] = flip_averaging_lines(read_payload(with_test_time_flips(tiny_model_file, tmp_path / "t.pt", where="tokens")))
+    [line] = flip_averaging_lines(read_payload(with_test_time_flips(tiny_model_file, tmp_path / "t.pt", where=where)))
     assert "token grid" in line and "only the head runs twice" in line
+    assert f"{axis} mirror" in line and f"--where {where}`" in line
 
 
-def test_the_export_of_a_token_flip_model_matches_pytorch(tiny_model_file, smear_folder, tmp_path):
+@pytest.mark.parametrize("where", ["tokens", "tokens-updown"])
+def test_the_export_of_a_token_flip_model_matches_pytorch(tiny_model_file, smear_folder, tmp_path, where):
     from ml.checkpoint import with_test_time_flips
     from ml.onnx_export import export
 
-    copy = with_test_time_flips(tiny_model_file, tmp_path / "tokenflip2.pt", where="tokens")
+    copy = with_test_time_flips(tiny_model_file, tmp_path / "tokenflip2.pt", where=where)
     report = export(copy, data=smear_folder, report=tmp_path / "export.json")
     assert report["passes"] and report["parity"]["max_abs_logit_diff"] < 1e-4

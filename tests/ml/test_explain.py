@@ -140,7 +140,7 @@ def test_explain_eval_command_reports_every_method(tiny_model_file, smear_folder
     assert "greedy: blurring the hottest 20% costs the predicted class" in printed and "s per map" in printed
 
 
-@pytest.mark.parametrize("where", ["image", "tokens"])
+@pytest.mark.parametrize("where", ["image", "tokens", "tokens-updown"])
 def test_heat_maps_of_a_flip_averaged_model_have_the_input_shape(tiny_model_file, tmp_path, where):
     from ml.checkpoint import with_test_time_flips
 
