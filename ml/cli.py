@@ -116,7 +116,7 @@ def cmd_fit_domain(args) -> int:
             Path(args.report).parent.mkdir(parents=True, exist_ok=True)
             Path(args.report).write_text(json.dumps(report, indent=1))
         if args.card:
-            from .card import refresh_weights_line, replace_section
+            from .card_file import refresh_weights_line, replace_section
 
             replace_section(args.card, "## Domain check", markdown_section(report))
             refresh_weights_line(args.card, resolve_model_path(args.model))

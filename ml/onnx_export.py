@@ -244,7 +244,7 @@ def export(name: str | Path, data: str | Path | None = None, limit: int | None =
                          f"({json.dumps(p)}, batch sizes {result['batch_sizes']}); export files removed")
     card = card or (model_file.with_suffix(".md") if shipped else None)
     if card and Path(card).is_file():
-        from .card import replace_section
+        from .card_file import replace_section
 
         replace_section(card, "## ONNX Runtime", card_section(result, name))
     return result

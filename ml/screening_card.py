@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import data as mldata
 from . import models, profile
-from .card import write_card
+from .card_file import write_card
 from .predict import WEIGHTS_DIR, Predictor
 from .screening import MIN_SENSITIVITY, fmt, metrics_rows
 from .screening_ensemble import subject_table
