@@ -7,14 +7,15 @@ from django.utils.translation import gettext_lazy as _
 from .models import User
 
 
-def unconfirmed_signup(user) -> bool:
-    """Whether the account signed itself up (allauth keeps its address) and its address was never
-    confirmed: anyone can sign up as a colleague's address, and only the confirmation link shows who
-    reads that mailbox. Accounts an admin creates here have no such record: the admin vouches for them."""
-    from allauth.account.models import EmailAddress
-
-    addresses = EmailAddress.objects.filter(user=user)
-    return addresses.exists() and not addresses.filter(email__iexact=user.email, verified=True).exists()
+def address_confirmed(user) -> bool | None:
+    """Whether the account's address was confirmed through its e-mailed link; None for an account an admin
+    created here (allauth keeps no address record for it: the admin vouches for it). Anyone can sign up as a
+    colleague's address, and only the confirmation link shows who reads that mailbox. Reads
+    ``user.emailaddress_set``, so a prefetched list serves the whole user list."""
+    addresses = list(user.emailaddress_set.all())
+    if not addresses:
+        return None
+    return any(a.verified and a.email.lower() == user.email.lower() for a in addresses)
 
 
 class UserChangeForm(BaseUserChangeForm):
@@ -22,7 +23,7 @@ class UserChangeForm(BaseUserChangeForm):
         groups = self.cleaned_data.get("groups")
         if self.instance.pk and groups is not None:
             added = set(groups) - set(self.instance.groups.all())
-            if added and unconfirmed_signup(self.instance):
+            if added and address_confirmed(self.instance) is False:
                 raise ValidationError(
                     "This account signed itself up and %(email)s is not confirmed yet: a role is given only once "
                     "its owner has clicked the confirmation link we e-mailed (or, after checking the address with "
@@ -82,10 +83,7 @@ class UserAdmin(BaseUserAdmin):
 
     @admin.display(description="email confirmed")
     def email_confirmed(self, obj):
-        addresses = list(obj.emailaddress_set.all())
-        if not addresses:
-            return "created by an admin"
-        return "yes" if any(a.verified and a.email.lower() == obj.email.lower() for a in addresses) else "NO"
+        return {None: "created by an admin", True: "yes", False: "NO"}[address_confirmed(obj)]
 
     @admin.display(description="roles")
     def role_list(self, obj):

@@ -61,7 +61,7 @@ def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_imag
     WEIGHTS_DIR.mkdir(exist_ok=True)
     previous = None  # the model being replaced, loaded before it is overwritten: its latency is the yardstick
     if model_path.resolve() != target.resolve():
-        if target.is_file() and mldata.sha256_file(target) != mldata.sha256_file(model_path):
+        if target.is_file() and mldata.sha256_file(target) != report["model_sha256"]:
             try:
                 previous = Predictor(target)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:  # an older format: no yardstick
@@ -191,8 +191,10 @@ def flip_averaging_lines(payload: dict) -> list[str]:
                 "logits and embeddings are averaged (`ml.models.FlipAveraged`, made by `python -m ml tta`): "
                 f"{weights}; the MFLOPs above count both passes. {record}"]
     if payload.get("token_flips"):
-        axis = payload.get("token_flip_axis", "left-right")
-        where = "tokens" if axis == "left-right" else "tokens-updown"
+        from .checkpoint import FLIP_PLACES
+
+        axis = payload.get("token_flip_axis", "left-right")  # files made before up-down existed are left-right
+        where = next(w for w, (_, _, a) in FLIP_PLACES.items() if a == axis)
         return [f"- Test-time augmentation at the token grid: the backbone runs once, the sequence head reads its "
                 f"feature map and the feature map's {axis} mirror image, and the two logits are averaged "
                 f"(`ml.models.TokenFlipAveraged`, made by `python -m ml tta --where {where}`): "

@@ -77,9 +77,10 @@ def keep_hand_written(old: str, new: str, weights_sha256: str | None = None) -> 
             continue
         if heading in MACHINE_WRITTEN and not (weights_sha256 and any(weights_sha256 in line for line in body)):
             continue
-        after = next((h for h in headings[position + 1:] if h in {n for n, _ in new_sections}), None)
+        after = next((h for h in headings[position + 1:] if h in generated), None)
         at = next((i for i, (n, _) in enumerate(new_sections) if n == after), len(new_sections))
         new_sections.insert(at, (heading, body))
+        generated.add(heading)
         kept.append(f"the section '{heading[3:]}'")
     lines = [line for heading, body in new_sections for line in ([heading] if heading else []) + body]
     return "\n".join(lines).rstrip("\n") + "\n", kept

@@ -111,10 +111,11 @@ def update_payload(path: str | Path, **fields) -> None:
     _replace(path, payload)
 
 
-#: Where the mirror image is taken: the model file's flag, the wrapper ``load_model`` puts around the network,
-#: and the suffix of the copy's version; "tokens" mirrors the grid left-right, "tokens-updown" up-down.
-FLIP_PLACES = {"image": ("test_time_flips", "-flip2"), "tokens": ("token_flips", "-tokenflip2"),
-               "tokens-updown": ("token_flips", "-tokenflipud2")}
+#: Where the mirror image is taken (``python -m ml tta --where``): the model file's flag (which wrapper
+#: ``load_model`` puts around the network), the suffix of the copy's version, and for the token grid the axis
+#: it is mirrored along (``models.TOKEN_FLIP_AXES``).
+FLIP_PLACES = {"image": ("test_time_flips", "-flip2", None), "tokens": ("token_flips", "-tokenflip2", "left-right"),
+               "tokens-updown": ("token_flips", "-tokenflipud2", "up-down")}
 
 
 def with_test_time_flips(source: str | Path, out: str | Path, where: str = "image") -> Path:
@@ -123,19 +124,17 @@ def with_test_time_flips(source: str | Path, out: str | Path, where: str = "imag
     ``models.TokenFlipAveraged``, one backbone pass). The same weights, a new version, and no domain check or
     calibration record, which were fitted on the plain model's outputs: run ``calibrate`` and ``fit-domain`` on
     the copy before shipping it."""
-    flag, suffix = FLIP_PLACES[where]
+    flag, suffix, axis = FLIP_PLACES[where]
     payload = read_payload(source)
-    if any(payload.get(other) for other, _ in FLIP_PLACES.values()):
+    if any(payload.get(other) for other, _, _ in FLIP_PLACES.values()):
         raise ValueError(f"{source} already averages over flips")
-    axis = {"tokens": "left-right", "tokens-updown": "up-down"}.get(where)
     if axis:
         models.TokenFlipAveraged(load_model(source)[0], axis)  # refuses a model without a token grid before writing
+        payload["token_flip_axis"] = axis
     payload.pop("domain", None)
     payload.pop("calibration", None)
     payload.update({flag: True}, model_version=f"{payload['model_version']}{suffix}",
                    test_time_from={"model_version": payload["model_version"], "sha256": mldata.sha256_file(source)})
-    if axis == "up-down":
-        payload["token_flip_axis"] = axis
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     return _replace(out, payload)
 

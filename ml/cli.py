@@ -171,7 +171,7 @@ def cmd_tta(args) -> int:
     from .runtime.loader import resolve_model_path
 
     out = with_test_time_flips(resolve_model_path(args.model), args.out, where=args.where)
-    mirrored = {"image": "image", "tokens": "token grid", "tokens-updown": "token grid"}[args.where]
+    mirrored = "image" if args.where == "image" else "token grid"
     print(f"{out}: predicts the mean over each {mirrored} and its mirror image; calibrate and fit-domain it before "
           "shipping")
     return 0
@@ -404,10 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--model", default=None, help="shipped name (staging, screening) or model file")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    from .checkpoint import FLIP_PLACES
+
     tta = commands.add_parser("tta", help="copy a model file into one that averages each image and its mirror image")
     tta.add_argument("model", help="shipped name or model file")
     tta.add_argument("--out", required=True, help="the new model file")
-    tta.add_argument("--where", choices=["image", "tokens", "tokens-updown"], default="image",
+    tta.add_argument("--where", choices=sorted(FLIP_PLACES), default="image",
                      help="mirror the input image (two network passes) or the backbone's token grid left-right or "
                           "up-down (one pass)")
     export = commands.add_parser("export", help="--model NAME: write NAME.onnx (+ runtime files) beside the model file "
