@@ -124,6 +124,15 @@ def build_demo():
             screening_case)
 
 
+def full_page_shot(page, path):
+    """A full-page screenshot with every image in it: thumbnails load lazily, so those below the window would
+    be blank boxes unless they are loaded first."""
+    # (page.wait_for_function would evaluate a string, which the portal's CSP refuses.)
+    page.evaluate("() => Promise.all(Array.from(document.images, img => { img.loading = 'eager'; "
+                  "return img.decode().catch(() => null); }))")
+    page.screenshot(path=path, full_page=True)
+
+
 def wait_for(url, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -179,29 +188,29 @@ def main():
             page.fill("input[name=password]", PASSWORD)
             page.click("button[type=submit]")
             page.wait_for_url(base + "/cases/")
-            page.screenshot(path=str(out / "case_list.png"), full_page=True)
+            full_page_shot(page, str(out / "case_list.png"))
             page.goto(base + detail_url)
             page.wait_for_selector(".probs:not([hidden])")
-            page.screenshot(path=str(out / "case_detail.png"), full_page=True)
+            full_page_shot(page, str(out / "case_detail.png"))
             if screening_url:
                 page.goto(base + screening_url)
-                page.screenshot(path=str(out / "case_detail_screening.png"), full_page=True)
+                full_page_shot(page, str(out / "case_detail_screening.png"))
             page.goto(base + upload_url)
             demo = sorted((DATA / "Pro").glob("*.jpg"))[-1:] if (DATA / "Pro").is_dir() else []
             bad = tmp / "lab-report.pdf"
             bad.write_bytes(b"%PDF-1.4 not an image")
             page.check("input[name=kind][value=field]")
             page.set_input_files("input[type=file]", [str(f) for f in demo] + [str(bad)])
-            page.screenshot(path=str(out / "upload.png"), full_page=True)
+            full_page_shot(page, str(out / "upload.png"))
             page.click("input[type=submit], button[type=submit]")
             page.wait_for_url(base + pending_url)
-            page.screenshot(path=str(out / "case_detail_after_upload.png"), full_page=True)
+            full_page_shot(page, str(out / "case_detail_after_upload.png"))
             page.goto(base + patient_url)
-            page.screenshot(path=str(out / "patient_detail.png"), full_page=True)
+            full_page_shot(page, str(out / "patient_detail.png"))
             page.goto(base + gallery_url)
-            page.screenshot(path=str(out / "gallery.png"), full_page=True)
+            full_page_shot(page, str(out / "gallery.png"))
             page.goto(base + "/notifications/")
-            page.screenshot(path=str(out / "notifications.png"), full_page=True)
+            full_page_shot(page, str(out / "notifications.png"))
             browser.close()
     finally:
         server.terminate()

@@ -42,6 +42,10 @@ def smear_files(tmp_path):
 
 def shot(page, name):
     SHOTS.mkdir(parents=True, exist_ok=True)
+    # Thumbnails load lazily: load them all first, or those below the window are blank in a full-page shot.
+    # (page.wait_for_function would evaluate a string, which the portal's CSP refuses.)
+    page.evaluate("() => Promise.all(Array.from(document.images, img => { img.loading = 'eager'; "
+                  "return img.decode().catch(() => null); }))")
     page.screenshot(path=str(SHOTS / name), full_page=True)
 
 
