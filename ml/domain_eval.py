@@ -191,7 +191,7 @@ def markdown_section(report: dict, heading: str = "## Domain check") -> str:
         + (f"; clean validation images only: {fit['val_clean_flagged_rate']:.1%}" if fit.get("n_val_changed") else "")
         + "), and is stored in the model file.",
         "",
-        f"Measured by `python -m ml fit-domain --report` (the same table as `python -m ml evaluate`) on the "
+        "Measured by `python -m ml fit-domain --report` (the same table as `python -m ml evaluate`) on the "
         + (f"untouched `{report['split']}` split" if report["split"] == "test" else
            f"`{report['split']}` split, the check's own validation split (the model was trained on every subject, so "
            "no untouched images are left; its in-domain rate there is the fitted one, not an independent measurement)")

@@ -152,7 +152,7 @@ def ship_ensemble(estimate_dir: str | Path, shipped_dir: str | Path | None, late
         "## Data and protocol",
         "- C-NMC 2019 training fold 1 (Gupta & Gupta, TCIA, CC BY 3.0): 14 subjects, 3 of them normal; every cell of a "
         "subject stays on one side of every split.",
-        f"- **Estimate for new subjects**: members trained on the development subjects only (folds "
+        "- **Estimate for new subjects**: members trained on the development subjects only (folds "
         + "; ".join(f"{k}: {', '.join(v)}" for k, v in estimate["subjects"].items() if k != "test")
         + f"); test subjects {', '.join(estimate['subjects']['test'])} untouched until the ensemble and its cut were fixed.",
         ("- **Shipped**: the same ensemble (the estimate run's)." if same else
@@ -286,7 +286,6 @@ def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency
 
     estimate, shipped, target, predictor, latency = install(estimate_dir, shipped_dir, latency_image, name)
     test, same = estimate["test"], not shipped_dir or Path(shipped_dir) == Path(estimate_dir)
-    c = shipped["config"]
     probe = predictor.payload["probe"]
     rows = estimate["oof_per_subject"] + estimate.get("test_per_subject", [])
     n_test = len(estimate["subjects"]["test"])

@@ -26,7 +26,6 @@ Protocol (``run``), on the folds of a subject manifest (``screening_ensemble.mak
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

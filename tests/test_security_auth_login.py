@@ -84,7 +84,7 @@ def test_host_header_spellings_do_not_reset_the_failed_login_count(make_user):
 
 
 def test_the_failed_login_count_ignores_letter_case_and_spaces_in_the_email(make_user):
-    target = make_user("Admin", is_staff=True, email="admin@lab.example")
+    make_user("Admin", is_staff=True, email="admin@lab.example")
     for typed in ["admin@lab.example", "ADMIN@lab.example", " Admin@Lab.Example", "admin@LAB.EXAMPLE ",
                   "aDmIn@lab.example"]:
         login(Client(), typed, "wrong-password")

@@ -85,7 +85,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_ship(args) -> int:
-    from ..card import ship, ship_screening
+    from ..card import ship
+    from ..screening_cv_card import ship_screening
 
     kind = json.loads((Path(args.report) / "report.json").read_text()) if args.name == "screening" else {}
     if kind.get("kind") == "probe":

@@ -186,7 +186,7 @@ def test_cross_validation_only_compares_settings_without_reading_the_test_subjec
 
 
 def test_the_card_tabulates_settings_compared_by_cross_validation(tmp_path):
-    from ml.card import comparison_section
+    from ml.screening_cv_card import comparison_section
 
     oof = {"sensitivity": 0.95, "specificity": 0.5, "weighted_f1": 0.8, "roc_auc": 0.85}
     summary = {"arch": "efficientnet_b3_screen", "img_size": 128, "epochs": 8, "pretrained_weights": False,
