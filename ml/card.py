@@ -11,7 +11,8 @@ from . import data as mldata
 from . import models, profile
 from .card_file import with_section, write_card
 from .predict import WEIGHTS_DIR, Predictor
-from .train import TEMPERATURE_BOUNDS, TrainConfig, teacher_files
+from .distill import teacher_files
+from .train import TEMPERATURE_BOUNDS, TrainConfig
 
 REPORTS_DIR = Path(__file__).resolve().parent / "reports"
 

@@ -87,7 +87,7 @@ def test_several_teachers_give_the_mean_of_their_soft_labels(tiny_model_file, tm
     import shutil
 
     from ml.checkpoint import update_payload
-    from ml.train import one_teacher_soft_targets, teacher_soft_targets
+    from ml.distill import one_teacher_soft_targets, teacher_soft_targets
 
     other = tmp_path / "other_teacher.pt"
     shutil.copy(tiny_model_file, other)
