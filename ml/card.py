@@ -55,6 +55,29 @@ def met(value: float, rule: tuple[str, float]) -> str:
     return "met" if ok else "**not met**"
 
 
+def uncertainty_lines(report: dict) -> list[str]:
+    """How far the test numbers could move with other slides: intervals over the split's groups of neighbouring
+    files (from the report, or rebuilt from its errors and manifest for a report written before it had them)."""
+    from .uncertainty import against_target, evaluation_intervals, interval_text
+
+    intervals = report.get("intervals")
+    if intervals is None:
+        try:
+            intervals = evaluation_intervals(report, report["manifest"])
+        except (FileNotFoundError, ValueError):
+            return []
+    per_class = ", ".join(f"{k} {v}" for k, v in intervals["groups_per_stratum"].items())
+    return [f"Uncertainty: the {report['n']} test images come from {intervals['groups']} groups of neighbouring files "
+            f"(about one slide each; {per_class}), and errors cluster by slide. Resampling whole groups within their "
+            f"class ({intervals['resamples']} resamples, `ml.uncertainty`): accuracy "
+            f"{interval_text(intervals, 'accuracy')}, macro-F1 {interval_text(intervals, 'macro_f1')}. Target "
+            f"{TARGETS['accuracy'][1]}: for accuracy {against_target(intervals, 'accuracy', TARGETS['accuracy'][1])}, "
+            f"for macro-F1 {against_target(intervals, 'macro_f1', TARGETS['macro_f1'][1])}"
+            + (" (this test split can neither confirm nor rule it out)." if any(
+                against_target(intervals, k, TARGETS[k][1]) == "inside the interval" for k in ("accuracy", "macro_f1"))
+               else "."), ""]
+
+
 def ship(model_path: str | Path, report_dir: str | Path, name: str, latency_image: str | Path) -> Path:
     model_path, report_dir = Path(model_path), Path(report_dir)
     report = json.loads((report_dir / "report.json").read_text())
@@ -279,6 +302,7 @@ def model_card(predictor: Predictor, weights: Path, report: dict, latency: dict,
         f"| expected calibration error (15 bins) | {report['ece']:.4f} | <= 0.03, {met(report['ece'], TARGETS['ece'])} |",
         f"| ECE without temperature scaling | {report['uncalibrated_ece']:.4f} | |",
         "",
+        *uncertainty_lines(report),
         "| class | precision | recall | F1 | support |",
         "| --- | --- | --- | --- | --- |",
         *per_class,

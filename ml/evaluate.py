@@ -117,6 +117,7 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
         "errors": [{"path": s.path, "true": s.label, "predicted": classes[int(p.argmax())], "confidence": float(p.max())}
                    for s, p, y in zip(samples, probabilities, labels) if int(p.argmax()) != int(y)],
     })
+    report["intervals"] = split_intervals(samples, labels, probabilities.argmax(axis=1), classes)
     if domain:
         from .domain_eval import evaluate_domain
 
@@ -126,6 +127,29 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
     if out is not None:
         write_report(report, out)
     return report
+
+
+def split_intervals(samples, labels, predicted, classes) -> dict | None:
+    """Accuracy and macro-F1 intervals over the split's groups of neighbouring images (``ml.uncertainty``);
+    None for a manifest whose groups mix classes (they cannot be resampled within their class)."""
+    from .uncertainty import classification_intervals
+
+    try:
+        return classification_intervals(np.asarray(labels), np.asarray(predicted), [s.group for s in samples],
+                                        range(len(classes)))
+    except ValueError:
+        return None
+
+
+def intervals_line(report: dict) -> list[str]:
+    intervals = report.get("intervals")
+    if not intervals:
+        return []
+    from .uncertainty import interval_text
+
+    return [f"Over the split's {intervals['groups']} groups of neighbouring images, resampled whole within their "
+            f"class ({intervals['resamples']} resamples, `ml.uncertainty`): accuracy "
+            f"{interval_text(intervals, 'accuracy')}, macro-F1 {interval_text(intervals, 'macro_f1')}.", ""]
 
 
 def write_report(report: dict, out: str | Path) -> Path:
@@ -153,6 +177,7 @@ def markdown_summary(report: dict) -> str:
         f"| expected calibration error (15 bins, T={report['temperature']:.3f}) | {report['ece']:.4f} |",
         f"| ECE before temperature scaling | {report['uncalibrated_ece']:.4f} |",
         "",
+        *intervals_line(report),
         "| class | precision | recall | F1 | support |",
         "| --- | --- | --- | --- | --- |",
     ]

@@ -97,6 +97,39 @@ def target_sentence(test: dict, n_test: int) -> str:
             "and two or three normal training subjects: read every number as an estimate with wide uncertainty.")
 
 
+def uncertainty_lines(estimate: dict, shipped: dict, same: bool) -> list[str]:
+    """How far the per-subject numbers could move with other subjects like these (``ml.uncertainty``)."""
+    from .uncertainty import RESAMPLES, against_target, subject_intervals
+
+    runs = [("Test subjects", estimate.get("test_per_subject")), ("Out-of-fold, estimate run", estimate["oof_per_subject"])]
+    if not same:
+        runs.append(("Out-of-fold, shipped run", shipped["oof_per_subject"]))
+    parts, verdicts = [], set()
+    for what, rows in runs:
+        if not rows:
+            continue
+        intervals = subject_intervals(rows)
+        bits = []
+        for metric, truth in (("sensitivity", "blast"), ("specificity", "normal")):
+            n = intervals["groups_per_stratum"].get(truth, 0)
+            if not n:
+                continue
+            m = intervals["metrics"][metric]
+            if n == 1:
+                bits.append(f"{metric} {m['estimate']:.3f} (one {truth} subject: no interval over subjects)")
+                continue
+            bits.append(f"{metric} {m['estimate']:.3f} ({m['low']:.3f}-{m['high']:.3f} over {n} {truth} subjects)")
+            if metric == "specificity":
+                verdicts.add(against_target(intervals, metric, 0.5))
+        parts.append(f"{what}: " + ", ".join(bits))
+    verdict = ("" if not verdicts else " Against the specificity target 0.5, over subjects: "
+               + ", ".join(sorted(verdicts)) + (" (so few normal subjects can neither confirm nor rule it out)"
+                                                if "inside the interval" in verdicts else "") + ".")
+    return ["How far these could move with other subjects like these: 95% percentile intervals, whole subjects "
+            f"resampled with replacement, blast and normal apart ({RESAMPLES} resamples, `ml.uncertainty`). "
+            + ". ".join(parts) + "." + verdict, ""]
+
+
 def install(estimate_dir: str | Path, shipped_dir: str | Path | None, latency_image: str | Path, name: str):
     """Copy the shipped run's model (the estimate run's when ``shipped_dir`` is None) to ml/weights and both runs'
     reports to ml/reports/NAME; (estimate report, shipped report, weights path, predictor, latency)."""
@@ -342,6 +375,7 @@ def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency
         "",
         target_sentence(test, n_test),
         "",
+        *uncertainty_lines(estimate, shipped, same),
         "Per subject (estimate run: development subjects scored by the fold probe that did not see them, test "
         "subjects by the refitted probe):",
         "",

@@ -28,6 +28,7 @@ def test_ship_writes_the_card_keeps_hand_written_text_and_times_the_new_model_ag
     evaluate(str(first), smear_folder, out=tmp_path / "eval-first")
     card = ml.card.ship(first, tmp_path / "eval-first", "staging", image)
     assert "## Speed" in card.read_text() and "Against the model it replaced" not in card.read_text()
+    assert "Uncertainty: the " in card.read_text() and "95% interval" in card.read_text()
     card.write_text(card.read_text() + "\n## Why this architecture\n- Written by a person.\n")
 
     second = with_test_time_flips(first, tmp_path / "second.pt")

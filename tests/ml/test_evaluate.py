@@ -42,3 +42,8 @@ def test_evaluate_scores_the_manifest_test_split_and_writes_the_report(tiny_mode
     assert written["macro_f1"] == report["macro_f1"]
     assert (tmp_path / "eval" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "macro-F1" in (tmp_path / "eval" / "report.md").read_text()
+    # Intervals over the split's groups of neighbouring images, the estimate being the plain accuracy.
+    intervals = written["intervals"]
+    assert intervals["groups"] == len({line.split(",")[3] for line in manifest_test})
+    assert intervals["metrics"]["accuracy"]["estimate"] == pytest.approx(report["accuracy"])
+    assert "groups of neighbouring images" in (tmp_path / "eval" / "report.md").read_text()

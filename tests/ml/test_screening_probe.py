@@ -124,6 +124,7 @@ def test_the_card_gives_every_subject_the_grid_and_the_targets(probe_run, card_d
     for row in report["oof_per_subject"] + report["test_per_subject"]:
         assert f"| {row['subject']} | {row['truth']} | {row['source']} | {row['cells']} | {row['flagged']} |" in card
     assert "| C | target | cut |" in card and "specificity >= 0.50" in card
+    assert "whole subjects resampled with replacement" in card and "Out-of-fold, estimate run: sensitivity" in card
     assert (tmp_path / "weights" / "screening.pt").is_file()
     assert (tmp_path / "reports" / "screening" / "estimate-subjects.png").is_file()
 
