@@ -1,8 +1,8 @@
 """How far a number measured on a few slides or subjects may lie from the truth.
 
-A test split of 412 smear fields is not 412 independent draws: its fields come from 24 runs of neighbouring
-files (about one slide each), and 5 of the staging model's 7 test errors sit on one of them. An interval from
-the binomial count of images would be far too narrow. Here whole groups are resampled with replacement (a
+A test split of a few hundred smear fields is not that many independent draws: its fields come from a few dozen
+runs of neighbouring files (about one slide each), and a model's errors cluster on a slide (5 of the shipped
+staging model's 7 test errors sit on one). An interval from the binomial count of images would be far too narrow. Here whole groups are resampled with replacement (a
 cluster bootstrap), within each stratum (the class of a group of fields, the truth of a subject's cells) so
 every resample keeps every class, and the interval is the percentile interval of the metric over resamples.
 It says how much the number would move with other slides or subjects like these; with few groups (3 normal
