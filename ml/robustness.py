@@ -23,8 +23,8 @@ MILD_TARGET = 0.97  # issue 11: accuracy under each mild acquisition change
 SCREEN_TARGETS = {"sensitivity": 0.95, "specificity": 0.50}  # issue 12: a screen on new subjects
 
 
-def load_split(predictor, data: str | Path, manifest: str | Path | None, split: str, limit: int | None = None):
-    """(decoded RGB images, label indices, manifest path) of one split of the model's manifest (or ``manifest``)."""
+def split_samples(predictor, data: str | Path, manifest: str | Path | None, split: str, limit: int | None = None):
+    """(samples, manifest path) of one split of the model's manifest (or ``manifest``), checked against ``data``."""
     manifest = manifest or predictor.payload.get("training", {}).get("config", {}).get("manifest")
     if not manifest or not Path(manifest).is_file():
         raise FileNotFoundError(f"split manifest not found: {manifest!r}; pass --manifest")
@@ -37,10 +37,16 @@ def load_split(predictor, data: str | Path, manifest: str | Path | None, split: 
         raise ValueError(f"the manifest has no {split!r} images")
     if limit:
         samples = samples[::max(1, len(samples) // limit)][:limit]  # every k-th: all classes stay present
+    return samples, Path(manifest)
+
+
+def load_split(predictor, data: str | Path, manifest: str | Path | None, split: str, limit: int | None = None):
+    """(decoded RGB images, label indices, manifest path) of one split of the model's manifest (or ``manifest``)."""
+    samples, manifest = split_samples(predictor, data, manifest, split, limit)
     folder_classes = list(predictor.payload.get("folder_classes", predictor.classes))
     labels = np.array([folder_classes.index(s.label) for s in samples])
     images = [mldata.load_image(Path(data) / s.path) for s in samples]
-    return images, labels, Path(manifest)
+    return images, labels, manifest
 
 
 def perturbed_logits(predictor, images, perturbations, batch_size: int = 64,
@@ -81,6 +87,51 @@ def screen_summary(predictor, probabilities: np.ndarray, labels: np.ndarray) -> 
             "ece": expected_calibration_error(probabilities, labels)}
 
 
+def accuracy_interval(predicted: np.ndarray, labels: np.ndarray, groups, classes) -> dict | None:
+    """95% interval of the accuracy over the split's groups of neighbouring images, resampled whole within their
+    class (``ml.uncertainty``), and the number of groups per class; None where groups mix classes."""
+    from .uncertainty import group_bootstrap
+
+    try:
+        m = group_bootstrap(labels, predicted, groups, labels, {"accuracy": lambda t, p: float(np.mean(t == p))})
+    except ValueError:
+        return None
+    return {"accuracy": [m["metrics"]["accuracy"]["low"], m["metrics"]["accuracy"]["high"]],
+            "groups": {classes[int(k)]: n for k, n in m["groups_per_stratum"].items()}}
+
+
+def screen_interval(predictor, probabilities: np.ndarray, labels: np.ndarray, groups) -> dict | None:
+    """95% intervals of a screen's sensitivity and specificity over subjects, resampled within their truth;
+    a class with one subject has none (None)."""
+    from .uncertainty import group_bootstrap
+
+    positive = predictor.classes.index(predictor.positive_class)
+    truth = np.where(labels == positive, "blast", "normal")
+    flags = probabilities[:, positive] >= predictor.threshold
+    metrics = {name: fn for name, cls, fn in (
+        ("sensitivity", "blast", lambda t, p: float(p[t == "blast"].mean())),
+        ("specificity", "normal", lambda t, p: float((~p[t == "normal"]).mean()))) if (truth == cls).any()}
+    try:
+        m = group_bootstrap(truth, flags, groups, truth, metrics)
+    except ValueError:
+        return None
+    one = {"sensitivity": "blast", "specificity": "normal"}
+    return {**{name: (None if m["groups_per_stratum"].get(one[name], 0) < 2 else
+                      [m["metrics"][name]["low"], m["metrics"][name]["high"]]) for name in metrics},
+            "groups": m["groups_per_stratum"]}
+
+
+def _interval_heading(report: dict) -> str:
+    """' (95% interval)' for a report whose rows carry intervals (reports made before they existed have none)."""
+    return " (95% interval)" if report["clean"].get("interval") else ""
+
+
+def _with_interval(row: dict, metric: str) -> str:
+    """'0.9660 (0.932-0.990)' where the row has an interval for the metric."""
+    bounds = (row.get("interval") or {}).get(metric)
+    return f"{row[metric]:.4f}" + (f" ({bounds[0]:.3f}-{bounds[1]:.3f})" if bounds else "")
+
+
 def meets_target(metrics: dict, screen: bool) -> bool:
     if screen:  # NaN (a split without one of the classes) never meets a target
         return all(metrics[k] >= target for k, target in SCREEN_TARGETS.items())
@@ -96,6 +147,7 @@ def run(model, data: str | Path, manifest: str | Path | None = None, split: str 
     predictor = Predictor(resolve_model_path(model))
     chosen = perturb.select(which)
     images, labels, manifest = load_split(predictor, data, manifest, split, limit)
+    groups = [s.group for s in split_samples(predictor, data, manifest, split, limit)[0]]
     flagged: dict[str, float] = {}
     logits = perturbed_logits(predictor, images, chosen, batch_size, flagged=flagged)
     screen = is_screen(predictor)
@@ -103,8 +155,10 @@ def run(model, data: str | Path, manifest: str | Path | None = None, split: str 
     def score(name: str) -> dict:
         probabilities = predictor.probabilities(logits[name])
         if screen:
-            return screen_summary(predictor, probabilities, labels)
-        return summary(probabilities, labels, predictor.classes)
+            return {**screen_summary(predictor, probabilities, labels),
+                    "interval": screen_interval(predictor, probabilities, labels, groups)}
+        return {**summary(probabilities, labels, predictor.classes),
+                "interval": accuracy_interval(probabilities.argmax(axis=1), labels, groups, predictor.classes)}
 
     clean = {**score("clean"), "flagged": flagged["clean"]}
     rows = []
@@ -140,13 +194,14 @@ def table(report: dict) -> list[str]:
         return screen_table(report)
     c = report["clean"]
 
-    lines = ["| family | change | level | mild | accuracy | change | macro-F1 | ECE | >= target | flagged out of domain |",
+    lines = [f"| family | change | level | mild | accuracy{_interval_heading(report)} | change | macro-F1 | ECE | "
+             ">= target | flagged out of domain |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-             f"| none | clean | untouched {report['split']} split | | {c['accuracy']:.4f} | | {c['macro_f1']:.4f} | "
+             f"| none | clean | untouched {report['split']} split | | {_with_interval(c, 'accuracy')} | | {c['macro_f1']:.4f} | "
              f"{c['ece']:.4f} | {'yes' if c['accuracy'] >= report['target'] else '**no**'} | {_share(c, report)} |"]
     for r in report["perturbations"]:
         lines.append(f"| {r['family']} | {r['name']} | {r['level']} | {'mild' if r['mild'] else 'strong'} | "
-                     f"{r['accuracy']:.4f} | {r['accuracy_change']:+.4f} | {r['macro_f1']:.4f} | {r['ece']:.4f} | "
+                     f"{_with_interval(r, 'accuracy')} | {r['accuracy_change']:+.4f} | {r['macro_f1']:.4f} | {r['ece']:.4f} | "
                      f"{_verdict(r)} | {_share(r, report)} |")
     return lines
 
@@ -154,15 +209,18 @@ def table(report: dict) -> list[str]:
 def screen_table(report: dict) -> list[str]:
     """A screen's table: sensitivity and specificity at the stored cut, with their change from clean."""
     c = report["clean"]
-    lines = ["| family | change | level | mild | sensitivity | change | specificity | change | weighted F1 | ROC AUC "
-             "| meets targets | flagged out of domain |",
+    lines = [f"| family | change | level | mild | sensitivity{_interval_heading(report)} | change | "
+             f"specificity{_interval_heading(report)} | change | weighted F1 | ROC AUC | meets targets | "
+             "flagged out of domain |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-             f"| none | clean | untouched {report['split']} split | | {c['sensitivity']:.4f} | | {c['specificity']:.4f} "
+             f"| none | clean | untouched {report['split']} split | | {_with_interval(c, 'sensitivity')} | | "
+             f"{_with_interval(c, 'specificity')} "
              f"| | {c['weighted_f1']:.4f} | {c['roc_auc']:.4f} | {'yes' if meets_target(c, True) else '**no**'} "
              f"| {_share(c, report)} |"]
     for r in report["perturbations"]:
         lines.append(f"| {r['family']} | {r['name']} | {r['level']} | {'mild' if r['mild'] else 'strong'} | "
-                     f"{r['sensitivity']:.4f} | {r['sensitivity'] - c['sensitivity']:+.4f} | {r['specificity']:.4f} | "
+                     f"{_with_interval(r, 'sensitivity')} | {r['sensitivity'] - c['sensitivity']:+.4f} | "
+                     f"{_with_interval(r, 'specificity')} | "
                      f"{r['specificity'] - c['specificity']:+.4f} | {r['weighted_f1']:.4f} | {r['roc_auc']:.4f} | "
                      f"{_verdict(r)} | {_share(r, report)} |")
     return lines
@@ -183,6 +241,22 @@ def target_text(report: dict) -> str:
         return " and ".join(f"{k} >= {v}" for k, v in report["screen_targets"].items()) + \
             f" at the stored cut {report['threshold']:.4f}"
     return f"accuracy >= {report['target']}"
+
+
+def interval_note(report: dict) -> list[str]:
+    """What the intervals in the table are, and which numbers have none."""
+    groups = (report["clean"].get("interval") or {}).get("groups")
+    if not groups:
+        return []
+    counts = ", ".join(f"{k} {v}" for k, v in groups.items())
+    if report.get("kind") == "screening":
+        single = [k for k, v in groups.items() if v < 2]
+        return [f"Intervals: 95%, the split's subjects ({counts}) resampled whole with replacement within their truth "
+                "(`ml.uncertainty`)" + (f"; with one {' and one '.join(single)} subject that number has no interval "
+                                        "over subjects" if single else "") + ".", ""]
+    return [f"Intervals: 95%, the split's groups of neighbouring images (about one slide each; {counts}) resampled "
+            "whole with replacement within their class (`ml.uncertainty`). A change whose interval holds the target "
+            "is not distinguishable from meeting it on this split.", ""]
 
 
 def card_section(report: dict, plot: str | None = "robustness.png", heading: str = "##") -> str:
@@ -213,6 +287,7 @@ def card_section(report: dict, plot: str | None = "robustness.png", heading: str
         "",
         *table(report),
         "",
+        *interval_note(report),
     ]
     if not report.get("domain_check", True):
         lines += ["The model file scored here has no fitted domain check, so the last column says nothing about "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ml import robustness
@@ -19,6 +20,9 @@ def test_robustness_run_writes_every_family_into_json_table_and_plot(tiny_model_
         assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["ece"] <= 1.0
         assert row["meets_target"] == (row["accuracy"] >= robustness.MILD_TARGET)
         assert 0.0 <= row["flagged"] <= 1.0  # the share of the changed images the domain check refuses
+        if row["interval"]:  # over the split's groups of neighbouring images, around the row's own accuracy
+            low, high = row["interval"]["accuracy"]
+            assert low <= row["accuracy"] <= high
     assert report["mild_below_target"] == [r["name"] for r in report["perturbations"]
                                            if r["mild"] and r["accuracy"] < 0.97]
     saved = json.loads((tmp_path / "robustness.json").read_text())
@@ -112,7 +116,13 @@ def test_a_screen_is_scored_by_sensitivity_and_specificity_at_its_stored_cut(scr
     assert row["specificity"] == pytest.approx(expected["specificity"])
     assert row["meets_target"] == (expected["sensitivity"] >= 0.95 and expected["specificity"] >= 0.5)
     table = (tmp_path / "robustness.md").read_text()
-    assert "| sensitivity | change | specificity | change |" in table and "| stain | bluer |" in table
+    assert "| sensitivity (95% interval) | change | specificity (95% interval) | change |" in table
+    assert "| stain | bluer |" in table and "resampled whole with replacement within their truth" in table
+    groups = report["clean"]["interval"]["groups"]
+    for metric, truth in (("sensitivity", "blast"), ("specificity", "normal")):
+        bounds = row["interval"][metric]
+        assert (bounds is None) == (groups[truth] < 2)  # one subject of a class: no interval over subjects
+        assert bounds is None or bounds[0] <= row[metric] <= bounds[1]
     assert "sensitivity >= 0.95 and specificity >= 0.5 at the stored cut" in table
     assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -145,3 +155,18 @@ def test_the_flagged_column_is_only_filled_for_a_model_with_a_fitted_domain_chec
     section = robustness.card_section(report)
     assert report["domain_check"] and "no check fitted" not in section and "has no fitted domain check" not in section
     assert f"| {report['clean']['flagged']:.1%} |" in section
+
+
+def test_the_accuracy_interval_spans_slide_groups_and_is_said_in_the_card():
+    labels = np.array([0] * 40 + [1] * 40)
+    groups = [f"a{i // 10}" for i in range(40)] + [f"b{i // 10}" for i in range(40)]
+    predicted = labels.copy()
+    predicted[:10] = 1  # every error on one slide of class 0
+    interval = robustness.accuracy_interval(predicted, labels, groups, ["Benign", "Pre"])
+    assert interval["groups"] == {"Benign": 4, "Pre": 4}
+    low, high = interval["accuracy"]
+    assert low < 0.875 < high and high - low > 0.1
+    row = {"accuracy": 0.875, "interval": interval}
+    assert robustness._with_interval(row, "accuracy") == f"0.8750 ({low:.3f}-{high:.3f})"
+    note = robustness.interval_note({"kind": "classification", "clean": row})
+    assert "about one slide each; Benign 4, Pre 4" in note[0]
