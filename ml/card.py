@@ -56,16 +56,13 @@ def met(value: float, rule: tuple[str, float]) -> str:
 
 
 def uncertainty_lines(report: dict) -> list[str]:
-    """How far the test numbers could move with other slides: intervals over the split's groups of neighbouring
-    files (from the report, or rebuilt from its errors and manifest for a report written before it had them)."""
-    from .uncertainty import against_target, evaluation_intervals, interval_text
+    """How far the test numbers could move with other slides: the evaluation's intervals over the split's groups
+    of neighbouring files ([] for a report without them)."""
+    from .uncertainty import against_target, interval_text
 
     intervals = report.get("intervals")
-    if intervals is None:
-        try:
-            intervals = evaluation_intervals(report, report["manifest"])
-        except (FileNotFoundError, ValueError):
-            return []
+    if not intervals:
+        return []
     per_class = ", ".join(f"{k} {v}" for k, v in intervals["groups_per_stratum"].items())
     return [f"Uncertainty: the {report['n']} test images come from {intervals['groups']} groups of neighbouring files "
             f"(about one slide each; {per_class}), and errors cluster by slide. Resampling whole groups within their "

@@ -106,3 +106,13 @@ def refresh_weights_line(card: str | Path, weights: str | Path) -> None:
     text = re.sub(r"sha256 `[0-9a-f]{64}`", f"sha256 `{mldata.sha256_file(weights)}`", text, count=1)
     text = re.sub(r"\(\d+\.\d+ MB\)", f"({weights.stat().st_size / 1e6:.2f} MB)", text, count=1)
     card.write_text(text)
+
+
+def copy_weights(source: str | Path, target: Path, sha256: str) -> Path:
+    """Copy the weights a report was made with to ``target``; refuse when the copy is not the reported file."""
+    import shutil
+
+    shutil.copyfile(source, target)
+    if mldata.sha256_file(target) != sha256:
+        raise ValueError("the report was made with other weights than the ones being shipped")
+    return target

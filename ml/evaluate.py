@@ -135,8 +135,7 @@ def split_intervals(samples, labels, predicted, classes) -> dict | None:
     from .uncertainty import classification_intervals
 
     try:
-        return classification_intervals(np.asarray(labels), np.asarray(predicted), [s.group for s in samples],
-                                        range(len(classes)))
+        return classification_intervals(labels, predicted, [s.group for s in samples], classes)
     except ValueError:
         return None
 

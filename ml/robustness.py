@@ -40,13 +40,17 @@ def split_samples(predictor, data: str | Path, manifest: str | Path | None, spli
     return samples, Path(manifest)
 
 
+def load_samples(predictor, data: str | Path, samples) -> tuple[list, np.ndarray]:
+    """(decoded RGB images, label indices) of manifest samples."""
+    folder_classes = list(predictor.payload.get("folder_classes", predictor.classes))
+    labels = np.array([folder_classes.index(s.label) for s in samples])
+    return [mldata.load_image(Path(data) / s.path) for s in samples], labels
+
+
 def load_split(predictor, data: str | Path, manifest: str | Path | None, split: str, limit: int | None = None):
     """(decoded RGB images, label indices, manifest path) of one split of the model's manifest (or ``manifest``)."""
     samples, manifest = split_samples(predictor, data, manifest, split, limit)
-    folder_classes = list(predictor.payload.get("folder_classes", predictor.classes))
-    labels = np.array([folder_classes.index(s.label) for s in samples])
-    images = [mldata.load_image(Path(data) / s.path) for s in samples]
-    return images, labels, manifest
+    return (*load_samples(predictor, data, samples), manifest)
 
 
 def perturbed_logits(predictor, images, perturbations, batch_size: int = 64,
@@ -90,34 +94,29 @@ def screen_summary(predictor, probabilities: np.ndarray, labels: np.ndarray) -> 
 def accuracy_interval(predicted: np.ndarray, labels: np.ndarray, groups, classes) -> dict | None:
     """95% interval of the accuracy over the split's groups of neighbouring images, resampled whole within their
     class (``ml.uncertainty``), and the number of groups per class; None where groups mix classes."""
-    from .uncertainty import group_bootstrap
+    from .uncertainty import classification_intervals
 
     try:
-        m = group_bootstrap(labels, predicted, groups, labels, {"accuracy": lambda t, p: float(np.mean(t == p))})
+        m = classification_intervals(labels, predicted, groups, classes, with_macro_f1=False)
     except ValueError:
         return None
     return {"accuracy": [m["metrics"]["accuracy"]["low"], m["metrics"]["accuracy"]["high"]],
-            "groups": {classes[int(k)]: n for k, n in m["groups_per_stratum"].items()}}
+            "groups": m["groups_per_stratum"]}
 
 
 def screen_interval(predictor, probabilities: np.ndarray, labels: np.ndarray, groups) -> dict | None:
-    """95% intervals of a screen's sensitivity and specificity over subjects, resampled within their truth;
-    a class with one subject has none (None)."""
-    from .uncertainty import group_bootstrap
+    """95% intervals of a screen's sensitivity and specificity at its cut over subjects, resampled within their
+    truth; a class with one subject has none (None)."""
+    from .uncertainty import screen_intervals
 
     positive = predictor.classes.index(predictor.positive_class)
-    truth = np.where(labels == positive, "blast", "normal")
-    flags = probabilities[:, positive] >= predictor.threshold
-    metrics = {name: fn for name, cls, fn in (
-        ("sensitivity", "blast", lambda t, p: float(p[t == "blast"].mean())),
-        ("specificity", "normal", lambda t, p: float((~p[t == "normal"]).mean()))) if (truth == cls).any()}
     try:
-        m = group_bootstrap(truth, flags, groups, truth, metrics)
+        m = screen_intervals(labels == positive, probabilities[:, positive] >= predictor.threshold, groups)
     except ValueError:
         return None
-    one = {"sensitivity": "blast", "specificity": "normal"}
-    return {**{name: (None if m["groups_per_stratum"].get(one[name], 0) < 2 else
-                      [m["metrics"][name]["low"], m["metrics"][name]["high"]]) for name in metrics},
+    truth_of = {"sensitivity": "blast", "specificity": "normal"}
+    return {**{name: None if m["groups_per_stratum"].get(truth_of[name], 0) < 2 else [v["low"], v["high"]]
+               for name, v in m["metrics"].items()},
             "groups": m["groups_per_stratum"]}
 
 
@@ -146,8 +145,9 @@ def run(model, data: str | Path, manifest: str | Path | None = None, split: str 
     tick = time.perf_counter()
     predictor = Predictor(resolve_model_path(model))
     chosen = perturb.select(which)
-    images, labels, manifest = load_split(predictor, data, manifest, split, limit)
-    groups = [s.group for s in split_samples(predictor, data, manifest, split, limit)[0]]
+    samples, manifest = split_samples(predictor, data, manifest, split, limit)
+    images, labels = load_samples(predictor, data, samples)
+    groups = [s.group for s in samples]
     flagged: dict[str, float] = {}
     logits = perturbed_logits(predictor, images, chosen, batch_size, flagged=flagged)
     screen = is_screen(predictor)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import data as mldata
 from . import models, profile
-from .card_file import write_card
+from .card_file import copy_weights, write_card
 from .predict import WEIGHTS_DIR, Predictor
 from .screening import MIN_SENSITIVITY, fmt, metrics_rows
 from .screening_ensemble import subject_table
@@ -139,10 +139,7 @@ def install(estimate_dir: str | Path, shipped_dir: str | Path | None, latency_im
     shipped = json.loads((shipped_dir / "report.json").read_text())
     if estimate["config"] != shipped["config"] or estimate.get("balance") != shipped.get("balance"):
         raise ValueError("the estimate and the shipped run must use one recipe")
-    target = WEIGHTS_DIR / f"{name}.pt"
-    shutil.copyfile(shipped["model_file"], target)
-    if mldata.sha256_file(target) != shipped["model_sha256"]:
-        raise ValueError("the report was made with other weights than the ones being shipped")
+    target = copy_weights(shipped["model_file"], WEIGHTS_DIR / f"{name}.pt", shipped["model_sha256"])
     reports = REPORTS_DIR / name
     reports.mkdir(parents=True, exist_ok=True)
     for source, prefix in ((estimate_dir, "estimate-"), (shipped_dir, "")):

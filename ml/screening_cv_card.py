@@ -10,7 +10,7 @@ from pathlib import Path
 from . import data as mldata
 from . import models, profile
 from .card import REPORTS_DIR
-from .card_file import write_card
+from .card_file import copy_weights, write_card
 from .predict import WEIGHTS_DIR, Predictor
 
 
@@ -81,10 +81,7 @@ def ship_screening(report_dir: str | Path, latency_image: str | Path, name: str 
     """Ship the final screening model of ``python -m ml screening`` with its card."""
     report_dir = Path(report_dir)
     report = json.loads((report_dir / "report.json").read_text())
-    target = WEIGHTS_DIR / f"{name}.pt"
-    shutil.copyfile(report["model_file"], target)
-    if mldata.sha256_file(target) != report["model_sha256"]:
-        raise ValueError("the report was made with other weights than the ones being shipped")
+    target = copy_weights(report["model_file"], WEIGHTS_DIR / f"{name}.pt", report["model_sha256"])
     reports = REPORTS_DIR / name
     reports.mkdir(parents=True, exist_ok=True)
     for file in ("report.json", "report.md", "roc.png"):

@@ -64,46 +64,40 @@ def macro_f1(true_labels: np.ndarray, predicted: np.ndarray, classes) -> float:
     return float(np.mean(scores))
 
 
-def classification_intervals(true_labels, predicted_labels, groups, classes) -> dict:
-    """Accuracy and macro-F1 of a multi-class split, groups resampled within their class."""
-    true_labels, classes = np.asarray(true_labels), list(classes)
-    return group_bootstrap(true_labels, predicted_labels, groups, true_labels, {
-        "accuracy": lambda t, p: float(np.mean(t == p)),
-        "macro_f1": lambda t, p: macro_f1(t, p, classes),
-    })
+def classification_intervals(true_index, predicted_index, groups, classes, with_macro_f1: bool = True) -> dict:
+    """Accuracy (and macro-F1) of a multi-class split, groups resampled within their class. Labels are indices
+    into ``classes``; the strata are named by class."""
+    true_index, names = np.asarray(true_index), list(classes)
+    metrics = {"accuracy": lambda t, p: float(np.mean(t == p))}
+    if with_macro_f1:
+        metrics["macro_f1"] = lambda t, p: macro_f1(t, p, range(len(names)))
+    result = group_bootstrap(true_index, predicted_index, groups, true_index, metrics)
+    result["groups_per_stratum"] = {names[int(k)]: n for k, n in result["groups_per_stratum"].items()}
+    return result
 
 
-def evaluation_intervals(report: dict, manifest) -> dict:
-    """The intervals of an evaluation report (``ml.evaluate``), rebuilt from its errors and the manifest's groups:
-    every image of the split not among the errors was predicted as its own class."""
-    from . import data as mldata
-
-    samples = [s for s in mldata.read_manifest(manifest) if s.split == report["split"]]
-    wrong = {e["path"]: e["predicted"] for e in report["errors"]}
-    predicted = [wrong.get(s.path, s.label) for s in samples]
-    if len(samples) != report["n"] or abs(np.mean([s.label == p for s, p in zip(samples, predicted)])
-                                          - report["accuracy"]) > 1e-9:
-        raise ValueError("the manifest's split does not match the report's images")
-    return classification_intervals([s.label for s in samples], predicted, [s.group for s in samples],
-                                    report["classes"])
-
-
-def subject_intervals(per_subject_rows: list[dict]) -> dict:
-    """Sensitivity and specificity of a screen, subjects resampled within their truth, from per-subject rows
-    (``subject``, ``truth`` 'blast' or 'normal', ``cells``, ``flagged``: as ``screening_ensemble.subject_rows``)."""
-    truth, flagged, subjects = [], [], []
-    for row in per_subject_rows:
-        n, k = int(row["cells"]), int(row["flagged"])
-        truth += [row["truth"]] * n
-        flagged += [True] * k + [False] * (n - k)
-        subjects += [row["subject"]] * n
-    truth = np.array(truth)
+def screen_intervals(is_blast, flagged, groups) -> dict:
+    """Sensitivity and specificity of a screen's flags, subjects (``groups``) resampled within their truth
+    (strata 'blast' and 'normal'); a metric whose class is absent is left out."""
+    truth = np.where(np.asarray(is_blast, dtype=bool), "blast", "normal")
     metrics = {}
     if (truth == "blast").any():
         metrics["sensitivity"] = lambda t, p: float(p[t == "blast"].mean())
     if (truth == "normal").any():
         metrics["specificity"] = lambda t, p: float((~p[t == "normal"]).mean())
-    return group_bootstrap(truth, np.array(flagged), subjects, truth, metrics)
+    return group_bootstrap(truth, np.asarray(flagged, dtype=bool), groups, truth, metrics)
+
+
+def subject_intervals(per_subject_rows: list[dict]) -> dict:
+    """``screen_intervals`` from per-subject rows (``subject``, ``truth`` 'blast' or 'normal', ``cells``,
+    ``flagged``: as ``screening_ensemble.subject_rows``)."""
+    is_blast, flagged, subjects = [], [], []
+    for row in per_subject_rows:
+        n, k = int(row["cells"]), int(row["flagged"])
+        is_blast += [row["truth"] == "blast"] * n
+        flagged += [True] * k + [False] * (n - k)
+        subjects += [row["subject"]] * n
+    return screen_intervals(is_blast, flagged, subjects)
 
 
 def interval_text(intervals: dict, name: str) -> str:

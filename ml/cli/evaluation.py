@@ -103,14 +103,19 @@ def cmd_explain_eval(args) -> int:
     return 0
 
 
+def add_split_arguments(parser, default_out: str) -> None:
+    """--data, --model, --manifest, --split and --out: a model scored on one split of its manifest."""
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", required=True, help="model file or shipped name")
+    parser.add_argument("--manifest", help="defaults to the manifest the model was trained with")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--out", help=f"report folder (default {default_out}/NAME-SPLIT)")
+
+
 def add_commands(commands) -> None:
     """Register this stage's commands on the ``python -m ml`` subparsers."""
     evaluate = commands.add_parser("evaluate", help="score a model on a manifest split")
-    evaluate.add_argument("--data", required=True)
-    evaluate.add_argument("--model", required=True, help="model file or shipped name")
-    evaluate.add_argument("--manifest", help="defaults to the manifest the model was trained with")
-    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
-    evaluate.add_argument("--out", help="report folder (default runs/eval/NAME-SPLIT)")
+    add_split_arguments(evaluate, "runs/eval")
     evaluate.add_argument("--other-data", help="the other model's data set (C-NMC for staging, Taleqani for "
                           "screening): its untouched split is one of the out-of-domain sets")
     evaluate.add_argument("--no-domain", action="store_true", help="skip the domain check's out-of-domain sets")
@@ -128,11 +133,7 @@ def add_commands(commands) -> None:
     fit_domain.set_defaults(handler=cmd_fit_domain)
 
     rob = commands.add_parser("robustness", help="accuracy per acquisition change (stain, light, focus, framing...)")
-    rob.add_argument("--data", required=True)
-    rob.add_argument("--model", required=True, help="model file or shipped name")
-    rob.add_argument("--manifest", help="defaults to the manifest the model was trained with")
-    rob.add_argument("--split", default="test", choices=["train", "val", "test"])
-    rob.add_argument("--out", help="report folder (default runs/robustness/NAME-SPLIT)")
+    add_split_arguments(rob, "runs/robustness")
     rob.add_argument("--perturbations", default="all", help="all, mild, or comma-separated families/names")
     rob.add_argument("--limit", type=int, help="score only N images of the split (smoke runs)")
     rob.set_defaults(handler=cmd_robustness)
@@ -148,12 +149,8 @@ def add_commands(commands) -> None:
     cal.set_defaults(handler=cmd_calibrate)
 
     exe = commands.add_parser("explain-eval", help="deletion test of the heat map methods on a split")
-    exe.add_argument("--data", required=True)
-    exe.add_argument("--model", required=True, help="model file or shipped name")
-    exe.add_argument("--manifest", help="defaults to the manifest the model was trained with")
-    exe.add_argument("--split", default="test", choices=["train", "val", "test"])
+    add_split_arguments(exe, "runs/explain")
     exe.add_argument("--methods", nargs="+", default=["greedy", "occlusion", "gradcam"],
                      choices=["greedy", "occlusion", "gradcam"])
     exe.add_argument("--limit", type=int, help="use only N images of the split")
-    exe.add_argument("--out", help="report folder (default runs/explain/NAME-SPLIT)")
     exe.set_defaults(handler=cmd_explain_eval)
