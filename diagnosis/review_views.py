@@ -13,7 +13,7 @@ from django.views.generic import DetailView, TemplateView
 
 from accounts.mixins import RolePermissionRequiredMixin
 
-from . import reports, services
+from . import reports, selectors, services
 from . import notifications
 from .models import Case, Notification, RejectedUpload, Smear
 
@@ -245,7 +245,7 @@ class DashboardView(RolePermissionRequiredMixin, TemplateView):
             ]
             stats["labels_display"] = [services.label_display(label) for label in stats["labels"]]
             by_kind.append({"kind": kind, "kind_display": kind_display, "stats": stats})
-        return super().get_context_data(by_kind=by_kind, **kwargs)
+        return super().get_context_data(by_kind=by_kind, screen_check=selectors.screen_check(), **kwargs)
 
 
 class UploadQueueView(RolePermissionRequiredMixin, TemplateView):

@@ -5,7 +5,8 @@ call services (nor tasks or views) and write nothing.
 Sections: queue (review_queue, next_case_in_queue, confirmable_smears), status
 (smears_status_payload, case_status_payload), labels (labels_for_smear,
 labels_for_case, label_display, screening_summary_text), cases
-(search_filter), learning (reviewed_smears, agreement_stats, agreement_by_kind).
+(search_filter), learning (reviewed_smears, agreement_stats, agreement_by_kind,
+screen_check).
 """
 from dataclasses import dataclass
 
@@ -244,3 +245,57 @@ def agreement_by_kind(smears=None):
     """agreement_stats() per model kind: [(kind, kind display, stats)]."""
     smears = list(reviewed_smears() if smears is None else smears)
     return [(kind.value, kind.label, agreement_stats(smears, kind)) for kind in Smear.Kind]
+
+
+#: Cases a verdict of the screen check needs: resampling two or three cases gives an interval far narrower than
+#: what the next case may bring.
+SCREEN_CHECK_MIN_CASES = 5
+
+
+def screen_check(smears=None):
+    """The single-cell screen against this laboratory's own reviews, for the model version that screened the
+    newest of the reviewed cells (a new model has a new cut: its cells are not mixed with an older one's).
+
+    Of the reviewed cells the pathologist called blast, how many the screen had flagged (sensitivity); of those
+    called normal, how many it had left unflagged (specificity), each against its target. Cells of one patient
+    look alike, so the interval resamples whole cases (``ml.uncertainty.pooled_ratio_interval``), not cells, and a
+    verdict ("met": the interval's low end reaches the target, "missed": its high end stays below) needs
+    SCREEN_CHECK_MIN_CASES cases; otherwise "too_few" (no reviewed cell of that label: "none").
+    Cells outside the model's domain got no flag and are not counted. None when no reviewed cell exists."""
+    # Imported here: importing the ml package loads ml.runtime, which the web process keeps out until a page needs it.
+    from ml.uncertainty import pooled_ratio_interval
+
+    cells = [s for s in (reviewed_smears() if smears is None else smears)
+             if s.kind == Smear.Kind.CELL and s.prediction.in_domain]
+    if not cells:
+        return None
+    newest = max(cells, key=lambda s: (s.prediction.created_at, s.prediction.pk)).prediction
+    current = [s for s in cells if s.prediction.model_version == newest.model_version]
+    check = {"model_display": newest.model_display, "model_version": newest.model_version,
+             "cells": len(current), "cases": len({s.case_id for s in current}),
+             "earlier_versions_cells": len(cells) - len(current), "min_cases": SCREEN_CHECK_MIN_CASES, "rates": []}
+    for name, truth, target in (("sensitivity", CellLabel.BLAST, settings.SCREEN_TARGET_SENSITIVITY),
+                                ("specificity", CellLabel.NORMAL, settings.SCREEN_TARGET_SPECIFICITY)):
+        per_case = {}
+        for smear in current:
+            if smear.review_label == truth:
+                # Sensitivity counts the blasts flagged, specificity the normal cells not flagged.
+                right = (smear.prediction.label == CellLabel.BLAST) == (truth == CellLabel.BLAST)
+                done, total = per_case.get(smear.case_id, (0, 0))
+                per_case[smear.case_id] = (done + right, total + 1)
+        rate = {"name": name, "truth": truth, "target": target, "cells": 0, "right": 0, "cases": len(per_case)}
+        if per_case:
+            right, totals = zip(*per_case.values())
+            rate.update(cells=sum(totals), right=sum(right), **pooled_ratio_interval(right, totals))
+            if rate["cases"] < SCREEN_CHECK_MIN_CASES:
+                rate["verdict"] = "too_few"
+            elif rate["low"] >= target:
+                rate["verdict"] = "met"
+            elif rate["high"] < target:
+                rate["verdict"] = "missed"
+            else:
+                rate["verdict"] = "too_few"
+        else:
+            rate["verdict"] = "none"
+        check["rates"].append(rate)
+    return check

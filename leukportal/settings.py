@@ -356,6 +356,10 @@ LOGGING = {
 # A case with a smear whose predicted-class probability is below this is
 # flagged for closer review in the work queue.
 REVIEW_LOW_CONFIDENCE_THRESHOLD = env.float("REVIEW_LOW_CONFIDENCE_THRESHOLD", default=0.6)
+# The single-cell screen's targets on new patients (issue 12; the screening model card reports against them):
+# the agreement dashboard checks the screen's flags against this laboratory's own reviewed cells.
+SCREEN_TARGET_SENSITIVITY = env.float("SCREEN_TARGET_SENSITIVITY", default=0.95)
+SCREEN_TARGET_SPECIFICITY = env.float("SCREEN_TARGET_SPECIFICITY", default=0.50)
 
 # --- Case report ----------------------------------------------------------------
 # The laboratory's header on the printed and PDF case report.

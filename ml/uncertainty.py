@@ -100,6 +100,33 @@ def subject_intervals(per_subject_rows: list[dict]) -> dict:
     return screen_intervals(is_blast, flagged, subjects)
 
 
+
+def pooled_ratio_interval(successes, totals, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> dict:
+    """A proportion pooled over groups (the sum of ``successes`` over the sum of ``totals``, one count pair per
+    group) and its percentile interval from resampling whole groups with replacement: ``group_bootstrap`` for
+    one stratum, computed from the counts alone, cheap enough for a web page. With one group there is nothing to
+    resample: ``low`` and ``high`` are None."""
+    k, n = np.asarray(successes, dtype=float), np.asarray(totals, dtype=float)
+    if k.ndim != 1 or k.shape != n.shape or not len(n):
+        raise ValueError("successes and totals need one count per group, at least one group")
+    if (n <= 0).any() or (k < 0).any() or (k > n).any():
+        raise ValueError("every group needs 0 <= successes <= totals and totals > 0")
+    result = {"estimate": float(k.sum() / n.sum()), "low": None, "high": None, "groups": len(n), "level": level,
+              "resamples": 0}
+    if len(n) < 2:
+        return result
+    rng = np.random.default_rng(seed)
+    ratios = []
+    chunk = max(1, 200_000 // len(n))  # resamples drawn per block, so the index array stays small
+    for start in range(0, resamples, chunk):
+        draw = rng.integers(0, len(n), size=(min(chunk, resamples - start), len(n)))
+        ratios.append(k[draw].sum(axis=1) / n[draw].sum(axis=1))
+    ratios = np.concatenate(ratios)
+    tail = (1 - level) / 2
+    result.update(low=float(np.quantile(ratios, tail)), high=float(np.quantile(ratios, 1 - tail)),
+                  resamples=resamples)
+    return result
+
 def interval_text(intervals: dict, name: str) -> str:
     """'0.9830 (95% interval 0.958-1.000)'."""
     m = intervals["metrics"][name]

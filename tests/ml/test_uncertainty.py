@@ -8,6 +8,7 @@ from ml.uncertainty import (
     classification_intervals,
     group_bootstrap,
     macro_f1,
+    pooled_ratio_interval,
     subject_intervals,
 )
 
@@ -80,3 +81,30 @@ def test_macro_f1_matches_scikit_learn_including_a_class_never_seen():
         t, p = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
         assert macro_f1(t, p, [0, 1, 2, 3]) == pytest.approx(
             f1_score(t, p, labels=[0, 1, 2, 3], average="macro", zero_division=0))
+
+
+def test_a_pooled_ratio_from_counts_matches_the_bootstrap_over_the_groups_cells():
+    flagged, cells = [97, 49, 20, 60], [100, 50, 40, 60]
+    pooled = pooled_ratio_interval(flagged, cells)
+    assert pooled["estimate"] == pytest.approx(226 / 250) and pooled["groups"] == 4
+    assert pooled == pooled_ratio_interval(flagged, cells)
+    truth = np.ones(250, dtype=bool)
+    hits = np.concatenate([[True] * k + [False] * (n - k) for k, n in zip(flagged, cells)])
+    groups = np.repeat(["a", "b", "c", "d"], cells)
+    cellwise = group_bootstrap(truth, hits, groups, truth, {"s": lambda t, p: float(p.mean())})["metrics"]["s"]
+    # The same resampling scheme by another random stream: the bounds agree to within resampling noise.
+    assert pooled["low"] == pytest.approx(cellwise["low"], abs=0.03)
+    assert pooled["high"] == pytest.approx(cellwise["high"], abs=0.03)
+
+
+def test_a_pooled_ratio_over_one_group_has_no_interval_and_bad_counts_are_refused():
+    one = pooled_ratio_interval([3], [4])
+    assert one["estimate"] == 0.75 and one["low"] is None and one["high"] is None
+    for successes, totals in (([], []), ([5], [4]), ([1, 1], [2]), ([0], [0]), ([-1], [3])):
+        with pytest.raises(ValueError):
+            pooled_ratio_interval(successes, totals)
+
+
+def test_a_pooled_ratio_over_many_groups_is_drawn_in_blocks_with_the_same_result_size():
+    result = pooled_ratio_interval([1] * 5000, [2] * 5000, resamples=120)
+    assert result["resamples"] == 120 and result["low"] == result["high"] == 0.5

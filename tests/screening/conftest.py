@@ -113,3 +113,30 @@ def field(smear_factory, case):
         return smear
 
     return make
+
+
+@pytest.fixture
+def screened_case(smear_factory, patient, technician, pathologist):
+    """screened_case(cells, version="0.0-test", sign=True) -> a case whose cells are screened and reviewed.
+    ``cells`` is a list of (P(blast), pathologist's label, in_domain); the threshold is 0.31."""
+    made = {"n": 0}
+
+    def make(cells, version="0.0-test", sign=True):
+        from diagnosis import services
+        from diagnosis.models import Case
+
+        made["n"] += 1
+        case = Case.objects.create(patient=patient, accession_number=f"ACC-LOCAL-{made['n']}", created_by=technician)
+        for p_blast, truth, in_domain in cells:
+            smear = smear_factory(status="processing", case_=case, kind="cell")
+            services.record_prediction(smear.pk, {**screening_result(p_blast, version=version),
+                                                  "in_domain": in_domain}, 5)
+            smear.refresh_from_db()
+            model_flagged = p_blast >= THRESHOLD
+            agrees = model_flagged == (truth == "blast")
+            services.review_smear(smear, pathologist, truth, "" if agrees else "Morphology says otherwise.")
+        if sign:
+            services.sign_out(case, pathologist, "", "Screened cells reviewed.")
+        return case
+
+    return make
