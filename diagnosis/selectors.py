@@ -228,13 +228,26 @@ def agreement_stats(smears=None, kind=None):
         labels += [label for label in smear.prediction.labels if label not in labels]
     matrix = {m: {f: 0 for f in labels} for m in labels}
     agree = 0
+    per_case = {}
     for smear in smears:
         matrix[smear.prediction.label][smear.review_label] = matrix[smear.prediction.label].get(smear.review_label, 0) + 1
-        agree += smear.prediction.label == smear.review_label
+        agrees = smear.prediction.label == smear.review_label
+        agree += agrees
+        done, total = per_case.get(smear.case_id, (0, 0))
+        per_case[smear.case_id] = (done + agrees, total + 1)
+    interval = None
+    if per_case:
+        # Imported here, as in screen_check: the ml package is loaded when a page needs it, not with the web process.
+        from ml.uncertainty import pooled_ratio_interval
+
+        # Smears of one case agree or disagree together: the interval resamples cases.
+        interval = pooled_ratio_interval(*zip(*per_case.values()))
     return {
         "n": len(smears),
         "agree": agree,
         "agreement": agree / len(smears) if smears else None,
+        "agreement_interval": interval,
+        "cases": len(per_case),
         "outside_domain": outside,
         "labels": labels,
         "matrix": [(m, [matrix[m].get(f, 0) for f in labels]) for m in labels],

@@ -37,6 +37,25 @@ def test_agreement_and_confusion_matrix(reviewed, path_client):
     assert matrix["Pre"][labels.index("Pre")] == 1 and matrix["Pro"][labels.index("Pre")] == 1
     page = path_client.get(reverse("diagnosis:dashboard")).content.decode()
     assert "50 %" in page and "1 of 2 reviewed smears" in page
+    # One case: nothing to resample, so no interval is shown.
+    assert stats["cases"] == 1 and stats["agreement_interval"]["low"] is None
+    assert "data-agreement-interval" not in page
+
+
+def test_the_agreement_interval_resamples_cases(reviewed, classified, patient, technician, pathologist, path_client):
+    from diagnosis.models import Case
+
+    other = Case.objects.create(patient=patient, accession_number="ACC-SECOND", created_by=technician)
+    for stage in ("Early", "Early"):
+        services.review_smear(classified(stage, case_=other), pathologist, stage)
+    services.sign_out(other, pathologist, "Early", "Early Pre-B ALL.")
+    stats = services.agreement_stats()
+    assert (stats["n"], stats["agree"], stats["cases"]) == (4, 3, 2)
+    interval = stats["agreement_interval"]
+    # Resampling the two cases: both the first (1 of 2), both the second (2 of 2), or one of each (3 of 4).
+    assert interval["estimate"] == pytest.approx(0.75) and interval["low"] == 0.5 and interval["high"] == 1.0
+    page = path_client.get(reverse("diagnosis:dashboard")).content.decode()
+    assert "95% interval 50–100 % over 2 cases" in page
 
 
 def test_export_command_writes_class_folders_and_csv(reviewed, tmp_path, case, pathologist):
