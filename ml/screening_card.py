@@ -305,7 +305,8 @@ def robustness_limitation(section: list[str], name: str = "screening") -> list[s
     return ["- Under mild acquisition changes the estimate probe missed a target: " + "; ".join(
         f"{r['name']} (sensitivity {r['sensitivity']:.3f}, specificity {r['specificity']:.3f})" for r in missed)
         + ". A lab that images cells at another magnification, framing or orientation should check the cut on its "
-          "own reviewed cells before relying on the flags."]
+          "own reviewed cells before relying on the flags (the portal's agreement dashboard does, once five cases "
+          "with reviewed cells are signed out)."]
 
 
 def ship_probe(estimate_dir: str | Path, shipped_dir: str | Path | None, latency_image: str | Path,
