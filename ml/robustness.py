@@ -294,8 +294,9 @@ def card_section(report: dict, plot: str | None = "robustness.png", heading: str
                   "what the portal would refuse: run the suite on the shipped file (`--model NAME`) for that.", ""]
     if plot:
         lines += [f"![{'sensitivity and specificity' if screen else 'accuracy'} per acquisition change]({plot})", ""]
-    lines += [f"Reproduce: `python -m ml robustness --data DATA --model {report['model_file']} --split {report['split']}`.",
-              ""]
+    limit = f" --limit {report['n']}" if report.get("limited") else ""
+    lines += [f"Reproduce: `python -m ml robustness --data DATA --model {report['model_file']} --split {report['split']}"
+              f"{limit}`.", ""]
     return "\n".join(lines)
 
 

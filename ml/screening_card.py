@@ -289,8 +289,8 @@ def robustness_lines(estimate: dict, name: str = "screening") -> list[str]:
     return [*section.strip("\n").splitlines(), "",
             "The shipped probe was fitted on every subject, so none is left to change and score: the suite ran on the "
             "estimate run's probe (the same recipe fitted on the development subjects), on the test subjects, at that "
-            "probe's own cut. That probe has no fitted domain check (the shipped one's is in the Domain check section), "
-            "so the flagged column counts only blank images.", ""]
+            "probe's own cut. That probe has no fitted domain check; the shipped one's is in the Domain check section.",
+            ""]
 
 
 def robustness_limitation(section: list[str], name: str = "screening") -> list[str]:

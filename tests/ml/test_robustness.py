@@ -31,6 +31,7 @@ def test_robustness_run_writes_every_family_into_json_table_and_plot(tiny_model_
     for family in FAMILIES:
         assert f"| {family} |" in table
     assert "flagged out of domain |" in table
+    assert "--split test --limit 4`" in table  # a subsample is reproduced only with the same limit
     assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
