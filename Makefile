@@ -87,7 +87,8 @@ test: install-train
 
 screenshots: install-train migrate
 	$(PY) scripts/screenshots.py
-	SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest -q tests/review/test_review_browser.py
+	SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest -q tests/review/test_review_browser.py \
+		tests/screening/test_screening_browser.py::test_the_screen_check_on_the_dashboard_fits_a_phone_and_a_desktop
 
 clean-var:
 	rm -rf var/celery var/celerybeat-schedule*
