@@ -211,7 +211,7 @@ def model_text(smear):
     if not pred.in_domain:
         return f"{OUTSIDE_DOMAIN} ({pred.domain_reason})."
     if pred.is_screening:  # P(blast) and the threshold have their own columns in the cell table
-        return "flagged for review" if pred.label == "blast" else "not flagged"
+        return selectors.screen_call_display(pred.label)
     return (f"{pred.label_display} ({pred.confidence:.2f})\n" +
             " ".join(f"{selectors.label_display(k)} {v:.2f}" for k, v in pred.ordered_probabilities()) +
             f"\n{pred.model_display}")
@@ -263,8 +263,7 @@ def _table_style(table):
 
 def _cell_table(cells, styles, p):
     from reportlab.lib.units import cm
-    from reportlab.platypus import Paragraph, Table
-    from xml.sax.saxutils import escape
+    from reportlab.platypus import Table
 
     rows = [["Image", "Heat map", "Cell", "Model label", "P(blast)", "Threshold", "Final label"]]
     for smear in cells:
@@ -284,8 +283,7 @@ def _cell_table(cells, styles, p):
 
 def _smear_table(smears, styles, p):
     from reportlab.lib.units import cm
-    from reportlab.platypus import Paragraph, Table
-    from xml.sax.saxutils import escape
+    from reportlab.platypus import Table
 
     rows = [["Thumbnail", "Heat map", "Smear", "Model", "Final label"]]
     for smear in smears:

@@ -4,7 +4,7 @@ call services (nor tasks or views) and write nothing.
 
 Sections: queue (review_queue, next_case_in_queue, confirmable_smears), status
 (smears_status_payload, case_status_payload), labels (labels_for_smear,
-labels_for_case, label_display, screening_summary_text), cases
+labels_for_case, label_display, screen_call_display, screening_summary_text), cases
 (search_filter), learning (reviewed_smears, agreement_stats, agreement_by_kind,
 screen_check).
 """
@@ -175,6 +175,11 @@ def labels_for_case(case):
 
 def label_display(label):
     return _label_display(label)
+
+
+def screen_call_display(label):
+    """The screen's call on a cell in the portal's words: the pathologist calls blasts, the screen flags them."""
+    return "flagged for review" if label == CellLabel.BLAST else "not flagged"
 
 
 def screening_summary_text(case, reviewed=True):

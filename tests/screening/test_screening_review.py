@@ -186,4 +186,6 @@ def test_dashboard_is_per_model_kind(signed_mixed, path_client):
     page = path_client.get(reverse("diagnosis:dashboard")).content.decode()
     cells = page.split('data-kind="cell"')[1]
     assert "2 of 3 reviewed cells" in cells and "67 %" in cells and "<th>Blast</th>" in cells
+    # The rows are the screen's calls, the columns the pathologist's labels: only a pathologist calls a blast.
+    assert "<tr><th>Flagged for review</th>" in cells and "<tr><th>Not flagged</th>" in cells
     assert "1 of 1 reviewed smears" in page.split('data-kind="field"')[1].split('data-kind="cell"')[0]
