@@ -18,7 +18,10 @@ pytestmark = pytest.mark.django_db
 def test_confirm_and_override_a_cell(cell, pathologist, path_client, case):
     blast, normal = cell(0.9), cell(0.1)
     page = path_client.get(reverse("diagnosis:case_review", args=[case.pk])).content.decode()
-    assert '<option value="blast" selected>Blast (model)</option>' in page
+    # The options are the pathologist's labels; the screen's call is named as a flag, not as a diagnosis.
+    assert '<option value="blast" selected>Blast (flagged by the screen)</option>' in page
+    assert '<option value="normal" selected>Normal (not flagged by the screen)</option>' in page
+    assert "(model)" not in page
     assert "threshold 0.31" in page and "Early Pre-B" not in page  # a cell's choices are blast/normal only
     with pytest.raises(services.ReviewError, match="reason is required"):
         services.review_smear(normal, pathologist, "blast")
