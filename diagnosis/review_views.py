@@ -245,14 +245,15 @@ class DashboardView(RolePermissionRequiredMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         by_kind = []
-        for kind, kind_display, stats in services.agreement_by_kind():
+        reviewed = list(selectors.reviewed_smears())  # one query for both sections
+        for kind, kind_display, stats in selectors.agreement_by_kind(reviewed):
             stats["matrix_display"] = [
                 (self.model_call(kind, m), [(services.label_display(f), n, m == f) for f, n in zip(stats["labels"], row)])
                 for m, row in stats["matrix"]
             ]
             stats["labels_display"] = [services.label_display(label) for label in stats["labels"]]
             by_kind.append({"kind": kind, "kind_display": kind_display, "stats": stats})
-        return super().get_context_data(by_kind=by_kind, screen_check=selectors.screen_check(), **kwargs)
+        return super().get_context_data(by_kind=by_kind, screen_check=selectors.screen_check(reviewed), **kwargs)
 
 
 class UploadQueueView(RolePermissionRequiredMixin, TemplateView):

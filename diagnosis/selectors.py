@@ -5,8 +5,8 @@ call services (nor tasks or views) and write nothing.
 Sections: queue (review_queue, next_case_in_queue, confirmable_smears), status
 (smears_status_payload, case_status_payload), labels (labels_for_smear,
 labels_for_case, label_display, screen_call_display, screening_summary_text), cases
-(search_filter), learning (reviewed_smears, agreement_stats, agreement_by_kind,
-screen_check).
+(search_filter), learning (reviewed_smears, interval_over_cases, agreement_stats,
+agreement_by_kind, screen_check).
 """
 from dataclasses import dataclass
 
@@ -217,6 +217,23 @@ def reviewed_smears():
     )
 
 
+def interval_over_cases(outcomes):
+    """The share of successes among ``outcomes`` ((case id, success) pairs) with its 95% interval from resampling
+    whole cases (``ml.uncertainty.pooled_ratio_interval``): the smears of one patient look alike, so they are
+    right or wrong together. None without outcomes."""
+    per_case = {}
+    for case_id, success in outcomes:
+        right, total = per_case.get(case_id, (0, 0))
+        per_case[case_id] = (right + bool(success), total + 1)
+    if not per_case:
+        return None
+    # Imported here: importing the ml package loads ml.runtime, which the web process keeps out until a page needs it.
+    from ml.uncertainty import pooled_ratio_interval
+
+    right, totals = zip(*per_case.values())
+    return {"right": sum(right), "total": sum(totals), **pooled_ratio_interval(right, totals)}
+
+
 def agreement_stats(smears=None, kind=None):
     """Agreement between the model and the pathologists on reviewed smears,
     and the confusion matrix (rows: model label, columns: final label).
@@ -233,26 +250,16 @@ def agreement_stats(smears=None, kind=None):
         labels += [label for label in smear.prediction.labels if label not in labels]
     matrix = {m: {f: 0 for f in labels} for m in labels}
     agree = 0
-    per_case = {}
     for smear in smears:
         matrix[smear.prediction.label][smear.review_label] = matrix[smear.prediction.label].get(smear.review_label, 0) + 1
-        agrees = smear.prediction.label == smear.review_label
-        agree += agrees
-        done, total = per_case.get(smear.case_id, (0, 0))
-        per_case[smear.case_id] = (done + agrees, total + 1)
-    interval = None
-    if per_case:
-        # Imported here, as in screen_check: the ml package is loaded when a page needs it, not with the web process.
-        from ml.uncertainty import pooled_ratio_interval
-
-        # Smears of one case agree or disagree together: the interval resamples cases.
-        interval = pooled_ratio_interval(*zip(*per_case.values()))
+        agree += smear.prediction.label == smear.review_label
+    interval = interval_over_cases([(s.case_id, s.prediction.label == s.review_label) for s in smears])
     return {
         "n": len(smears),
         "agree": agree,
         "agreement": agree / len(smears) if smears else None,
         "agreement_interval": interval,
-        "cases": len(per_case),
+        "cases": interval["groups"] if interval else 0,
         "outside_domain": outside,
         "labels": labels,
         "matrix": [(m, [matrix[m].get(f, 0) for f in labels]) for m in labels],
@@ -275,14 +282,11 @@ def screen_check(smears=None):
     newest of the reviewed cells (a new model has a new cut: its cells are not mixed with an older one's).
 
     Of the reviewed cells the pathologist called blast, how many the screen had flagged (sensitivity); of those
-    called normal, how many it had left unflagged (specificity), each against its target. Cells of one patient
-    look alike, so the interval resamples whole cases (``ml.uncertainty.pooled_ratio_interval``), not cells, and a
-    verdict ("met": the interval's low end reaches the target, "missed": its high end stays below) needs
-    SCREEN_CHECK_MIN_CASES cases; otherwise "too_few" (no reviewed cell of that label: "none").
-    Cells outside the model's domain got no flag and are not counted. None when no reviewed cell exists."""
-    # Imported here: importing the ml package loads ml.runtime, which the web process keeps out until a page needs it.
-    from ml.uncertainty import pooled_ratio_interval
-
+    called normal, how many it had left unflagged (specificity), each against its target, with an interval over
+    cases (``interval_over_cases``). A verdict ("met": the interval's low end reaches the target, "missed": its
+    high end stays below) needs SCREEN_CHECK_MIN_CASES cases; otherwise "too_few" (no reviewed cell of that
+    label: "none"). Cells outside the model's domain got no flag and are not counted. None when no reviewed
+    cell exists."""
     cells = [s for s in (reviewed_smears() if smears is None else smears)
              if s.kind == Smear.Kind.CELL and s.prediction.in_domain]
     if not cells:
@@ -294,26 +298,14 @@ def screen_check(smears=None):
              "earlier_versions_cells": len(cells) - len(current), "min_cases": SCREEN_CHECK_MIN_CASES, "rates": []}
     for name, truth, target in (("sensitivity", CellLabel.BLAST, settings.SCREEN_TARGET_SENSITIVITY),
                                 ("specificity", CellLabel.NORMAL, settings.SCREEN_TARGET_SPECIFICITY)):
-        per_case = {}
-        for smear in current:
-            if smear.review_label == truth:
-                # Sensitivity counts the blasts flagged, specificity the normal cells not flagged.
-                right = (smear.prediction.label == CellLabel.BLAST) == (truth == CellLabel.BLAST)
-                done, total = per_case.get(smear.case_id, (0, 0))
-                per_case[smear.case_id] = (done + right, total + 1)
-        rate = {"name": name, "truth": truth, "target": target, "cells": 0, "right": 0, "cases": len(per_case)}
-        if per_case:
-            right, totals = zip(*per_case.values())
-            rate.update(cells=sum(totals), right=sum(right), **pooled_ratio_interval(right, totals))
-            if rate["cases"] < SCREEN_CHECK_MIN_CASES:
-                rate["verdict"] = "too_few"
-            elif rate["low"] >= target:
-                rate["verdict"] = "met"
-            elif rate["high"] < target:
-                rate["verdict"] = "missed"
-            else:
-                rate["verdict"] = "too_few"
-        else:
-            rate["verdict"] = "none"
+        # The screen is right on a blast it flagged and on a normal cell it did not flag.
+        interval = interval_over_cases([(s.case_id, (s.prediction.label == CellLabel.BLAST) == (truth == CellLabel.BLAST))
+                                        for s in current if s.review_label == truth])
+        rate = {"name": name, "truth": truth, "target": target, "cells": 0, "right": 0, "cases": 0, "verdict": "none"}
+        if interval:
+            enough = interval["groups"] >= SCREEN_CHECK_MIN_CASES
+            verdict = ("met" if enough and interval["low"] >= target else
+                       "missed" if enough and interval["high"] < target else "too_few")
+            rate.update(interval, cells=interval["total"], cases=interval["groups"], verdict=verdict)
         check["rates"].append(rate)
     return check

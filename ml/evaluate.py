@@ -117,7 +117,7 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
         "errors": [{"path": s.path, "true": s.label, "predicted": classes[int(p.argmax())], "confidence": float(p.max())}
                    for s, p, y in zip(samples, probabilities, labels) if int(p.argmax()) != int(y)],
     })
-    report["intervals"] = split_intervals(samples, labels, probabilities.argmax(axis=1), classes)
+    report["intervals"] = split_intervals([s.group for s in samples], labels, probabilities.argmax(axis=1), classes)
     if domain:
         from .domain_eval import evaluate_domain
 
@@ -129,13 +129,13 @@ def evaluate(model: str, data: str | Path, manifest: str | Path | None = None, s
     return report
 
 
-def split_intervals(samples, labels, predicted, classes) -> dict | None:
-    """Accuracy and macro-F1 intervals over the split's groups of neighbouring images (``ml.uncertainty``);
+def split_intervals(groups, labels, predicted, classes, with_macro_f1: bool = True) -> dict | None:
+    """Accuracy (and macro-F1) intervals over the split's groups of neighbouring images (``ml.uncertainty``);
     None for a manifest whose groups mix classes (they cannot be resampled within their class)."""
     from .uncertainty import classification_intervals
 
     try:
-        return classification_intervals(labels, predicted, [s.group for s in samples], classes)
+        return classification_intervals(labels, predicted, groups, classes, with_macro_f1)
     except ValueError:
         return None
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import data as mldata
 from . import perturb
-from .evaluate import classification_metrics, expected_calibration_error
+from .evaluate import classification_metrics, expected_calibration_error, split_intervals
 
 MILD_TARGET = 0.97  # issue 11: accuracy under each mild acquisition change
 SCREEN_TARGETS = {"sensitivity": 0.95, "specificity": 0.50}  # issue 12: a screen on new subjects
@@ -94,11 +94,8 @@ def screen_summary(predictor, probabilities: np.ndarray, labels: np.ndarray) -> 
 def accuracy_interval(predicted: np.ndarray, labels: np.ndarray, groups, classes) -> dict | None:
     """95% interval of the accuracy over the split's groups of neighbouring images, resampled whole within their
     class (``ml.uncertainty``), and the number of groups per class; None where groups mix classes."""
-    from .uncertainty import classification_intervals
-
-    try:
-        m = classification_intervals(labels, predicted, groups, classes, with_macro_f1=False)
-    except ValueError:
+    m = split_intervals(groups, labels, predicted, classes, with_macro_f1=False)
+    if m is None:
         return None
     return {"accuracy": [m["metrics"]["accuracy"]["low"], m["metrics"]["accuracy"]["high"]],
             "groups": m["groups_per_stratum"]}

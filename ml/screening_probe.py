@@ -78,16 +78,35 @@ def probe_probability(features: np.ndarray, w: np.ndarray, b: float) -> np.ndarr
     return 1.0 / (1.0 + np.exp(-(np.asarray(features, dtype=np.float64) @ w + b)))
 
 
-def cross_validate(features, is_blast, subjects, folds, c: float) -> tuple[np.ndarray, list]:
-    """OOF P(blast) (in the order of the cells) and, per fold, (subjects, is_blast, P) for ``subject_transfer``."""
+def oof_scores(score, features, is_blast, subjects, folds) -> tuple[np.ndarray, list]:
+    """OOF scores (in the order of the cells) and, per fold, (subjects, is_blast, score) for ``subject_transfer``.
+    ``score(train_features, train_is_blast, train_subjects, held_features)`` fits on one fold's training cells
+    and scores its held-out ones."""
     p = np.zeros(len(is_blast))
     fold_data = []
     for fold in sorted(set(folds)):
         held = folds == fold
-        w, b = fit_probe(features[~held], is_blast[~held], subjects[~held], c)
-        p[held] = probe_probability(features[held], w, b)
+        p[held] = score(features[~held], is_blast[~held], subjects[~held], features[held])
         fold_data.append((subjects[held], is_blast[held], p[held]))
     return p, fold_data
+
+
+def cross_validate(features, is_blast, subjects, folds, c: float) -> tuple[np.ndarray, list]:
+    """OOF P(blast) of the probe with strength ``c`` (``oof_scores``)."""
+    def score(x, y, groups, held):
+        w, b = fit_probe(x, y, groups, c)
+        return probe_probability(held, w, b)
+
+    return oof_scores(score, features, is_blast, subjects, folds)
+
+
+def oof_cut(p, is_blast, fold_data) -> tuple[dict, float, float, dict]:
+    """(transfer table, sensitivity target, cut, metrics at the cut) of OOF scores ``p`` (any score that ranks
+    cells) and their folds' (subjects, is_blast, score), as ``cross_validate`` returns them."""
+    transfer = screening.subject_transfer(fold_data)
+    target = screening.choose_sensitivity_target(transfer)
+    cut = screening.choose_threshold(p, is_blast, target)
+    return transfer, target, cut, screening.screening_metrics(p, is_blast, cut)
 
 
 def choose_c(features, is_blast, subjects, folds, grid=C_GRID) -> tuple[float, list[dict], dict]:
@@ -96,10 +115,7 @@ def choose_c(features, is_blast, subjects, folds, grid=C_GRID) -> tuple[float, l
     rows, best = [], None
     for c in sorted(grid):
         p, fold_data = cross_validate(features, is_blast, subjects, folds, c)
-        transfer = screening.subject_transfer(fold_data)
-        target = screening.choose_sensitivity_target(transfer)
-        cut = screening.choose_threshold(p, is_blast, target)
-        metrics = screening.screening_metrics(p, is_blast, cut)
+        transfer, target, cut, metrics = oof_cut(p, is_blast, fold_data)
         rows.append({"C": c, "sensitivity_target": target, "threshold": cut, **{k: metrics[k] for k in (
             "sensitivity", "specificity", "weighted_f1", "roc_auc")}})
         if best is None or metrics["specificity"] > best["metrics"]["specificity"] + 1e-12:

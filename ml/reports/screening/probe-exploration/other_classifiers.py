@@ -75,16 +75,9 @@ CLASSIFIERS = {
 
 
 def evaluate(score, features, is_blast, subjects, folds):
-    """OOF scores and the transfer-checked cut, exactly as ``screening_probe.choose_c`` does for one C."""
-    p = np.zeros(len(is_blast))
-    fold_data = []
-    for fold in sorted(set(folds)):
-        held = folds == fold
-        p[held] = score(features[~held], is_blast[~held], subjects[~held], features[held])
-        fold_data.append((subjects[held], is_blast[held], p[held]))
-    target = screening.choose_sensitivity_target(screening.subject_transfer(fold_data))
-    cut = screening.choose_threshold(p, is_blast, target)
-    metrics = screening.screening_metrics(p, is_blast, cut)
+    """OOF scores and the transfer-checked cut, as ``screening_probe.choose_c`` makes them for one C."""
+    p, fold_data = sp.oof_scores(score, features, is_blast, subjects, folds)
+    _, _, cut, metrics = sp.oof_cut(p, is_blast, fold_data)
     normal = {h: round(float((p[subjects == h] < cut).mean()), 3) for h in sorted(set(subjects[~is_blast]))}
     return {**{k: round(metrics[k], 4) for k in ("sensitivity", "specificity", "roc_auc")}, "normal": normal}
 
