@@ -3,7 +3,7 @@ from pathlib import PurePath
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.views import View
@@ -158,9 +158,12 @@ class SmearRetryView(RolePermissionRequiredMixin, View):
             messages.warning(request, f"“{smear.original_filename}” is not failed; nothing to retry.")
         from django.utils.http import url_has_allowed_host_and_scheme
 
+        # Back to the page that sent the form (the upload queue): a path on this site only, redirected to as
+        # it is; never resolved as a URL pattern name, which redirect() would try (a server error for "x").
         next_url = request.POST.get("next", "")
-        if next_url and url_has_allowed_host_and_scheme(next_url, {request.get_host()}, request.is_secure()):
-            return redirect(next_url)
+        if next_url.startswith("/") and url_has_allowed_host_and_scheme(next_url, {request.get_host()},
+                                                                         request.is_secure()):
+            return HttpResponseRedirect(next_url)
         return redirect(smear.case)
 
 

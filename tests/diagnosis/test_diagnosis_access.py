@@ -87,6 +87,21 @@ def test_retry_requires_post(client, technician, objects):
     assert client.get(reverse("diagnosis:smear_retry", args=[objects["smear"].pk])).status_code == 405
 
 
+@pytest.mark.parametrize("next_url,goes_to", [
+    ("/uploads/", "/uploads/"),  # the upload queue's own form
+    ("//evil.example/", None), ("https://evil.example/", None), ("/\\evil.example", None),
+    # Not a path: once taken for a URL pattern name (Django's redirect() tries reverse()), a server error.
+    ("uploads", None), ("²", None), ("diagnosis:exports", None), ("<x>", None),
+])
+def test_retry_returns_only_to_a_page_of_the_portal(client, technician, objects, next_url, goes_to):
+    client.force_login(technician)
+    client.raise_request_exception = False
+    smear = objects["smear"]
+    response = client.post(reverse("diagnosis:smear_retry", args=[smear.pk]), {"next": next_url})
+    assert response.status_code == 302
+    assert response.url == (goes_to or smear.case.get_absolute_url())
+
+
 def test_admin_pages(client, lab_admin, objects, technician):
     client.force_login(lab_admin)
     for model in ("patient", "case", "smear", "prediction"):
