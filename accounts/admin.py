@@ -4,6 +4,8 @@ from django.contrib.auth.forms import UserChangeForm as BaseUserChangeForm
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
+from leukportal.admin import BoundedSearchMixin
+
 from .models import User
 
 
@@ -33,7 +35,7 @@ class UserChangeForm(BaseUserChangeForm):
 
 
 @admin.register(User)
-class UserAdmin(BaseUserAdmin):
+class UserAdmin(BoundedSearchMixin, BaseUserAdmin):
     form = UserChangeForm
     ordering = ["email"]
     list_display = ["email", "email_confirmed", "full_name", "title", "role_list", "is_active", "is_staff",

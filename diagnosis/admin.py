@@ -1,6 +1,8 @@
 from django import forms
 from django.contrib import admin, messages
 
+from leukportal.admin import BoundedSearchMixin
+
 from . import services
 from .forms import CaseForm
 from .formatting import format_when, signer_name
@@ -51,7 +53,7 @@ class CaseInline(ReadOnlyInline):
 
 
 @admin.register(Patient)
-class PatientAdmin(admin.ModelAdmin):
+class PatientAdmin(BoundedSearchMixin, admin.ModelAdmin):
     list_display = ["lab_id", "sex", "birth_year", "created_at", "created_by"]
     list_filter = ["sex", "created_at"]
     search_fields = ["lab_id"]
@@ -85,7 +87,7 @@ class CaseAdminForm(forms.ModelForm):
 
 
 @admin.register(Case)
-class CaseAdmin(admin.ModelAdmin):
+class CaseAdmin(BoundedSearchMixin, admin.ModelAdmin):
     form = CaseAdminForm
     list_display = [
         "accession_number", "patient", "state", "final_stage_display", "signed_out", "status", "suggested_stage",
@@ -158,7 +160,7 @@ class CaseAdmin(admin.ModelAdmin):
 
 
 @admin.register(Smear)
-class SmearAdmin(admin.ModelAdmin):
+class SmearAdmin(BoundedSearchMixin, admin.ModelAdmin):
     list_display = ["original_filename", "case", "kind", "status", "attempts", "width", "height", "uploaded_by", "created_at"]
     list_filter = ["kind", "status", "image_format", "created_at"]
     search_fields = ["original_filename", "sha256", "case__accession_number", "case__patient__lab_id"]
@@ -192,7 +194,7 @@ class SmearAdmin(admin.ModelAdmin):
 
 
 @admin.register(Prediction)
-class PredictionAdmin(admin.ModelAdmin):
+class PredictionAdmin(BoundedSearchMixin, admin.ModelAdmin):
     """Model output is a record: read-only here."""
 
     list_display = ["smear", "task", "label", "probabilities_text", "threshold_text", "model_name", "model_version", "latency_ms", "created_at"]
@@ -218,7 +220,7 @@ class PredictionAdmin(admin.ModelAdmin):
         return False
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(BoundedSearchMixin, admin.ModelAdmin):
     """Records: visible in the admin, never added, changed or deleted there."""
 
     def has_add_permission(self, request, obj=None):

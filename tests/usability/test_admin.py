@@ -51,3 +51,29 @@ def test_prediction_admin_rounds_probabilities(admin_client_, field):
     html = admin_client_.get(reverse("admin:diagnosis_prediction_changelist")).content.decode()
     assert "Pre-B 0.81" in html
     assert "0.812345" not in html and "0.8123" not in html
+
+
+ADMIN_LISTS = ["diagnosis_patient", "diagnosis_case", "diagnosis_smear", "diagnosis_prediction", "diagnosis_auditevent",
+               "diagnosis_caseaddendum", "diagnosis_rejectedupload", "accounts_user"]
+
+
+@pytest.mark.parametrize("model", ADMIN_LISTS)
+def test_an_admin_search_too_long_to_be_an_identifier_is_refused_with_a_message(admin_client_, case, model):
+    """A pasted megabyte made SQLite refuse the LIKE pattern ("pattern too complex"): a server error."""
+    admin_client_.raise_request_exception = False
+    response = admin_client_.get(reverse(f"admin:{model}_changelist"), {"q": "a" * 60_000})
+    assert response.status_code == 200
+    assert "at most 200 characters" in response.content.decode()
+    assert list(response.context["cl"].result_list) == []
+
+
+def test_an_admin_search_of_ordinary_length_still_finds(admin_client_, case):
+    response = admin_client_.get(reverse("admin:diagnosis_case_changelist"), {"q": case.accession_number})
+    assert [c.pk for c in response.context["cl"].result_list] == [case.pk]
+
+
+def test_the_patient_autocomplete_refuses_an_overlong_term_without_a_server_error(admin_client_, case):
+    admin_client_.raise_request_exception = False
+    response = admin_client_.get(reverse("admin:autocomplete"), {
+        "term": "a" * 60_000, "app_label": "diagnosis", "model_name": "case", "field_name": "patient"})
+    assert response.status_code == 200 and response.json()["results"] == []
