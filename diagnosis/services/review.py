@@ -59,11 +59,9 @@ def mark_not_assessable(smear, user, reason):
     """Mark a classified or failed smear "not assessable" (a reason is required). It then counts nowhere:
     not in the suggestion, the screening summary, sign-out requirements, report counts or the export.
     Refused once the case is signed out. Returns the audit event."""
-    reason = (reason or "").strip()
+    reason = check_length((reason or "").strip(), NOT_ASSESSABLE_REASON_MAX, "The reason")
     if not reason:
         raise ReviewError("Say why the smear is not assessable.")
-    if len(reason) > NOT_ASSESSABLE_REASON_MAX:
-        raise ReviewError(f"The reason is limited to {NOT_ASSESSABLE_REASON_MAX} characters.")
     with transaction.atomic():
         case = lock_open_case(smear.case)
         smear = Smear.objects.select_for_update().get(pk=smear.pk)

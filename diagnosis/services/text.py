@@ -4,8 +4,11 @@ from .errors import ReviewError
 
 
 def check_length(text: str, limit: int, what: str) -> str:
-    """The text, or ReviewError when it is longer than the field allows
-    (every free text is bounded; the message says the limit)."""
+    """The text with its line breaks as LF, or ReviewError when it is longer
+    than the field allows (every free text is bounded; the message says the
+    limit). A browser sends each line break of a text box as CR LF but counts
+    it as one character against maxlength: so does this."""
+    text = text.replace("\r\n", "\n")
     if len(text) > limit:
         raise ReviewError(f"{what} is {len(text):,} characters long; the limit is {limit:,} characters.")
     return text

@@ -102,3 +102,36 @@ def test_a_review_with_a_malformed_version_is_saved_without_the_edit_check_not_a
     assert response.status_code == 302
     smear.refresh_from_db()
     assert smear.review_label == "Pro"
+
+
+# A browser's maxlength counts a line break as one character but sends it as CR LF (two): a text at the limit
+# with line breaks, which the page let through, must not be refused (the pathologist's typing would be lost).
+AT_LIMIT_WITH_LINE_BREAKS = lambda limit: "line\r\n" * 10 + "x" * (limit - 50)  # noqa: E731 -- 5 + 1 per line
+
+
+def test_a_review_reason_at_the_limit_with_line_breaks_is_saved(path_client, field):
+    smear = field("Pre")
+    reason = AT_LIMIT_WITH_LINE_BREAKS(models.REVIEW_REASON_MAX_LENGTH)
+    path_client.post(reverse("diagnosis:smear_review", args=[smear.pk]), {"label": "Pro", "reason": reason})
+    smear.refresh_from_db()
+    assert smear.review_label == "Pro" and smear.review_reason == reason.replace("\r\n", "\n").strip()
+
+
+def test_a_sign_out_comment_and_an_addendum_at_the_limit_with_line_breaks_are_saved(path_client, reviewed_case):
+    comment = AT_LIMIT_WITH_LINE_BREAKS(models.REVIEW_COMMENT_MAX_LENGTH)
+    path_client.post(reverse("diagnosis:case_finalize", args=[reviewed_case.pk]),
+                     {"final_stage": "Pre", "comment": comment, "action": "sign_out"})
+    reviewed_case.refresh_from_db()
+    assert reviewed_case.is_signed_out and reviewed_case.review_comment == comment.replace("\r\n", "\n")
+    text = AT_LIMIT_WITH_LINE_BREAKS(models.ADDENDUM_MAX_LENGTH)
+    path_client.post(reverse("diagnosis:case_addendum", args=[reviewed_case.pk]), {"text": text})
+    assert reviewed_case.addenda.get().text == text.replace("\r\n", "\n")
+
+
+def test_a_not_assessable_reason_at_the_limit_with_line_breaks_is_saved(path_client, field):
+    smear = field("Pre")
+    reason = AT_LIMIT_WITH_LINE_BREAKS(services.NOT_ASSESSABLE_REASON_MAX)
+    path_client.post(reverse("diagnosis:smear_assessable", args=[smear.pk]),
+                     {"action": "not_assessable", "reason": reason})
+    smear.refresh_from_db()
+    assert smear.not_assessable and smear.not_assessable_reason == reason.replace("\r\n", "\n")
