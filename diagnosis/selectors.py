@@ -4,7 +4,7 @@ call services (nor tasks or views) and write nothing.
 
 Sections: queue (review_queue, next_case_in_queue, confirmable_smears), status
 (smears_status_payload, case_status_payload), labels (labels_for_smear,
-labels_for_case, label_display, screen_call_display, screening_summary_text), cases
+labels_for_case, label_display, screen_call_display, audit_change_display, screening_summary_text), cases
 (search_filter), learning (reviewed_smears, interval_over_cases, agreement_stats,
 agreement_by_kind, screen_check).
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db.models import Q
 
-from .models import Case, CellLabel, Prediction, Smear
+from .models import AuditEvent, Case, CellLabel, Prediction, Smear
 from .models import label_display as _label_display
 
 
@@ -180,6 +180,18 @@ def label_display(label):
 def screen_call_display(label):
     """The screen's call on a cell in the portal's words: the pathologist calls blasts, the screen flags them."""
     return "flagged for review" if label == CellLabel.BLAST else "not flagged"
+
+
+def audit_change_display(event):
+    """(before, after) of an audit event's Change column in the portal's words, or None when the event changed
+    no value. The screen's prediction on a single cell reads as its call (Flagged for review / Not flagged), not
+    as a blast label: the pathologist's label is the one called blast."""
+    if not (event.old_value or event.new_value):
+        return None
+    if (event.action == AuditEvent.Action.PREDICTION and event.smear is not None
+            and event.smear.kind == Smear.Kind.CELL):
+        return "", screen_call_display(event.new_value).capitalize()
+    return tuple(label_display(value) if value else "" for value in (event.old_value, event.new_value))
 
 
 def screening_summary_text(case, reviewed=True):

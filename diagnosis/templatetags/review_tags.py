@@ -12,6 +12,12 @@ def label_display(label):
 
 
 @register.filter
+def audit_change(event):
+    """(before, after) for an audit row's Change column, or None (selectors.audit_change_display)."""
+    return selectors.audit_change_display(event)
+
+
+@register.filter
 def get_item(mapping, key):
     """mapping[key], or None (for JSON probabilities in templates)."""
     try:

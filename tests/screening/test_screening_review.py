@@ -42,6 +42,18 @@ def test_confirm_and_override_a_cell(cell, pathologist, path_client, case):
     assert (summary["flagged"], summary["reviewed"], summary["reviewed_blasts"]) == (1, 2, 2)
 
 
+def test_audit_trail_names_the_screens_prediction_on_a_cell_as_a_flag(cell, field, path_client, case):
+    cell(0.9), cell(0.1), field("Pre")
+    page = path_client.get(reverse("diagnosis:case_detail", args=[case.pk])).content.decode()
+    trail = page.split("data-audit-trail")[1]
+    predictions = [row for row in trail.split("<tr")[1:] if 'data-action="prediction"' in row]
+    assert len(predictions) == 3
+    assert sum("– → Flagged for review" in row for row in predictions) == 1
+    assert sum("– → Not flagged" in row for row in predictions) == 1
+    assert sum("– → Pre-B" in row for row in predictions) == 1  # a field's prediction is a stage
+    assert "→ Blast" not in trail and "→ Normal" not in trail
+
+
 def test_cells_only_case_signs_out_without_a_stage(cell, pathologist, path_client, case):
     a, b = cell(0.9), cell(0.2)
     page = path_client.get(reverse("diagnosis:case_review", args=[case.pk])).content.decode()
