@@ -84,6 +84,7 @@ class CaseAdminForm(forms.ModelForm):
     class Meta:
         model = Case
         fields = "__all__"
+        field_classes = CaseForm.Meta.field_classes
 
 
 @admin.register(Case)

@@ -9,6 +9,20 @@ from .models import Case, CaseState, Patient, Smear, Stage
 from .services import ALLOWED_FORMATS
 
 
+class TextareaCharField(forms.CharField):
+    """A bounded text box's field: line breaks become LF before max_length is
+    checked. A browser counts a line break as one character against maxlength
+    but sends it as CR LF, so a text the page let through at its limit would
+    otherwise be refused as too long (services.text.check_length does the same)."""
+
+    widget = forms.Textarea
+
+    def to_python(self, value):
+        if isinstance(value, str):
+            value = value.replace("\r\n", "\n")
+        return super().to_python(value)
+
+
 class PatientForm(forms.ModelForm):
     class Meta:
         model = Patient
@@ -24,6 +38,7 @@ class CaseForm(forms.ModelForm):
     class Meta:
         model = Case
         fields = ["patient", "accession_number", "specimen_type", "collection_date", "clinical_note"]
+        field_classes = {"clinical_note": TextareaCharField}
         widgets = {
             "clinical_note": forms.Textarea(attrs={"rows": 4}),
             "collection_date": forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),

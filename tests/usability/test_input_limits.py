@@ -135,3 +135,38 @@ def test_a_not_assessable_reason_at_the_limit_with_line_breaks_is_saved(path_cli
                      {"action": "not_assessable", "reason": reason})
     smear.refresh_from_db()
     assert smear.not_assessable and smear.not_assessable_reason == reason.replace("\r\n", "\n")
+
+
+def test_a_clinical_note_at_the_limit_with_line_breaks_is_saved(tech_client, patient):
+    note = AT_LIMIT_WITH_LINE_BREAKS(models.CLINICAL_NOTE_MAX_LENGTH)
+    response = tech_client.post(
+        reverse("diagnosis:case_create"),
+        {"patient": patient.pk, "accession_number": "ACC-9", "specimen_type": "peripheral_blood",
+         "clinical_note": note},
+    )
+    assert response.status_code == 302
+    assert Case.objects.get().clinical_note == note.replace("\r\n", "\n")
+
+
+def test_a_clinical_note_over_the_limit_counting_line_breaks_as_one_is_still_refused(tech_client, patient):
+    note = AT_LIMIT_WITH_LINE_BREAKS(models.CLINICAL_NOTE_MAX_LENGTH) + "x"
+    response = tech_client.post(
+        reverse("diagnosis:case_create"),
+        {"patient": patient.pk, "accession_number": "ACC-9", "specimen_type": "peripheral_blood",
+         "clinical_note": note},
+    )
+    assert f"at most {models.CLINICAL_NOTE_MAX_LENGTH} characters" in response.content.decode()
+    assert not Case.objects.exists()
+
+
+def test_a_clinical_note_at_the_limit_with_line_breaks_is_saved_in_the_admin(client, make_user, case):
+    client.force_login(make_user("Admin", is_staff=True, is_superuser=True))
+    note = AT_LIMIT_WITH_LINE_BREAKS(models.CLINICAL_NOTE_MAX_LENGTH)
+    response = client.post(reverse("admin:diagnosis_case_change", args=[case.pk]), {
+        "patient": case.patient_id, "accession_number": case.accession_number, "specimen_type": case.specimen_type,
+        "clinical_note": note, "smears-TOTAL_FORMS": 0, "smears-INITIAL_FORMS": 0, "smears-MIN_NUM_FORMS": 0,
+        "smears-MAX_NUM_FORMS": 0,
+    })
+    assert response.status_code == 302
+    case.refresh_from_db()
+    assert case.clinical_note == note.replace("\r\n", "\n")
