@@ -4,11 +4,13 @@ or zipped by a worker for download from the portal (ReviewedExport)."""
 import csv
 import io
 import logging
+import os
 import tempfile
 import zipfile
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files import File
 from django.db import transaction
@@ -156,10 +158,23 @@ def build_export(export_id):
     except Exception as exc:  # the soft time limit too: recorded, and a new export can be asked for
         logger.exception("Export %s failed", export_id)
         ReviewedExport.objects.filter(pk=export_id).update(
-            status=ReviewedExport.Status.FAILED, finished_at=timezone.now(),
-            error=f"The export could not be built: {type(exc).__name__}: {exc}"[:2000])
+            status=ReviewedExport.Status.FAILED, finished_at=timezone.now(), error=export_failure_message(exc))
         return None
     return export
+
+
+def export_failure_message(exc):
+    """What the exports page says about a failed build: what failed, never the
+    exception's own text (it may name paths on the server or storage details;
+    build_export logs the whole exception)."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        what = "it took longer than its time limit"
+    elif isinstance(exc, OSError):  # the system's words for the error number, without the file's path
+        what = "a file could not be read or written"
+        what += f" ({os.strerror(exc.errno)})" if isinstance(exc.errno, int) else ""
+    else:
+        what = f"unexpected error ({type(exc).__name__})"
+    return f"The export could not be built: {what}. The details are in the server log; ask for a new export."
 
 
 def tidy_exports(now=None):

@@ -2,7 +2,10 @@
 worker (never in the web request), downloaded behind the export permission,
 deleted after EXPORT_KEEP_DAYS with the record kept."""
 import datetime
+import errno
 import io
+import logging
+import os
 import zipfile
 
 import pytest
@@ -67,16 +70,48 @@ def test_a_message_delivered_twice_builds_once(signed_case, pathologist):
 def test_a_failed_build_is_recorded_and_a_new_export_can_be_asked_for(signed_case, pathologist, path_client,
                                                                        monkeypatch):
     def broken(out, smears=None):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr("diagnosis.services.export.write_export_zip", broken)
     export, _ = services.request_export(pathologist)
     assert services.build_export(export.pk) is None
     export.refresh_from_db()
-    assert export.status == ReviewedExport.Status.FAILED and "disk full" in export.error
-    assert "disk full" in path_client.get(reverse("diagnosis:exports")).content.decode()
+    disk_full = os.strerror(errno.ENOSPC)
+    assert export.status == ReviewedExport.Status.FAILED and disk_full in export.error
+    assert disk_full in path_client.get(reverse("diagnosis:exports")).content.decode()
     assert path_client.get(reverse("diagnosis:export_download", args=[export.pk])).status_code == 404
     assert services.request_export(pathologist)[1] is True
+
+
+def test_a_failed_build_says_what_failed_without_the_servers_paths_and_logs_the_whole_exception(
+        signed_case, pathologist, path_client, monkeypatch, caplog):
+    stored = "/srv/leukportal/media/smears/2026/11/25/ACC-0001.png"
+
+    def broken(out, smears=None):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), stored)
+
+    monkeypatch.setattr("diagnosis.services.export.write_export_zip", broken)
+    export, _ = services.request_export(pathologist)
+    with caplog.at_level(logging.ERROR, logger="diagnosis.services.export"):
+        assert services.build_export(export.pk) is None
+    export.refresh_from_db()
+    page = path_client.get(reverse("diagnosis:exports")).content.decode()
+    assert export.status == ReviewedExport.Status.FAILED
+    assert stored not in export.error and stored not in page
+    assert "The export could not be built" in page and os.strerror(errno.ENOENT) in page
+    assert stored in caplog.text  # the whole exception, traceback included, is in the server log
+    assert services.request_export(pathologist)[1] is True  # and a new export can be asked for
+
+
+def test_an_unexpected_failure_is_named_by_its_kind_only(signed_case, pathologist, monkeypatch):
+    def broken(out, smears=None):
+        raise RuntimeError("storage backend s3://lab-bucket/private/key refused: token=abc123")
+
+    monkeypatch.setattr("diagnosis.services.export.write_export_zip", broken)
+    export, _ = services.request_export(pathologist)
+    services.build_export(export.pk)
+    export.refresh_from_db()
+    assert "RuntimeError" in export.error and "s3://" not in export.error and "abc123" not in export.error
 
 
 def test_the_sweep_fails_a_lost_export_and_deletes_old_zips_keeping_the_record(signed_case, pathologist, path_client,
