@@ -260,6 +260,11 @@ STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
 # (e.g. an NFS mount) so web and workers see the same files.
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "media")))
 MEDIA_URL = "/media/"
+# Modes (octal) of every file and folder the storage writes under MEDIA_ROOT: uploads,
+# thumbnails, heat maps, export zips. Patient images are for the portal's user (web and
+# workers run as the same user) and its group, never for every local account (the umask's 0644).
+FILE_UPLOAD_PERMISSIONS = int(env.str("FILE_UPLOAD_PERMISSIONS", default="640"), 8)
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = int(env.str("FILE_UPLOAD_DIRECTORY_PERMISSIONS", default="750"), 8)
 
 CRISPY_ALLOWED_TEMPLATE_PACKS = "bootstrap5"
 CRISPY_TEMPLATE_PACK = "bootstrap5"

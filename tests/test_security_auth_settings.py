@@ -55,3 +55,14 @@ def test_trusted_proxy_settings_are_read_from_the_environment(tmp_path):
     # Unset: no proxy is trusted, X-Forwarded-For is ignored and REMOTE_ADDR counts.
     run = settings_from(tmp_path, code, DEBUG="1")
     assert run.stdout.split() == ["0", "None"]
+
+
+def test_media_file_modes_are_octal_from_the_environment_and_private_by_default(tmp_path):
+    code = ("from django.conf import settings as s; "
+            "print(oct(s.FILE_UPLOAD_PERMISSIONS), oct(s.FILE_UPLOAD_DIRECTORY_PERMISSIONS))")
+    run = settings_from(tmp_path, code, DEBUG="1")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["0o640", "0o750"]
+    run = settings_from(tmp_path, code, DEBUG="1", FILE_UPLOAD_PERMISSIONS="600",
+                        FILE_UPLOAD_DIRECTORY_PERMISSIONS="0o700")
+    assert run.stdout.split() == ["0o600", "0o700"]

@@ -3,6 +3,9 @@ through the real views: hostile names, polyglot images, camera MPO files,
 degenerate shapes, misleading messages, too many files, and the races of an
 upload with a sign-out or with another upload of the same image."""
 import io
+import os
+import stat
+from pathlib import Path
 
 import pytest
 from django.contrib.messages import get_messages
@@ -182,3 +185,43 @@ def test_damaged_images_are_refused_with_a_reason_never_an_unexpected_error(fmt)
             services.check_image(upload(f"x.{fmt.lower()}", bytes(data[:cut])))
         except services.RejectedImage as exc:
             assert str(exc).endswith(".")
+
+
+# --- Stored files are readable by the portal's own user and group only ------------------------------------------
+@pytest.fixture
+def usual_umask():
+    """The umask most servers run with (022): a file created without an explicit mode is world-readable."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def assert_private(media_root, name):
+    """The stored file is rw for its owner, r for its group, nothing for others; so are the folders made for it."""
+    path = media_root / name
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640, name
+    for folder in Path(name).parents[:-1]:
+        assert stat.S_IMODE((media_root / folder).stat().st_mode) == 0o750, folder
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["in_memory", "spooled_to_disk"])
+def test_an_uploaded_smear_is_not_readable_by_other_local_users(tech_client, case, media_root, usual_umask, settings,
+                                                               spooled):
+    if spooled:
+        settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 0
+    assert post_upload(tech_client, case, [upload("field.png", image_bytes())]).status_code == 302
+    smear = case.smears.get()
+    assert_private(media_root, smear.image.name)
+    assert_private(media_root, smear.thumbnail.name)
+
+
+def test_heat_maps_and_export_zips_the_workers_write_are_not_readable_by_other_local_users(
+        smear_factory, pathologist, media_root, usual_umask):
+    from tests.review.conftest import result
+
+    smear = smear_factory(status="processing")
+    services.record_prediction(smear.pk, result("Pre"), 5)
+    prediction = services.store_heatmap(Smear.objects.get(pk=smear.pk).prediction.pk, image_bytes("JPEG"))
+    assert_private(media_root, prediction.heatmap.name)
+    export, _ = services.request_export(pathologist)
+    assert_private(media_root, services.build_export(export.pk).file.name)
