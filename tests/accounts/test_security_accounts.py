@@ -121,6 +121,67 @@ def test_an_unconfirmed_account_that_already_has_a_role_can_still_be_edited(clie
     assert response.status_code == 302
 
 
+# --- The address shown as a user's is one its owner confirmed -------------------
+# Audit trails, signed reports, exports and notifications show or use user.email, which allauth sets to the
+# primary address. An address typed on the e-mail page proves nothing until its confirmation link is opened.
+def sign_in_for_account_changes(client, user):
+    """Sign in, and give the password again as the e-mail page asks (allauth's reauthentication)."""
+    assert login(client, user.email, PASSWORD).status_code == 302
+    assert client.post(reverse("account_reauthenticate"), {"password": PASSWORD}).status_code == 302
+
+
+def add_address(client, email):
+    return client.post(reverse("account_email"), {"action_add": "", "email": email})
+
+
+def make_primary(client, email):
+    return client.post(reverse("account_email"), {"action_primary": "", "email": email}, follow=True)
+
+
+@pytest.mark.parametrize("own_address", ["created by an admin", "confirmed at sign-up", "not confirmed"])
+def test_a_signed_in_user_cannot_make_an_unconfirmed_address_the_one_shown_as_theirs(client, make_user, own_address):
+    from allauth.account.models import EmailAddress
+
+    user = make_user("Pathologist", email="dr.ross@lab.example")
+    if own_address != "created by an admin":
+        EmailAddress.objects.create(user=user, email=user.email, primary=True,
+                                    verified=own_address == "confirmed at sign-up")
+    sign_in_for_account_changes(client, user)
+    assert add_address(client, "chief.pathologist@lab.example").status_code == 302
+    response = make_primary(client, "chief.pathologist@lab.example")
+    user.refresh_from_db()
+    assert user.email == "dr.ross@lab.example"
+    assert "must be verified" in response.content.decode()
+    assert not EmailAddress.objects.filter(email="chief.pathologist@lab.example", primary=True).exists()
+
+
+@pytest.mark.parametrize("own_address", ["created by an admin", "not confirmed"])
+def test_removing_ones_own_address_never_leaves_an_unconfirmed_one_shown_as_theirs(client, make_user, own_address):
+    from allauth.account.models import EmailAddress
+
+    user = make_user("Pathologist", email="dr.ross@lab.example")
+    if own_address == "not confirmed":
+        EmailAddress.objects.create(user=user, email=user.email, primary=True, verified=False)
+    sign_in_for_account_changes(client, user)
+    add_address(client, "chief.pathologist@lab.example")
+    client.post(reverse("account_email"), {"action_remove": "", "email": "dr.ross@lab.example"})
+    user.refresh_from_db()
+    assert user.email == "dr.ross@lab.example"
+
+
+def test_an_address_becomes_the_users_once_its_confirmation_link_was_opened(client, make_user):
+    from django.core import mail
+
+    user = make_user("Pathologist", email="dr.ross@lab.example")
+    sign_in_for_account_changes(client, user)
+    add_address(client, "d.ross@lab.example")
+    path = re.search(r"https?://[^/]+(/accounts/confirm-email/\S+)", mail.outbox[-1].body).group(1)
+    assert client.post(path).status_code == 302
+    make_primary(client, "d.ross@lab.example")
+    user.refresh_from_db()
+    assert user.email == "d.ross@lab.example"
+
+
 # --- Admin login goes through allauth (rate limits, MFA) ------------------------
 def test_admin_login_page_sends_to_the_portal_login(client):
     response = client.get(reverse("admin:login"))
