@@ -111,6 +111,7 @@ def predict_each(predictor, smears):
         except SoftTimeLimitExceeded:
             raise
         except Exception as exc:  # e.g. the file is missing from the storage
+            logger.warning("Smear %s: its image could not be opened", smear.pk, exc_info=exc)
             failures[smear.pk] = _readable_reason(exc)
     if not sources:
         return {}, failures
@@ -120,7 +121,8 @@ def predict_each(predictor, smears):
         raise
     except Exception as exc:
         if len(sources) == 1:
-            failures[sources[0][0]] = _readable_reason(exc)
+            logger.warning("Smear %s failed classification", sources[0][0], exc_info=exc)
+            failures[sources[0][0]] = _readable_reason(exc, sources[0][1])
             return {}, failures
         logger.warning("Batch of %s smears failed (%s); predicting them one by one", len(sources), exc)
     results = {}
@@ -130,8 +132,8 @@ def predict_each(predictor, smears):
         except SoftTimeLimitExceeded:
             raise
         except Exception as exc:
-            logger.warning("Smear %s failed classification: %s", smear_id, exc)
-            failures[smear_id] = _readable_reason(exc)
+            logger.warning("Smear %s failed classification", smear_id, exc_info=exc)
+            failures[smear_id] = _readable_reason(exc, source)
     return results, failures
 
 
@@ -162,11 +164,14 @@ def make_heatmap(prediction, predictor, smear):
         return services.store_heatmap(prediction.pk, buf.getvalue(), prediction.label) is not None
     except Exception as exc:  # SoftTimeLimitExceeded is an Exception too
         logger.exception("Heat map for smear %s failed; the prediction is kept", smear.pk)
-        services.heatmap_failed(prediction.pk, f"Heat map unavailable: {type(exc).__name__}: {exc}")
+        services.heatmap_failed(prediction.pk, f"Heat map unavailable: {services.failure_words(exc)}.")
         return False
 
 
-def _readable_reason(exc):
+def _readable_reason(exc, source=None):
+    """Why a smear failed, for the technician: the model's own sentence about the image (the stored file's
+    server path taken out), or what failed without the exception's text (paths, storage or SQL details);
+    the callers log the whole exception."""
     image_error = None
     try:
         import ml
@@ -175,12 +180,13 @@ def _readable_reason(exc):
     except Exception:  # ml itself failed to import: the generic reason says so
         pass
     if image_error is not None and isinstance(exc, image_error):
-        return f"The image could not be read by the model: {exc}"
+        text = str(exc).replace(source, "the stored image") if isinstance(source, str) and source else str(exc)
+        return f"The image could not be read by the model: {text}"
     if isinstance(exc, services.InvalidModelOutput):
         return f"Classification failed: {exc}"
     if services.is_transient_db_error(exc):
-        return f"Temporary database error ({exc}); the smear will be queued again automatically."
-    return f"Classification failed: {type(exc).__name__}: {exc}"
+        return "Temporary database error; the smear will be queued again automatically."
+    return f"Classification failed: {services.failure_words(exc)}. The details are in the worker's log."
 
 
 @shared_task(name="diagnosis.sweep_stale_smears", ignore_result=True)
@@ -210,7 +216,7 @@ def compute_heatmap(prediction_id):
     try:
         predictor = load_predictor_for(prediction.smear.kind)
     except Exception as exc:
-        services.heatmap_failed(prediction.pk, f"Heat map unavailable: {type(exc).__name__}: {exc}")
+        services.heatmap_failed(prediction.pk, f"Heat map unavailable: {services.failure_words(exc)}.")
         return "failed"
     return "done" if make_heatmap(prediction, predictor, prediction.smear) else "failed"
 

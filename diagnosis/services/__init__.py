@@ -36,6 +36,7 @@ from ..selectors import (
 )
 from .errors import (
     CaseLocked,
+    failure_words,
     InvalidModelOutput,
     RejectedImage,
     ReviewConflict,
@@ -152,6 +153,7 @@ __all__ = [
     "FORMAT_ALIASES",
     "FORMAT_SIGNATURES",
     "heatmap_failed",
+    "failure_words",
     "InvalidModelOutput",
     "is_transient_db_error",
     "label_display",

@@ -4,13 +4,11 @@ or zipped by a worker for download from the portal (ReviewedExport)."""
 import csv
 import io
 import logging
-import os
 import tempfile
 import zipfile
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files import File
 from django.db import transaction
@@ -19,6 +17,7 @@ from django.utils import timezone
 from ..models import IMAGE_FORMAT_FILES, CellLabel, ReviewedExport, Smear, Stage
 from ..selectors import reviewed_smears
 from .dispatch import enqueue_export
+from .errors import failure_words
 from .text import safe_name_part
 
 logger = logging.getLogger(__name__)
@@ -164,17 +163,9 @@ def build_export(export_id):
 
 
 def export_failure_message(exc):
-    """What the exports page says about a failed build: what failed, never the
-    exception's own text (it may name paths on the server or storage details;
-    build_export logs the whole exception)."""
-    if isinstance(exc, SoftTimeLimitExceeded):
-        what = "it took longer than its time limit"
-    elif isinstance(exc, OSError):  # the system's words for the error number, without the file's path
-        what = "a file could not be read or written"
-        what += f" ({os.strerror(exc.errno)})" if isinstance(exc.errno, int) else ""
-    else:
-        what = f"unexpected error ({type(exc).__name__})"
-    return f"The export could not be built: {what}. The details are in the server log; ask for a new export."
+    """What the exports page says about a failed build (build_export logs the whole exception)."""
+    return (f"The export could not be built: {failure_words(exc)}. The details are in the server log; "
+            "ask for a new export.")
 
 
 def tidy_exports(now=None):

@@ -108,12 +108,35 @@ def test_predictor_failure_marks_smear_failed_and_keeps_everything(fake_ml, smea
     assert Prediction.objects.count() == 1
 
 
-def test_unexpected_error_reason_is_readable(fake_ml, smear_factory):
+def test_an_unexpected_error_is_named_by_its_kind_and_its_text_goes_to_the_log(fake_ml, smear_factory, caplog):
     smear = smear_factory()
-    fake_ml.predictor.error = RuntimeError("CUDA out of memory")
+    fake_ml.predictor.error = RuntimeError("connection to s3://lab-bucket?token=secret refused")
     classify_smear(smear.pk)
     smear.refresh_from_db()
-    assert smear.error == "Classification failed: RuntimeError: CUDA out of memory"
+    assert smear.error == ("Classification failed: unexpected error (RuntimeError). "
+                           "The details are in the worker's log.")
+    assert "token=secret" in caplog.text  # the technician reads the kind; the administrator the whole error
+
+
+def test_a_missing_image_file_is_reported_without_the_servers_path(fake_ml, smear_factory):
+    smear = smear_factory()
+    path = smear.image.path
+    fake_ml.predictor.error = FakeImageError(f"file not found: {path}")  # ml's sentence names the path it was given
+    classify_smear(smear.pk)
+    smear.refresh_from_db()
+    assert smear.error == "The image could not be read by the model: file not found: the stored image"
+    assert str(smear.image.storage.location) not in smear.error
+
+
+def test_a_file_error_says_the_systems_name_for_it_without_the_path(fake_ml, smear_factory):
+    import errno
+
+    smear = smear_factory()
+    fake_ml.predictor.error = OSError(errno.EACCES, "Permission denied", smear.image.path)
+    classify_smear(smear.pk)
+    smear.refresh_from_db()
+    assert smear.error == ("Classification failed: a file could not be read or written (Permission denied). "
+                           "The details are in the worker's log.")
 
 
 def test_invalid_model_output_is_refused(fake_ml, smear_factory):
@@ -143,7 +166,7 @@ def test_retry_from_case_page_requeues_and_then_classifies(
     classify_smear(smear.pk)
     client.force_login(technician)
     page = client.get(smear.case.get_absolute_url()).content.decode()
-    assert "worker lost its GPU" in page and "Retry classification" in page
+    assert "unexpected error (RuntimeError)" in page and "Retry classification" in page
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(reverse("diagnosis:smear_retry", args=[smear.pk]))
     assert response.status_code == 302
@@ -294,7 +317,8 @@ def test_status_json(fake_ml, smear_factory, case, client, pathologist, technici
     assert data["pending"] is True and data["status"] == "processing"
     by_id = {s["id"]: s for s in data["smears"]}
     assert by_id[done.pk]["stage"] == "Pre" and by_id[done.pk]["probabilities"]["Pre"] == 0.8
-    assert by_id[failed.pk]["status"] == "failed" and by_id[failed.pk]["error"].endswith("boom")
+    assert by_id[failed.pk]["status"] == "failed"
+    assert by_id[failed.pk]["error"].startswith("Classification failed: unexpected error (RuntimeError)")
     assert by_id[failed.pk]["can_retry"] is False  # pathologists cannot retry
     assert by_id[queued.pk]["stage"] is None
     client.force_login(technician)
