@@ -7,7 +7,7 @@ other by submodule (`from .audit import record_event`), and each imports only
 modules listed before it:
 
     errors, audit, transactions, case_state, text, dispatch,
-    intake, classification, recovery, records, review, signout, export
+    intake, classification, recovery, records, review, signout, export, backup
 
 The read side (review queue, status payloads, labels, agreement, search)
 lives in diagnosis/selectors.py; services call it, never the other way round.
@@ -125,6 +125,12 @@ from .export import (
     tidy_exports,
     write_export_zip,
 )
+from .backup import (
+    backup_portal,
+    BackupError,
+    restore_portal,
+    verify_backup,
+)
 
 __all__ = [
     "add_addendum",
@@ -133,6 +139,8 @@ __all__ = [
     "agreement_stats",
     "ALLOWED_FORMATS",
     "apply_final_stage",
+    "backup_portal",
+    "BackupError",
     "CASE_EDITABLE_FIELDS",
     "case_status_payload",
     "CaseLocked",
@@ -174,6 +182,7 @@ __all__ = [
     "refresh_case",
     "RejectedImage",
     "resend_lost_heatmaps",
+    "restore_portal",
     "retry_smear",
     "retry_transaction",
     "review_queue",
@@ -204,4 +213,5 @@ __all__ = [
     "UploadOutcome",
     "validate_domain",
     "validate_result",
+    "verify_backup",
 ]

@@ -12,7 +12,7 @@ from diagnosis import selectors, services
 DIAGNOSIS = Path(services.__file__).resolve().parent.parent
 #: The documented order of services/__init__.py: a module imports only modules before it.
 ORDER = ["errors", "audit", "transactions", "case_state", "text", "dispatch", "intake", "classification",
-         "recovery", "records", "review", "signout", "export"]
+         "recovery", "records", "review", "signout", "export", "backup"]
 
 
 def imported_modules(path):
