@@ -54,6 +54,17 @@ def test_audit_trail_names_the_screens_prediction_on_a_cell_as_a_flag(cell, fiel
     assert "→ Blast" not in trail and "→ Normal" not in trail
 
 
+def test_a_cells_heat_map_is_named_by_the_screens_probability(cell, path_client, case):
+    from tests.portal_testutils import image_bytes
+
+    flagged = cell(0.9)
+    services.store_heatmap(flagged.prediction.pk, image_bytes("JPEG", seed=5))
+    page = path_client.get(reverse("diagnosis:case_review", args=[case.pk])).content.decode()
+    assert "Heat map: where blurring lowers P(blast)</label>" in page
+    assert 'alt="Heat map overlay: where blurring the cell lowers P(blast) most"' in page
+    assert "lowers Blast" not in page and "suggested stage" not in page
+
+
 def test_cells_only_case_signs_out_without_a_stage(cell, pathologist, path_client, case):
     a, b = cell(0.9), cell(0.2)
     page = path_client.get(reverse("diagnosis:case_review", args=[case.pk])).content.decode()
