@@ -128,6 +128,9 @@ class SmearUploadView(RolePermissionRequiredMixin, SingleObjectMixin, FormView):
         except services.CaseLocked as exc:
             messages.error(self.request, str(exc))
             return redirect(self.object)
+        except services.StorageFailed as exc:  # nothing kept: the form again, with the reason
+            form.add_error(None, str(exc))
+            return self.form_invalid(form)
         for name, reason in outcome.rejected:
             messages.error(self.request, f"“{name}” was not accepted: {reason}")
         if not outcome.accepted:

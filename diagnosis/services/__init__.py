@@ -41,6 +41,7 @@ from .errors import (
     RejectedImage,
     ReviewConflict,
     ReviewError,
+    StorageFailed,
 )
 from .audit import (
     record_event,
@@ -162,6 +163,7 @@ __all__ = [
     "FORMAT_SIGNATURES",
     "heatmap_failed",
     "failure_words",
+    "StorageFailed",
     "InvalidModelOutput",
     "is_transient_db_error",
     "label_display",

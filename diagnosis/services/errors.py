@@ -15,6 +15,11 @@ class InvalidModelOutput(ValueError):
     pass
 
 
+class StorageFailed(Exception):
+    """The media storage refused to store an upload's files (e.g. the disk is full). str() says so for the
+    technician, without the server's paths; nothing of that upload was kept."""
+
+
 class ReviewError(ValueError):
     """A review action that the rules refuse; str() is shown to the user."""
 

@@ -3,6 +3,7 @@ and queued for classification (add_smears), the rejected ones recorded with
 their reason."""
 import hashlib
 import io
+import logging
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from ..models import AuditEvent, Case, RejectedUpload, Smear
 from .audit import record_event
 from .case_state import refresh_case
 from .dispatch import enqueue_classification
-from .errors import CaseLocked, RejectedImage
+from .errors import CaseLocked, RejectedImage, StorageFailed, failure_words
+
+logger = logging.getLogger(__name__)
 
 
 #: Pillow format name -> what users call it.
@@ -187,8 +190,24 @@ def add_smears(case, uploads, user, *, kind):
         except RejectedImage as exc:
             rejected.append((name, str(exc)))
 
-    accepted = []
     batch = uuid.uuid4()  # the files of this upload, for its progress bar and "done" notification
+    stored = []  # smears whose files this upload wrote: removed again if the upload cannot be kept
+    try:
+        accepted = _store(case, user, kind, checked, rejected, batch, stored)
+    except OSError as exc:  # the storage refused a file (disk full, permissions): the transaction rolled back
+        logger.exception("Upload to case %s could not be stored", case.pk)
+        for smear in stored:
+            _delete_files(smear)
+        raise StorageFailed(
+            f"The images could not be stored: {failure_words(exc)}. Nothing of this upload was saved; try again, "
+            "and tell your administrator if it happens again.") from None
+    return UploadOutcome(accepted=accepted, rejected=rejected)
+
+
+def _store(case, user, kind, checked, rejected, batch, stored):
+    """add_smears' transaction: the rejected files recorded, the new images stored (file and row), their
+    classification queued on commit; the smears whose files were written are appended to ``stored``."""
+    accepted = []
     with transaction.atomic():
         locked = Case.objects.select_for_update().get(pk=case.pk)
         if locked.is_signed_out:
@@ -219,6 +238,7 @@ def add_smears(case, uploads, user, *, kind):
                 batch=batch,
                 status=Smear.Status.QUEUED,
             )
+            stored.append(smear)
             try:
                 with transaction.atomic():  # savepoint: a duplicate refused by the database skips this file only
                     smear.image.save("smear", image.upload, save=False)
@@ -226,6 +246,7 @@ def add_smears(case, uploads, user, *, kind):
                     smear.save()
             except IntegrityError:
                 _delete_files(smear)
+                stored.remove(smear)
                 rejected.append((name, _duplicate_reason(None)))
                 _record_rejected(locked, user, name, rejected[-1][1])
                 continue
@@ -238,7 +259,7 @@ def add_smears(case, uploads, user, *, kind):
             transaction.on_commit(lambda pk=smear.pk: enqueue_classification(pk))
         if accepted:
             refresh_case(locked)
-    return UploadOutcome(accepted=accepted, rejected=rejected)
+    return accepted
 
 
 def _record_rejected(case, user, name, reason):

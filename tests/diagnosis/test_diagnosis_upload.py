@@ -173,3 +173,33 @@ def test_create_patient_and_case_flow(tech_client, technician):
 def test_future_birth_year_refused(tech_client):
     response = tech_client.post(reverse("diagnosis:patient_create"), {"lab_id": "P-78", "sex": "F", "birth_year": 2099})
     assert response.status_code == 200 and "future" in response.content.decode()
+
+
+def test_a_storage_that_fails_mid_upload_gives_a_clear_message_and_leaves_no_half_stored_upload(
+    tech_client, case, settings, monkeypatch, sent_messages, django_capture_on_commit_callbacks
+):
+    import errno
+    import os
+    from pathlib import Path
+
+    from django.core.files.storage import FileSystemStorage
+
+    saves = []
+    real_save = FileSystemStorage._save
+
+    def disk_fills_up(storage, name, content):
+        saves.append(name)
+        if len(saves) == 3:  # the first image and its thumbnail fit; the second image does not
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(storage.location) / name))
+        return real_save(storage, name, content)
+
+    monkeypatch.setattr(FileSystemStorage, "_save", disk_fills_up)
+    files = [upload("a.png", image_bytes("PNG", seed=1)), upload("b.png", image_bytes("PNG", seed=2))]
+    response, callbacks = post_files(tech_client, case, files, django_capture_on_commit_callbacks)
+
+    assert response.status_code == 200  # the upload page again, with the reason
+    page = response.content.decode()
+    assert "could not be stored" in page and os.strerror(errno.ENOSPC) in page
+    assert str(settings.MEDIA_ROOT) not in page
+    assert not Smear.objects.exists() and callbacks == [] and sent_messages == []
+    assert [p for p in Path(settings.MEDIA_ROOT).rglob("*") if p.is_file()] == []  # no orphaned files
