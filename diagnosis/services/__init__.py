@@ -6,7 +6,7 @@ re-exported here (explicit __all__); inside the package, modules import each
 other by submodule (`from .audit import record_event`), and each imports only
 modules listed before it:
 
-    errors, audit, transactions, case_state, text, dispatch,
+    errors, audit, transactions, case_state, text, files, dispatch,
     intake, classification, recovery, records, review, signout, export, backup
 
 The read side (review queue, status payloads, labels, agreement, search)

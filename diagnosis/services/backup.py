@@ -32,6 +32,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.utils import timezone
 
 from ..models import Case, Patient
+from .files import create_private_file, dir_mode, file_mode, make_private_dirs
 
 FORMAT = 1
 FOLDER_PREFIX = "leukportal-backup-"
@@ -80,14 +81,6 @@ Deserializer = json_serializer.Deserializer
 
 class BackupError(Exception):
     """Why a backup or restore was refused or failed; str() is the sentence the operator reads."""
-
-
-def file_mode():
-    return settings.FILE_UPLOAD_PERMISSIONS or 0o640
-
-
-def dir_mode():
-    return settings.FILE_UPLOAD_DIRECTORY_PERMISSIONS or 0o750
 
 
 # --- What is in the database ---------------------------------------------------------------------------------
@@ -144,32 +137,18 @@ def consistent_snapshot():
 
 # --- Files ---------------------------------------------------------------------------------------------------
 
-def _make_dirs(path):
-    """Create path and its missing parents with the media folder mode."""
-    path = Path(path)
-    if path.is_dir():
-        return
-    _make_dirs(path.parent)
-    try:
-        path.mkdir()
-    except FileExistsError:
-        return
-    os.chmod(path, dir_mode())
-
-
 def _copy_file(src, dst):
     """Copy src to the new file dst (never overwrites), with the media file mode and src's times.
     Returns (size, sha256 of the bytes written)."""
-    _make_dirs(dst.parent)
+    make_private_dirs(dst.parent)
     digest, size = hashlib.sha256(), 0
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode())
+    target = create_private_file(dst)
     try:
-        with open(src, "rb") as source, os.fdopen(fd, "wb") as target:
+        with open(src, "rb") as source, target:
             for chunk in iter(lambda: source.read(CHUNK), b""):
                 digest.update(chunk)
                 target.write(chunk)
                 size += len(chunk)
-        os.chmod(dst, file_mode())
     except BaseException:
         os.unlink(dst)  # no half-written file left behind
         raise
@@ -266,8 +245,7 @@ def _write_backup(folder, media_root, now):
         "media_bytes": sum(entry["size"] for entry in media),
         "missing_media": [ref for ref in referenced if ref["path"] not in copied],
     }
-    fd = os.open(folder / MANIFEST_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode())
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with create_private_file(folder / MANIFEST_FILE, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.write("\n")
     return manifest

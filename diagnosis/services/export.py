@@ -18,6 +18,7 @@ from ..models import IMAGE_FORMAT_FILES, CellLabel, ReviewedExport, Smear, Stage
 from ..selectors import reviewed_smears
 from .dispatch import enqueue_export
 from .errors import failure_words
+from .files import create_private_file, make_private_dirs
 from .text import safe_name_part
 
 logger = logging.getLogger(__name__)
@@ -89,19 +90,20 @@ def export_reviewed(dest, smears=None):
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise ValueError(f"{dest} is not empty; export into a new folder.")
-    dest.mkdir(parents=True, exist_ok=True)
+    # Patient images: folders and files get the media's modes (services.files), not the umask's.
     for sub, labels in EXPORT_LAYOUT.values():
         for label in labels:  # the model's classes always exist, even when empty
-            (dest / sub / label).mkdir(parents=True, exist_ok=True)
+            make_private_dirs(dest / sub / label)
     rows = {kind: [] for kind in EXPORT_LAYOUT}
     for kind, relative, smear, row in _export_entries(reviewed_smears() if smears is None else smears):
         target = _inside(dest / EXPORT_LAYOUT[kind][0], relative)
-        with smear.image.open("rb") as src, open(target, "xb") as out:
+        with smear.image.open("rb") as src, create_private_file(target) as out:
             for chunk in src.chunks():
                 out.write(chunk)
         rows[kind].append(row)
     for kind, (sub, _) in EXPORT_LAYOUT.items():
-        (dest / sub / EXPORT_CSV).write_text(_labels_csv(rows[kind]), encoding="utf-8", newline="")
+        with create_private_file(dest / sub / EXPORT_CSV, "w", encoding="utf-8", newline="") as out:
+            out.write(_labels_csv(rows[kind]))
     return sum(len(r) for r in rows.values())
 
 

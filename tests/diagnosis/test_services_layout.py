@@ -11,7 +11,7 @@ from diagnosis import selectors, services
 
 DIAGNOSIS = Path(services.__file__).resolve().parent.parent
 #: The documented order of services/__init__.py: a module imports only modules before it.
-ORDER = ["errors", "audit", "transactions", "case_state", "text", "dispatch", "intake", "classification",
+ORDER = ["errors", "audit", "transactions", "case_state", "text", "files", "dispatch", "intake", "classification",
          "recovery", "records", "review", "signout", "export", "backup"]
 
 

@@ -80,6 +80,17 @@ def test_export_command_writes_class_folders_and_csv(reviewed, tmp_path, case, p
         call_command("export_reviewed", str(dest.parent))
 
 
+def test_the_exported_images_and_folders_are_not_readable_by_other_local_users(reviewed, tmp_path):
+    import stat
+
+    dest = tmp_path / "export"
+    call_command("export_reviewed", str(dest))
+    written = [dest, *dest.rglob("*")]
+    assert any(p.suffix == ".png" for p in written) and any(p.name == "labels.csv" for p in written)
+    for path in written:  # patient images: the media's modes (640 / 750), never the umask's 644 / 755
+        assert stat.S_IMODE(path.stat().st_mode) == (0o750 if path.is_dir() else 0o640), path
+
+
 def test_export_zip_and_admin_action(reviewed, path_client, client, make_user, case):
     names = exported_zip_names(path_client)
     assert "reviewed/staging/labels.csv" in names and "reviewed/screening/labels.csv" in names
