@@ -26,9 +26,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from browser_pages import load_all_images, wait_for  # noqa: E402 (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -235,17 +235,6 @@ ACTIONS = {"review_tools": review_tools, "account_menu": account_menu, "upload_b
            "phone_menu": phone_menu}
 
 
-def wait_for(url, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except Exception:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer")
-
-
 def login(page, base, email):
     page.goto(base + "/accounts/login/")
     page.fill("input[name=login]", email)
@@ -256,8 +245,7 @@ def login(page, base, email):
 
 def audit(page, axe, incomplete=False):
     # Lazy images count: load them all, as a person scrolling would.
-    page.evaluate("() => Promise.all(Array.from(document.images, img => { img.loading = 'eager'; "
-                  "return img.decode().catch(() => null); }))")
+    load_all_images(page)
     page.add_script_tag(path=axe)
     result = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
     if incomplete:  # what axe could not decide, for a person to look at

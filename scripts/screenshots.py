@@ -18,9 +18,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from browser_pages import load_all_images, wait_for  # noqa: E402 (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "taleqani-all"
@@ -127,21 +127,8 @@ def build_demo():
 def full_page_shot(page, path):
     """A full-page screenshot with every image in it: thumbnails load lazily, so those below the window would
     be blank boxes unless they are loaded first."""
-    # (page.wait_for_function would evaluate a string, which the portal's CSP refuses.)
-    page.evaluate("() => Promise.all(Array.from(document.images, img => { img.loading = 'eager'; "
-                  "return img.decode().catch(() => null); }))")
+    load_all_images(page)
     page.screenshot(path=path, full_page=True)
-
-
-def wait_for(url, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except Exception:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def main():
