@@ -55,6 +55,7 @@ class CaseInline(ReadOnlyInline):
 @admin.register(Patient)
 class PatientAdmin(BoundedSearchMixin, admin.ModelAdmin):
     list_display = ["lab_id", "sex", "birth_year", "created_at", "created_by"]
+    list_select_related = ["created_by"]  # nullable: the admin's own select_related() would leave it out
     list_filter = ["sex", "created_at"]
     search_fields = ["lab_id"]
     readonly_fields = ["created_at", "created_by"]
@@ -74,6 +75,9 @@ class SmearInline(ReadOnlyInline):
     model = Smear
     fields = ["original_filename", "kind", "status", "attempts", "error", "created_at"]
     readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("case")  # each row is named with its case
 
 
 class CaseAdminForm(forms.ModelForm):
@@ -239,7 +243,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "case", "action", "actor", "smear", "old_value", "new_value", "model_version", "reason"]
     list_filter = ["action", "created_at"]
     search_fields = ["case__accession_number", "actor__email", "reason", "detail", "model_version"]
-    list_select_related = ["case", "actor", "smear"]
+    list_select_related = ["case", "actor", "smear__case"]  # a smear is named with its case
     actions = None
 
 

@@ -17,7 +17,7 @@ DECISION_SUPPORT_NOTE = (
 
 
 def report_context(case):
-    smears = list(case.smears.select_related("prediction", "reviewed_by").order_by("created_at", "pk"))
+    smears = list(selectors.case_smears(case))
     versions = sorted({s.prediction.model_display for s in smears if hasattr(s, "prediction")})
     # Smears marked not assessable are listed apart and count nowhere (tables, screening summary).
     assessable = [s for s in smears if not s.not_assessable]

@@ -39,7 +39,7 @@ class CaseReviewView(RolePermissionRequiredMixin, DetailView):
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
         case = self.object
-        smears = list(case.smears.select_related("prediction", "reviewed_by"))
+        smears = list(selectors.case_smears(case))
         for smear in smears:
             smear.allowed_labels = [(label, services.label_display(label)) for label in services.labels_for_smear(smear)]
         ctx.update(

@@ -3,7 +3,7 @@ computed from the models. Services write and may call these; selectors never
 call services (nor tasks or views) and write nothing.
 
 Sections: queue (review_queue, next_case_in_queue, confirmable_smears), status
-(smears_status_payload, case_status_payload), labels (labels_for_smear,
+(smears_status_payload, case_status_payload), case pages (case_smears), labels (labels_for_smear,
 labels_for_case, label_display, screen_call_display, audit_change_display, screening_summary_text), cases
 (search_filter), learning (reviewed_smears, interval_over_cases, agreement_stats,
 agreement_by_kind, screen_check).
@@ -150,6 +150,13 @@ def case_status_payload(case, user):
         "pending": any(i["status"] in (Smear.Status.QUEUED, Smear.Status.PROCESSING) for i in items),
         "smears": items,
     }
+
+
+def case_smears(case):
+    """A case's smears in upload order, each with what the review page and the report show of it: the model's
+    prediction, who reviewed it and who marked it not assessable. One query however many smears the case holds
+    (a case may hold hundreds of single cells)."""
+    return case.smears.select_related("prediction", "reviewed_by", "not_assessable_by").order_by("created_at", "pk")
 
 
 def labels_for_smear(smear):
