@@ -162,3 +162,19 @@ def test_role_groups_have_the_documented_permissions():
     assert not {p for p in path if p.split(".")[1].startswith(("add_", "change_", "delete_"))}
     assert tech | path <= admin
     assert "accounts.change_user" in admin
+
+
+def test_the_admin_role_holds_every_diagnosis_permission_including_those_of_later_models():
+    from django.contrib.auth.models import Permission
+
+    every = {f"diagnosis.{codename}" for codename in
+             Permission.objects.filter(content_type__app_label="diagnosis").values_list("codename", flat=True)}
+    admin = {f"diagnosis.{codename}" for codename in
+             Group.objects.get(name="Admin").permissions.filter(content_type__app_label="diagnosis")
+             .values_list("codename", flat=True)}
+    assert every - admin == set()  # e.g. the exports and notifications added after the roles were made
+
+
+def test_a_staff_admin_sees_the_exports_record_in_the_django_admin(client, lab_admin):
+    client.force_login(lab_admin)
+    assert client.get(reverse("admin:diagnosis_reviewedexport_changelist")).status_code == 200
