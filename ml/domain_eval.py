@@ -179,7 +179,9 @@ def markdown_section(report: dict, heading: str = "## Domain check") -> str:
         "- **The other kind**: a logistic regression on the same statistics, trained on this model's training images "
         f"against {fit.get('n_other_kind')} training images of the portal's other model, names a wrong upload.",
         "- **Quality rules**, whatever the model says: luminance standard deviation below 2% of the range is blank; "
-        "mean saturation below 0.01 is a greyscale image (the least saturated training field has 0.034).",
+        "mean saturation below 0.01 is a greyscale image"
+        + (f" (the least saturated training image has {fit['min_train_saturation']:.3f})."
+           if fit.get("min_train_saturation") is not None else "."),
         f"- Both distances become conformal p-values against the {fit.get('n_val')} validation images "
         f"(`{', '.join(fit.get('val_splits', []))}`)"
         + (f" and {fit['n_val_changed']} changed ones (every second validation image under each mild change; the "

@@ -139,6 +139,9 @@ def fit(task: str, train_embeddings, train_labels, train_stats, val_embeddings, 
         "n_train_changed": int(len(train_changed.embeddings)) if train_changed is not None else 0,
         "n_val_changed": int(len(val_changed.embeddings)) if val_changed is not None else 0,
         "stat_names": list(STAT_NAMES),
+        # The greyscale rule's margin on this model's own images, which the card states.
+        "min_train_saturation": float(np.asarray(train_stats)[:, STAT_NAMES.index("mean_saturation")].min())
+        if len(train_stats) else None,
     }
     return check
 

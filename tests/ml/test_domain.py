@@ -151,6 +151,18 @@ def test_card_section_tabulates_every_set_against_its_target(fitted_model, smear
     assert "flagged <= 2%" in section and "answered <= 5%" in section
 
 
+def test_card_section_states_the_greyscale_margin_of_this_models_own_training_images(fitted_model, smear_folder):
+    import numpy as np
+
+    predictor = Predictor(fitted_model)
+    report = evaluate_domain(predictor, smear_folder, predictor.payload["training"]["config"]["manifest"], "test")
+    least = report["fit"]["min_train_saturation"]
+    assert 0.01 <= least <= 1 and np.isfinite(least)
+    assert f"(the least saturated training image has {least:.3f})" in markdown_section(report)
+    del report["fit"]["min_train_saturation"]  # a check fitted before the margin was recorded states none
+    assert "least saturated" not in markdown_section(report)
+
+
 # --------------------------------------------------------------------------- the shipped models, real images
 
 def _real(folder: str) -> Path:
