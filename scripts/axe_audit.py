@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from browser_pages import load_all_images, wait_for  # noqa: E402 (beside this script)
+from browser_pages import demo_users, load_all_images, wait_for  # noqa: E402 (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -77,19 +77,13 @@ def build_demo():
 
     django.setup()
     call_command("migrate", verbosity=0)
-    from django.contrib.auth.models import Group
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from accounts.models import User
     from diagnosis import services
     from diagnosis.models import Case, Patient
 
-    admin = User.objects.create_superuser("admin@lab.example", PASSWORD)
-    admin.groups.add(Group.objects.get(name="Admin"))
-    tech = User.objects.create_user("tech@lab.example", PASSWORD, full_name="Tina Tech")
-    tech.groups.add(Group.objects.get(name="Technician"))
-    path = User.objects.create_user("path@lab.example", PASSWORD, full_name="Paula Path", title="Dr")
-    path.groups.add(Group.objects.get(name="Pathologist"))
+    admin, tech, path = demo_users(PASSWORD)
     User.objects.create_user("new@lab.example", PASSWORD)  # no role yet
 
     seed = {"n": 0}

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from browser_pages import load_all_images, wait_for  # noqa: E402 (beside this script)
+from browser_pages import demo_users, load_all_images, wait_for  # noqa: E402 (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "taleqani-all"
@@ -54,9 +54,6 @@ def build_demo():
 
     django.setup()
     call_command("migrate", verbosity=0)
-    from django.contrib.auth.models import Group
-
-    from accounts.models import User
     from diagnosis import services
     from diagnosis.models import Case, Patient, Smear
     from diagnosis.tasks import classify_smear, compute_heatmap
@@ -70,12 +67,7 @@ def build_demo():
             if prediction is not None and prediction.in_domain:
                 compute_heatmap(prediction.pk)
 
-    admin = User.objects.create_superuser("admin@lab.example", PASSWORD)
-    admin.groups.add(Group.objects.get(name="Admin"))
-    tech = User.objects.create_user("tech@lab.example", PASSWORD, full_name="Tina Tech")
-    tech.groups.add(Group.objects.get(name="Technician"))
-    pathologist = User.objects.create_user("path@lab.example", PASSWORD, full_name="Paula Path", title="Dr")
-    pathologist.groups.add(Group.objects.get(name="Pathologist"))
+    admin, tech, pathologist = demo_users(PASSWORD)
 
     plan = [  # patient, accession, note, [(class folder, n images)], classify?
         ("P-1042", "ACC-2026-0101", "Follow-up after induction.", [("Benign", 3)], True),

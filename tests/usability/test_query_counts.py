@@ -25,7 +25,7 @@ from django.urls import reverse
 from diagnosis import services
 from diagnosis.models import Case, Notification, Patient, RejectedUpload, ReviewedExport
 from tests.portal_testutils import image_bytes
-from tests.screening.conftest import screening_result, staging_result
+from tests.screening.conftest import staging_result
 
 pytestmark = pytest.mark.django_db
 
