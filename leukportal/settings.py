@@ -298,6 +298,11 @@ if CELERY_VISIBILITY_TIMEOUT <= CELERY_TASK_TIME_LIMIT:
 # A message is acknowledged only after the task finished; a worker that dies
 # mid-task leaves it to be re-delivered; each worker process reserves one
 # message at a time. Duplicate deliveries are harmless: see services.claim_smear.
+# Messages carry ids only, as JSON. Pinned rather than left to Celery's defaults: a worker that accepted pickle
+# would run whatever anyone who can write to the broker sends it.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -180,3 +180,10 @@ def test_recent_prediction_without_heat_map_is_left_to_its_worker(smear_factory,
     smear = smear_factory(status="processing")
     services.record_prediction(smear.pk, result("Pre"), 5)
     assert services.resend_lost_heatmaps() == 0 and sent_heatmaps == []
+
+
+def test_workers_accept_json_messages_only_so_a_pickled_message_is_never_run():
+    from leukportal.celery import app
+
+    assert app.conf.accept_content == ["json"]
+    assert (app.conf.task_serializer, app.conf.result_serializer) == ("json", "json")
