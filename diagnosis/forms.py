@@ -6,21 +6,18 @@ from django.conf import settings
 from django.utils import timezone
 
 from .models import Case, CaseState, Patient, Smear, Stage
-from .services import ALLOWED_FORMATS
+from .services import ALLOWED_FORMATS, one_char_line_breaks
 
 
 class TextareaCharField(forms.CharField):
     """A bounded text box's field: line breaks become LF before max_length is
-    checked. A browser counts a line break as one character against maxlength
-    but sends it as CR LF, so a text the page let through at its limit would
-    otherwise be refused as too long (services.text.check_length does the same)."""
+    checked, as in services.check_length, so the limit the page shows is the
+    limit applied (services.one_char_line_breaks)."""
 
     widget = forms.Textarea
 
     def to_python(self, value):
-        if isinstance(value, str):
-            value = value.replace("\r\n", "\n")
-        return super().to_python(value)
+        return super().to_python(one_char_line_breaks(value) if isinstance(value, str) else value)
 
 
 class PatientForm(forms.ModelForm):

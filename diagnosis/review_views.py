@@ -236,19 +236,12 @@ class DashboardView(RolePermissionRequiredMixin, TemplateView):
     permission_required = "diagnosis.view_review_dashboard"
     template_name = "diagnosis/dashboard.html"
 
-    @staticmethod
-    def model_call(kind, label):
-        """A matrix row's name: for a cell the screen's call (flagged or not; the pathologist calls blasts)."""
-        if kind == Smear.Kind.CELL:
-            return selectors.screen_call_display(label).capitalize()
-        return services.label_display(label)
-
     def get_context_data(self, **kwargs):
         by_kind = []
         reviewed = list(selectors.reviewed_smears())  # one query for both sections
         for kind, kind_display, stats in selectors.agreement_by_kind(reviewed):
             stats["matrix_display"] = [
-                (self.model_call(kind, m), [(services.label_display(f), n, m == f) for f, n in zip(stats["labels"], row)])
+                (selectors.model_call_display(kind, m), [(services.label_display(f), n, m == f) for f, n in zip(stats["labels"], row)])
                 for m, row in stats["matrix"]
             ]
             stats["labels_display"] = [services.label_display(label) for label in stats["labels"]]

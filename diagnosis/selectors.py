@@ -4,7 +4,7 @@ call services (nor tasks or views) and write nothing.
 
 Sections: queue (review_queue, next_case_in_queue, confirmable_smears), status
 (smears_status_payload, case_status_payload), case pages (case_smears), labels (labels_for_smear,
-labels_for_case, label_display, screen_call_display, audit_change_display, screening_summary_text), cases
+labels_for_case, label_display, screen_call_display, model_call_display, audit_change_display, screening_summary_text), cases
 (search_filter), learning (reviewed_smears, interval_over_cases, agreement_stats,
 agreement_by_kind, screen_check).
 """
@@ -189,15 +189,20 @@ def screen_call_display(label):
     return "flagged for review" if label == CellLabel.BLAST else "not flagged"
 
 
+def model_call_display(kind, label):
+    """A model's label on a smear of ``kind`` as the portal names it: a stage for a field, the screen's call for a
+    cell (Flagged for review / Not flagged)."""
+    return screen_call_display(label).capitalize() if kind == Smear.Kind.CELL else label_display(label)
+
+
 def audit_change_display(event):
     """(before, after) of an audit event's Change column in the portal's words, or None when the event changed
     no value. The screen's prediction on a single cell reads as its call (Flagged for review / Not flagged), not
     as a blast label: the pathologist's label is the one called blast."""
     if not (event.old_value or event.new_value):
         return None
-    if (event.action == AuditEvent.Action.PREDICTION and event.smear is not None
-            and event.smear.kind == Smear.Kind.CELL):
-        return "", screen_call_display(event.new_value).capitalize()
+    if event.action == AuditEvent.Action.PREDICTION and event.smear is not None:
+        return "", model_call_display(event.smear.kind, event.new_value)
     return tuple(label_display(value) if value else "" for value in (event.old_value, event.new_value))
 
 

@@ -68,6 +68,12 @@ class Prediction(models.Model):
         return label_display(self.label)
 
     @property
+    def explained_display(self):
+        """What the heat map explains: the stored label's probability for a cell ("P(blast)"), the stage for a
+        field (the screen flags cells; it does not call them blasts)."""
+        return f"P({self.label})" if self.is_screening else self.label_display
+
+    @property
     def model_display(self):
         """A readable model name: "Staging model v2026-11-23 (mobilenetv3_lstm-20261123-0915-s0)"
         when the version carries a training date (the full version stays, in brackets, so two

@@ -59,6 +59,7 @@ from .case_state import (
 )
 from .text import (
     check_length,
+    one_char_line_breaks,
     safe_name_part,
 )
 from .dispatch import (
@@ -147,6 +148,7 @@ __all__ = [
     "CaseLocked",
     "check_image",
     "check_length",
+    "one_char_line_breaks",
     "CheckedImage",
     "claim_batch",
     "claim_heatmap",

@@ -99,10 +99,11 @@ def row_counts():
             for model in sorted(included_models(), key=lambda m: m._meta.label_lower)}
 
 
-def migration_state():
+def migration_state(loader=None):
     """The latest applied migration of every app ({app: name}), as the database records it."""
     latest = {}
-    for app, name in MigrationLoader(connection, ignore_no_migrations=True).applied_migrations:
+    loader = loader or MigrationLoader(connection, ignore_no_migrations=True)
+    for app, name in loader.applied_migrations:
         latest[app] = max(name, latest.get(app, ""))
     return dict(sorted(latest.items()))
 
@@ -368,7 +369,7 @@ def check_migrations(backup_state):
     if missing:
         raise BackupError(f"This database is not migrated as far as the backup ({', '.join(missing)} not applied): "
                           f"run `python manage.py migrate` first.")
-    ahead = [f"{app} ({name} > {backup_state[app]})" for app, name in migration_state().items()
+    ahead = [f"{app} ({name} > {backup_state[app]})" for app, name in migration_state(loader).items()
              if app in backup_state and name > backup_state[app]]
     return [f"The database is migrated further than the backup: {', '.join(ahead)}."] if ahead else []
 

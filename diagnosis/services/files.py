@@ -32,5 +32,5 @@ def create_private_file(path, mode="wb", **open_args):
     """A new file (FileExistsError if there is one: nothing is overwritten) with the media file mode, open for
     writing."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode())
-    os.chmod(path, file_mode())  # exactly the mode, whatever the umask
+    os.fchmod(fd, file_mode())  # exactly the mode, whatever the umask
     return os.fdopen(fd, mode, **open_args)

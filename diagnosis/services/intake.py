@@ -191,22 +191,20 @@ def add_smears(case, uploads, user, *, kind):
             rejected.append((name, str(exc)))
 
     batch = uuid.uuid4()  # the files of this upload, for its progress bar and "done" notification
-    stored = []  # smears whose files this upload wrote: removed again if the upload cannot be kept
     try:
-        accepted = _store(case, user, kind, checked, rejected, batch, stored)
+        accepted = _store(case, user, kind, checked, rejected, batch)
     except OSError as exc:  # the storage refused a file (disk full, permissions): the transaction rolled back
         logger.exception("Upload to case %s could not be stored", case.pk)
-        for smear in stored:
-            _delete_files(smear)
         raise StorageFailed(
             f"The images could not be stored: {failure_words(exc)}. Nothing of this upload was saved; try again, "
             "and tell your administrator if it happens again.") from None
     return UploadOutcome(accepted=accepted, rejected=rejected)
 
 
-def _store(case, user, kind, checked, rejected, batch, stored):
+def _store(case, user, kind, checked, rejected, batch):
     """add_smears' transaction: the rejected files recorded, the new images stored (file and row), their
-    classification queued on commit; the smears whose files were written are appended to ``stored``."""
+    classification queued on commit. An OSError from the storage removes the files this upload wrote and
+    rolls the transaction back."""
     accepted = []
     with transaction.atomic():
         locked = Case.objects.select_for_update().get(pk=case.pk)
@@ -238,7 +236,6 @@ def _store(case, user, kind, checked, rejected, batch, stored):
                 batch=batch,
                 status=Smear.Status.QUEUED,
             )
-            stored.append(smear)
             try:
                 with transaction.atomic():  # savepoint: a duplicate refused by the database skips this file only
                     smear.image.save("smear", image.upload, save=False)
@@ -246,10 +243,13 @@ def _store(case, user, kind, checked, rejected, batch, stored):
                     smear.save()
             except IntegrityError:
                 _delete_files(smear)
-                stored.remove(smear)
                 rejected.append((name, _duplicate_reason(None)))
                 _record_rejected(locked, user, name, rejected[-1][1])
                 continue
+            except OSError:
+                for written in [*accepted, smear]:
+                    _delete_files(written)
+                raise
             record_event(
                 locked, AuditEvent.Action.UPLOAD, actor=user, smear=smear,
                 detail=(f"{smear.original_filename} ({smear.get_kind_display()}; {smear.width}×{smear.height} "

@@ -3,12 +3,17 @@ piece of a file name or header built from it (safe_name_part)."""
 from .errors import ReviewError
 
 
+def one_char_line_breaks(text: str) -> str:
+    """The text with each line break as LF: a browser sends a text box's line break as CR LF but counts it as one
+    character against maxlength, so a limit counts it as one too."""
+    return text.replace("\r\n", "\n")
+
+
 def check_length(text: str, limit: int, what: str) -> str:
     """The text with its line breaks as LF, or ReviewError when it is longer
     than the field allows (every free text is bounded; the message says the
-    limit). A browser sends each line break of a text box as CR LF but counts
-    it as one character against maxlength: so does this."""
-    text = text.replace("\r\n", "\n")
+    limit), counting a line break as one character (one_char_line_breaks)."""
+    text = one_char_line_breaks(text)
     if len(text) > limit:
         raise ReviewError(f"{what} is {len(text):,} characters long; the limit is {limit:,} characters.")
     return text
