@@ -23,14 +23,15 @@ def report_context(case):
     assessable = [s for s in smears if not s.not_assessable]
     fields = [s for s in assessable if s.kind != s.Kind.CELL]
     cells = [s for s in assessable if s.kind == s.Kind.CELL]
+    screening = case.screening_summary()
     return {
         "smears": fields,
         "cells": cells,
         "not_assessable": [s for s in smears if s.not_assessable],
         "outside_domain": sum(1 for s in assessable if s.outside_domain),
-        "screening": case.screening_summary(),
-        "screening_text": selectors.screening_summary_text(case, reviewed=False),
-        "screening_reviewed_text": selectors.screening_summary_text(case, reviewed=True),
+        "screening": screening,
+        "screening_text": selectors.screening_summary_text(case, reviewed=False, summary=screening),
+        "screening_reviewed_text": selectors.screening_summary_text(case, reviewed=True, summary=screening),
         "model_versions": versions,
         "addenda": list(case.addenda.select_related("author")),
         "final_stage_display": selectors.label_display(case.final_stage) if case.final_stage else "",

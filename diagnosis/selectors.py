@@ -206,9 +206,11 @@ def audit_change_display(event):
     return tuple(label_display(value) if value else "" for value in (event.old_value, event.new_value))
 
 
-def screening_summary_text(case, reviewed=True):
-    """One line for the audit trail and reports; empty when no cell."""
-    summary = case.screening_summary()
+def screening_summary_text(case, reviewed=True, summary=None):
+    """One line for the audit trail and reports; empty when no cell. ``summary`` is the case's
+    ``screening_summary()`` where the caller already has it (it reads every cell of the case)."""
+    if summary is None:
+        summary = case.screening_summary()
     if not summary["cells"]:
         return ""
     if reviewed and not summary["reviewed"]:

@@ -88,7 +88,7 @@ def classify_claimed(smears):
     # No heat map for an image outside the model's domain: it would explain an answer the portal does not give.
     for prediction in predictions.values():
         if prediction.in_domain:
-            services.enqueue_heatmap(prediction.pk)
+            services.enqueue_heatmap(prediction)
     return outcomes
 
 

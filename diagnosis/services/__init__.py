@@ -65,6 +65,9 @@ from .text import (
 from .dispatch import (
     enqueue_classification,
     enqueue_heatmap,
+    HEATMAP_PRIORITY_FIRST,
+    HEATMAP_PRIORITY_LATER,
+    heatmap_priority,
 )
 from .intake import (
     add_smears,
@@ -208,6 +211,9 @@ __all__ = [
     "smears_status_payload",
     "store_heatmap",
     "HEATMAP_AFTER_SIGN_OUT",
+    "HEATMAP_PRIORITY_FIRST",
+    "HEATMAP_PRIORITY_LATER",
+    "heatmap_priority",
     "sweep_stale_smears",
     "THUMBNAIL_SIZE",
     "TRANSACTION_ATTEMPTS",

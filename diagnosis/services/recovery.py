@@ -117,7 +117,7 @@ def resend_lost_heatmaps(now=None) -> int:
         Q(heatmap_requested_at__isnull=True, created_at__lt=stale_before) | Q(heatmap_requested_at__lt=stale_before)
     )
     sent = []
-    for prediction in lost.only("pk", "heatmap_attempts", "heatmap_requested_at"):
+    for prediction in lost.only("pk", "heatmap_attempts", "heatmap_requested_at", "task", "label"):
         claim = Prediction.objects.filter(pk=prediction.pk, heatmap="", heatmap_error="",
                                           heatmap_attempts=prediction.heatmap_attempts,
                                           heatmap_requested_at=prediction.heatmap_requested_at)
@@ -125,7 +125,7 @@ def resend_lost_heatmaps(now=None) -> int:
             claim.update(heatmap_error=f"Heat map unavailable: the worker stopped while computing it "
                                        f"({prediction.heatmap_attempts} attempts).")
         elif claim.update(heatmap_requested_at=now):  # not again before it is stale once more
-            if enqueue_heatmap(prediction.pk):
+            if enqueue_heatmap(prediction):
                 sent.append(prediction.pk)
     if sent:
         logger.warning("Sweep: heat maps requested again for predictions %s", sent)

@@ -202,8 +202,8 @@ def test_heat_maps_are_queued_only_after_every_result_of_the_batch_is_recorded(p
     predictor.result_of[outside.image.path] = {**result("Pre"), "in_domain": False, "reason": "blank image"}
     seen = []
 
-    def enqueue(prediction_id):
-        seen.append((prediction_id, statuses(*smears, outside)))
+    def enqueue(prediction):
+        seen.append((prediction.pk, statuses(*smears, outside)))
         return True
 
     monkeypatch.setattr(services, "enqueue_heatmap", enqueue)
@@ -221,7 +221,7 @@ def test_a_heat_map_waiting_long_on_its_queue_is_sent_again_but_never_given_up(s
     only a worker starting it counts an attempt, so waiting never ends in
     "unavailable"; the first start computes it and the duplicates do nothing."""
     sent = []
-    monkeypatch.setattr(services.recovery, "enqueue_heatmap", lambda pk: sent.append(pk) or True)
+    monkeypatch.setattr(services.recovery, "enqueue_heatmap", lambda prediction: sent.append(prediction.pk) or True)
     smear = smear_factory(status="processing")
     prediction = services.record_prediction(smear.pk, result("Pre"), 5)
     for minutes in range(0, 10 * settings.SMEAR_MAX_ATTEMPTS, 10):  # many sweeps, each after it went stale again

@@ -129,7 +129,7 @@ def test_sweep_stops_retrying_transient_failures_after_the_attempt_limit(smear_f
 @pytest.fixture
 def sent_heatmaps(monkeypatch):
     sent = []
-    monkeypatch.setattr(services.recovery, "enqueue_heatmap", lambda pk: sent.append(pk) or True)
+    monkeypatch.setattr(services.recovery, "enqueue_heatmap", lambda prediction: sent.append(prediction.pk) or True)
     return sent
 
 

@@ -219,7 +219,7 @@ def test_a_heat_map_a_worker_was_computing_during_sign_out_is_refused(classified
 
 def test_the_sweep_does_not_resend_a_signed_cases_heat_map(signed_case, monkeypatch):
     sent = []
-    monkeypatch.setattr("diagnosis.services.recovery.enqueue_heatmap", lambda pk: sent.append(pk) or True)
+    monkeypatch.setattr("diagnosis.services.recovery.enqueue_heatmap", lambda prediction: sent.append(prediction.pk) or True)
     later = timezone.now() + datetime.timedelta(days=1)
     assert services.resend_lost_heatmaps(now=later) == 0 and sent == []
 
