@@ -11,7 +11,7 @@ agreement_by_kind, screen_check).
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Count, Max, Min, Q
 
 from .models import AuditEvent, Case, CellLabel, Prediction, Smear
 from .models import label_display as _label_display
@@ -335,3 +335,14 @@ def screen_check(smears=None):
             rate.update(interval, cells=interval["total"], cases=interval["groups"], verdict=verdict)
         check["rates"].append(rate)
     return check
+
+
+def model_versions_in_use(task):
+    """The model versions that made this portal's predictions of ``task`` ("staging" or "screening"), newest use
+    first: ``{"model_version", "model_name", "predictions", "first", "last"}`` each."""
+    return list(
+        Prediction.objects.filter(task=task)
+        .values("model_version", "model_name")
+        .annotate(predictions=Count("pk"), first=Min("created_at"), last=Max("created_at"))
+        .order_by("-last")
+    )

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import export_views, review_views, views
+from . import card_views, export_views, review_views, views
 
 app_name = "diagnosis"
 
@@ -31,6 +31,10 @@ urlpatterns = [
     path("uploads/status.json", review_views.UploadQueueStatusView.as_view(), name="upload_queue_status"),
     path("notifications/", review_views.NotificationListView.as_view(), name="notifications"),
     path("notifications/read/", review_views.NotificationsReadView.as_view(), name="notifications_read"),
+    path("models/", card_views.ModelCardListView.as_view(), name="model_cards"),
+    path("models/<slug:name>/", card_views.ModelCardView.as_view(), name="model_card"),
+    path("models/<slug:name>/figures/<int:index>.png", card_views.ModelCardFigureView.as_view(),
+         name="model_card_figure"),
     path("patients/", views.PatientListView.as_view(), name="patient_list"),
     path("patients/new/", views.PatientCreateView.as_view(), name="patient_create"),
     path("patients/<int:pk>/", views.PatientDetailView.as_view(), name="patient_detail"),

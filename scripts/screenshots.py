@@ -190,6 +190,8 @@ def main():
             full_page_shot(page, str(out / "gallery.png"))
             page.goto(base + "/notifications/")
             full_page_shot(page, str(out / "notifications.png"))
+            page.goto(base + "/models/")
+            full_page_shot(page, str(out / "models.png"))
             browser.close()
     finally:
         server.terminate()

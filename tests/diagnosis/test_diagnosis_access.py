@@ -26,10 +26,16 @@ PAGES = [
     ("diagnosis:patient_list", None, ROLES, "get"),
     ("diagnosis:patient_detail", "patient", ROLES, "get"),
     ("diagnosis:patient_create", None, ("Technician", "Admin"), "get"),
+    ("diagnosis:model_cards", None, ROLES, "get"),
+    ("diagnosis:model_card", ("screening",), ROLES, "get"),
+    ("diagnosis:model_card_figure", ("screening", 0), ROLES, "get"),
 ]
 
 
 def url_for(name, key, objects):
+    """``key``: None (no argument), a fixture object's name (its pk), or a tuple of the URL's own arguments."""
+    if isinstance(key, tuple):
+        return reverse(name, args=key)
     return reverse(name, args=[objects[key].pk]) if key else reverse(name)
 
 

@@ -204,6 +204,9 @@ def portal(make_user, technician, pathologist, smear_factory):
         "dashboard": (pathologist, "/review/dashboard/"),
         "exports": (pathologist, "/review/exports/"),
         "two-factor": (pathologist, "/accounts/2fa/"),
+        "models": (tech, "/models/"),
+        "model card, staging": (pathologist, "/models/staging/"),
+        "model card, screening": (pathologist, "/models/screening/"),
     }
 
 
@@ -211,7 +214,7 @@ PAGES = ["login", "signup", "pending role", "case list", "case list, no match", 
          "patient list", "patient detail", "case detail, in review", "case detail, pending", "case detail, cells",
          "case detail, signed out", "upload", "my uploads", "notifications", "password change", "review queue",
          "review, fields", "review, cells", "review, signed out", "gallery", "report, signed out", "report, cells",
-         "dashboard", "exports", "two-factor"]
+         "dashboard", "exports", "two-factor", "models", "model card, staging", "model card, screening"]
 
 
 RENDERED = {}  # page name -> HTML: the portal is built and every page rendered once, by the first test that asks
