@@ -35,6 +35,25 @@ class SignedOutFilter(admin.SimpleListFilter):
         return queryset
 
 
+class FinalStageFilter(admin.SimpleListFilter):
+    """The final stages cases have, by their names; no final stage (not reviewed yet, or cells only) is "None".
+    Django's filter of a field's values linked an empty value with an empty text: a link nobody could name."""
+
+    title = "final stage"
+    parameter_name = "final_stage"
+    NONE = "none"
+
+    def lookups(self, request, model_admin):
+        stages = model_admin.get_queryset(request).order_by().values_list("final_stage", flat=True).distinct()
+        return [(stage or self.NONE, services.label_display(stage) if stage else "None")
+                for stage in sorted(stages, key=lambda s: (s != "", s))]
+
+    def queryset(self, request, queryset):
+        if self.value() is None:
+            return queryset
+        return queryset.filter(final_stage="" if self.value() == self.NONE else self.value())
+
+
 class ReadOnlyInline(admin.TabularInline):
     """Related rows listed with links to their own pages; nothing is added or deleted from here."""
 
@@ -46,6 +65,14 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
+class ListsRelatedRows:
+    """A ModelAdmin whose inlines (ReadOnlyInline) list what the object already has: none on its add form, where
+    they would be an empty table with empty header cells."""
+
+    def get_inlines(self, request, obj):
+        return super().get_inlines(request, obj) if obj is not None else []
+
+
 class CaseInline(ReadOnlyInline):
     model = Case
     fields = ["accession_number", "status", "suggested_stage", "final_stage", "signed_out_at", "created_at"]
@@ -53,7 +80,7 @@ class CaseInline(ReadOnlyInline):
 
 
 @admin.register(Patient)
-class PatientAdmin(BoundedSearchMixin, admin.ModelAdmin):
+class PatientAdmin(ListsRelatedRows, BoundedSearchMixin, admin.ModelAdmin):
     list_display = ["lab_id", "sex", "birth_year", "created_at", "created_by"]
     list_select_related = ["created_by"]  # nullable: the admin's own select_related() would leave it out
     list_filter = ["sex", "created_at"]
@@ -92,13 +119,13 @@ class CaseAdminForm(forms.ModelForm):
 
 
 @admin.register(Case)
-class CaseAdmin(BoundedSearchMixin, admin.ModelAdmin):
+class CaseAdmin(ListsRelatedRows, BoundedSearchMixin, admin.ModelAdmin):
     form = CaseAdminForm
     list_display = [
         "accession_number", "patient", "state", "final_stage_display", "signed_out", "status", "suggested_stage",
         "confidence", "created_by", "created_at",
     ]
-    list_filter = [CaseStateFilter, SignedOutFilter, "final_stage", "status", "suggested_stage", "created_at"]
+    list_filter = [CaseStateFilter, SignedOutFilter, FinalStageFilter, "status", "suggested_stage", "created_at"]
     search_fields = ["accession_number", "patient__lab_id", "clinical_note"]
     list_select_related = ["patient", "created_by", "signed_out_by"]
     autocomplete_fields = ["patient"]

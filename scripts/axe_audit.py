@@ -6,12 +6,18 @@ folders under a temporary directory) with realistic data made without any
 model (fake predictions: classified fields with heat maps, single cells, a
 case in review, a signed-out case with an addendum, a failed smear, a
 rejected upload, an export, notifications), starts the development server on
-it, signs in as each role and runs axe-core on every page.
+it, signs in as each role and runs axe-core on every page; then, signed in as
+the staff admin (a superuser of the Admin role), on the Django admin: its
+index, each registered model's list and change (or view) form, a search, a
+filtered list, the add forms, a form with errors, the delete and bulk-delete
+confirmations, a case's history, the password change and the admin's sign-in;
+five of them again in the dark theme.
 
 axe-core is not a dependency of the portal; install it outside the repository:
 
     mkdir -p /tmp/axe && (cd /tmp/axe && npm init -y >/dev/null && npm install axe-core)
     .venv/bin/python scripts/axe_audit.py [--axe /tmp/axe/node_modules/axe-core/axe.min.js] [--json out.json]
+                                          [--only portal|admin|<part of a page name>]
 
 Prints, per page, the violations by impact (rules, and elements in brackets).
 Exits 0 when axe-core or Chromium is missing (with the reason), otherwise
@@ -35,6 +41,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 PASSWORD = "audit-passphrase-not-for-production"
+ROLE_USERS = {"phone": "tech", "admin-dark": "admin"}  # who signs in for a role that is a way of seeing a page
 IMPACTS = ("critical", "serious", "moderate", "minor")
 
 
@@ -153,10 +160,26 @@ def build_demo():
     export, _ = services.request_export(path)
     services.build_export(export.pk)
 
+    # The admin's e-mail address list: a signed-up account whose address is not confirmed yet.
+    from allauth.account.models import EmailAddress
+    from django.contrib.auth.models import Group
+
+    from diagnosis.models import AuditEvent, CaseAddendum, RejectedUpload
+
+    newcomer = User.objects.get(email="new@lab.example")
+    address = EmailAddress.objects.create(user=newcomer, email=newcomer.email, primary=True, verified=False)
+    field = review.smears.filter(prediction__isnull=False).first()
+
     return {
         "signed": signed.get_absolute_url(), "review": review.get_absolute_url(), "cells": cells.get_absolute_url(),
         "pending": pending.get_absolute_url(), "patient": p1.get_absolute_url(),
         "review_id": review.pk, "cells_id": cells.pk, "signed_id": signed.pk, "pending_id": pending.pk,
+        # The admin's pages.
+        "patient_id": p1.pk, "patient2_id": p2.pk, "smear_id": field.pk, "prediction_id": field.prediction.pk,
+        "event_id": AuditEvent.objects.filter(case=review).latest("pk").pk,
+        "addendum_id": CaseAddendum.objects.get(case=signed).pk, "rejected_id": RejectedUpload.objects.get().pk,
+        "export_id": export.pk, "user_id": tech.pk, "newcomer_id": newcomer.pk,
+        "group_id": Group.objects.get(name="Technician").pk, "address_id": address.pk,
     }
 
 
@@ -197,6 +220,65 @@ def pages(ids):
         ("tech", "account menu open", "/cases/", "account_menu"),
         ("tech", "upload with a rejected file (messages)", f"/cases/{ids['pending_id']}/upload/", "upload_bad_file"),
         ("phone", "phone: case list, menu open", "/cases/", "phone_menu"),
+    ] + admin_pages(ids)
+
+
+def admin_pages(ids):
+    """The Django admin, as the staff admin; every page name starts with "admin"."""
+    d, a = "/admin/diagnosis", "/admin/accounts"
+    return [
+        (None, "admin: sign-in (redirects to the portal's)", "/admin/login/?next=/admin/"),
+        ("admin", "admin: index", "/admin/"),
+        ("admin", "admin: app index (diagnosis)", f"{d}/"),
+        ("admin", "admin: patients", f"{d}/patient/"),
+        ("admin", "admin: patients, search", f"{d}/patient/?q=P-1042"),
+        ("admin", "admin: patient change", f"{d}/patient/{ids['patient_id']}/change/"),
+        ("admin", "admin: patient change, with errors", f"{d}/patient/{ids['patient_id']}/change/",
+         "admin_form_errors"),
+        ("admin", "admin: patient add", f"{d}/patient/add/"),
+        ("admin", "admin: patient delete confirmation", f"{d}/patient/{ids['patient2_id']}/delete/"),
+        ("admin", "admin: patients, bulk delete confirmation", f"{d}/patient/", "admin_bulk_delete"),
+        ("admin", "admin: cases", f"{d}/case/"),
+        ("admin", "admin: cases, search", f"{d}/case/?q=ACC-2026-01"),
+        ("admin", "admin: cases, search with no match", f"{d}/case/?q=nothing"),
+        ("admin", "admin: cases, filtered", f"{d}/case/?signed_out=no&status=done"),
+        ("admin", "admin: case change (in review)", f"{d}/case/{ids['review_id']}/change/"),
+        ("admin", "admin: case view (signed out)", f"{d}/case/{ids['signed_id']}/change/"),
+        ("admin", "admin: case add", f"{d}/case/add/"),
+        ("admin", "admin: case add, patient list open", f"{d}/case/add/", "admin_autocomplete"),
+        ("admin", "admin: case history", f"{d}/case/{ids['review_id']}/history/"),
+        ("admin", "admin: smears", f"{d}/smear/"),
+        ("admin", "admin: smears, filtered", f"{d}/smear/?status__exact=failed"),
+        ("admin", "admin: smear view", f"{d}/smear/{ids['smear_id']}/change/"),
+        ("admin", "admin: predictions", f"{d}/prediction/"),
+        ("admin", "admin: prediction view", f"{d}/prediction/{ids['prediction_id']}/change/"),
+        ("admin", "admin: audit events", f"{d}/auditevent/"),
+        ("admin", "admin: audit event view", f"{d}/auditevent/{ids['event_id']}/change/"),
+        ("admin", "admin: addenda", f"{d}/caseaddendum/"),
+        ("admin", "admin: addendum view", f"{d}/caseaddendum/{ids['addendum_id']}/change/"),
+        ("admin", "admin: rejected uploads", f"{d}/rejectedupload/"),
+        ("admin", "admin: rejected upload view", f"{d}/rejectedupload/{ids['rejected_id']}/change/"),
+        ("admin", "admin: exports", f"{d}/reviewedexport/"),
+        ("admin", "admin: export view", f"{d}/reviewedexport/{ids['export_id']}/change/"),
+        ("admin", "admin: users", f"{a}/user/"),
+        ("admin", "admin: users, filtered", f"{a}/user/?is_staff__exact=0"),
+        ("admin", "admin: user change", f"{a}/user/{ids['user_id']}/change/"),
+        ("admin", "admin: user change (unconfirmed address)", f"{a}/user/{ids['newcomer_id']}/change/"),
+        ("admin", "admin: user add", f"{a}/user/add/"),
+        ("admin", "admin: user password", f"{a}/user/{ids['user_id']}/password/"),
+        ("admin", "admin: groups", "/admin/auth/group/"),
+        ("admin", "admin: group change", f"/admin/auth/group/{ids['group_id']}/change/"),
+        ("admin", "admin: e-mail addresses", "/admin/account/emailaddress/"),
+        ("admin", "admin: e-mail address change", f"/admin/account/emailaddress/{ids['address_id']}/change/"),
+        ("admin", "admin: authenticators (none)", "/admin/mfa/authenticator/"),
+        ("admin", "admin: password change", "/admin/password_change/"),
+        # The admin follows the system's dark theme (and has a switch for it).
+        ("admin-dark", "admin (dark): index", "/admin/"),
+        ("admin-dark", "admin (dark): cases, filtered", f"{d}/case/?signed_out=no&status=done"),
+        ("admin-dark", "admin (dark): case change (in review)", f"{d}/case/{ids['review_id']}/change/"),
+        ("admin-dark", "admin (dark): user change", f"{a}/user/{ids['user_id']}/change/"),
+        ("admin-dark", "admin (dark): patient change, with errors", f"{d}/patient/{ids['patient_id']}/change/",
+         "admin_form_errors"),
     ]
 
 
@@ -225,8 +307,38 @@ def phone_menu(page):
     page.wait_for_selector("#mainnav.show")
 
 
+def admin_form_errors(page):
+    page.fill("input[name=lab_id]", "")
+    with page.expect_navigation():
+        page.click("input[name=_save]")
+    page.wait_for_selector(".errornote")
+
+
+def admin_bulk_delete(page):
+    page.check("#action-toggle")
+    page.select_option("select[name=action]", "delete_selected")
+    with page.expect_navigation():
+        page.click("button[name=index]")
+    page.wait_for_selector("body.delete-confirmation", state="attached")
+
+
+def admin_autocomplete(page):
+    page.click(".select2-selection")
+    page.wait_for_selector(".select2-results__option:not(.loading-results)")
+
+
 ACTIONS = {"review_tools": review_tools, "account_menu": account_menu, "upload_bad_file": upload_bad_file,
-           "phone_menu": phone_menu}
+           "phone_menu": phone_menu, "admin_form_errors": admin_form_errors, "admin_bulk_delete": admin_bulk_delete,
+           "admin_autocomplete": admin_autocomplete}
+
+
+def wanted(name, only):
+    """--only: "portal" or "admin" for one part of the audit, otherwise a part of the page names."""
+    if not only:
+        return True
+    if only in ("portal", "admin"):
+        return name.startswith("admin") == (only == "admin")
+    return only in name
 
 
 def login(page, base, email):
@@ -255,7 +367,8 @@ def main():
     parser.add_argument("--axe", default=os.environ.get("AXE_JS", "/tmp/axe/node_modules/axe-core/axe.min.js"))
     parser.add_argument("--json", help="write every violation (rule, impact, elements) here")
     parser.add_argument("--port", type=int, default=8766)
-    parser.add_argument("--only", help="audit only pages whose name contains this")
+    parser.add_argument("--only", help='"portal" or "admin": audit only those pages; anything else: only pages '
+                                       'whose name contains it')
     parser.add_argument("--incomplete", action="store_true", help="also list what axe could not decide (stderr)")
     args = parser.parse_args()
     if not Path(args.axe).is_file():
@@ -289,16 +402,17 @@ def main():
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             contexts = {}
             for role, name, path, *action in pages(ids):
-                if args.only and args.only not in name:
+                if not wanted(name, args.only):
                     continue
                 if role not in contexts:
                     # bypass_csp: the portal's CSP refuses inline scripts, and axe is injected as one.
                     phone = role == "phone"  # a technician on a phone
                     ctx = browser.new_context(viewport={"width": 390, "height": 844} if phone else
-                                              {"width": 1280, "height": 900}, bypass_csp=True)
+                                              {"width": 1280, "height": 900}, bypass_csp=True,
+                                              color_scheme="dark" if role == "admin-dark" else "light")
                     page = ctx.new_page()
                     if role:
-                        login(page, base, f"{'tech' if phone else role}@lab.example")
+                        login(page, base, f"{ROLE_USERS.get(role, role)}@lab.example")
                     contexts[role] = page
                 page = contexts[role]
                 page.goto(base + path)
