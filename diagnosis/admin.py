@@ -129,10 +129,14 @@ class CaseAdmin(ListsRelatedRows, BoundedSearchMixin, admin.ModelAdmin):
     search_fields = ["accession_number", "patient__lab_id", "clinical_note"]
     list_select_related = ["patient", "created_by", "signed_out_by"]
     autocomplete_fields = ["patient"]
+    # Stages by their names and the confidence rounded, as the portal shows them; the raw columns are not in the form.
+    SHOWN_AS = {"final_stage": "final_stage_display", "suggested_confidence": "confidence",
+                "signed_out_stage": "signed_out_stage_display"}
+    exclude = list(SHOWN_AS)
     readonly_fields = [
-        "status", "suggested_stage", "suggested_confidence", "created_by", "created_at", "updated_at",
+        "status", "suggested_stage", "confidence", "created_by", "created_at", "updated_at",
         # The review changes only through the portal's review screen (audited).
-        "final_stage", "review_comment", "signed_out_by", "signed_out_at", "signed_out_stage",
+        "final_stage_display", "review_comment", "signed_out_by", "signed_out_at", "signed_out_stage_display",
         # Copied at sign-out (what the signed report shows).
         "signed_out_by_name", "signed_out_by_email", "signed_out_patient_lab_id", "signed_out_patient_sex",
         "signed_out_patient_birth_year",
@@ -151,6 +155,10 @@ class CaseAdmin(ListsRelatedRows, BoundedSearchMixin, admin.ModelAdmin):
     def final_stage_display(self, obj):
         return services.label_display(obj.final_stage) if obj.final_stage else "–"
 
+    @admin.display(description="stage signed out")
+    def signed_out_stage_display(self, obj):
+        return services.label_display(obj.signed_out_stage) if obj.signed_out_stage else "–"
+
     @admin.display(description="signed out", ordering="signed_out_at")
     def signed_out(self, obj):
         return f"{format_when(obj.signed_out_at)} by {signer_name(obj)}" if obj.is_signed_out else "–"
@@ -161,7 +169,7 @@ class CaseAdmin(ListsRelatedRows, BoundedSearchMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.is_signed_out:  # locked: changes go through addenda in the portal
-            return [f.name for f in self.model._meta.fields]
+            return [self.SHOWN_AS.get(f.name, f.name) for f in self.model._meta.fields]
         return super().get_readonly_fields(request, obj)
 
     @admin.action(description="Export reviewed smears of the selected signed-out cases (zip)",

@@ -20,6 +20,10 @@ class TextareaCharField(forms.CharField):
         return super().to_python(one_char_line_breaks(value) if isinstance(value, str) else value)
 
 
+#: The earliest birth year and collection date the portal takes (as the birth year's model validator).
+EARLIEST_YEAR = 1900
+
+
 class PatientForm(forms.ModelForm):
     class Meta:
         model = Patient
@@ -27,6 +31,8 @@ class PatientForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # The browser's own check says what the server says (a positive integer field would allow 0).
+        self.fields["birth_year"].widget.attrs.update(min=EARLIEST_YEAR, max=timezone.localdate().year)
         self.helper = FormHelper()
         self.helper.add_input(Submit("submit", "Create patient"))
 
@@ -38,13 +44,19 @@ class CaseForm(forms.ModelForm):
         field_classes = {"clinical_note": TextareaCharField}
         widgets = {
             "clinical_note": forms.Textarea(attrs={"rows": 4}),
-            "collection_date": forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+            "collection_date": forms.DateInput(attrs={"type": "date", "min": f"{EARLIEST_YEAR}-01-01"},
+                                               format="%Y-%m-%d"),
         }
 
     def clean_collection_date(self):
         value = self.cleaned_data.get("collection_date")
         if value and value > timezone.localdate():
             raise forms.ValidationError("The collection date cannot be in the future.")
+        patient = self.cleaned_data.get("patient")  # cleaned before: it comes first in the form
+        if value and patient is not None and patient.birth_year and value.year < patient.birth_year:
+            raise forms.ValidationError(f"The collection date is before the patient's birth year ({patient.birth_year}).")
+        if value and value.year < EARLIEST_YEAR:
+            raise forms.ValidationError(f"The collection date cannot be before {EARLIEST_YEAR}.")
         return value
 
     def __init__(self, *args, **kwargs):

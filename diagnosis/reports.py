@@ -184,7 +184,7 @@ def case_report_pdf(case):
     if ctx["not_assessable"]:
         story += [p("Not assessable (left out of every count)", "Heading2")]
         for smear in ctx["not_assessable"]:
-            who = smear.not_assessable_by.email if smear.not_assessable_by else ""
+            who = person_name(smear.not_assessable_by)
             story.append(p(f"{smear.original_filename}: {smear.not_assessable_reason} ({who})"))
     if ctx["addenda"]:
         story.append(p("Addenda", "Heading2"))

@@ -50,8 +50,9 @@ class CaseReviewView(RolePermissionRequiredMixin, DetailView):
             screening=case.screening_summary(),
             has_fields=case.has_field_smears(),
             addenda=case.addenda.select_related("author"),
-            audit_events=case.audit_events.select_related("actor", "smear"),
+            audit_events=case.audit_events.select_related("actor", "smear__prediction"),
             remaining=len(services.confirmable_smears(case)),
+            flagged_left=sum(1 for s in smears if s.flag_awaits_review),
             next_case=services.next_case_in_queue(after=case),
         )
         return ctx
@@ -129,7 +130,7 @@ class ConfirmRemainingView(RolePermissionRequiredMixin, View):
             messages.info(request, "No smear had a model label left to confirm.")
         if left:
             messages.warning(request, f"{left} smear{'s' if left != 1 else ''} still need{'s' if left == 1 else ''} "
-                             "your own judgement (no model suggestion to confirm).")
+                             "your own judgement (cells flagged by the screen, or no model suggestion to confirm).")
         return redirect(_review_url(case) + "#case-diagnosis")
 
 
@@ -167,7 +168,8 @@ class CaseFinalizeView(RolePermissionRequiredMixin, View):
                 messages.success(request, f"Case {case.accession_number} signed out as {result}.")
                 return redirect(case)
             services.set_final_stage(case, request.user, stage, comment)
-            messages.success(request, "Final stage and comment saved (not signed out yet).")
+            saved = "Final stage and comment saved" if stage else "Comment saved, final stage still open"
+            messages.success(request, f"{saved} (not signed out yet).")
         except services.CaseLocked as exc:
             return _refuse_locked(request, exc, case)
         except services.ReviewError as exc:

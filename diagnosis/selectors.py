@@ -34,6 +34,11 @@ class QueueEntry:
     def flagged(self):
         return self.low_confidence or self.disagreement or bool(self.outside_domain)
 
+    @property
+    def stages_display(self):
+        """The predicted stages by their names ("Early Pre-B, Pre-B")."""
+        return ", ".join(label_display(stage) for stage in self.stages)
+
 
 def review_queue(threshold=None):
     """Cases awaiting review, oldest first: every smear classified (case
@@ -91,9 +96,12 @@ def confirmable_smears(case: Case) -> list:
     """The smears "confirm all remaining" would confirm: classified, not yet
     reviewed, and with a suggestion to confirm. A smear outside the model's
     domain (no suggestion) or marked not assessable is left for the
-    pathologist to judge one by one."""
+    pathologist to judge one by one, and so is a cell the screen flagged for
+    review: a flag asks for a look, and the pathologist's label is the one
+    that calls a cell blast, never one click over many cells."""
     remaining = case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__in_domain=True,
-                                   not_assessable=False)
+                                   not_assessable=False).exclude(kind=Smear.Kind.CELL,
+                                                                 prediction__label=CellLabel.BLAST)
     return list(remaining.select_related("prediction", "case").order_by("created_at", "pk"))
 
 
@@ -202,6 +210,9 @@ def audit_change_display(event):
     if not (event.old_value or event.new_value):
         return None
     if event.action == AuditEvent.Action.PREDICTION and event.smear is not None:
+        prediction = getattr(event.smear, "prediction", None)
+        if prediction is not None and not prediction.in_domain:  # its label was never a suggestion
+            return "", "Outside the model's domain (no suggestion)"
         return "", model_call_display(event.smear.kind, event.new_value)
     return tuple(label_display(value) if value else "" for value in (event.old_value, event.new_value))
 
@@ -220,8 +231,11 @@ def screening_summary_text(case, reviewed=True, summary=None):
         return (f"Single-cell screening, pathologist: {summary['reviewed_blasts']} of {summary['reviewed']} "
                 f"reviewed cells blast ({frac:.0%}).")
     frac = summary["flagged_fraction"]
-    pct = f" ({frac:.0%})" if frac is not None else ""
-    text = f"Single-cell screening, model: {summary['flagged']} of {summary['screened']} cells flagged by the screen{pct}."
+    if summary["screened"]:
+        text = (f"Single-cell screening, model: {summary['flagged']} of {summary['screened']} cells flagged by the "
+                f"screen ({frac:.0%}).")
+    else:
+        text = "Single-cell screening, model: no cell screened yet."
     if summary["outside_domain"]:
         text += f" {summary['outside_domain']} cell(s) outside the model's domain (not screened)."
     return text

@@ -1,7 +1,13 @@
+import io
+import logging
+import warnings
 from pathlib import PurePath
+from struct import error as struct_error
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.files.base import ContentFile
 from django.db import transaction
 from django.http import FileResponse, Http404, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -9,6 +15,7 @@ from django.urls import reverse
 from django.views import View
 from django.views.generic import CreateView, DetailView, FormView, ListView
 from django.views.generic.detail import SingleObjectMixin
+from PIL import Image, ImageOps
 
 from accounts.mixins import RolePermissionRequiredMixin
 from accounts.roles import has_role
@@ -16,6 +23,8 @@ from accounts.roles import has_role
 from . import services
 from .forms import CaseFilterForm, CaseForm, PatientForm, SmearUploadForm
 from .models import IMAGE_FORMAT_FILES, Case, Patient, Smear, Stage
+
+logger = logging.getLogger(__name__)
 
 
 @login_required
@@ -55,7 +64,7 @@ class CaseDetailView(RolePermissionRequiredMixin, DetailView):
         ctx["counts"] = self.object.smear_counts()
         user = self.request.user
         if user.has_perm("diagnosis.view_auditevent"):
-            ctx["audit_events"] = self.object.audit_events.select_related("actor", "smear")
+            ctx["audit_events"] = self.object.audit_events.select_related("actor", "smear__prediction")
         if user.has_perm("diagnosis.view_rejectedupload"):
             ctx["rejected_uploads"] = self.object.rejected_uploads.select_related("uploaded_by")
         ctx["addenda"] = self.object.addenda.select_related("author")
@@ -114,6 +123,10 @@ class SmearUploadView(RolePermissionRequiredMixin, SingleObjectMixin, FormView):
 
     def get(self, request, *args, **kwargs):
         self.object = self.get_object()
+        if self.object.is_signed_out:  # said before files are chosen, not after they were sent
+            messages.error(request, f"Case {self.object.accession_number} is signed out; it takes no more smears. "
+                                    "Changes now go through an addendum.")
+            return redirect(self.object)
         return super().get(request, *args, **kwargs)
 
     def post(self, request, *args, **kwargs):
@@ -138,6 +151,8 @@ class SmearUploadView(RolePermissionRequiredMixin, SingleObjectMixin, FormView):
             return self.form_invalid(form)
         n = len(outcome.accepted)
         messages.success(self.request, f"{n} image{'s' if n != 1 else ''} stored and queued for classification.")
+        for name, warning in outcome.elsewhere:  # kept, but possibly the wrong patient's image
+            messages.warning(self.request, f"“{name}”: {warning}")
         return redirect(self.object)
 
 
@@ -170,6 +185,12 @@ class SmearRetryView(RolePermissionRequiredMixin, View):
         return redirect(smear.case)
 
 
+#: Stored formats served as they are: Chromium (checked with every mode Pillow writes, and with an EXIF
+#: orientation, which it applies to JPEG and PNG as the model does), Firefox and Safari display them.
+#: Any other stored format (TIFF) is served as a PNG rendition made on request (smear_rendition).
+BROWSER_IMAGE_FORMATS = frozenset({"JPEG", "PNG", "BMP"})
+
+
 class SmearFileView(RolePermissionRequiredMixin, View):
     """Serves a smear image or its thumbnail to users allowed to see smears.
     Media files are never served publicly.
@@ -177,7 +198,13 @@ class SmearFileView(RolePermissionRequiredMixin, View):
     The content type comes from the format detected at upload (thumbnails and
     heat maps are always JPEG), never from a file name, and the response
     forbids sniffing and any active content: an image that is also HTML or
-    script (a polyglot) is only ever shown as an image."""
+    script (a polyglot) is only ever shown as an image.
+
+    The smear image itself is shown in the browser: a format browsers display
+    (BROWSER_IMAGE_FORMATS) as its stored bytes, any other (TIFF) as a PNG
+    rendition of the same pixels, in the orientation the model sees (404 when
+    the stored file no longer decodes). ``?original=1`` downloads the stored
+    file untouched, whatever its format."""
 
     permission_required = "diagnosis.view_smear"
     field = "image"
@@ -190,15 +217,53 @@ class SmearFileView(RolePermissionRequiredMixin, View):
             file = getattr(smear, self.field)
         if not file:
             raise Http404("No such file.")
-        if self.field == "image":
-            extension, content_type = IMAGE_FORMAT_FILES.get(smear.image_format, (".img", "application/octet-stream"))
-        else:
-            extension, content_type = ".jpg", "image/jpeg"
-        if self.field == "image":  # the typed name, made safe, with the detected format's extension
-            download_name = f"{services.safe_name_part(PurePath(smear.original_filename).stem)}{extension}"
-        else:
-            download_name = f"{self.field}-{smear.pk}{extension}"
-        return private_file_response(file, filename=download_name, content_type=content_type)
+        if self.field != "image":
+            return private_file_response(file, filename=f"{self.field}-{smear.pk}.jpg", content_type="image/jpeg")
+        extension, content_type = IMAGE_FORMAT_FILES.get(smear.image_format, (".img", "application/octet-stream"))
+        stem = services.safe_name_part(PurePath(smear.original_filename).stem)  # the typed name, made safe
+        if request.GET.get("original") == "1":
+            return private_file_response(file, filename=f"{stem}{extension}", content_type=content_type,
+                                         as_attachment=True)
+        if smear.image_format in BROWSER_IMAGE_FORMATS:
+            return private_file_response(file, filename=f"{stem}{extension}", content_type=content_type)
+        return private_file_response(ContentFile(smear_rendition(smear, file)), filename=f"{stem}.png",
+                                     content_type="image/png")
+
+
+def smear_rendition(smear, file):
+    """The stored smear image as PNG bytes a browser displays: every pixel,
+    the EXIF/TIFF orientation applied and the mode made 8-bit as the model
+    reads it (ml.runtime.images.to_rgb: 16-bit rescaled, alpha over white);
+    the first page only (multi-page files are refused at upload). Opened as
+    its recorded format only, with the upload's pixel limit checked before
+    decoding; Http404 when the file is missing or no longer decodes. Nothing
+    is cached: 0.4-0.6 s and a 7-11 MB PNG for a 2000x2000 RGB TIFF."""
+    from ml.runtime.images import to_rgb  # here: the web process loads ml.runtime only when a page needs it
+
+    formats = [smear.image_format] if smear.image_format in IMAGE_FORMAT_FILES else list(IMAGE_FORMAT_FILES)
+    try:
+        with file.open("rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(handle, formats=formats) as image:
+                if image.width * image.height > settings.SMEAR_MAX_PIXELS:
+                    raise ValueError(f"{image.width}×{image.height} pixels, over SMEAR_MAX_PIXELS")
+                image.load()
+                try:  # as ml.runtime.images.load_image: a broken EXIF block keeps the image as stored
+                    shown = ImageOps.exif_transpose(image)
+                except Exception:
+                    shown = image
+                if shown.mode not in ("RGB", "L"):
+                    shown = to_rgb(shown)
+                buffer = io.BytesIO()
+                shown.save(buffer, "PNG", compress_level=1)  # fast; the file is never stored
+    except FileNotFoundError:
+        raise Http404("The file is missing from storage.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, SyntaxError, ValueError,
+            EOFError, KeyError, IndexError, TypeError, struct_error) as exc:
+        logger.warning("Smear %s: the stored %s image cannot be shown (%s)", smear.pk,
+                                            smear.image_format, str(exc) or type(exc).__name__)
+        raise Http404("The stored image can no longer be decoded.") from None
+    return buffer.getvalue()
 
 
 def private_file_response(file, *, filename, content_type, as_attachment=False):

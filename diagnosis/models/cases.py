@@ -114,7 +114,7 @@ class Case(models.Model):
         services.case_state.refresh_case() whenever one of them changes."""
 
         EMPTY = "empty", "No smears yet"
-        PROCESSING = "processing", "Processing"
+        PROCESSING = "processing", "Queued or being classified"
         DONE = "done", "All smears classified"
         ATTENTION = "attention", "Needs attention"
 

@@ -36,6 +36,7 @@ class AuditEvent(models.Model):
         RETRY = "retry", "Classification retried"
         CONFIRM = "confirm", "Smear label confirmed"
         OVERRIDE = "override", "Smear label changed"
+        LABELLED = "labelled", "Smear labelled (no model suggestion)"
         FINAL_STAGE = "final_stage", "Final stage set"
         SIGN_OUT = "sign_out", "Case signed out"
         ADDENDUM = "addendum", "Addendum"
@@ -81,7 +82,7 @@ class Notification(models.Model):
     transaction of the event; `key` makes each event notify a person once."""
 
     class Kind(models.TextChoices):
-        BATCH_DONE = "batch_done", "Upload classified"
+        BATCH_DONE = "batch_done", "Upload finished"
         CASE_READY = "case_ready", "Case ready for review"
 
     recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")

@@ -1,6 +1,7 @@
 """Upload: every file checked on its own (check_image), the valid ones stored
 and queued for classification (add_smears), the rejected ones recorded with
 their reason."""
+import dataclasses
 import hashlib
 import io
 import logging
@@ -95,6 +96,22 @@ def _check_shape(width, height):
         )
 
 
+def _check_single_frame(img):
+    """Refuse a file holding more than one image (a multi-page TIFF, an
+    animated PNG): only its first would be classified and shown, silently.
+    A camera's MPO (FORMAT_ALIASES) is the exception: its first frame is the
+    photograph, the others are views of it."""
+    if img.format == "MPO":
+        return
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        kind = {"TIFF": "pages", "PNG": "animation frames"}.get(img.format, "frames")
+        raise RejectedImage(
+            f"the file holds {frames} images ({kind}); only single-image files are accepted, since only the first "
+            "would be classified. Save each image as a file of its own and upload those."
+        )
+
+
 def check_image(upload):
     """Validate one uploaded file as a smear image; return a CheckedImage or
     raise RejectedImage with a readable reason. Reads the whole file. Any
@@ -123,6 +140,7 @@ def check_image(upload):
                         f"the image is {width}×{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels."
                     )
                 _check_shape(width, height)
+                _check_single_frame(img)
                 img.verify()  # structure and checksums (PNG CRCs, ...)
             upload.seek(0)
             with Image.open(upload, formats=list(ALLOWED_FORMATS)) as img:
@@ -164,6 +182,8 @@ def check_image(upload):
 class UploadOutcome:
     accepted: list  # of Smear
     rejected: list  # of (filename, reason)
+    # (filename, warning) for accepted images already stored in another case: a wrong-patient upload shows here
+    elsewhere: list = dataclasses.field(default_factory=list)
 
 
 def add_smears(case, uploads, user, *, kind):
@@ -192,20 +212,40 @@ def add_smears(case, uploads, user, *, kind):
 
     batch = uuid.uuid4()  # the files of this upload, for its progress bar and "done" notification
     try:
-        accepted = _store(case, user, kind, checked, rejected, batch)
+        accepted, elsewhere = _store(case, user, kind, checked, rejected, batch)
     except OSError as exc:  # the storage refused a file (disk full, permissions): the transaction rolled back
         logger.exception("Upload to case %s could not be stored", case.pk)
         raise StorageFailed(
             f"The images could not be stored: {failure_words(exc)}. Nothing of this upload was saved; try again, "
             "and tell your administrator if it happens again.") from None
-    return UploadOutcome(accepted=accepted, rejected=rejected)
+    return UploadOutcome(accepted=accepted, rejected=rejected, elsewhere=elsewhere)
+
+
+def _already_elsewhere(case, images) -> dict:
+    """{sha256: warning} for images whose exact bytes are already in another case: the same image under two
+    patients is most often a wrong-patient upload. Kept, not refused (a case may be opened again as a new one),
+    but said at once and written in the upload's audit entry."""
+    others = (Smear.objects.filter(sha256__in=[image.sha256 for image in images]).exclude(case=case)
+              .select_related("case__patient").order_by("pk"))
+    found = {}
+    for other in others:
+        found.setdefault(other.sha256, []).append(other.case)
+    warnings = {}
+    for sha256, cases in found.items():
+        where = "; ".join(f"case {c.accession_number} of patient {c.patient.lab_id}" for c in cases[:3])
+        where += f" and {len(cases) - 3} more" if len(cases) > 3 else ""
+        other_patient = any(c.patient_id != case.patient_id for c in cases)
+        warnings[sha256] = (f"the same image is already in {where}"
+                            + (": check that it belongs to this patient." if other_patient else "."))
+    return warnings
 
 
 def _store(case, user, kind, checked, rejected, batch):
     """add_smears' transaction: the rejected files recorded, the new images stored (file and row), their
     classification queued on commit. An OSError from the storage removes the files this upload wrote and
-    rolls the transaction back."""
-    accepted = []
+    rolls the transaction back. Returns the smears stored and (file name, warning) for those already in another
+    case."""
+    accepted, elsewhere = [], []
     with transaction.atomic():
         locked = Case.objects.select_for_update().get(pk=case.pk)
         if locked.is_signed_out:
@@ -221,6 +261,7 @@ def _store(case, user, kind, checked, rejected, batch):
                 unique.append(image)
         for name, reason in rejected:
             _record_rejected(locked, user, name, reason)
+        warnings = _already_elsewhere(locked, unique) if unique else {}
         for image in unique:
             name = image.upload.name or "(unnamed file)"
             smear = Smear(
@@ -250,16 +291,19 @@ def _store(case, user, kind, checked, rejected, batch):
                 for written in [*accepted, smear]:
                     _delete_files(written)
                 raise
+            warning = warnings.get(smear.sha256)
             record_event(
                 locked, AuditEvent.Action.UPLOAD, actor=user, smear=smear,
                 detail=(f"{smear.original_filename} ({smear.get_kind_display()}; {smear.width}×{smear.height} "
-                        f"{smear.image_format}, sha256 {smear.sha256})"),
+                        f"{smear.image_format}, sha256 {smear.sha256})" + (f"; {warning}" if warning else "")),
             )
+            if warning:
+                elsewhere.append((smear.original_filename, warning))
             accepted.append(smear)
             transaction.on_commit(lambda pk=smear.pk: enqueue_classification(pk))
         if accepted:
             refresh_case(locked)
-    return accepted
+    return accepted, elsewhere
 
 
 def _record_rejected(case, user, name, reason):

@@ -12,6 +12,11 @@ CASE_EDITABLE_FIELDS = ("patient", "accession_number", "specimen_type", "collect
 PATIENT_EDITABLE_FIELDS = ("lab_id", "sex", "birth_year")
 
 
+def _quoted(value) -> str:
+    """A value as the audit trail shows it: in quotation marks, "(empty)" for nothing (never Python's repr)."""
+    return f"“{value}”" if value else "(empty)"
+
+
 def _audit_value(obj, field):
     value = getattr(obj, field)
     if hasattr(obj, f"get_{field}_display"):
@@ -36,7 +41,7 @@ def record_case_opened(case: Case, user) -> AuditEvent:
     with which accession number and note. Call it in the transaction that
     creates the case (the case form and the admin do)."""
     return record_event(case, AuditEvent.Action.CASE_OPENED, actor=user, new_value=case.accession_number,
-                        detail=f"Patient {case.patient.lab_id}; clinical note: {case.clinical_note!r}")
+                        detail=f"Patient {case.patient.lab_id}; clinical note: {_quoted(case.clinical_note)}")
 
 
 def update_case(case: Case, user, **changes) -> Case:
@@ -53,7 +58,7 @@ def update_case(case: Case, user, **changes) -> Case:
         changed = _apply_changes(locked, changes)
         for field, before, after in changed:
             record_event(locked, AuditEvent.Action.CASE_CHANGED, actor=user, old_value=before,
-                         new_value=after, detail=f"{Case._meta.get_field(field).verbose_name}: {before!r} → {after!r}")
+                         new_value=after, detail=f"{Case._meta.get_field(field).verbose_name}: {_quoted(before)} → {_quoted(after)}")
         if changed:
             locked.full_clean(validate_unique=True)
             locked.save(update_fields=[field for field, _, _ in changed] + ["updated_at"])
@@ -79,7 +84,7 @@ def update_patient(patient, user, **changes):
             label = Patient._meta.get_field(field).verbose_name
             for case in cases:
                 record_event(case, AuditEvent.Action.PATIENT_CHANGED, actor=user, old_value=before,
-                             new_value=after, detail=f"Patient {label}: {before!r} → {after!r}")
+                             new_value=after, detail=f"Patient {label}: {_quoted(before)} → {_quoted(after)}")
         if changed:
             locked.full_clean(validate_unique=True)
             locked.save(update_fields=[field for field, _, _ in changed])

@@ -3,6 +3,7 @@
 from django.db import transaction
 from django.utils import timezone
 
+from ..formatting import person_name
 from ..models import REVIEW_COMMENT_MAX_LENGTH, REVIEW_REASON_MAX_LENGTH, AuditEvent, Case, Smear
 from ..selectors import confirmable_smears, label_display, labels_for_case, labels_for_smear
 from .audit import record_event
@@ -25,27 +26,34 @@ def review_smear(smear, user, label, reason="", *, expected_version=None):
         if smear.status != Smear.Status.DONE or not hasattr(smear, "prediction"):
             raise ReviewError("Only a classified smear can be reviewed.")
         if expected_version is not None and expected_version != smear.review_version:
-            who = smear.reviewed_by.email if smear.reviewed_by else "someone else"
+            who = person_name(smear.reviewed_by) if smear.reviewed_by else "Someone else"
             raise ReviewConflict(
                 f"{who} reviewed this smear meanwhile (now “{label_display(smear.review_label)}”); "
                 "your change was not saved. Look at the current review and submit again if needed."
             )
         allowed = labels_for_smear(smear)
+        if not label:
+            raise ReviewError("Choose a label for the smear.")
         if label not in allowed:
-            raise ReviewError(f"“{label}” is not a label of this smear's model ({', '.join(allowed)}).")
+            names = ", ".join(label_display(choice) for choice in allowed)
+            raise ReviewError(f"“{label}” is not a label of this smear's model ({names}).")
         if smear.not_assessable:
             raise ReviewError("This smear is marked not assessable; mark it assessable again to label it.")
-        model_label = smear.prediction.label
+        model_label, in_domain = smear.prediction.label, smear.prediction.in_domain
         # Outside its domain the model made no suggestion: there is nothing to confirm or to argue against.
-        if label != model_label and not reason and smear.prediction.in_domain:
+        if label != model_label and not reason and in_domain:
             raise ReviewError("A reason is required when you change the model's label.")
-        previous = smear.review_label or model_label
+        # The old value is what the smear showed: the model's label only where it was a suggestion.
+        previous = smear.review_label or (model_label if in_domain else "")
         smear.review_label, smear.review_reason = label, reason
         smear.reviewed_by, smear.reviewed_at = user, timezone.now()
         smear.review_version += 1
         smear.save(update_fields=["review_label", "review_reason", "reviewed_by", "reviewed_at", "review_version",
                                   "updated_at"])
-        action = AuditEvent.Action.CONFIRM if label == model_label else AuditEvent.Action.OVERRIDE
+        if not in_domain:
+            action = AuditEvent.Action.LABELLED
+        else:
+            action = AuditEvent.Action.CONFIRM if label == model_label else AuditEvent.Action.OVERRIDE
         return record_event(
             case, action, actor=user, smear=smear, old_value=previous, new_value=label, reason=reason,
             model_version=f"{smear.prediction.model_name} {smear.prediction.model_version}".strip(),
@@ -112,25 +120,28 @@ def confirm_remaining(case: Case, user) -> list:
 
 
 def set_final_stage(case, user, final_stage, comment=""):
-    """Set (before sign-out) the case's final stage and the comment."""
+    """Set (before sign-out) the case's final stage and the comment: a draft, so the stage may still be open
+    ("") while the comment is kept; sign-out asks for the stage."""
     with transaction.atomic():
         locked = lock_open_case(case)
-        apply_final_stage(locked, user, final_stage, comment)
+        apply_final_stage(locked, user, final_stage, comment, draft=True)
     case.refresh_from_db()
     return case
 
 
-def apply_final_stage(case, user, final_stage, comment):
+def apply_final_stage(case, user, final_stage, comment, draft=False):
     """The final stage is a staging label. A case with no blood-smear field
     (single cells only) has no stage: its final stage stays empty and its
-    result is the reviewed screening summary."""
+    result is the reviewed screening summary. A draft may leave the stage
+    open ("")."""
     comment = check_length((comment or "").strip(), REVIEW_COMMENT_MAX_LENGTH, "The comment")
     allowed = labels_for_case(case)
     if not case.has_field_smears():
         if final_stage:
             raise ReviewError("This case has only single cells: it has no stage; its result is the screening summary.")
-    elif final_stage not in allowed:
-        raise ReviewError(f"Choose a final stage among {', '.join(allowed) or '(no classified smear)'}.")
+    elif final_stage not in allowed and not (draft and final_stage == ""):
+        names = ", ".join(label_display(stage) for stage in allowed)
+        raise ReviewError(f"Choose a final stage among {names or '(no classified smear)'}.")
     if final_stage != case.final_stage:
         record_event(case, AuditEvent.Action.FINAL_STAGE, actor=user, old_value=case.final_stage,
                      new_value=final_stage, reason=comment)

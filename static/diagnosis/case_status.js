@@ -93,11 +93,15 @@
       var pct = screening.screened ? " (" + Math.round(100 * screening.flagged / screening.screened) + " %)" : "";
       var line = document.querySelector("[data-screening-summary]");
       line.replaceChildren();
-      var strong = document.createElement("strong");
-      strong.textContent = screening.flagged;
-      line.appendChild(strong);
-      line.appendChild(document.createTextNode(" of " + screening.screened + " cell" +
-        (screening.screened === 1 ? "" : "s") + " flagged by the screen" + pct));
+      if (screening.screened) {
+        var strong = document.createElement("strong");
+        strong.textContent = screening.flagged;
+        line.appendChild(strong);
+        line.appendChild(document.createTextNode(" of " + screening.screened + " cell" +
+          (screening.screened === 1 ? "" : "s") + " flagged by the screen" + pct));
+      } else {
+        line.textContent = "No cell screened yet.";  // not "0 of 0", which reads like a result
+      }
       var outside = document.querySelector("[data-screening-outside]");
       if (outside) {
         outside.hidden = !screening.outside_domain;

@@ -98,7 +98,7 @@ def test_notifications_are_emailed_when_configured_without_patient_identifiers(
         for smear_id in uploaded:
             tasks.classify_smear(smear_id)
     to_tech = [m for m in mail.outbox if m.to == [technician.email]]
-    assert len(to_tech) == 1 and "upload classified" in to_tech[0].subject
+    assert len(to_tech) == 1 and "upload finished" in to_tech[0].subject
     assert f"/cases/{case.pk}/" in to_tech[0].body
     for message in mail.outbox:  # mail leaves the lab: no patient or case identifier in it
         assert "P-0001" not in message.body + message.subject and "ACC-0001" not in message.body + message.subject

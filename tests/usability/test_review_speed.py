@@ -13,9 +13,13 @@ pytestmark = pytest.mark.django_db
 def test_confirm_all_remaining_confirms_each_unreviewed_smear_with_its_own_audit_event(path_client, case, field, cell, pathologist):
     changed = field("Pre")
     services.review_smear(changed, pathologist, "Pro", "blasts look pro-B")
-    others = [field("Early"), cell(0.9)]
+    others = [field("Early"), cell(0.05)]
+    flagged = cell(0.9)  # a cell the screen flagged is looked at one by one
     response = path_client.post(reverse("diagnosis:case_confirm_remaining", args=[case.pk]), follow=True)
     assert "2 smears confirmed" in response.content.decode()
+    assert "1 smear still needs your own judgement (cells flagged by the screen" in response.content.decode()
+    flagged.refresh_from_db()
+    assert flagged.review_label == ""
     for smear in others:
         smear.refresh_from_db()
         assert smear.review_label == smear.prediction.label and smear.reviewed_by == pathologist
@@ -72,7 +76,7 @@ def test_gallery_shows_every_smear_with_model_and_pathologist_labels(tech_client
     html = response.content.decode()
     assert html.count("data-gallery-item=") == 3
     assert html.count("data-gallery-reviewed") == 1
-    assert "Pro-B" in html and "Blast" in html
+    assert "Pro-B" in html and "flagged for review" in html  # the model's answers, worded as everywhere
 
 
 def test_gallery_needs_a_role(client, no_role_user, case):

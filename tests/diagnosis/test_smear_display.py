@@ -1,0 +1,247 @@
+"""Every stored smear is viewable in the browser: JPEG, PNG and BMP as their
+stored bytes, TIFF as a PNG rendition of the same pixels in the orientation the
+model sees; ``?original=1`` downloads the untouched file; a stored file that no
+longer decodes is a 404, never a server error; multi-image files (multi-page
+TIFF, animated PNG) are refused at upload with the reason."""
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.contrib.auth.models import Permission
+from django.contrib.messages import get_messages
+from django.core.files.base import ContentFile
+from django.urls import reverse
+from PIL import Image, ImageDraw
+
+from diagnosis import services
+from diagnosis.models import RejectedUpload
+from ml.runtime.images import load_image
+from tests.portal_testutils import browser_login, image_bytes, upload
+
+pytestmark = pytest.mark.django_db
+
+SHOTS = Path(os.environ.get("SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "leukportal-screenshots")
+
+
+def smear_picture(size=(160, 120), mode="RGB"):
+    """A picture whose orientation shows: a dark block in the top-left corner."""
+    img = Image.new("RGB", size, (225, 205, 215))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, size[0] // 4, size[1] // 4], fill=(60, 20, 90))
+    draw.ellipse([size[0] // 3, size[1] // 3, size[0] * 2 // 3, size[1] * 2 // 3], fill=(130, 60, 150))
+    if mode == "I;16":  # a 12-bit microscope camera: the values use only part of the 16-bit range
+        return Image.fromarray(np.asarray(img.convert("L"), dtype=np.uint16) * 16)
+    return img.convert(mode)
+
+
+def encoded(img, fmt, **options):
+    buf = io.BytesIO()
+    img.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def store_as(smear, data, fmt, name):
+    """Replace a factory smear's file by ``data``, recorded as detected format ``fmt``."""
+    with Image.open(io.BytesIO(data)) as img:
+        smear.width, smear.height = img.size
+    smear.image_format, smear.original_filename, smear.size_bytes = fmt, name, len(data)
+    smear.image.save("smear", ContentFile(data), save=False)
+    smear.save()
+    return smear
+
+
+def image_url(smear, original=False):
+    return reverse("diagnosis:smear_image", args=[smear.pk]) + ("?original=1" if original else "")
+
+
+def body(response):
+    return b"".join(response.streaming_content)
+
+
+def assert_private_image_headers(response, content_type):
+    assert response["Content-Type"] == content_type
+    assert response["Cache-Control"] == "no-store, private"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Content-Security-Policy"] == "default-src 'none'; sandbox"
+    assert response["Cross-Origin-Resource-Policy"] == "same-origin"
+
+
+def test_a_tiff_smear_is_shown_as_a_png_of_the_same_pixels(path_client, smear_factory):
+    picture = smear_picture((640, 480))
+    smear = store_as(smear_factory(status="done"), encoded(picture, "TIFF", compression="tiff_lzw"), "TIFF",
+                     "field 7.tiff")
+    response = path_client.get(image_url(smear))
+    assert response.status_code == 200
+    assert_private_image_headers(response, "image/png")
+    assert response["Content-Disposition"] == 'inline; filename="field_7.png"'
+    shown = Image.open(io.BytesIO(body(response)))
+    assert shown.format == "PNG" and shown.size == (smear.width, smear.height) == (640, 480)
+    assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(picture))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "CMYK", "I;16"])
+def test_the_tiff_rendition_is_what_the_model_reads(path_client, smear_factory, mode):
+    data = encoded(smear_picture(mode=mode), "TIFF")
+    smear = store_as(smear_factory(status="done"), data, "TIFF", "field.tif")
+    shown = Image.open(io.BytesIO(body(path_client.get(image_url(smear)))))
+    assert shown.mode in ("RGB", "L")  # 8-bit: a 16-bit image rescaled as the model rescales it
+    assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(load_image(data)))
+
+
+def test_the_tiff_rendition_has_the_orientation_the_model_sees(path_client, smear_factory):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    data = encoded(smear_picture((160, 120)), "TIFF", exif=exif)
+    smear = store_as(smear_factory(status="done"), data, "TIFF", "rotated.tif")
+    shown = Image.open(io.BytesIO(body(path_client.get(image_url(smear)))))
+    model_sees = load_image(data)
+    assert shown.size == model_sees.size == (120, 160)
+    assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(model_sees))
+
+
+def test_the_original_tiff_downloads_untouched(path_client, smear_factory):
+    data = encoded(smear_picture(), "TIFF", compression="tiff_lzw")
+    smear = store_as(smear_factory(status="done"), data, "TIFF", "field 7.tiff")
+    response = path_client.get(image_url(smear, original=True))
+    assert response.status_code == 200
+    assert_private_image_headers(response, "image/tiff")
+    assert response["Content-Disposition"] == 'attachment; filename="field_7.tif"'
+    assert body(response) == data
+
+
+@pytest.mark.parametrize("fmt,content_type,extension", [
+    ("JPEG", "image/jpeg", "jpg"), ("PNG", "image/png", "png"), ("BMP", "image/bmp", "bmp"),
+])
+def test_formats_browsers_show_are_served_as_stored(path_client, smear_factory, fmt, content_type, extension):
+    data = encoded(smear_picture(), fmt)
+    smear = store_as(smear_factory(status="done"), data, fmt, f"field.{extension}")
+    shown = path_client.get(image_url(smear))
+    assert_private_image_headers(shown, content_type)
+    assert shown["Content-Disposition"] == f'inline; filename="field.{extension}"'
+    assert body(shown) == data
+    original = path_client.get(image_url(smear, original=True))
+    assert_private_image_headers(original, content_type)
+    assert original["Content-Disposition"] == f'attachment; filename="field.{extension}"'
+    assert body(original) == data
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's words on the garbage file
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "png recorded as tiff", "missing"])
+def test_a_stored_tiff_that_no_longer_decodes_is_not_found(path_client, smear_factory, damage):
+    good = encoded(smear_picture((640, 480)), "TIFF")
+    smear = store_as(smear_factory(status="done"), good, "TIFF", "field.tif")
+    path_client.raise_request_exception = False  # a server error must show as 500 here, not raise
+    damaged = {"truncated": good[: len(good) // 2], "garbage": b"II*\x00" + bytes(range(256)) * 12,
+               "png recorded as tiff": encoded(smear_picture(), "PNG"), "missing": None}[damage]
+    with open(smear.image.path, "wb") as handle:
+        handle.write(damaged or b"")
+    if damaged is None:
+        os.remove(smear.image.path)
+    response = path_client.get(image_url(smear))
+    assert response.status_code == 404
+    if damaged is not None:  # the untouched file can still be fetched, for whoever investigates it
+        assert body(path_client.get(image_url(smear, original=True))) == damaged
+
+
+def test_a_stored_tiff_over_the_pixel_limit_is_not_decoded(path_client, smear_factory, settings):
+    smear = store_as(smear_factory(status="done"), encoded(smear_picture((640, 480)), "TIFF"), "TIFF", "big.tif")
+    settings.SMEAR_MAX_PIXELS = 640 * 480 - 1
+    assert path_client.get(image_url(smear)).status_code == 404
+
+
+@pytest.mark.parametrize("original", [False, True])
+def test_who_may_fetch_a_smear_image_is_unchanged(client, smear_factory, technician, no_role_user, original):
+    smear = store_as(smear_factory(status="done"), encoded(smear_picture(), "TIFF"), "TIFF", "field.tif")
+    url = image_url(smear, original=original)
+    response = client.get(url)
+    assert response.status_code == 302 and response.url.startswith(reverse("account_login"))
+    client.force_login(no_role_user)
+    assert client.get(url).url == reverse("pending_role")
+    technician.groups.get().permissions.remove(Permission.objects.get(codename="view_smear"))
+    client.force_login(technician)
+    assert client.get(url).status_code == 403
+
+
+def test_the_review_screen_links_the_original_file_as_a_download(path_client, smear_factory, case):
+    smear = store_as(smear_factory(status="done"), encoded(smear_picture(), "TIFF"), "TIFF", "field.tif")
+    page = path_client.get(reverse("diagnosis:case_review", args=[case.pk])).content.decode()
+    assert f'<a href="{image_url(smear, original=True)}" download data-original-file>original file</a>' in page
+    assert f'<img src="{image_url(smear)}"' in page
+
+
+# --------------------------------------------------------------------------- upload: one image per file
+
+def messages_of(response):
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def multi_page_tiff(pages=3):
+    frames = [smear_picture().rotate(90 * n) if n else smear_picture() for n in range(pages)]
+    frames = [f.resize((160, 120)) for f in frames]
+    return encoded(frames[0], "TIFF", save_all=True, append_images=frames[1:])
+
+
+def animated_png():
+    frames = [smear_picture(), smear_picture().transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    return encoded(frames[0], "PNG", save_all=True, append_images=frames[1:])
+
+
+@pytest.mark.parametrize("name,data,reason", [
+    ("stack.tif", multi_page_tiff(3), "the file holds 3 images (pages); only single-image files are accepted"),
+    ("moving.png", animated_png(), "the file holds 2 images (animation frames); only single-image files"),
+])
+def test_a_multi_image_file_is_refused_at_upload_with_the_reason(tech_client, case, name, data, reason):
+    assert Image.open(io.BytesIO(data)).n_frames > 1
+    response = tech_client.post(reverse("diagnosis:smear_upload", args=[case.pk]), {
+        "kind": "field", "images": [upload(name, data), upload("single.tif", encoded(smear_picture(), "TIFF"))]})
+    assert response.status_code == 302  # the single-page file of the same upload is stored
+    assert [m for m in messages_of(response) if m.startswith(f"“{name}” was not accepted: {reason}")]
+    assert list(case.smears.values_list("original_filename", "image_format")) == [("single.tif", "TIFF")]
+    rejected = RejectedUpload.objects.get(case=case)
+    assert rejected.filename == name and rejected.reason.startswith(reason)
+
+
+def test_check_image_refuses_a_multi_page_tiff_and_keeps_camera_mpo(tech_client):
+    with pytest.raises(services.RejectedImage, match="holds 2 images"):
+        services.check_image(upload("two.tif", multi_page_tiff(2)))
+    buf = io.BytesIO()
+    smear_picture().save(buf, "MPO", save_all=True, append_images=[smear_picture()])
+    assert services.check_image(upload("camera.jpg", buf.getvalue())).image_format == "JPEG"
+    assert services.check_image(upload("one.png", image_bytes("PNG", size=(96, 96)))).image_format == "PNG"
+
+
+# --------------------------------------------------------------------------- in the browser
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_tiff_smear_shows_on_the_review_screen(browser, live_server, pathologist, smear_factory, case):
+    from tests.review.conftest import result
+
+    picture = smear_picture((1200, 900))
+    smear = store_as(smear_factory(status="processing"), encoded(picture, "TIFF"), "TIFF", "field.tif")
+    services.record_prediction(smear.pk, result("Pre"), 5)
+    heat = Image.blend(picture, Image.new("RGB", picture.size, (255, 0, 0)), 0.4)
+    services.store_heatmap(smear.prediction.pk, encoded(heat, "JPEG"), explained_class="Pre")
+
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    browser_login(page, live_server.url, pathologist)
+    page.goto(live_server.url + reverse("diagnosis:case_review", args=[case.pk]))
+    card = page.locator(f"#smear-{smear.pk}")
+    image = card.locator(".viewer-inner img:not(.heat)")
+    image.evaluate("img => img.decode()")
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [1200, 900]
+    box = image.bounding_box()
+    assert box["width"] > 300 and abs(box["height"] / box["width"] - 0.75) < 0.01  # not a blank, zero-wide box
+    card.locator("[data-heat-toggle]").check()
+    heat_box = card.locator(".viewer-inner img.heat").bounding_box()
+    assert abs(heat_box["height"] - box["height"]) < 1 and abs(heat_box["width"] - box["width"]) < 1
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    card.screenshot(path=str(SHOTS / "review_tiff_smear.png"))
+
+    with page.expect_download() as download:
+        card.locator("[data-original-file]").click()
+    assert download.value.suggested_filename == "field.tif"
+    assert Path(download.value.path()).read_bytes() == smear.image.open("rb").read()
