@@ -29,6 +29,7 @@ class QueueEntry:
     n_cells: int = 0
     blasts_flagged: int = 0
     outside_domain: int = 0  # smears the model could not judge: the pathologist must look at them
+    ready_since: object = None  # when its last smear was classified (the case opened earlier)
 
     @property
     def flagged(self):
@@ -78,6 +79,7 @@ def review_queue(threshold=None):
                 n_cells=len(cells),
                 blasts_flagged=sum(1 for p in cells if p.label == CellLabel.BLAST),
                 outside_domain=len(outside),
+                ready_since=max(s.prediction.created_at for s in done),
             )
         )
     return entries

@@ -172,3 +172,19 @@ def test_the_pdf_report_names_who_marked_a_smear_not_assessable(classified, make
 def test_the_report_of_a_case_without_images_says_so_instead_of_an_empty_table(path_client, case):
     page = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
     assert "No image was classified in this case." in page and "<th>Final label</th>" not in page
+
+
+def test_the_queue_says_when_a_case_opened_and_since_when_it_is_ready(classified, path_client, case):
+    import datetime
+
+    from django.utils import timezone
+
+    from diagnosis.models import Case, Prediction
+
+    old = timezone.now() - datetime.timedelta(days=3)
+    Case.objects.filter(pk=case.pk).update(created_at=old)
+    smear = classified("Pre")
+    entry = selectors.review_queue()[0]
+    assert entry.ready_since == Prediction.objects.get(smear=smear).created_at > old
+    page = path_client.get(reverse("diagnosis:review_queue")).content.decode()
+    assert "<th class=\"hide-on-phone\">Ready since</th>" in page and "data-ready-since" in page
