@@ -214,6 +214,9 @@ def pages(ids):
         ("path", "exports", "/review/exports/"),
         ("path", "notifications (path)", "/notifications/"),
         ("path", "two-factor", "/accounts/2fa/"),
+        ("tech", "the models", "/models/"),
+        ("path", "model card (staging)", "/models/staging/"),
+        ("path", "model card (screening)", "/models/screening/"),
         # States reached by a click: what axe sees only once they are open.
         ("path", "review: heat map on, zoomed, not-assessable open", f"/cases/{ids['review_id']}/review/",
          "review_tools"),
