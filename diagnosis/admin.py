@@ -140,6 +140,8 @@ class CaseAdmin(ListsRelatedRows, BoundedSearchMixin, admin.ModelAdmin):
         # Copied at sign-out (what the signed report shows).
         "signed_out_by_name", "signed_out_by_email", "signed_out_patient_lab_id", "signed_out_patient_sex",
         "signed_out_patient_birth_year",
+        # Cancelled only in the portal (services.cancel_case, audited).
+        "cancelled_at", "cancelled_by", "cancel_reason",
     ]
     inlines = [SmearInline]
     actions = ["export_reviewed"]
@@ -168,7 +170,7 @@ class CaseAdmin(ListsRelatedRows, BoundedSearchMixin, admin.ModelAdmin):
         return "–" if obj.suggested_confidence is None else f"{obj.suggested_confidence:.2f}"
 
     def get_readonly_fields(self, request, obj=None):
-        if obj is not None and obj.is_signed_out:  # locked: changes go through addenda in the portal
+        if obj is not None and (obj.is_signed_out or obj.is_cancelled):  # locked: addenda in the portal, or none
             return [self.SHOWN_AS.get(f.name, f.name) for f in self.model._meta.fields]
         return super().get_readonly_fields(request, obj)
 
@@ -193,8 +195,8 @@ class CaseAdmin(ListsRelatedRows, BoundedSearchMixin, admin.ModelAdmin):
         services.update_case(Case.objects.get(pk=obj.pk), request.user, **changes)
 
     def has_change_permission(self, request, obj=None):
-        # A signed-out case is changed only by an addendum in the portal.
-        if obj is not None and obj.is_signed_out:
+        # A signed-out case is changed only by an addendum in the portal; a cancelled one not at all.
+        if obj is not None and (obj.is_signed_out or obj.is_cancelled):
             return False
         return super().has_change_permission(request, obj)
 

@@ -10,6 +10,7 @@ urlpatterns = [
     path("cases/<int:pk>/", views.CaseDetailView.as_view(), name="case_detail"),
     path("cases/<int:pk>/status.json", views.CaseStatusView.as_view(), name="case_status"),
     path("cases/<int:pk>/upload/", views.SmearUploadView.as_view(), name="smear_upload"),
+    path("cases/<int:pk>/cancel/", views.CaseCancelView.as_view(), name="case_cancel"),
     path("smears/<int:pk>/retry/", views.SmearRetryView.as_view(), name="smear_retry"),
     path("smears/<int:pk>/image/", views.SmearFileView.as_view(field="image"), name="smear_image"),
     path("smears/<int:pk>/thumbnail/", views.SmearFileView.as_view(field="thumbnail"), name="smear_thumbnail"),

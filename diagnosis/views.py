@@ -71,6 +71,9 @@ class CaseDetailView(RolePermissionRequiredMixin, DetailView):
         ctx["final_labels"] = [(label, services.label_display(label)) for label in services.labels_for_case(self.object)]
         ctx["screening"] = self.object.screening_summary()
         ctx["has_fields"] = self.object.has_field_smears()
+        ctx["can_cancel"] = (user.has_perm("diagnosis.add_case") and not self.object.is_signed_out
+                             and not self.object.is_cancelled and not any(ctx["counts"].values()))
+        ctx["cancel_reason_max"] = services.CANCEL_REASON_MAX_LENGTH
         if self.object.is_signed_out and user.has_perm("diagnosis.review_case"):
             ctx["next_case"] = services.next_case_in_queue(after=self.object)
         ctx["stage_labels"] = Stage.choices
@@ -127,6 +130,9 @@ class SmearUploadView(RolePermissionRequiredMixin, SingleObjectMixin, FormView):
             messages.error(request, f"Case {self.object.accession_number} is signed out; it takes no more smears. "
                                     "Changes now go through an addendum.")
             return redirect(self.object)
+        if self.object.is_cancelled:
+            messages.error(request, f"Case {self.object.accession_number} was cancelled; it takes no smears.")
+            return redirect(self.object)
         return super().get(request, *args, **kwargs)
 
     def post(self, request, *args, **kwargs):
@@ -154,6 +160,23 @@ class SmearUploadView(RolePermissionRequiredMixin, SingleObjectMixin, FormView):
         for name, warning in outcome.elsewhere:  # kept, but possibly the wrong patient's image
             messages.warning(self.request, f"“{name}”: {warning}")
         return redirect(self.object)
+
+
+class CaseCancelView(RolePermissionRequiredMixin, View):
+    """POST: cancel a case opened by mistake, with the reason (services.cancel_case: only while no image is kept)."""
+
+    permission_required = "diagnosis.add_case"
+    http_method_names = ["post"]
+
+    def post(self, request, pk):
+        case = get_object_or_404(Case, pk=pk)
+        try:
+            services.cancel_case(case, request.user, request.POST.get("reason", ""))
+        except services.ReviewError as exc:  # CaseLocked included
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"Case {case.accession_number} cancelled.")
+        return redirect(case)
 
 
 class SmearRetryView(RolePermissionRequiredMixin, View):

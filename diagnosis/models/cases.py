@@ -75,6 +75,7 @@ class CaseState(models.TextChoices):
     IN_REVIEW = "in_review", "In review"
     SIGNED_OUT = "signed_out", "Signed out"
     ADDENDUM = "addendum", "Signed out, with addendum"
+    CANCELLED = "cancelled", "Cancelled"
 
 
 class CaseQuerySet(models.QuerySet):
@@ -82,6 +83,7 @@ class CaseQuerySet(models.QuerySet):
         """Annotate `workflow_state` (a CaseState value), so lists show and
         filter the state in the database. The only implementation of the rule:
 
+        * cancelled (opened by mistake, before any image): cancelled;
         * signed out and amended: addendum; signed out: signed out;
         * every smear classified, and a smear reviewed or a final stage saved: in review;
         * every smear classified, nothing reviewed yet: awaiting review;
@@ -95,6 +97,7 @@ class CaseQuerySet(models.QuerySet):
         amended = CaseAddendum.objects.filter(case=models.OuterRef("pk"))
         return self.annotate(
             workflow_state=models.Case(
+                models.When(cancelled_at__isnull=False, then=models.Value(CaseState.CANCELLED)),
                 models.When(models.Exists(amended), signed_out_at__isnull=False, then=models.Value(CaseState.ADDENDUM)),
                 models.When(signed_out_at__isnull=False, then=models.Value(CaseState.SIGNED_OUT)),
                 models.When(
@@ -172,6 +175,13 @@ class Case(models.Model):
     signed_out_patient_lab_id = models.CharField(max_length=64, blank=True)
     signed_out_patient_sex = models.CharField(max_length=1, choices=Patient.Sex.choices, blank=True)
     signed_out_patient_birth_year = models.PositiveSmallIntegerField(null=True, blank=True)
+    # A case opened by mistake, cancelled before any image was kept (services.cancel_case): it stays, with its
+    # audit trail, and takes nothing more.
+    cancelled_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    cancel_reason = models.CharField(max_length=500, blank=True)
 
     objects = CaseQuerySet.as_manager()
 
@@ -204,6 +214,10 @@ class Case(models.Model):
     @property
     def is_signed_out(self):
         return self.signed_out_at is not None
+
+    @property
+    def is_cancelled(self):
+        return self.cancelled_at is not None
 
     @property
     def signer_display(self):

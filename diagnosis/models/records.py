@@ -43,6 +43,7 @@ class AuditEvent(models.Model):
         NOT_ASSESSABLE = "not_assessable", "Smear marked not assessable"
         ASSESSABLE = "assessable", "Smear marked assessable again"
         CASE_OPENED = "case_opened", "Case opened"
+        CASE_CANCELLED = "case_cancelled", "Case cancelled"
         CASE_CHANGED = "case_changed", "Case data changed"
         PATIENT_CHANGED = "patient_changed", "Patient data changed"
 

@@ -98,6 +98,8 @@ from .recovery import (
     sweep_stale_smears,
 )
 from .records import (
+    CANCEL_REASON_MAX_LENGTH,
+    cancel_case,
     CASE_EDITABLE_FIELDS,
     PATIENT_EDITABLE_FIELDS,
     record_case_opened,
@@ -219,6 +221,8 @@ __all__ = [
     "TRANSACTION_ATTEMPTS",
     "TRANSIENT_DB_ERROR_CODES",
     "update_case",
+    "cancel_case",
+    "CANCEL_REASON_MAX_LENGTH",
     "update_patient",
     "UploadOutcome",
     "validate_domain",

@@ -11,10 +11,13 @@ from .errors import CaseLocked
 
 
 def lock_open_case(case):
-    """Lock the case row, then refuse (CaseLocked) if it is signed out: the
+    """Lock the case row, then refuse (CaseLocked) if it is cancelled or signed out: the
     check runs under the lock, so a sign-out that committed meanwhile wins.
     Returns the locked case."""
     locked = Case.objects.select_for_update().get(pk=case.pk)
+    if locked.is_cancelled:
+        raise CaseLocked(f"Case {locked.accession_number} was cancelled on {format_when(locked.cancelled_at)}: "
+                         f"{locked.cancel_reason}")
     if locked.is_signed_out:
         raise CaseLocked(
             f"Case {locked.accession_number} was signed out on {format_when(locked.signed_out_at)}; "

@@ -202,6 +202,8 @@ def add_smears(case, uploads, user, *, kind):
         raise ValueError(f"Unknown smear kind {kind!r}; expected one of {', '.join(Smear.Kind.values)}.")
     if Case.objects.filter(pk=case.pk, signed_out_at__isnull=False).exists():
         raise CaseLocked(f"Case {case.accession_number} is signed out; it takes no more smears.")
+    if Case.objects.filter(pk=case.pk, cancelled_at__isnull=False).exists():
+        raise CaseLocked(f"Case {case.accession_number} was cancelled; it takes no smears.")
     checked, rejected = [], []
     for upload in uploads:
         name = upload.name or "(unnamed file)"
@@ -250,6 +252,8 @@ def _store(case, user, kind, checked, rejected, batch):
         locked = Case.objects.select_for_update().get(pk=case.pk)
         if locked.is_signed_out:
             raise CaseLocked(f"Case {locked.accession_number} was signed out meanwhile; it takes no more smears.")
+        if locked.is_cancelled:
+            raise CaseLocked(f"Case {locked.accession_number} was cancelled meanwhile; it takes no smears.")
         seen = dict(Smear.objects.filter(case=locked).values_list("sha256", "original_filename"))
         unique = []
         for image in checked:

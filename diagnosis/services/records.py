@@ -1,10 +1,14 @@
-"""A case's and a patient's own data: the "case opened" entry and audited
-edits (used by the admin and the case form)."""
+"""A case's and a patient's own data: the "case opened" entry, audited
+edits (used by the admin and the case form), and cancelling a case opened
+by mistake."""
 from django.db import transaction
+from django.utils import timezone
 
 from ..models import AuditEvent, Case
 from .audit import record_event
 from .case_state import lock_open_case
+from .errors import ReviewError
+from .text import check_length
 
 
 #: Fields of a case and a patient that people may edit (admin), each change audited.
@@ -90,3 +94,26 @@ def update_patient(patient, user, **changes):
             locked.save(update_fields=[field for field, _, _ in changed])
     patient.refresh_from_db()
     return patient
+
+
+CANCEL_REASON_MAX_LENGTH = 500
+
+
+def cancel_case(case: Case, user, reason) -> Case:
+    """Cancel a case opened by mistake (wrong patient, a second accession for the same specimen...), before any
+    image was kept in it. Nothing is deleted: the case stays with its audit trail, shows as cancelled, and takes
+    no image, review or edit any more. A case with images, or signed out, is refused (ReviewError): its data is
+    corrected instead, or an addendum written. A reason is required."""
+    reason = check_length((reason or "").strip(), CANCEL_REASON_MAX_LENGTH, "The reason")
+    if not reason:
+        raise ReviewError("Say why the case is cancelled.")
+    with transaction.atomic():
+        locked = lock_open_case(case)
+        if locked.smears.exists():
+            raise ReviewError(f"Case {locked.accession_number} holds images: it cannot be cancelled. Correct its "
+                              "data instead (patient, accession number), or mark images not assessable.")
+        locked.cancelled_at, locked.cancelled_by, locked.cancel_reason = timezone.now(), user, reason
+        locked.save(update_fields=["cancelled_at", "cancelled_by", "cancel_reason", "updated_at"])
+        record_event(locked, AuditEvent.Action.CASE_CANCELLED, actor=user, reason=reason)
+    case.refresh_from_db()
+    return case

@@ -23,6 +23,7 @@ PAGES = [
     ("diagnosis:smear_image", "smear", ROLES, "get"),
     ("diagnosis:smear_thumbnail", "smear", ROLES, "get"),
     ("diagnosis:smear_retry", "smear", ("Technician", "Admin"), "post"),
+    ("diagnosis:case_cancel", "case", ("Technician", "Admin"), "post"),
     ("diagnosis:patient_list", None, ROLES, "get"),
     ("diagnosis:patient_detail", "patient", ROLES, "get"),
     ("diagnosis:patient_create", None, ("Technician", "Admin"), "get"),

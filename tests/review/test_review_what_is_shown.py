@@ -188,3 +188,8 @@ def test_the_queue_says_when_a_case_opened_and_since_when_it_is_ready(classified
     assert entry.ready_since == Prediction.objects.get(smear=smear).created_at > old
     page = path_client.get(reverse("diagnosis:review_queue")).content.decode()
     assert "<th class=\"hide-on-phone\">Ready since</th>" in page and "data-ready-since" in page
+
+
+def test_a_signed_out_review_page_asks_for_nothing_more(signed_case, path_client):
+    page = path_client.get(reverse("diagnosis:case_review", args=[signed_case.pk])).content.decode()
+    assert "changes go through an addendum" in page and "Confirm or reclassify every smear" not in page
