@@ -140,8 +140,8 @@ def case_report_pdf(case):
     story += [p(line) for line in (lab["address"], lab["accreditation"]) if line]
     story.append(p(f"Case report {case.accession_number}", "Title"))
     if case.is_cancelled:
-        story.append(p(f"Cancelled on {format_when(case.cancelled_at)} by {person_name(case.cancelled_by)}: "
-                       f"{case.cancel_reason}. No result.", "Heading3"))
+        story.append(p(f"Cancelled on {format_when(case.cancelled_at)} by {person_name(case.cancelled_by)}; no "
+                       f"result. Reason: {case.cancel_reason}", "Heading3"))
     elif not case.is_signed_out:
         story.append(p("Not signed out: this is a preliminary report.", "Heading3"))
     signer = signer_name(case)

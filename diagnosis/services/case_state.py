@@ -16,8 +16,8 @@ def lock_open_case(case):
     Returns the locked case."""
     locked = Case.objects.select_for_update().get(pk=case.pk)
     if locked.is_cancelled:
-        raise CaseLocked(f"Case {locked.accession_number} was cancelled on {format_when(locked.cancelled_at)}: "
-                         f"{locked.cancel_reason}")
+        raise CaseLocked(f"Case {locked.accession_number} was cancelled on {format_when(locked.cancelled_at)}; "
+                         "it takes no changes.")
     if locked.is_signed_out:
         raise CaseLocked(
             f"Case {locked.accession_number} was signed out on {format_when(locked.signed_out_at)}; "
