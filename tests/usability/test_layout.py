@@ -38,7 +38,7 @@ pytestmark = pytest.mark.django_db  # (the browser test, below, asks for a trans
 
 REPO = Path(__file__).resolve().parents[2]
 CSS = REPO / "static" / "leukportal.css"
-LONG_NAME = "blood_smear_field_" + "x" * 200 + "_scanner_ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # 250 characters, no space
+LONG_NAME = "blood_smear_field_" + "x" * 190 + "_scanner_ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # 243 characters, no space
 LONG_VERSION = "2026.11.02-efficientnet_b0-finetuned-taleqani-fold1-sha256-3f9a1c2be7d04a55"
 PAGES = ["case list", "case detail", "review", "report", "review queue", "my uploads", "exports"]
 # The columns each page keeps on a phone (header text): what a technician or pathologist works with there.
