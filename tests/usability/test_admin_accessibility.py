@@ -117,6 +117,12 @@ def test_every_admin_page_loads_the_portal_admin_stylesheet_after_django_s_and_i
     assert finders.find("leukportal_admin.css") and finders.find("leukportal_admin.js")
 
 
+def test_every_admin_page_links_the_portal_favicon(rendered):
+    for name, html in rendered.items():
+        assert re.search(r'<link rel="icon" type="image/svg\+xml" href="[^"]*favicon\.svg">', html), name
+    assert finders.find("favicon.svg")
+
+
 def test_the_admin_template_adds_no_inline_script_or_style():
     """The portal's CSP allows scripts and stylesheets from its own static files only."""
     template = (REPO / "templates" / "admin" / "base_site.html").read_text()
