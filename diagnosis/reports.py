@@ -239,7 +239,8 @@ def _shortened_reason(smear) -> str | None:
 def _final_text(smear):
     final = selectors.label_display(smear.review_label) if smear.review_label else "not reviewed"
     if smear.review_reason:
-        final += f"\nReason: {_shortened_reason(smear) or smear.review_reason.strip()}"
+        heading = "Note" if smear.review_state == "labelled" else "Reason"  # an own label has a note, not a reason
+        final += f"\n{heading}: {_shortened_reason(smear) or smear.review_reason.strip()}"
     return final
 
 
@@ -272,7 +273,7 @@ def _cell_table(cells, styles, p):
     rows = [["Image", "Heat map", "Cell", "Model label", "P(blast)", "Threshold", "Final label"]]
     for smear in cells:
         pred = getattr(smear, "prediction", None)
-        heat = _image_flowable(pred.heatmap, 2.2) if pred and pred.heatmap else p("heat map unavailable")
+        heat = _heat_cell(pred, 2.2, p)
         rows.append([
             _image_flowable(smear.thumbnail, 2.2) if smear.thumbnail else p("–"), heat,
             p(smear.original_filename, "BodyText"),
@@ -285,6 +286,12 @@ def _cell_table(cells, styles, p):
                               repeatRows=1))
 
 
+def _heat_cell(pred, size, p):
+    if pred is not None and pred.has_shown_heatmap:
+        return _image_flowable(pred.heatmap, size)
+    return p(pred.heatmap_note if pred is not None else "heat map unavailable")
+
+
 def _smear_table(smears, styles, p):
     from reportlab.lib.units import cm
     from reportlab.platypus import Table
@@ -293,7 +300,7 @@ def _smear_table(smears, styles, p):
     for smear in smears:
         pred = getattr(smear, "prediction", None)
         model = model_text(smear)
-        heat = _image_flowable(pred.heatmap, 3.2) if pred and pred.heatmap else p("heat map unavailable")
+        heat = _heat_cell(pred, 3.2, p)
         final = _final_text(smear)
         rows.append([
             _image_flowable(smear.thumbnail, 3.2) if smear.thumbnail else p("–"), heat,

@@ -36,6 +36,13 @@ class CaseReviewView(RolePermissionRequiredMixin, DetailView):
     queryset = Case.objects.with_state().select_related("patient", "created_by", "signed_out_by")
     context_object_name = "case"
 
+    def get(self, request, *args, **kwargs):
+        self.object = self.get_object()
+        if self.object.is_cancelled:  # nothing to review: the case page says why
+            messages.info(request, f"Case {self.object.accession_number} was cancelled: there is nothing to review.")
+            return redirect(self.object)
+        return self.render_to_response(self.get_context_data(object=self.object))
+
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
         case = self.object
@@ -46,13 +53,15 @@ class CaseReviewView(RolePermissionRequiredMixin, DetailView):
             smears=smears,
             final_labels=[(label, services.label_display(label)) for label in services.labels_for_case(case)],
             problems=services.sign_out_problems(case),
-            outside_domain=sum(1 for s in smears if s.outside_domain and not s.not_assessable),
+            # Outside the domain and not judged yet: once labelled or set aside, nothing more is asked.
+            outside_domain=sum(1 for s in smears if s.outside_domain and not s.not_assessable and not s.review_label),
             screening=case.screening_summary(),
             has_fields=case.has_field_smears(),
             addenda=case.addenda.select_related("author"),
             audit_events=case.audit_events.select_related("actor", "smear__prediction"),
             remaining=len(services.confirmable_smears(case)),
             flagged_left=sum(1 for s in smears if s.flag_awaits_review),
+            also_in=selectors.images_in_other_patients_cases(case),
             next_case=services.next_case_in_queue(after=case),
         )
         return ctx

@@ -8,10 +8,11 @@ labels_for_case, label_display, screen_call_display, model_call_display, audit_c
 (search_filter), learning (reviewed_smears, interval_over_cases, agreement_stats,
 agreement_by_kind, screen_check).
 """
+from collections import Counter
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Count, Exists, Max, Min, OuterRef, Q
 
 from .models import AuditEvent, Case, CellLabel, Prediction, Smear
 from .models import label_display as _label_display
@@ -30,10 +31,11 @@ class QueueEntry:
     blasts_flagged: int = 0
     outside_domain: int = 0  # smears the model could not judge: the pathologist must look at them
     ready_since: object = None  # when its last smear was classified (the case opened earlier)
+    other_patient_images: int = 0  # images also in another patient's case: possibly the wrong patient's
 
     @property
     def flagged(self):
-        return self.low_confidence or self.disagreement or bool(self.outside_domain)
+        return self.low_confidence or self.disagreement or bool(self.outside_domain) or bool(self.other_patient_images)
 
     @property
     def stages_display(self):
@@ -56,6 +58,9 @@ def review_queue(threshold=None):
         .prefetch_related("smears__prediction")
         .order_by("created_at", "pk")
     )
+    # One query for the whole queue: per case, its images that are also in another patient's case.
+    shared = Counter(Smear.objects.filter(case__in=cases).filter(_in_another_patients_case())
+                     .values_list("case_id", flat=True))
     entries = []
     for case in cases:
         done = [s for s in case.smears.all()
@@ -80,6 +85,7 @@ def review_queue(threshold=None):
                 blasts_flagged=sum(1 for p in cells if p.label == CellLabel.BLAST),
                 outside_domain=len(outside),
                 ready_since=max(s.prediction.created_at for s in done),
+                other_patient_images=shared[case.pk],
             )
         )
     return entries
@@ -99,11 +105,13 @@ def confirmable_smears(case: Case) -> list:
     reviewed, and with a suggestion to confirm. A smear outside the model's
     domain (no suggestion) or marked not assessable is left for the
     pathologist to judge one by one, and so is a cell the screen flagged for
-    review: a flag asks for a look, and the pathologist's label is the one
-    that calls a cell blast, never one click over many cells."""
-    remaining = case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__in_domain=True,
-                                   not_assessable=False).exclude(kind=Smear.Kind.CELL,
-                                                                 prediction__label=CellLabel.BLAST)
+    review (a flag asks for a look, and the pathologist's label is the one
+    that calls a cell blast, never one click over many cells) and an image
+    that is also in another patient's case (images_in_other_patients_cases)."""
+    remaining = (case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__in_domain=True,
+                                    not_assessable=False)
+                 .exclude(kind=Smear.Kind.CELL, prediction__label=CellLabel.BLAST)
+                 .exclude(_in_another_patients_case()))
     return list(remaining.select_related("prediction", "case").order_by("created_at", "pk"))
 
 
@@ -362,3 +370,21 @@ def model_versions_in_use(task):
         .annotate(predictions=Count("pk"), first=Min("created_at"), last=Max("created_at"))
         .order_by("-last")
     )
+
+
+def _in_another_patients_case():
+    """A smear's exact image (sha256) stands in a case of another patient: most often a wrong-patient upload."""
+    return Exists(Smear.objects.filter(sha256=OuterRef("sha256")).exclude(case__patient=OuterRef("case__patient")))
+
+
+def images_in_other_patients_cases(case) -> dict:
+    """{smear id: ["ACC-0002 (patient P-0002)", ...]} for the smears of ``case`` whose exact image is also in a
+    case of another patient: shown on the smear until someone looks (the upload's warning reached only the
+    technician)."""
+    mine = dict(case.smears.values_list("sha256", "pk"))
+    found = {}
+    others = (Smear.objects.filter(sha256__in=list(mine)).exclude(case__patient=case.patient_id)
+              .values_list("sha256", "case__accession_number", "case__patient__lab_id").order_by("pk"))
+    for sha256, accession, lab_id in others:
+        found.setdefault(mine[sha256], []).append(f"{accession} (patient {lab_id})")
+    return found

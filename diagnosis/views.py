@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from accounts.mixins import RolePermissionRequiredMixin
 from accounts.roles import has_role
 
-from . import services
+from . import selectors, services
 from .forms import CaseFilterForm, CaseForm, PatientForm, SmearUploadForm
 from .models import IMAGE_FORMAT_FILES, Case, Patient, Smear, Stage
 
@@ -71,6 +71,7 @@ class CaseDetailView(RolePermissionRequiredMixin, DetailView):
         ctx["final_labels"] = [(label, services.label_display(label)) for label in services.labels_for_case(self.object)]
         ctx["screening"] = self.object.screening_summary()
         ctx["has_fields"] = self.object.has_field_smears()
+        ctx["also_in"] = selectors.images_in_other_patients_cases(self.object)
         ctx["can_cancel"] = (user.has_perm("diagnosis.add_case") and not self.object.is_signed_out
                              and not self.object.is_cancelled and not any(ctx["counts"].values()))
         ctx["cancel_reason_max"] = services.CANCEL_REASON_MAX_LENGTH
@@ -234,8 +235,8 @@ class SmearFileView(RolePermissionRequiredMixin, View):
 
     def get(self, request, pk):
         smear = get_object_or_404(Smear.objects.select_related("prediction"), pk=pk)
-        if self.field == "heatmap":
-            file = smear.prediction.heatmap if hasattr(smear, "prediction") else None
+        if self.field == "heatmap":  # shown only where the prediction is a suggestion (inside the domain)
+            file = smear.prediction.heatmap if hasattr(smear, "prediction") and smear.prediction.in_domain else None
         else:
             file = getattr(smear, self.field)
         if not file:

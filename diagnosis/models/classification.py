@@ -64,6 +64,17 @@ class Prediction(models.Model):
         return self.task == self.Task.SCREENING
 
     @property
+    def has_shown_heatmap(self):
+        """A heat map to show: stored, for a prediction inside the model's domain (outside it there is no suggestion,
+        so no map of one: a map would name the class the portal does not suggest)."""
+        return bool(self.heatmap) and self.in_domain
+
+    @property
+    def heatmap_note(self):
+        """What stands where no heat map is shown."""
+        return "no heat map (outside the model's domain)" if not self.in_domain else "heat map unavailable"
+
+    @property
     def label_display(self):
         return label_display(self.label)
 

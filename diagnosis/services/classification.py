@@ -263,10 +263,11 @@ def _fail(case, smear, reason, transient=False):
 def claim_heatmap(prediction_id):
     """A worker starts a prediction's heat map: one more attempt, and the time
     it started. Returns the prediction, or None when there is nothing to do:
-    stored or failed meanwhile (a duplicate message), or already started
-    SMEAR_MAX_ATTEMPTS times by workers that died (then recorded as unavailable).
+    stored or failed meanwhile (a duplicate message), a prediction outside the
+    model's domain (it never gets a map), or already started SMEAR_MAX_ATTEMPTS
+    times by workers that died (then recorded as unavailable).
     Only starts count, never the time spent waiting on the heat-map queue."""
-    pending = Prediction.objects.filter(pk=prediction_id, heatmap="", heatmap_error="")
+    pending = Prediction.objects.filter(pk=prediction_id, heatmap="", heatmap_error="", in_domain=True)
     attempts = pending.values_list("heatmap_attempts", flat=True).first()
     if attempts is None:
         return None
@@ -287,7 +288,7 @@ HEATMAP_AFTER_SIGN_OUT = "Heat map unavailable: the case was signed out before i
 def close_pending_heatmaps(case):
     """At sign-out: every heat map of the case neither stored nor failed yet is
     recorded as unavailable, so no worker stores one on the signed case."""
-    return Prediction.objects.filter(smear__case=case, heatmap="", heatmap_error="").update(
+    return Prediction.objects.filter(smear__case=case, heatmap="", heatmap_error="", in_domain=True).update(
         heatmap_error=HEATMAP_AFTER_SIGN_OUT)
 
 

@@ -113,7 +113,8 @@ def resend_lost_heatmaps(now=None) -> int:
     now = now or timezone.now()
     stale_before = now - timedelta(seconds=settings.SMEAR_STALE_AFTER_SECONDS)
     max_attempts = settings.SMEAR_MAX_ATTEMPTS
-    lost = Prediction.objects.filter(heatmap="", heatmap_error="").filter(
+    # A prediction outside the model's domain never gets a map (its worker sends none): the sweep sends none either.
+    lost = Prediction.objects.filter(heatmap="", heatmap_error="", in_domain=True).filter(
         Q(heatmap_requested_at__isnull=True, created_at__lt=stale_before) | Q(heatmap_requested_at__lt=stale_before)
     )
     sent = []

@@ -193,3 +193,79 @@ def test_the_queue_says_when_a_case_opened_and_since_when_it_is_ready(classified
 def test_a_signed_out_review_page_asks_for_nothing_more(signed_case, path_client):
     page = path_client.get(reverse("diagnosis:case_review", args=[signed_case.pk])).content.decode()
     assert "changes go through an addendum" in page and "Confirm or reclassify every smear" not in page
+
+
+# ---- a second QA pass ---------------------------------------------------------------------------------------------
+
+def test_a_prediction_outside_the_domain_never_gets_a_heat_map_from_the_sweep_or_a_worker(outside, settings,
+                                                                                        monkeypatch):
+    import datetime
+
+    from django.utils import timezone
+
+    from diagnosis import tasks
+
+    smear = outside("Pro", 0.99)
+    sent = []
+    monkeypatch.setattr(services.recovery, "enqueue_heatmap", lambda prediction: sent.append(prediction.pk) or True)
+    later = timezone.now() + datetime.timedelta(seconds=settings.SMEAR_STALE_AFTER_SECONDS + 60)
+    assert services.resend_lost_heatmaps(now=later) == 0 and sent == []
+    assert services.claim_heatmap(smear.prediction.pk) is None
+    assert tasks.compute_heatmap(smear.prediction.pk) == "skipped"
+
+
+def test_a_heat_map_stored_for_a_prediction_outside_the_domain_is_never_shown(outside, path_client, pathologist,
+                                                                           case):
+    from django.core.files.base import ContentFile
+
+    from tests.portal_testutils import image_bytes
+
+    smear = outside("Pro", 0.99)
+    prediction = smear.prediction
+    prediction.heatmap.save("old.jpg", ContentFile(image_bytes("JPEG", seed=2)))  # made before this was fixed
+    review = path_client.get(reverse("diagnosis:case_review", args=[case.pk])).content.decode()
+    assert "where blurring lowers" not in review and "no heat map (outside the model&#x27;s domain)" in review
+    assert path_client.get(reverse("diagnosis:smear_heatmap", args=[smear.pk])).status_code == 404
+    report = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
+    assert reverse("diagnosis:smear_heatmap", args=[smear.pk]) not in report
+    services.review_smear(smear, pathologist, "Pro")
+    services.sign_out(case, pathologist, "Pro", "")
+    prediction.refresh_from_db()
+    assert prediction.heatmap_error == ""  # not "signed out before it was ready": it never was to be made
+
+
+def test_an_image_also_in_another_patients_case_is_flagged_to_the_pathologist_and_not_confirmed_in_bulk(
+        classified, technician, path_client, pathologist, case):
+    from diagnosis.models import Case, Patient, Smear
+
+    mine = classified("Pre")
+    other_patient = Patient.objects.create(lab_id="P-0002", sex="M", birth_year=1990, created_by=technician)
+    other_case = Case.objects.create(patient=other_patient, accession_number="ACC-0002", created_by=technician)
+    twin = classified("Pre", case_=other_case)
+    Smear.objects.filter(pk=twin.pk).update(sha256=mine.sha256)
+    single = classified("Early")
+    assert selectors.images_in_other_patients_cases(case) == {mine.pk: ["ACC-0002 (patient P-0002)"]}
+    for url in (reverse("diagnosis:case_review", args=[case.pk]), case.get_absolute_url()):
+        page = path_client.get(url).content.decode()
+        assert page.count("data-also-in") == 1 and "The same image is in ACC-0002 (patient P-0002)" in page
+    queue = path_client.get(reverse("diagnosis:review_queue")).content.decode()
+    assert "1 image also in another patient&#x27;s case" in queue or "1 image also in another patient's case" in queue
+    assert [s.pk for s in selectors.confirmable_smears(case)] == [single.pk]
+
+
+def test_the_review_page_of_a_cancelled_case_sends_to_the_case_page(technician, path_client, case):
+    services.cancel_case(case, technician, "Opened twice.")
+    response = path_client.get(reverse("diagnosis:case_review", args=[case.pk]), follow=True)
+    assert response.redirect_chain[-1][0] == case.get_absolute_url()
+    assert "was cancelled: there is nothing to review" in response.content.decode()
+
+
+def test_once_labelled_a_smear_outside_the_domain_is_no_longer_asked_for(outside, pathologist, path_client, case):
+    smear = outside("Pro", 0.99)
+    before = path_client.get(reverse("diagnosis:case_review", args=[case.pk])).content.decode()
+    assert "1 smear outside the model" in before
+    services.review_smear(smear, pathologist, "Benign", "Looks reactive.")
+    after = path_client.get(reverse("diagnosis:case_review", args=[case.pk])).content.decode()
+    assert "1 smear outside the model" not in after
+    report = path_client.get(reverse("diagnosis:case_report", args=[case.pk])).content.decode()
+    assert "Note: Looks reactive." in report and "Reason: Looks reactive." not in report
