@@ -155,6 +155,12 @@ def test_names_and_versions_may_break_anywhere_but_ordinary_words_do_not():
     assert declarations("main").get("overflow-wrap") == "break-word"  # a single over-long word still breaks
 
 
+def test_model_card_tables_keep_numbers_whole_and_the_two_factor_secret_shows_whole():
+    assert declarations(".model-card td").get("white-space") == "nowrap"  # "0.0156", never "0.015 / 6"
+    assert declarations(".model-card td").get("overflow-wrap") == "normal"
+    assert declarations("#authenticator_secret").get("width") == "100%"  # allauth's input cut the key at 20
+
+
 def test_wide_tables_scroll_in_their_own_box_and_print_whole():
     assert declarations(".table-responsive").get("position") == "relative"  # holds its visually hidden labels
     assert declarations(".table-responsive", "@media print").get("overflow") == "visible"
