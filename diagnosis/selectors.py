@@ -377,14 +377,25 @@ def _in_another_patients_case():
     return Exists(Smear.objects.filter(sha256=OuterRef("sha256")).exclude(case__patient=OuterRef("case__patient")))
 
 
+def other_cases_with_images(sha256s, besides) -> dict:
+    """{sha256: [Case, ...]}: the cases other than ``besides`` that hold each of these exact images (their
+    patients loaded), oldest upload first. Read at upload (the technician's warning) and on the case's pages."""
+    found = {}
+    others = (Smear.objects.filter(sha256__in=list(sha256s)).exclude(case=besides)
+              .select_related("case__patient").order_by("pk"))
+    for smear in others:
+        found.setdefault(smear.sha256, []).append(smear.case)
+    return found
+
+
 def images_in_other_patients_cases(case) -> dict:
     """{smear id: ["ACC-0002 (patient P-0002)", ...]} for the smears of ``case`` whose exact image is also in a
     case of another patient: shown on the smear until someone looks (the upload's warning reached only the
     technician)."""
     mine = dict(case.smears.values_list("sha256", "pk"))
     found = {}
-    others = (Smear.objects.filter(sha256__in=list(mine)).exclude(case__patient=case.patient_id)
-              .values_list("sha256", "case__accession_number", "case__patient__lab_id").order_by("pk"))
-    for sha256, accession, lab_id in others:
-        found.setdefault(mine[sha256], []).append(f"{accession} (patient {lab_id})")
+    for sha256, cases in other_cases_with_images(mine, besides=case).items():
+        names = [f"{c.accession_number} (patient {c.patient.lab_id})" for c in cases if c.patient_id != case.patient_id]
+        if names:
+            found[mine[sha256]] = names
     return found

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.views import View
 from django.views.generic import CreateView, DetailView, FormView, ListView
 from django.views.generic.detail import SingleObjectMixin
-from PIL import Image, ImageOps
+from PIL import Image
 
 from accounts.mixins import RolePermissionRequiredMixin
 from accounts.roles import has_role
@@ -72,8 +72,7 @@ class CaseDetailView(RolePermissionRequiredMixin, DetailView):
         ctx["screening"] = self.object.screening_summary()
         ctx["has_fields"] = self.object.has_field_smears()
         ctx["also_in"] = selectors.images_in_other_patients_cases(self.object)
-        ctx["can_cancel"] = (user.has_perm("diagnosis.add_case") and not self.object.is_signed_out
-                             and not self.object.is_cancelled and not any(ctx["counts"].values()))
+        ctx["can_cancel"] = user.has_perm("diagnosis.add_case") and services.cancellable(self.object)
         ctx["cancel_reason_max"] = services.CANCEL_REASON_MAX_LENGTH
         if self.object.is_signed_out and user.has_perm("diagnosis.review_case"):
             ctx["next_case"] = services.next_case_in_queue(after=self.object)
@@ -256,13 +255,13 @@ class SmearFileView(RolePermissionRequiredMixin, View):
 
 def smear_rendition(smear, file):
     """The stored smear image as PNG bytes a browser displays: every pixel,
-    the EXIF/TIFF orientation applied and the mode made 8-bit as the model
-    reads it (ml.runtime.images.to_rgb: 16-bit rescaled, alpha over white);
+    read as the model reads it (ml.runtime.images.load_image: the EXIF/TIFF
+    orientation applied, 8-bit RGB with 16-bit rescaled and alpha over white);
     the first page only (multi-page files are refused at upload). Opened as
     its recorded format only, with the upload's pixel limit checked before
     decoding; Http404 when the file is missing or no longer decodes. Nothing
     is cached: 0.4-0.6 s and a 7-11 MB PNG for a 2000x2000 RGB TIFF."""
-    from ml.runtime.images import to_rgb  # here: the web process loads ml.runtime only when a page needs it
+    from ml.runtime.images import load_image  # here: the web process loads ml.runtime only when a page needs it
 
     formats = [smear.image_format] if smear.image_format in IMAGE_FORMAT_FILES else list(IMAGE_FORMAT_FILES)
     try:
@@ -272,20 +271,15 @@ def smear_rendition(smear, file):
                 if image.width * image.height > settings.SMEAR_MAX_PIXELS:
                     raise ValueError(f"{image.width}×{image.height} pixels, over SMEAR_MAX_PIXELS")
                 image.load()
-                try:  # as ml.runtime.images.load_image: a broken EXIF block keeps the image as stored
-                    shown = ImageOps.exif_transpose(image)
-                except Exception:
-                    shown = image
-                if shown.mode not in ("RGB", "L"):
-                    shown = to_rgb(shown)
+                shown = load_image(image)  # the orientation and 8-bit RGB the model reads
                 buffer = io.BytesIO()
                 shown.save(buffer, "PNG", compress_level=1)  # fast; the file is never stored
     except FileNotFoundError:
         raise Http404("The file is missing from storage.") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, SyntaxError, ValueError,
             EOFError, KeyError, IndexError, TypeError, struct_error) as exc:
-        logger.warning("Smear %s: the stored %s image cannot be shown (%s)", smear.pk,
-                                            smear.image_format, str(exc) or type(exc).__name__)
+        logger.warning("Smear %s: the stored %s image cannot be shown (%s)", smear.pk, smear.image_format,
+                       str(exc) or type(exc).__name__)
         raise Http404("The stored image can no longer be decoded.") from None
     return buffer.getvalue()
 

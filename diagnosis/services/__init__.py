@@ -100,6 +100,7 @@ from .recovery import (
 from .records import (
     CANCEL_REASON_MAX_LENGTH,
     cancel_case,
+    cancellable,
     CASE_EDITABLE_FIELDS,
     PATIENT_EDITABLE_FIELDS,
     record_case_opened,
@@ -222,6 +223,7 @@ __all__ = [
     "TRANSIENT_DB_ERROR_CODES",
     "update_case",
     "cancel_case",
+    "cancellable",
     "CANCEL_REASON_MAX_LENGTH",
     "update_patient",
     "UploadOutcome",

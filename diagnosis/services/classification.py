@@ -260,6 +260,13 @@ def _fail(case, smear, reason, transient=False):
     record_event(case, AuditEvent.Action.CLASSIFICATION_FAILED, smear=smear, detail=reason)
 
 
+def pending_heatmaps():
+    """Predictions whose heat map is still to be made: neither stored nor failed, and inside the model's domain
+    (outside it there is no suggestion to explain, so no map is ever made). The one definition for the worker's
+    claim, the sweep and sign-out."""
+    return Prediction.objects.filter(heatmap="", heatmap_error="", in_domain=True)
+
+
 def claim_heatmap(prediction_id):
     """A worker starts a prediction's heat map: one more attempt, and the time
     it started. Returns the prediction, or None when there is nothing to do:
@@ -267,7 +274,7 @@ def claim_heatmap(prediction_id):
     model's domain (it never gets a map), or already started SMEAR_MAX_ATTEMPTS
     times by workers that died (then recorded as unavailable).
     Only starts count, never the time spent waiting on the heat-map queue."""
-    pending = Prediction.objects.filter(pk=prediction_id, heatmap="", heatmap_error="", in_domain=True)
+    pending = pending_heatmaps().filter(pk=prediction_id)
     attempts = pending.values_list("heatmap_attempts", flat=True).first()
     if attempts is None:
         return None
@@ -288,7 +295,7 @@ HEATMAP_AFTER_SIGN_OUT = "Heat map unavailable: the case was signed out before i
 def close_pending_heatmaps(case):
     """At sign-out: every heat map of the case neither stored nor failed yet is
     recorded as unavailable, so no worker stores one on the signed case."""
-    return Prediction.objects.filter(smear__case=case, heatmap="", heatmap_error="", in_domain=True).update(
+    return pending_heatmaps().filter(smear__case=case).update(
         heatmap_error=HEATMAP_AFTER_SIGN_OUT)
 
 
@@ -320,8 +327,7 @@ def _attach_heatmap(prediction_id, name):
         prediction = Prediction.objects.select_for_update().only("heatmap_error").get(pk=prediction_id)
         if (prediction.heatmap_error == HEATMAP_AFTER_SIGN_OUT
                 or Case.objects.filter(smears__prediction__pk=prediction_id, signed_out_at__isnull=False).exists()):
-            Prediction.objects.filter(pk=prediction_id, heatmap="", heatmap_error="").update(
-                heatmap_error=HEATMAP_AFTER_SIGN_OUT)
+            pending_heatmaps().filter(pk=prediction_id).update(heatmap_error=HEATMAP_AFTER_SIGN_OUT)
             return False
         Prediction.objects.filter(pk=prediction_id).update(heatmap=name, heatmap_error="")
         return True

@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from PIL import Image
 
 from ..models import AuditEvent, Case, RejectedUpload, Smear
+from ..selectors import other_cases_with_images
 from .audit import record_event
 from .case_state import refresh_case
 from .dispatch import enqueue_classification
@@ -227,19 +228,14 @@ def _already_elsewhere(case, images) -> dict:
     """{sha256: warning} for images whose exact bytes are already in another case: the same image under two
     patients is most often a wrong-patient upload. Kept, not refused (a case may be opened again as a new one),
     but said at once and written in the upload's audit entry."""
-    others = (Smear.objects.filter(sha256__in=[image.sha256 for image in images]).exclude(case=case)
-              .select_related("case__patient").order_by("pk"))
-    found = {}
-    for other in others:
-        found.setdefault(other.sha256, []).append(other.case)
-    warnings = {}
-    for sha256, cases in found.items():
+    said = {}
+    for sha256, cases in other_cases_with_images([image.sha256 for image in images], besides=case).items():
         where = "; ".join(f"case {c.accession_number} of patient {c.patient.lab_id}" for c in cases[:3])
         where += f" and {len(cases) - 3} more" if len(cases) > 3 else ""
         other_patient = any(c.patient_id != case.patient_id for c in cases)
-        warnings[sha256] = (f"the same image is already in {where}"
-                            + (": check that it belongs to this patient." if other_patient else "."))
-    return warnings
+        said[sha256] = (f"the same image is already in {where}"
+                        + (": check that it belongs to this patient." if other_patient else "."))
+    return said
 
 
 def _store(case, user, kind, checked, rejected, batch):

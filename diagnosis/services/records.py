@@ -99,6 +99,11 @@ def update_patient(patient, user, **changes):
 CANCEL_REASON_MAX_LENGTH = 500
 
 
+def cancellable(case: Case) -> bool:
+    """A case may be cancelled while it is open (not signed out, not cancelled) and holds no image."""
+    return not case.is_signed_out and not case.is_cancelled and not case.smears.exists()
+
+
 def cancel_case(case: Case, user, reason) -> Case:
     """Cancel a case opened by mistake (wrong patient, a second accession for the same specimen...), before any
     image was kept in it. Nothing is deleted: the case stays with its audit trail, shows as cancelled, and takes
@@ -108,8 +113,8 @@ def cancel_case(case: Case, user, reason) -> Case:
     if not reason:
         raise ReviewError("Say why the case is cancelled.")
     with transaction.atomic():
-        locked = lock_open_case(case)
-        if locked.smears.exists():
+        locked = lock_open_case(case)  # refuses a signed-out or cancelled case with its own message
+        if not cancellable(locked):
             raise ReviewError(f"Case {locked.accession_number} holds images: it cannot be cancelled. Correct its "
                               "data instead (patient, accession number), or mark images not assessable.")
         locked.cancelled_at, locked.cancelled_by, locked.cancel_reason = timezone.now(), user, reason

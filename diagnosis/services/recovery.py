@@ -9,9 +9,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ..models import AuditEvent, Case, Prediction, Smear
+from ..models import AuditEvent, Case, Smear
 from .audit import record_event
 from .case_state import _refresh_case_by_id, lock_open_case
+from .classification import pending_heatmaps
 from .dispatch import enqueue_classification, enqueue_heatmap
 
 logger = logging.getLogger(__name__)
@@ -113,14 +114,12 @@ def resend_lost_heatmaps(now=None) -> int:
     now = now or timezone.now()
     stale_before = now - timedelta(seconds=settings.SMEAR_STALE_AFTER_SECONDS)
     max_attempts = settings.SMEAR_MAX_ATTEMPTS
-    # A prediction outside the model's domain never gets a map (its worker sends none): the sweep sends none either.
-    lost = Prediction.objects.filter(heatmap="", heatmap_error="", in_domain=True).filter(
+    lost = pending_heatmaps().filter(
         Q(heatmap_requested_at__isnull=True, created_at__lt=stale_before) | Q(heatmap_requested_at__lt=stale_before)
     )
     sent = []
     for prediction in lost.only("pk", "heatmap_attempts", "heatmap_requested_at", "task", "label"):
-        claim = Prediction.objects.filter(pk=prediction.pk, heatmap="", heatmap_error="",
-                                          heatmap_attempts=prediction.heatmap_attempts,
+        claim = pending_heatmaps().filter(pk=prediction.pk, heatmap_attempts=prediction.heatmap_attempts,
                                           heatmap_requested_at=prediction.heatmap_requested_at)
         if prediction.heatmap_attempts >= max_attempts:
             claim.update(heatmap_error=f"Heat map unavailable: the worker stopped while computing it "
