@@ -1,13 +1,8 @@
-import io
 import logging
-import warnings
 from pathlib import PurePath
-from struct import error as struct_error
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.files.base import ContentFile
 from django.db import transaction
 from django.http import FileResponse, Http404, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -15,7 +10,6 @@ from django.urls import reverse
 from django.views import View
 from django.views.generic import CreateView, DetailView, FormView, ListView
 from django.views.generic.detail import SingleObjectMixin
-from PIL import Image
 
 from accounts.mixins import RolePermissionRequiredMixin
 from accounts.roles import has_role
@@ -208,12 +202,6 @@ class SmearRetryView(RolePermissionRequiredMixin, View):
         return redirect(smear.case)
 
 
-#: Stored formats served as they are: Chromium (checked with every mode Pillow writes, and with an EXIF
-#: orientation, which it applies to JPEG and PNG as the model does), Firefox and Safari display them.
-#: Any other stored format (TIFF) is served as a PNG rendition made on request (smear_rendition).
-BROWSER_IMAGE_FORMATS = frozenset({"JPEG", "PNG", "BMP"})
-
-
 class SmearFileView(RolePermissionRequiredMixin, View):
     """Serves a smear image or its thumbnail to users allowed to see smears.
     Media files are never served publicly.
@@ -223,9 +211,9 @@ class SmearFileView(RolePermissionRequiredMixin, View):
     forbids sniffing and any active content: an image that is also HTML or
     script (a polyglot) is only ever shown as an image.
 
-    The smear image itself is shown in the browser: a format browsers display
-    (BROWSER_IMAGE_FORMATS) as its stored bytes, any other (TIFF) as a PNG
-    rendition of the same pixels, in the orientation the model sees (404 when
+    The smear image itself is shown in the browser as the model reads it
+    (services.displayed_image): its stored bytes where a browser shows the
+    same pixels, otherwise a PNG rendition kept after the first view (404 when
     the stored file no longer decodes). ``?original=1`` downloads the stored
     file untouched, whatever its format."""
 
@@ -242,46 +230,16 @@ class SmearFileView(RolePermissionRequiredMixin, View):
             raise Http404("No such file.")
         if self.field != "image":
             return private_file_response(file, filename=f"{self.field}-{smear.pk}.jpg", content_type="image/jpeg")
-        extension, content_type = IMAGE_FORMAT_FILES.get(smear.image_format, (".img", "application/octet-stream"))
         stem = services.safe_name_part(PurePath(smear.original_filename).stem)  # the typed name, made safe
         if request.GET.get("original") == "1":
+            extension, content_type = IMAGE_FORMAT_FILES.get(smear.image_format, (".img", "application/octet-stream"))
             return private_file_response(file, filename=f"{stem}{extension}", content_type=content_type,
                                          as_attachment=True)
-        if smear.image_format in BROWSER_IMAGE_FORMATS:
-            return private_file_response(file, filename=f"{stem}{extension}", content_type=content_type)
-        return private_file_response(ContentFile(smear_rendition(smear, file)), filename=f"{stem}.png",
-                                     content_type="image/png")
-
-
-def smear_rendition(smear, file):
-    """The stored smear image as PNG bytes a browser displays: every pixel,
-    read as the model reads it (ml.runtime.images.load_image: the EXIF/TIFF
-    orientation applied, 8-bit RGB with 16-bit rescaled and alpha over white);
-    the first page only (multi-page files are refused at upload). Opened as
-    its recorded format only, with the upload's pixel limit checked before
-    decoding; Http404 when the file is missing or no longer decodes. Nothing
-    is cached: 0.4-0.6 s and a 7-11 MB PNG for a 2000x2000 RGB TIFF."""
-    from ml.runtime.images import load_image  # here: the web process loads ml.runtime only when a page needs it
-
-    formats = [smear.image_format] if smear.image_format in IMAGE_FORMAT_FILES else list(IMAGE_FORMAT_FILES)
-    try:
-        with file.open("rb") as handle, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(handle, formats=formats) as image:
-                if image.width * image.height > settings.SMEAR_MAX_PIXELS:
-                    raise ValueError(f"{image.width}×{image.height} pixels, over SMEAR_MAX_PIXELS")
-                image.load()
-                shown = load_image(image)  # the orientation and 8-bit RGB the model reads
-                buffer = io.BytesIO()
-                shown.save(buffer, "PNG", compress_level=1)  # fast; the file is never stored
-    except FileNotFoundError:
-        raise Http404("The file is missing from storage.") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, SyntaxError, ValueError,
-            EOFError, KeyError, IndexError, TypeError, struct_error) as exc:
-        logger.warning("Smear %s: the stored %s image cannot be shown (%s)", smear.pk, smear.image_format,
-                       str(exc) or type(exc).__name__)
-        raise Http404("The stored image can no longer be decoded.") from None
-    return buffer.getvalue()
+        try:
+            shown = services.displayed_image(smear)
+        except services.NotDisplayable as exc:
+            raise Http404(str(exc)) from None
+        return private_file_response(shown.file, filename=f"{stem}{shown.extension}", content_type=shown.content_type)
 
 
 def private_file_response(file, *, filename, content_type, as_attachment=False):

@@ -27,7 +27,7 @@ from .vocabulary import (
     label_display,
 )
 from .cases import Case, CaseQuerySet, CaseState, Patient
-from .intake import IMAGE_FORMAT_FILES, RejectedUpload, Smear, smear_upload_to, thumbnail_upload_to
+from .intake import IMAGE_FORMAT_FILES, RejectedUpload, Smear, display_upload_to, smear_upload_to, thumbnail_upload_to
 from .classification import Prediction, heatmap_upload_to
 from .records import AppendOnlyError, AppendOnlyQuerySet, AuditEvent, Notification
 from .review import CaseAddendum, ReviewedExport, export_upload_to
@@ -37,7 +37,7 @@ __all__ = [
     "REVIEW_COMMENT_MAX_LENGTH", "REVIEW_REASON_MAX_LENGTH", "SCREENING_LABELS", "STAGING_LABELS", "CellLabel",
     "Stage", "check_identifier_unique", "identifier_key", "label_display",
     "Case", "CaseQuerySet", "CaseState", "Patient",
-    "IMAGE_FORMAT_FILES", "RejectedUpload", "Smear", "smear_upload_to", "thumbnail_upload_to",
+    "IMAGE_FORMAT_FILES", "RejectedUpload", "Smear", "display_upload_to", "smear_upload_to", "thumbnail_upload_to",
     "Prediction", "heatmap_upload_to",
     "AppendOnlyError", "AppendOnlyQuerySet", "AuditEvent", "Notification",
     "CaseAddendum", "ReviewedExport", "export_upload_to",

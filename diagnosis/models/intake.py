@@ -30,6 +30,10 @@ def thumbnail_upload_to(instance, filename):
     return f"thumbnails/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.jpg"
 
 
+def display_upload_to(instance, filename):
+    return f"renditions/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.png"
+
+
 class Smear(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -47,6 +51,9 @@ class Smear(models.Model):
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.FIELD, db_index=True)
     image = models.FileField(upload_to=smear_upload_to, max_length=255)
     thumbnail = models.FileField(upload_to=thumbnail_upload_to, max_length=255, blank=True)
+    # A PNG of what the model reads, for a stored image browsers would show otherwise (TIFF, 16-bit, alpha):
+    # made on first view and kept (services.display); empty for images shown as stored.
+    display_image = models.FileField(upload_to=display_upload_to, max_length=255, blank=True, editable=False)
     sha256 = models.CharField(max_length=64, db_index=True)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()

@@ -7,7 +7,7 @@ other by submodule (`from .audit import record_event`), and each imports only
 modules listed before it:
 
     errors, audit, transactions, case_state, text, files, dispatch,
-    intake, classification, recovery, records, review, signout, export, backup
+    intake, display, classification, recovery, records, review, signout, export, backup
 
 The read side (review queue, status payloads, labels, agreement, search)
 lives in diagnosis/selectors.py; services call it, never the other way round.
@@ -78,6 +78,12 @@ from .intake import (
     FORMAT_SIGNATURES,
     THUMBNAIL_SIZE,
     UploadOutcome,
+)
+from .display import (
+    BROWSER_IMAGE_FORMATS,
+    DisplayedImage,
+    displayed_image,
+    NotDisplayable,
 )
 from .classification import (
     HEATMAP_AFTER_SIGN_OUT,
@@ -230,4 +236,8 @@ __all__ = [
     "validate_domain",
     "validate_result",
     "verify_backup",
+    "BROWSER_IMAGE_FORMATS",
+    "DisplayedImage",
+    "displayed_image",
+    "NotDisplayable",
 ]

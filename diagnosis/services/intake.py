@@ -97,14 +97,36 @@ def _check_shape(width, height):
         )
 
 
+def _pages_after_the_first_are_previews(img):
+    """A TIFF whose every page after the first is marked a reduced-resolution version of the image (NewSubfileType
+    bit 0, as microscope cameras and slide scanners write a preview) and is smaller than the first page, which is
+    not itself so marked: the first page is the image, and the one the model reads. Reads page headers only."""
+    new_subfile_type = 254
+    try:
+        if img.tag_v2.get(new_subfile_type, 0) & 1:
+            return False
+        width, height = img.size
+        for page in range(1, img.n_frames):
+            img.seek(page)
+            preview = img.tag_v2.get(new_subfile_type, 0) & 1
+            if not preview or img.size[0] > width or img.size[1] > height or img.size == (width, height):
+                return False
+        return True
+    finally:
+        img.seek(0)
+
+
 def _check_single_frame(img):
     """Refuse a file holding more than one image (a multi-page TIFF, an
     animated PNG): only its first would be classified and shown, silently.
-    A camera's MPO (FORMAT_ALIASES) is the exception: its first frame is the
-    photograph, the others are views of it."""
+    Two exceptions, whose first frame is the picture: a camera's MPO
+    (FORMAT_ALIASES), whose other frames are views of it, and a TIFF whose
+    other pages are marked as its reduced-resolution previews."""
     if img.format == "MPO":
         return
     frames = getattr(img, "n_frames", 1)
+    if frames > 1 and img.format == "TIFF" and _pages_after_the_first_are_previews(img):
+        return
     if frames > 1:
         kind = {"TIFF": "pages", "PNG": "animation frames"}.get(img.format, "frames")
         raise RejectedImage(
@@ -117,6 +139,8 @@ def check_image(upload):
     """Validate one uploaded file as a smear image; return a CheckedImage or
     raise RejectedImage with a readable reason. Reads the whole file. Any
     input ends in one of the two: never an unexpected exception."""
+    from ml.runtime.images import load_image  # here: the web process loads ml.runtime only when it needs it
+
     size = upload.size
     if size == 0:
         raise RejectedImage("the file is empty.")
@@ -146,7 +170,7 @@ def check_image(upload):
             upload.seek(0)
             with Image.open(upload, formats=list(ALLOWED_FORMATS)) as img:
                 img.load()  # decodes every pixel (first frame of an MPO): truncated data fails here
-                thumb = img.convert("RGB")
+                thumb = load_image(img)  # as the model reads it: EXIF orientation, 16-bit rescaled, alpha on white
                 thumb.thumbnail(THUMBNAIL_SIZE)
                 buf = io.BytesIO()
                 thumb.save(buf, "JPEG", quality=85)

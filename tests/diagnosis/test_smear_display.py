@@ -1,6 +1,7 @@
-"""Every stored smear is viewable in the browser: JPEG, PNG and BMP as their
-stored bytes, TIFF as a PNG rendition of the same pixels in the orientation the
-model sees; ``?original=1`` downloads the untouched file; a stored file that no
+"""Every stored smear is viewable in the browser as the model reads it: 8-bit
+JPEG, PNG and BMP as their stored bytes, TIFF (and a 16-bit or transparent PNG)
+as a PNG rendition of the same pixels in the orientation the model sees, made
+on first view and kept; ``?original=1`` downloads the untouched file; a stored file that no
 longer decodes is a 404, never a server error; multi-image files (multi-page
 TIFF, animated PNG) are refused at upload with the reason."""
 import io
@@ -18,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from diagnosis import services
 from diagnosis.models import RejectedUpload
+from diagnosis.services import display
 from ml.runtime.images import load_image
 from tests.portal_testutils import browser_login, image_bytes, upload
 
@@ -172,6 +174,78 @@ def test_the_review_screen_links_the_original_file_as_a_download(path_client, sm
     assert f'<img src="{image_url(smear)}"' in page
 
 
+# --------------------------------------------------------------------------- the rendition is made once
+
+def test_a_tiff_rendition_is_made_on_first_view_and_kept(path_client, smear_factory, monkeypatch):
+    smear = store_as(smear_factory(status="done"), encoded(smear_picture((640, 480)), "TIFF"), "TIFF", "f.tif")
+    updated_at = smear.updated_at
+    first = body(path_client.get(image_url(smear)))
+    smear.refresh_from_db()
+    assert smear.display_image.name.startswith("renditions/") and smear.display_image.name.endswith(".png")
+    assert smear.display_image.read() == first
+    assert smear.updated_at == updated_at  # showing an image is not a change to the smear
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the kept rendition should be served without decoding the TIFF again")
+
+    monkeypatch.setattr(display, "render", no_decoding)
+    again = path_client.get(image_url(smear))
+    assert_private_image_headers(again, "image/png")
+    assert again["Content-Disposition"] == 'inline; filename="f.png"'
+    assert body(again) == first
+
+
+def test_a_kept_rendition_that_storage_lost_is_made_again(path_client, smear_factory):
+    smear = store_as(smear_factory(status="done"), encoded(smear_picture(), "TIFF"), "TIFF", "f.tif")
+    first = body(path_client.get(image_url(smear)))
+    smear.refresh_from_db()
+    lost = smear.display_image.name
+    os.remove(smear.display_image.path)
+    assert body(path_client.get(image_url(smear))) == first
+    smear.refresh_from_db()
+    assert smear.display_image.name != lost and os.path.exists(smear.display_image.path)
+
+
+def test_when_two_views_make_a_rendition_at_once_one_is_kept_and_the_other_removed(smear_factory):
+    smear = store_as(smear_factory(status="done"), encoded(smear_picture(), "TIFF"), "TIFF", "f.tif")
+    stale = type(smear).objects.get(pk=smear.pk)  # a second request, loaded before the first kept its rendition
+    display.displayed_image(smear)
+    png = display.render(stale, stale.image)
+    display._keep_rendition(stale, png)
+    assert stale.display_image.name == smear.display_image.name  # the first one's
+    left = sorted(p.name for p in Path(smear.display_image.path).parent.iterdir())
+    assert left == [Path(smear.display_image.name).name]
+
+
+@pytest.mark.parametrize("mode,why", [
+    ("I;16", "a 12-bit camera's 16-bit PNG: the model stretches its range, a browser shows it nearly black"),
+    ("RGBA", "transparency: the model lays it over white"),
+    ("LA", "grey with transparency"),
+])
+def test_a_png_a_browser_would_show_otherwise_is_shown_as_the_model_reads_it(path_client, smear_factory, mode, why):
+    picture = smear_picture(mode=mode)
+    if mode in ("RGBA", "LA"):
+        picture.putalpha(Image.linear_gradient("L").resize(picture.size))
+    data = encoded(picture, "PNG")
+    smear = store_as(smear_factory(status="done"), data, "PNG", "field.png")
+    response = path_client.get(image_url(smear))
+    assert_private_image_headers(response, "image/png")
+    shown = body(response)
+    assert shown != data
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(shown)).convert("RGB")), np.asarray(load_image(data)))
+    assert body(path_client.get(image_url(smear, original=True))) == data  # the stored file is untouched
+
+
+@pytest.mark.parametrize("fmt,mode", [("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L"), ("PNG", "P"),
+                                      ("BMP", "RGB")])
+def test_an_8_bit_image_a_browser_shows_as_the_model_does_keeps_no_rendition(path_client, smear_factory, fmt, mode):
+    data = encoded(smear_picture(mode=mode), fmt)
+    smear = store_as(smear_factory(status="done"), data, fmt, "field")
+    assert body(path_client.get(image_url(smear))) == data
+    smear.refresh_from_db()
+    assert not smear.display_image
+
+
 # --------------------------------------------------------------------------- upload: one image per file
 
 def messages_of(response):
@@ -211,6 +285,55 @@ def test_check_image_refuses_a_multi_page_tiff_and_keeps_camera_mpo(tech_client)
     smear_picture().save(buf, "MPO", save_all=True, append_images=[smear_picture()])
     assert services.check_image(upload("camera.jpg", buf.getvalue())).image_format == "JPEG"
     assert services.check_image(upload("one.png", image_bytes("PNG", size=(96, 96)))).image_format == "PNG"
+
+
+def tiff_with_pages(first, *others, marks=()):
+    """A TIFF of ``first`` and further pages; ``marks`` holds the NewSubfileType (tag 254) of each page, 1 for a
+    reduced-resolution preview."""
+    pages = [first.copy(), *[p.copy() for p in others]]
+    for page, mark in zip(pages, marks):
+        if mark is not None:
+            page.encoderinfo = {"tiffinfo": {254: mark}}
+    if marks and marks[0] is not None:
+        return encoded(pages[0], "TIFF", tiffinfo={254: marks[0]}, save_all=True, append_images=pages[1:])
+    return encoded(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+
+
+def test_a_tiff_with_a_preview_page_is_accepted_and_its_first_page_is_the_image(tech_client, case):
+    picture = smear_picture((640, 480))
+    data = tiff_with_pages(picture, picture.resize((160, 120)), marks=(None, 1))  # as microscope cameras write
+    checked = services.check_image(upload("camera.tif", data))
+    assert (checked.image_format, checked.width, checked.height) == ("TIFF", 640, 480)
+    response = tech_client.post(reverse("diagnosis:smear_upload", args=[case.pk]),
+                                {"kind": "field", "images": [upload("camera.tif", data)]})
+    assert response.status_code == 302
+    smear = case.smears.get()
+    assert np.array_equal(np.asarray(load_image(smear.image.open("rb").read())), np.asarray(picture))
+
+
+@pytest.mark.parametrize("second,marks,why", [
+    ("full", (None, None), "two images"),
+    ("full", (None, 1), "a page marked preview but as large as the first is not a preview"),
+    ("small", (1, None), "the first page is the preview, the image comes later"),
+    ("small", (None, 0), "a smaller page not marked as a preview is an image of its own"),
+])
+def test_a_tiff_whose_other_pages_are_not_previews_is_still_refused(second, marks, why):
+    picture = smear_picture((640, 480))
+    other = picture.rotate(180) if second == "full" else picture.resize((160, 120))
+    with pytest.raises(services.RejectedImage, match="the file holds 2 images"):
+        services.check_image(upload("stack.tif", tiff_with_pages(picture, other, marks=marks)))
+
+
+def test_the_thumbnail_is_what_the_model_reads():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display: the browser and the model turn it upright
+    rotated = encoded(smear_picture((640, 480)), "JPEG", exif=exif, quality=95)
+    thumb = Image.open(io.BytesIO(services.check_image(upload("rotated.jpg", rotated)).thumbnail_jpeg))
+    assert thumb.width < thumb.height  # upright, as load_image and the browser show it
+    twelve_bit = encoded(smear_picture((640, 480), mode="I;16"), "PNG")
+    thumb = np.asarray(Image.open(io.BytesIO(services.check_image(upload("camera.png", twelve_bit)).thumbnail_jpeg)))
+    model_sees = np.asarray(load_image(twelve_bit).resize((thumb.shape[1], thumb.shape[0])))
+    assert abs(float(thumb.mean()) - float(model_sees.mean())) < 5  # stretched as the model stretches it, not white
 
 
 # --------------------------------------------------------------------------- in the browser
