@@ -197,11 +197,47 @@ def case_report_pdf(case):
                 change = (f" Final stage changed from {selectors.label_display(addendum.previous_final_stage)} "
                           f"to {selectors.label_display(addendum.new_final_stage)}.")
             story.append(p(f"{format_when(addendum.created_at)} · {person_name(addendum.author)}: {addendum.text}{change}"))
-    story += [Spacer(1, 0.4 * cm), p(DECISION_SUPPORT_NOTE, "Italic"),
-              p(f"Generated {format_when(ctx['generated_at'])} by LeukPortal.", "Italic")]
+    # The closing lines move to a new page only with the end of the report's content (a table's last row,
+    # a paragraph's last lines), so that no page holds only the note and the "Generated" line.
+    story.append(_keep_with_tail(story.pop(), [
+        Spacer(1, 0.4 * cm), p(DECISION_SUPPORT_NOTE, "Italic"),
+        p(f"Generated {format_when(ctx['generated_at'])} by LeukPortal.", "Italic")]))
     footer = f"{lab['name']} · case {case.accession_number}"
     doc.build(story, canvasmaker=_numbered_canvas(footer))
     return buf.getvalue()
+
+
+def _keep_with_tail(body, tail):
+    """`body` followed by the flowables `tail`, which are never split apart nor set on a page without (the end of)
+    `body`: when they do not all fit, `body` is split so that its last row or line goes over with them."""
+    from reportlab.platypus.flowables import _FUZZ, Flowable, _listWrapOn
+
+    class KeepWithTail(Flowable):
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def getSpaceBefore(self):
+            return self.body.getSpaceBefore()
+
+        def wrap(self, aW, aH):
+            return aW, 0xffffff  # always asked to split (like KeepTogether), so never drawn itself
+
+        def split(self, aW, aH):
+            whole = [self.body, *tail]
+            if _listWrapOn(whole, aW, self.canv)[1] <= aH + _FUZZ:
+                return whole  # all of it fits here
+            _, height = self.body.wrapOn(self.canv, aW, aH)
+            # Leave at least the body's last row or line for the next page, where the tail goes.
+            pieces = self.body.splitOn(self.canv, aW, min(aH, height - 1))
+            if len(pieces) >= 2:
+                return [*pieces[:-1], KeepWithTail(pieces[-1])]
+            frame = getattr(self, "_frame", None)
+            if frame is not None and getattr(frame, "_atTop", False):
+                return whole  # an empty page cannot hold them together: let them flow as they are
+            return []  # the body cannot be split: it goes to the next page with the tail
+
+    return KeepWithTail(body)
 
 
 OUTSIDE_DOMAIN = "Outside the model's domain: no suggestion"
