@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 
 from ..models import IMAGE_FORMAT_FILES, Smear
+from .intake import thumbnail_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,14 @@ def shown_as_stored(smear, file):
     if smear.image_format not in BROWSER_IMAGE_FORMATS:
         return False
     with file.open("rb") as handle, _open_stored(smear, handle) as image:
-        if image.mode == "P":
-            return "transparency" not in image.info
-        return image.mode in BROWSER_PIXEL_MODES
+        return _plain_8_bit(image)
+
+
+def _plain_8_bit(image):
+    """8-bit RGB, grey or opaque palette pixels: load_image neither rescales them nor lays them over white."""
+    if image.mode == "P":
+        return "transparency" not in image.info
+    return image.mode in BROWSER_PIXEL_MODES
 
 
 def render(smear, file):
@@ -114,7 +120,7 @@ def displayed_image(smear):
         png = render(smear, smear.image)
     except FileNotFoundError:
         raise NotDisplayable("The file is missing from storage.") from None
-    except DECODE_ERRORS + (_bomb_errors()) as exc:
+    except DECODE_ERRORS + _bomb_errors() as exc:
         logger.warning("Smear %s: the stored %s image cannot be shown (%s)", smear.pk, smear.image_format,
                        str(exc) or type(exc).__name__)
         raise NotDisplayable("The stored image can no longer be decoded.") from None
@@ -126,3 +132,43 @@ def _bomb_errors():
     from PIL import Image
 
     return (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+# --- Thumbnails made before they followed the model's reading ----------------------------------------------
+
+EXIF_ORIENTATION = 0x0112
+
+
+def thumbnail_may_differ(smear):
+    """Whether the smear's thumbnail, if made from the pixels as decoded (before thumbnails followed the model's
+    reading), differs from one made now: the file carries an EXIF orientation other than upright, or pixels that
+    load_image rescales (16-bit) or lays over white. Reads the header only."""
+    try:
+        with smear.image.open("rb") as handle, _open_stored(smear, handle) as image:
+            return image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1) or not _plain_8_bit(image)
+    except FileNotFoundError:
+        raise NotDisplayable("The file is missing from storage.") from None
+    except DECODE_ERRORS + _bomb_errors() as exc:
+        raise NotDisplayable(f"The stored image can no longer be decoded ({str(exc) or type(exc).__name__}).") from None
+
+
+def rebuild_thumbnail(smear):
+    """Make the smear's thumbnail again from its stored image (intake.thumbnail_jpeg), replacing the old file.
+    Raises NotDisplayable when the stored image is missing or no longer decodes (the old thumbnail is kept)."""
+    try:
+        with smear.image.open("rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("error", _bomb_errors()[1])
+            with _open_stored(smear, handle) as image:
+                image.load()
+                jpeg = thumbnail_jpeg(image)
+    except FileNotFoundError:
+        raise NotDisplayable("The file is missing from storage.") from None
+    except DECODE_ERRORS + _bomb_errors() as exc:
+        raise NotDisplayable(f"The stored image can no longer be decoded ({str(exc) or type(exc).__name__}).") from None
+    field = Smear._meta.get_field("thumbnail")
+    old = smear.thumbnail.name
+    name = field.storage.save(field.generate_filename(smear, "thumb.jpg"), ContentFile(jpeg))
+    Smear.objects.filter(pk=smear.pk).update(thumbnail=name)  # not a change to the smear: updated_at stays
+    smear.thumbnail.name = name
+    if old:
+        field.storage.delete(old)

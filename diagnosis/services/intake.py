@@ -135,12 +135,22 @@ def _check_single_frame(img):
         )
 
 
+def thumbnail_jpeg(img):
+    """The JPEG thumbnail of a decoded image, made from the pixels as the model reads them (ml.runtime.images:
+    EXIF orientation applied, 16-bit rescaled, alpha over white), so it looks like the image the model judged."""
+    from ml.runtime.images import load_image  # here: the web process loads ml.runtime only when it needs it
+
+    thumb = load_image(img)
+    thumb.thumbnail(THUMBNAIL_SIZE)
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
 def check_image(upload):
     """Validate one uploaded file as a smear image; return a CheckedImage or
     raise RejectedImage with a readable reason. Reads the whole file. Any
     input ends in one of the two: never an unexpected exception."""
-    from ml.runtime.images import load_image  # here: the web process loads ml.runtime only when it needs it
-
     size = upload.size
     if size == 0:
         raise RejectedImage("the file is empty.")
@@ -170,10 +180,7 @@ def check_image(upload):
             upload.seek(0)
             with Image.open(upload, formats=list(ALLOWED_FORMATS)) as img:
                 img.load()  # decodes every pixel (first frame of an MPO): truncated data fails here
-                thumb = load_image(img)  # as the model reads it: EXIF orientation, 16-bit rescaled, alpha on white
-                thumb.thumbnail(THUMBNAIL_SIZE)
-                buf = io.BytesIO()
-                thumb.save(buf, "JPEG", quality=85)
+                thumbnail = thumbnail_jpeg(img)
     except RejectedImage:
         raise
     except Image.UnidentifiedImageError:
@@ -199,7 +206,7 @@ def check_image(upload):
         height=height,
         image_format=ALLOWED_FORMATS[fmt],
         size_bytes=size,
-        thumbnail_jpeg=buf.getvalue(),
+        thumbnail_jpeg=thumbnail,
     )
 
 

@@ -336,6 +336,56 @@ def test_the_thumbnail_is_what_the_model_reads():
     assert abs(float(thumb.mean()) - float(model_sees.mean())) < 5  # stretched as the model stretches it, not white
 
 
+def call_rebuild_thumbnails(*args):
+    from django.core.management import call_command
+
+    out, err = io.StringIO(), io.StringIO()
+    call_command("rebuild_thumbnails", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def old_style_thumbnail(data):
+    """A thumbnail as made before 2026-11-25: from the pixels as decoded, no EXIF orientation, 16-bit clipped."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img.thumbnail(services.THUMBNAIL_SIZE)
+    return encoded(img, "JPEG")
+
+
+def test_rebuild_thumbnails_remakes_those_made_sideways_and_leaves_the_rest(smear_factory):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = encoded(smear_picture((640, 480)), "JPEG", exif=exif)
+    sideways = store_as(smear_factory(status="done"), rotated, "JPEG", "rotated.jpg")
+    sideways.thumbnail.save("t.jpg", ContentFile(old_style_thumbnail(rotated)))
+    old_file = sideways.thumbnail.path
+    png = encoded(smear_picture((640, 480)), "PNG")
+    plain = store_as(smear_factory(status="done"), png, "PNG", "plain.png")
+    plain.thumbnail.save("t.jpg", ContentFile(old_style_thumbnail(png)))
+    plain_thumbnail = plain.thumbnail.name
+    assert Image.open(sideways.thumbnail.path).width > Image.open(sideways.thumbnail.path).height
+
+    out, err = call_rebuild_thumbnails()
+    assert "2 smear(s): 1 thumbnail(s) made again." in out and not err
+    sideways.refresh_from_db()
+    plain.refresh_from_db()
+    upright = Image.open(sideways.thumbnail.path)
+    assert upright.width < upright.height  # as the model and the browser show it
+    assert not os.path.exists(old_file)  # replaced, not left behind
+    assert plain.thumbnail.name == plain_thumbnail
+    assert "2 thumbnail(s) made again" in call_rebuild_thumbnails("--all")[0]
+
+
+def test_rebuild_thumbnails_names_an_image_it_cannot_read_and_keeps_its_thumbnail(smear_factory):
+    smear = store_as(smear_factory(status="done"), encoded(smear_picture(), "TIFF"), "TIFF", "lost.tif")
+    thumbnail = smear.thumbnail.name
+    os.remove(smear.image.path)
+    out, err = call_rebuild_thumbnails("--all")
+    assert "0 thumbnail(s) made again, 1 image(s) that could not be read." in out
+    assert f"Smear {smear.pk}" in err and "missing from storage" in err
+    smear.refresh_from_db()
+    assert smear.thumbnail.name == thumbnail
+
+
 # --------------------------------------------------------------------------- in the browser
 
 @pytest.mark.browser
