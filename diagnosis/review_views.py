@@ -60,7 +60,7 @@ class CaseReviewView(RolePermissionRequiredMixin, DetailView):
             addenda=case.addenda.select_related("author"),
             audit_events=case.audit_events.select_related("actor", "smear__prediction"),
             remaining=len(services.confirmable_smears(case)),
-            flagged_left=sum(1 for s in smears if s.flag_awaits_review),
+            flagged_left=selectors.flagged_cells_awaiting_review(case),
             also_in=selectors.images_in_other_patients_cases(case),
             next_case=services.next_case_in_queue(after=case),
         )

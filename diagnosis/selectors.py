@@ -2,7 +2,7 @@
 computed from the models. Services write and may call these; selectors never
 call services (nor tasks or views) and write nothing.
 
-Sections: queue (review_queue, next_case_in_queue, confirmable_smears), status
+Sections: queue (review_queue, next_case_in_queue, confirmable_smears, flagged_cells_awaiting_review), status
 (smears_status_payload, case_status_payload), case pages (case_smears), labels (labels_for_smear,
 labels_for_case, label_display, screen_call_display, model_call_display, audit_change_display, screening_summary_text), cases
 (search_filter), learning (reviewed_smears, interval_over_cases, agreement_stats,
@@ -108,11 +108,24 @@ def confirmable_smears(case: Case) -> list:
     review (a flag asks for a look, and the pathologist's label is the one
     that calls a cell blast, never one click over many cells) and an image
     that is also in another patient's case (images_in_other_patients_cases)."""
-    remaining = (case.smears.filter(status=Smear.Status.DONE, review_label="", prediction__in_domain=True,
-                                    not_assessable=False)
-                 .exclude(kind=Smear.Kind.CELL, prediction__label=CellLabel.BLAST)
-                 .exclude(_in_another_patients_case()))
+    remaining = case.smears.filter(_suggestion_awaiting_review()).exclude(_flagged_cell()).exclude(
+        _in_another_patients_case())
     return list(remaining.select_related("prediction", "case").order_by("created_at", "pk"))
+
+
+def flagged_cells_awaiting_review(case: Case) -> int:
+    """How many cells of ``case`` the screen flagged for review that nobody has labelled yet: left out of
+    "confirm all remaining" (confirmable_smears), to be reviewed one by one."""
+    return case.smears.filter(_suggestion_awaiting_review() & _flagged_cell()).count()
+
+
+def _suggestion_awaiting_review():
+    """Classified inside the model's domain (a suggestion exists), assessable, and not reviewed yet."""
+    return Q(status=Smear.Status.DONE, review_label="", prediction__in_domain=True, not_assessable=False)
+
+
+def _flagged_cell():
+    return Q(kind=Smear.Kind.CELL, prediction__label=CellLabel.BLAST)
 
 
 def _smear_status_item(smear, can_retry):

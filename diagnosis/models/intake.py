@@ -6,7 +6,7 @@ from django.db import models
 from django.utils import timezone
 
 from .cases import Case
-from .vocabulary import REVIEW_REASON_MAX_LENGTH, CellLabel
+from .vocabulary import REVIEW_REASON_MAX_LENGTH
 
 
 #: Stored file extension and served content type per detected image format.
@@ -131,15 +131,6 @@ class Smear(models.Model):
         if self.outside_domain:
             return "labelled"
         return "changed" if self.is_overridden else "confirmed"
-
-    @property
-    def flag_awaits_review(self):
-        """A cell the screen flagged for review that nobody has labelled yet: "confirm all remaining" leaves it to
-        be looked at (selectors.confirmable_smears)."""
-        prediction = getattr(self, "prediction", None)
-        return bool(self.is_cell and self.status == self.Status.DONE and not self.review_label
-                    and not self.not_assessable and prediction is not None and prediction.in_domain
-                    and prediction.label == CellLabel.BLAST)
 
     @property
     def outside_domain(self):

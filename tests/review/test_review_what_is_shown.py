@@ -104,7 +104,14 @@ def test_confirm_all_remaining_leaves_the_cells_the_screen_flagged(cell, patholo
     events = services.confirm_remaining(case, pathologist)
     assert [e.smear_id for e in events] == [passed.pk]
     flagged.refresh_from_db()
-    assert flagged.review_label == "" and flagged.flag_awaits_review
+    assert flagged.review_label == "" and selectors.flagged_cells_awaiting_review(case) == 1
+    second = cell(0.8)
+    services.mark_not_assessable(second, pathologist, "Two cells overlap.")
+    assert selectors.flagged_cells_awaiting_review(case) == 1  # set aside: nothing more to review
+    services.review_smear(flagged, pathologist, "blast")
+    assert selectors.flagged_cells_awaiting_review(case) == 0
+    assert "flagged by the screen: review each one" not in path_client.get(
+        reverse("diagnosis:case_review", args=[case.pk])).content.decode()
 
 
 def test_a_draft_keeps_its_comment_while_the_final_stage_is_still_open(classified, pathologist, path_client, case):
