@@ -1,5 +1,3 @@
-import time
-
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.account.models import EmailAddress
 from django.conf import settings
@@ -20,43 +18,10 @@ class AccountAdapter(DefaultAccountAdapter):
             promote_bootstrap_admin(user)
         return user
 
-    def is_reauthentication_required(self, *, app, **kwargs):
-        """allauth (65.x) asks for the password again unless the session holds an explicit *re*authentication
-        within ACCOUNT_REAUTHENTICATION_TIMEOUT: a sign-in a moment ago does not count. So a pathologist sent
-        straight from the sign-in to set up an authenticator app (RequireMFAMiddleware) had to type the password
-        twice in a row. Only that case is let through: setting up a first authenticator within the timeout of a
-        password sign-in. Every other sensitive change (e-mail, password, removing or replacing MFA, recovery
-        codes once an authenticator exists) still asks for the password again."""
-        if not super().is_reauthentication_required(app=app, **kwargs):
-            return False
-        return not (app == "allauth.mfa" and not has_authenticator(self.request.user)
-                    and signed_in_recently(self.request))
-
     def _get_login_attempts_cache_key(self, request, **credentials):
         # allauth's key starts with the request's site domain, i.e. its Host header: every spelling
         # Django accepts (`portal:1`, `PORTAL`, `portal.`) would get five fresh guesses. One account, one count.
         return normalise_email(credentials.get("email") or credentials.get("username"))
-
-
-def has_authenticator(user) -> bool:
-    from allauth.mfa.models import Authenticator
-
-    return Authenticator.objects.filter(user=user).exists()
-
-
-def signed_in_recently(request) -> bool:
-    """Whether the signed-in user of `request` gave their password in this session (signing in, or again) less
-    than ACCOUNT_REAUTHENTICATION_TIMEOUT ago, by the records allauth keeps in the session."""
-    from allauth.account import app_settings as account_settings
-    from allauth.account.authentication import get_authentication_records
-
-    user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated:
-        return False
-    times = [record.get("at") for record in get_authentication_records(request, user)
-             if record.get("method") == "password"]
-    times = [at for at in times if isinstance(at, (int, float))]
-    return bool(times) and time.time() - max(times) < account_settings.REAUTHENTICATION_TIMEOUT
 
 
 @transaction.atomic

@@ -237,8 +237,10 @@ def test_pathologist_must_set_up_totp_then_signs_in_with_a_code(client, patholog
     response = client.get(reverse("diagnosis:case_list"))
     assert response.status_code == 302 and response.url == reverse("mfa_activate_totp")
     assert client.get(reverse("admin:index")).url == reverse("mfa_activate_totp")
-    # The first authenticator is set up without the password again: it was given a moment ago
-    # (accounts.adapter; tests/accounts/test_mfa_setup_after_sign_in.py).
+    # Setting up an authenticator asks for the password again (allauth's reauthentication).
+    response = client.get(reverse("mfa_activate_totp"))
+    assert response.status_code == 302 and response.url.startswith(reverse("account_reauthenticate"))
+    client.post(reverse("account_reauthenticate"), {"password": PASSWORD})
     page = client.get(reverse("mfa_activate_totp"))
     assert page.status_code == 200
     secret = page.context["form"].secret
