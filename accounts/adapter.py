@@ -29,8 +29,9 @@ def promote_bootstrap_admin(user):
     """Make the installation's first administrator (superuser and Admin), so a
     fresh install needs no default password:
     * with PORTAL_BOOTSTRAP_ADMIN_EMAIL set, the account with that address,
-      once the address is verified (its confirmation link: whoever merely
-      types the address at sign-up gets nothing), while there is no superuser;
+      once the address is verified (its confirmation link, opened signed in
+      as that account: promote_on_confirmation; whoever merely types the
+      address at sign-up gets nothing), while there is no superuser;
     * without it, only in development mode (DEBUG; `make run` listens on
       127.0.0.1), the first account on an empty database.
     Every other account starts without a role until an administrator assigns
@@ -54,5 +55,11 @@ def promote_bootstrap_admin(user):
 
 
 def promote_on_confirmation(sender, request, email_address, **kwargs):
-    """allauth's email_confirmed signal: the bootstrap address just proved its owner."""
-    promote_bootstrap_admin(email_address.user)
+    """allauth's email_confirmed signal: the bootstrap address just proved its owner, if the link is opened in a
+    session signed in as the account that holds it, so that one person both chose its password and reads the
+    mailbox. A link opened anywhere else confirms the address but promotes nobody: otherwise a stranger who signed
+    up first with the bootstrap address, with a password of their own, would own the install as soon as the real
+    owner, expecting exactly this mail, pressed Confirm."""
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated and user.pk == email_address.user_id:
+        promote_bootstrap_admin(email_address.user)

@@ -71,6 +71,35 @@ def test_the_bootstrap_admin_signing_up_after_a_stranger_still_becomes_admin(cli
     assert not django_user_model.objects.get(email="stranger@elsewhere.example").is_superuser
 
 
+def test_a_stranger_who_signed_up_first_with_the_bootstrap_address_is_not_made_admin_by_the_owners_click(
+        client, django_user_model, settings):
+    """The owner, expecting the confirmation mail, opens it in their own browser (not signed in as the stranger's
+    account): the address is confirmed, nobody is promoted, and the stranger's own password opens nothing."""
+    settings.DEBUG, settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = False, "boss@lab.example"
+    stranger = client
+    assert signup(stranger, "boss@lab.example", full_name="Lab Administrator").status_code == 302
+    owner = type(client)()
+    assert signup(owner, "boss@lab.example").status_code == 200  # already registered: the owner cannot sign up
+    assert confirm_email(owner, mail.outbox[0]).status_code == 302
+    account = django_user_model.objects.get()
+    assert account.emailaddress_set.get().verified
+    assert not account.is_superuser and not account.is_staff and account.groups.count() == 0
+    stranger.logout()
+    stranger.post(reverse("account_login"), {"login": "boss@lab.example", "password": PASSWORD})
+    assert stranger.get(reverse("home")).url == reverse("pending_role")
+    assert stranger.get(reverse("admin:index")).status_code == 302
+
+
+def test_the_owner_opening_the_link_signed_in_to_another_account_promotes_nobody(client, make_user,
+                                                                                  django_user_model, settings):
+    settings.DEBUG, settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = False, "boss@lab.example"
+    signup(client, "boss@lab.example")
+    other = type(client)()
+    other.force_login(make_user(None, email="someone@lab.example"))
+    confirm_email(other, mail.outbox[-1])
+    assert not django_user_model.objects.filter(is_superuser=True).exists()
+
+
 def test_later_signups_get_no_role_and_wait(client, make_user, django_user_model):
     make_user("Admin")
     response = signup(client, "second@lab.example")
