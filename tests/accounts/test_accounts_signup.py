@@ -90,6 +90,18 @@ def test_a_stranger_who_signed_up_first_with_the_bootstrap_address_is_not_made_a
     assert stranger.get(reverse("admin:index")).status_code == 302
 
 
+@pytest.mark.parametrize("same_browser", [True, False])
+def test_with_mandatory_verification_the_link_promotes_only_in_the_browser_that_signed_up(
+        client, django_user_model, settings, same_browser):
+    """Mandatory verification does not sign in at sign-up: the sign-up waiting in the session stands for it."""
+    settings.DEBUG, settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = False, "boss@lab.example"
+    settings.ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+    assert signup(client, "boss@lab.example").status_code == 302
+    assert "_auth_user_id" not in client.session
+    confirm_email(client if same_browser else type(client)(), mail.outbox[-1])
+    assert django_user_model.objects.get().is_superuser is same_browser
+
+
 def test_the_owner_opening_the_link_signed_in_to_another_account_promotes_nobody(client, make_user,
                                                                                   django_user_model, settings):
     settings.DEBUG, settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = False, "boss@lab.example"
