@@ -1,5 +1,6 @@
-"""Rules for text people type: length limits (check_length) and the safe
-piece of a file name or header built from it (safe_name_part)."""
+"""Rules for text people type: length limits and control characters
+(check_length) and the safe piece of a file name or header built from it
+(safe_name_part)."""
 from .errors import ReviewError
 
 
@@ -9,11 +10,28 @@ def one_char_line_breaks(text: str) -> str:
     return text.replace("\r\n", "\n")
 
 
+def without_control_characters(text: str) -> str:
+    """The text less its control characters (NUL, escape, form feed, DEL, the C1 range...) but line breaks and tabs,
+    and less the Unicode non-characters: invisible in every page and report, they would let a "required" reason
+    be a lone NUL, and some of them break a PDF or a spreadsheet cell."""
+    import unicodedata
+
+    return "".join(ch for ch in text if ch in "\n\t" or (unicodedata.category(ch) != "Cc"
+                                                       and not _is_noncharacter(ch)))
+
+
+def _is_noncharacter(ch: str) -> bool:
+    code = ord(ch)
+    return 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
+
+
 def check_length(text: str, limit: int, what: str) -> str:
-    """The text with its line breaks as LF, or ReviewError when it is longer
-    than the field allows (every free text is bounded; the message says the
-    limit), counting a line break as one character (one_char_line_breaks)."""
-    text = one_char_line_breaks(text)
+    """The text with its line breaks as LF, control characters removed and
+    the ends stripped (without_control_characters), or ReviewError when it is
+    longer than the field allows (every free text is bounded; the message
+    says the limit), counting a line break as one character
+    (one_char_line_breaks)."""
+    text = without_control_characters(one_char_line_breaks(text)).strip()
     if len(text) > limit:
         raise ReviewError(f"{what} is {len(text):,} characters long; the limit is {limit:,} characters.")
     return text
