@@ -8,6 +8,8 @@ setting stops the portal instead of exposing a debug server. With DEBUG=1
 SQLite in db.sqlite3, the Celery broker on the local filesystem under var/,
 emails printed to the console. See the configuration table in README.md.
 """
+import logging
+import os
 from pathlib import Path
 
 import environ
@@ -20,8 +22,61 @@ env = environ.Env()
 if (BASE_DIR / ".env").is_file():
     environ.Env.read_env(BASE_DIR / ".env")
 
+
+# --- Private files ------------------------------------------------------------
+# The secret key, the SQLite database (patients, password hashes, TOTP secrets) and the runtime folder are for
+# the portal's user only (group too for the folder), never for every local account as the usual umask 022 makes
+# them. Only what the portal creates is made so: the modes of existing files and folders are left as they are.
+def make_private_dir(path):
+    """Create the folder (and its parents) with mode 0750 at most; an existing folder keeps its mode."""
+    Path(path).mkdir(mode=0o750, parents=True, exist_ok=True)
+
+
+def create_private_file(path, data=b""):
+    """Create `path` holding `data` with mode 0600, never readable by others even for a moment, whatever the umask.
+    False (nothing written) when it exists already."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, 0o600)  # the mode above is only narrowed by the umask; this states it outright
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    return True
+
+
+def secure_sqlite_database(db):
+    """For a SQLite database (DATABASES entry `db`) whose file does not exist yet, create it empty with mode 0600
+    before Django opens it: SQLite takes an empty file as an empty database, and gives its journal and WAL files the
+    database's mode. An existing file keeps its mode; returns a warning for the admin when every local account can
+    read it, else None. Not tightened here: settings run for every command and process, and a mode an
+    administrator chose (a backup agent running as another account) is not this file's to change unasked."""
+    if "sqlite" not in db.get("ENGINE", ""):
+        return None
+    name = str(db.get("NAME") or "")
+    if not name or name == ":memory:" or name.startswith("file:"):  # in memory, or a URI Django passes to SQLite
+        return None
+    path = Path(name)
+    if not path.parent.is_dir():  # Django's own error when it opens it
+        return None
+    if create_private_file(path):
+        return None
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None
+    if mode & 0o007:
+        return (f"The SQLite database {path} can be read by every local account (mode {mode:o}); it holds patient "
+                f"data, password hashes and TOTP secrets. Make it private: chmod 600 {path}")
+    return None
+
+
 VAR_DIR = Path(env.str("LEUKPORTAL_VAR_DIR", default=str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+make_private_dir(VAR_DIR)
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -35,9 +90,7 @@ def _secret_key():
     # Development only: a random key generated once per checkout and kept in
     # var/ so that sessions survive restarts and the worker agrees with the web.
     path = VAR_DIR / "dev-secret-key"
-    if not path.exists():
-        path.write_text(get_random_secret_key())
-        path.chmod(0o600)
+    create_private_file(path, get_random_secret_key().encode())  # kept when it exists
     return path.read_text().strip()
 
 
@@ -70,8 +123,6 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    # Before CSRF: turns Django's bare 400 for too many files into the form's message.
-    "leukportal.middleware.TooManyFilesMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "leukportal.middleware.IdleSessionTimeoutMiddleware",
@@ -79,6 +130,10 @@ MIDDLEWARE = [
     "allauth.account.middleware.AccountMiddleware",
     "accounts.middleware.RequireMFAMiddleware",
     "leukportal.middleware.NoStoreMiddleware",
+    # After sign-in (and the session and MFA checks): reads an upload's body only for a user allowed to upload,
+    # and refuses a body larger than its request can be, unread. Still before CSRF reads the body: CSRF checks in
+    # process_view, which runs after every middleware's __call__ (tests/test_security_upload_body.py).
+    "leukportal.middleware.TooManyFilesMiddleware",
 ]
 
 ROOT_URLCONF = "leukportal.urls"
@@ -106,6 +161,10 @@ DATABASES = {
 }
 _db = DATABASES["default"]
 if "sqlite" in _db["ENGINE"]:
+    # Created 0600 when new; a warning (once per process) when an existing one is readable by everybody.
+    _sqlite_warning = secure_sqlite_database(_db)
+    if _sqlite_warning:
+        logging.getLogger("leukportal.settings").warning(_sqlite_warning)
     # Web, worker and tests share the file; wait for locks instead of failing.
     _db.setdefault("OPTIONS", {}).setdefault("timeout", 20)
     # A file (not :memory:) so that a Celery worker subprocess in the
@@ -202,6 +261,9 @@ CACHES["default"].setdefault("KEY_PREFIX", "leukportal")
 # `manage.py check --deploy` is clean with DEBUG=0 (tests/test_deploy.py).
 SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# No portal script reads the CSRF cookie (forms carry the token: tests/test_security_csrf_cookie.py), so no script
+# injected into a page may either.
+CSRF_COOKIE_HTTPONLY = True
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -1,6 +1,7 @@
 """An anonymous client must not make the portal parse (and spool to disk) a
 multipart body on any URL: the too-many-files answer reads the body before
-CSRF and sign-in are checked, so it does so for the smear upload view only."""
+the CSRF check, so it does so for the smear upload view only, and only for a
+signed-in user allowed to upload (tests/test_security_upload_body.py)."""
 import pytest
 from django.http.multipartparser import MultiPartParser
 from django.test import Client
