@@ -95,6 +95,8 @@ def _secret_key():
 
 
 SECRET_KEY = _secret_key()
+# Earlier keys, while sessions, links and the encrypted two-factor secrets (accounts.mfa_adapter) move to the new one.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 if not DEBUG and not ALLOWED_HOSTS:
@@ -228,6 +230,8 @@ PORTAL_BOOTSTRAP_ADMIN_EMAIL = env.str("PORTAL_BOOTSTRAP_ADMIN_EMAIL", default="
 
 # --- Multi-factor authentication (allauth.mfa) --------------------------------
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+# The TOTP keys and recovery seeds are stored encrypted, keyed from SECRET_KEY (accounts.mfa_adapter).
+MFA_ADAPTER = "accounts.mfa_adapter.PortalMFAAdapter"
 MFA_TOTP_ISSUER = env.str("MFA_TOTP_ISSUER", default="LeukPortal")
 # Roles that must set up TOTP before they see anything else
 # (accounts.middleware.RequireMFAMiddleware). Superusers always must when any
