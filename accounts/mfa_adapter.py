@@ -4,9 +4,12 @@ second factor with the password hashes. Fernet (AES-128-CBC with HMAC-SHA256, `c
 SECRET_KEY; SECRET_KEY_FALLBACKS still decrypt, so rotating the key the Django way keeps every authenticator."""
 import base64
 import hashlib
+import logging
 
 from allauth.mfa.adapter import DefaultMFAAdapter
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 #: Marks an encrypted value; a value without it was stored before encryption and is read as it is.
 PREFIX = "fernet:"
@@ -35,9 +38,25 @@ def decrypt_secret(stored: str) -> str:
     return _fernet().decrypt(stored[len(PREFIX):].encode("ascii")).decode()
 
 
+def _unreadable_secret() -> str:
+    """A secret nobody holds, in place of one SECRET_KEY no longer decrypts: every code is then refused as wrong
+    (never a server error, never a guessable key), and the log says why."""
+    import secrets
+
+    return base64.b32encode(secrets.token_bytes(20)).decode("ascii")
+
+
 class PortalMFAAdapter(DefaultMFAAdapter):
     def encrypt(self, text: str) -> str:
         return encrypt_secret(text)
 
     def decrypt(self, encrypted_text: str) -> str:
-        return decrypt_secret(encrypted_text)
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return decrypt_secret(encrypted_text)
+        except InvalidToken:
+            logger.error("A two-factor secret cannot be decrypted with SECRET_KEY or SECRET_KEY_FALLBACKS (was the "
+                         "key changed, or a backup restored under another?): its codes are refused until the key is "
+                         "put back or an administrator removes the user's authenticators.")
+            return _unreadable_secret()

@@ -72,3 +72,15 @@ def test_the_migration_encrypts_secrets_stored_before_and_its_reverse_restores_t
     assert Authenticator.objects.get(user=pathologist).data["secret"] == stored
     migration.decrypt(current_apps, None)
     assert Authenticator.objects.get(user=pathologist).data["secret"] == "JBSWY3DPEHPK3PXP"
+
+
+def test_a_secret_the_key_no_longer_decrypts_refuses_every_code_with_no_server_error(client, pathologist, settings,
+                                                                                     caplog):
+    secret = enrol(client, pathologist)
+    settings.SECRET_KEY = "another-key-after-a-careless-restore-" + "y" * 30
+    client.logout()
+    client.post(reverse("account_login"), {"login": pathologist.email, "password": PASSWORD})
+    response = client.post(reverse("mfa_authenticate"), {"code": current_totp(secret)})
+    assert response.status_code == 200  # the form again, with its error: not signed in, not a 500
+    assert "_auth_user_id" not in client.session
+    assert "cannot be decrypted with SECRET_KEY" in caplog.text
