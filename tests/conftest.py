@@ -115,3 +115,19 @@ def browser(monkeypatch):
 @pytest.fixture
 def browser_page(browser):
     return browser.new_page()
+
+
+@pytest.fixture
+def parsed(monkeypatch):
+    """The paths of the requests whose multipart body was parsed."""
+    paths = []
+    from django.http.multipartparser import MultiPartParser
+
+    real_parse = MultiPartParser.parse
+
+    def parse(self):
+        paths.append(self._meta["PATH_INFO"])
+        return real_parse(self)
+
+    monkeypatch.setattr(MultiPartParser, "parse", parse)
+    return paths

@@ -3,27 +3,12 @@ multipart body on any URL: the too-many-files answer reads the body before
 the CSRF check, so it does so for the smear upload view only, and only for a
 signed-in user allowed to upload (tests/test_security_upload_body.py)."""
 import pytest
-from django.http.multipartparser import MultiPartParser
 from django.test import Client
 from django.urls import reverse
 
 from tests.portal_testutils import image_bytes, upload
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def parsed(monkeypatch):
-    """The paths of the requests whose multipart body was parsed."""
-    paths = []
-    real_parse = MultiPartParser.parse
-
-    def parse(self):
-        paths.append(self._meta["PATH_INFO"])
-        return real_parse(self)
-
-    monkeypatch.setattr(MultiPartParser, "parse", parse)
-    return paths
 
 
 def files(n=2):

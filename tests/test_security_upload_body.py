@@ -5,7 +5,6 @@ larger than a legitimate request can be is refused before a byte of it is read, 
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.messages import get_messages
-from django.http.multipartparser import MultiPartParser
 from django.test import Client
 from django.test.client import BOUNDARY, encode_multipart
 from django.urls import reverse
@@ -14,20 +13,6 @@ from leukportal import middleware
 from tests.portal_testutils import image_bytes, upload
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def parsed(monkeypatch):
-    """The paths of the requests whose multipart body was parsed."""
-    paths = []
-    real_parse = MultiPartParser.parse
-
-    def parse(self):
-        paths.append(self._meta["PATH_INFO"])
-        return real_parse(self)
-
-    monkeypatch.setattr(MultiPartParser, "parse", parse)
-    return paths
 
 
 def upload_url(case):
