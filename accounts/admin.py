@@ -1,4 +1,5 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import UserChangeForm as BaseUserChangeForm
 from django.core.exceptions import ValidationError
@@ -34,9 +35,40 @@ class UserChangeForm(BaseUserChangeForm):
         return groups
 
 
+class InviteUserForm(forms.ModelForm):
+    """A new account gets no password from the admin: it is created without one and its owner chooses it from
+    an e-mailed link (send_invitation). An administrator who set it would know a pathologist's password and, since
+    two-factor sign-in is set up at the first sign-in, could set up their own authenticator on that account."""
+
+    class Meta:
+        model = User
+        fields = ("email", "full_name", "title")
+
+    def save(self, commit=True):
+        user = super().save(commit=False)
+        user.set_unusable_password()
+        if commit:
+            user.save()
+        return user
+
+
+def send_invitation(request, user):
+    """Mail ``user`` a link to choose a password: allauth's password-reset key (Django's token: valid for
+    PASSWORD_RESET_TIMEOUT, once, and void as soon as a password is set)."""
+    from allauth.account.adapter import get_adapter
+    from allauth.account.forms import default_token_generator
+    from allauth.account.utils import user_pk_to_url_str
+
+    adapter = get_adapter(request)
+    url = adapter.get_reset_password_from_key_url(f"{user_pk_to_url_str(user)}-{default_token_generator.make_token(user)}")
+    adapter.send_mail("account/email/invitation", user.email, {"user": user, "set_password_url": url})
+
+
 @admin.register(User)
 class UserAdmin(BoundedSearchMixin, BaseUserAdmin):
     form = UserChangeForm
+    add_form = InviteUserForm
+    actions = ["invite_again"]
     ordering = ["email"]
     list_display = ["email", "email_confirmed", "full_name", "title", "role_list", "is_active", "is_staff",
                     "last_login", "date_joined"]
@@ -57,7 +89,9 @@ class UserAdmin(BoundedSearchMixin, BaseUserAdmin):
         ),
         (_("Important dates"), {"fields": ("last_login", "date_joined")}),
     )
-    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "full_name", "title", "password1", "password2")}),)
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "full_name", "title"),
+                             "description": "The account is created without a password: its owner gets an e-mail "
+                                            "with a link to choose one. Give the role on the next page."}),)
 
     #: Only a superuser may grant these (to anyone, themselves included).
     PRIVILEGE_FIELDS = ("is_staff", "is_superuser", "user_permissions")
@@ -90,3 +124,19 @@ class UserAdmin(BoundedSearchMixin, BaseUserAdmin):
     @admin.display(description="roles")
     def role_list(self, obj):
         return ", ".join(g.name for g in obj.groups.all()) or "— (waiting for a role)"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change:
+            send_invitation(request, obj)
+            self.message_user(request, f"An e-mail with a link to choose a password was sent to {obj.email}.")
+
+    @admin.action(description="Send the selected accounts without a password a new link to choose one")
+    def invite_again(self, request, queryset):
+        waiting = [user for user in queryset if not user.has_usable_password() and user.is_active]
+        for user in waiting:
+            send_invitation(request, user)
+        skipped = queryset.count() - len(waiting)
+        self.message_user(request, f"Sent {len(waiting)} link(s)." + (
+            f" {skipped} account(s) skipped: they have a password already (they can reset it themselves) or are "
+            "inactive." if skipped else ""), messages.SUCCESS if waiting else messages.WARNING)
