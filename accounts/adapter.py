@@ -55,12 +55,15 @@ def promote_bootstrap_admin(user):
 
 
 def promote_on_confirmation(sender, request, email_address, **kwargs):
-    """allauth's email_confirmed signal: the bootstrap address just proved its owner, if the link is opened in a
-    session signed in as the account that holds it, so that one person both chose its password and reads the
-    mailbox. A link opened anywhere else confirms the address but promotes nobody: otherwise a stranger who signed
+    """allauth's email_confirmed signal: the bootstrap address just proved its owner, if this confirmation is of
+    the bootstrap address itself and its link is opened in a session signed in as the account that holds it, so
+    that one person both chose its password and reads the mailbox (confirming another address of an account that
+    holds the bootstrap address proves nothing about that mailbox). A link opened anywhere else confirms the address but promotes nobody: otherwise a stranger who signed
     up first with the bootstrap address, with a password of their own, would own the install as soon as the real
     owner, expecting exactly this mail, pressed Confirm."""
-    if request is not None and _signed_up_or_in_here(request, email_address.user_id):
+    wanted = normalise_email(settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL)
+    if (wanted and normalise_email(email_address.email) == wanted and request is not None
+            and _signed_up_or_in_here(request, email_address.user_id)):
         promote_bootstrap_admin(email_address.user)
 
 

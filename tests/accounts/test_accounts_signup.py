@@ -102,6 +102,22 @@ def test_with_mandatory_verification_the_link_promotes_only_in_the_browser_that_
     assert django_user_model.objects.get().is_superuser is same_browser
 
 
+def test_the_stranger_confirming_another_address_of_their_own_afterwards_is_not_made_admin(
+        client, django_user_model, settings):
+    """Second audit round (R1): after the owner's click elsewhere verified the bootstrap address on the stranger's
+    account, the stranger added an address of their own and confirmed it in their session: that promoted them."""
+    settings.DEBUG, settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = False, "boss@lab.example"
+    stranger = client
+    signup(stranger, "boss@lab.example", full_name="Lab Administrator")
+    confirm_email(type(client)(), mail.outbox[0])  # the owner, in their own browser
+    stranger.post(reverse("account_reauthenticate"), {"password": PASSWORD})
+    stranger.post(reverse("account_email"), {"action_add": "", "email": "mine@elsewhere.example"})
+    confirm_email(stranger, mail.outbox[-1])
+    account = django_user_model.objects.get()
+    assert account.emailaddress_set.filter(email="mine@elsewhere.example", verified=True).exists()
+    assert not account.is_superuser and not account.is_staff and account.groups.count() == 0
+
+
 def test_the_owner_opening_the_link_signed_in_to_another_account_promotes_nobody(client, make_user,
                                                                                   django_user_model, settings):
     settings.DEBUG, settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL = False, "boss@lab.example"
