@@ -13,6 +13,7 @@ def normalise_email(email):
 
 class AccountAdapter(DefaultAccountAdapter):
     def save_user(self, request, user, form, commit=True):
+        user._signed_up = True  # vouch_for_address: a typed address proves nothing until its link is opened
         user = super().save_user(request, user, form, commit=commit)
         if commit:
             promote_bootstrap_admin(user)
@@ -58,9 +59,10 @@ def promote_on_confirmation(sender, request, email_address, **kwargs):
     """allauth's email_confirmed signal: the bootstrap address just proved its owner, if this confirmation is of
     the bootstrap address itself and its link is opened in a session signed in as the account that holds it, so
     that one person both chose its password and reads the mailbox (confirming another address of an account that
-    holds the bootstrap address proves nothing about that mailbox). A link opened anywhere else confirms the address but promotes nobody: otherwise a stranger who signed
-    up first with the bootstrap address, with a password of their own, would own the install as soon as the real
-    owner, expecting exactly this mail, pressed Confirm."""
+    holds the bootstrap address proves nothing about that mailbox). A link opened anywhere else confirms the
+    address but promotes nobody: otherwise a stranger who signed up first with the bootstrap address, with a
+    password of their own, would own the install as soon as the real owner, expecting exactly this mail, pressed
+    Confirm."""
     wanted = normalise_email(settings.PORTAL_BOOTSTRAP_ADMIN_EMAIL)
     if (wanted and normalise_email(email_address.email) == wanted and request is not None
             and _signed_up_or_in_here(request, email_address.user_id)):
@@ -78,3 +80,17 @@ def _signed_up_or_in_here(request, user_id):
 
     pending = unstash_login(request, peek=True)
     return bool(pending and pending.signup and pending.user is not None and pending.user.pk == user_id)
+
+
+def vouch_for_address(sender, instance, created, **kwargs):
+    """post_save of a new User not made by sign-up (the admin's Add user, createsuperuser, the shell): whoever
+    made it vouches for its address, which gets allauth's record as confirmed and primary at once. Without it,
+    allauth made an unconfirmed record the first time the account met an allauth flow (an anonymous password-reset
+    request, a visit to the e-mail page), which then refused the account two-factor set-up and a role, and let an
+    address another account had typed before this one existed (an unconfirmed record) be confirmed for that other
+    account; such records of other accounts are removed here."""
+    if not created or kwargs.get("raw") or getattr(instance, "_signed_up", False) or not instance.email:
+        return  # raw: loaddata (a restore) brings the account's own address records
+    EmailAddress.objects.filter(email__iexact=instance.email, verified=False).exclude(user=instance).delete()
+    EmailAddress.objects.get_or_create(user=instance, email=instance.email,
+                                       defaults={"verified": True, "primary": True})

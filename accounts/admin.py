@@ -60,7 +60,8 @@ def send_invitation(request, user):
     from allauth.account.utils import user_pk_to_url_str
 
     adapter = get_adapter(request)
-    url = adapter.get_reset_password_from_key_url(f"{user_pk_to_url_str(user)}-{default_token_generator.make_token(user)}")
+    key = f"{user_pk_to_url_str(user)}-{default_token_generator.make_token(user)}"
+    url = adapter.get_reset_password_from_key_url(key)
     adapter.send_mail("account/email/invitation", user.email, {"user": user, "set_password_url": url})
 
 

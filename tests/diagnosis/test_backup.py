@@ -41,7 +41,8 @@ def working_portal(technician, pathologist, lab_admin, patient, case, smear_fact
     from allauth.account.models import EmailAddress
     from allauth.mfa.models import Authenticator
 
-    EmailAddress.objects.create(user=pathologist, email=pathologist.email, verified=True, primary=True)
+    EmailAddress.objects.update_or_create(user=pathologist, email=pathologist.email,
+                                          defaults={"verified": True, "primary": True})
     Authenticator.objects.create(user=pathologist, type=Authenticator.Type.TOTP, data={"secret": "JBSWY3DPEHPK3PXP"})
     services.record_case_opened(case, technician)
     confirmed, changed = smear_factory(status="processing"), smear_factory(status="processing")
