@@ -324,6 +324,41 @@ def test_a_tiff_whose_other_pages_are_not_previews_is_still_refused(second, mark
         services.check_image(upload("stack.tif", tiff_with_pages(picture, other, marks=marks)))
 
 
+def test_a_tiff_of_many_pages_is_refused_without_walking_them_all():
+    """Second audit round (R5): Pillow's n_frames walks every page in quadratic time; a 24 MB file of 190,000 tiny
+    'preview' pages held a web process for 157 s, and was accepted."""
+    import time
+
+    picture = smear_picture((640, 480))
+    tiny = picture.resize((8, 6))
+    data = tiff_with_pages(picture, *[tiny] * 3000, marks=(None, *[1] * 3000))
+    started = time.perf_counter()
+    with pytest.raises(services.RejectedImage, match="more than 8 images"):
+        services.check_image(upload("pyramid.tif", data))
+    assert time.perf_counter() - started < 2
+
+
+def test_a_preview_must_be_a_real_reduction_and_must_decode():
+    picture = smear_picture((640, 480))
+    almost = tiff_with_pages(picture, picture.resize((600, 450)), marks=(None, 1))  # a second image, in effect
+    with pytest.raises(services.RejectedImage, match="the file holds 2 images"):
+        services.check_image(upload("second.tif", almost))
+    damaged = bytearray(encoded(picture, "TIFF", save_all=True, compression="tiff_deflate",
+                                append_images=[_as_preview(picture.resize((160, 120)))]))
+    with Image.open(io.BytesIO(bytes(damaged))) as img:
+        img.seek(1)
+        offset, length = img.tag_v2[273][0], img.tag_v2[279][0]  # the preview's strip
+    assert services.check_image(upload("ok.tif", bytes(damaged))).width == 640  # intact, it is accepted
+    damaged[offset + 4:offset + length] = bytes(length - 4)  # deflate data that no longer inflates
+    with pytest.raises(services.RejectedImage, match="damaged|truncated"):
+        services.check_image(upload("junk-preview.tif", bytes(damaged)))
+
+
+def _as_preview(page):
+    page.encoderinfo = {"tiffinfo": {254: 1}, "compression": "tiff_deflate"}
+    return page
+
+
 def test_the_thumbnail_is_what_the_model_reads():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display: the browser and the model turn it upright
