@@ -167,8 +167,12 @@ if "sqlite" in _db["ENGINE"]:
     _sqlite_warning = secure_sqlite_database(_db)
     if _sqlite_warning:
         logging.getLogger("leukportal.settings").warning(_sqlite_warning)
-    # Web, worker and tests share the file; wait for locks instead of failing.
+    # Web, worker and tests share the file; wait for locks instead of failing. IMMEDIATE: a transaction takes the
+    # write lock when it begins, so two that read a case and then write it wait for each other (timeout) instead
+    # of one failing at once with "database is locked" when it upgrades its read lock (a 500 seen under concurrent
+    # sign-outs, addenda and uploads; select_for_update does nothing on SQLite).
     _db.setdefault("OPTIONS", {}).setdefault("timeout", 20)
+    _db["OPTIONS"].setdefault("transaction_mode", "IMMEDIATE")
     # A file (not :memory:) so that a Celery worker subprocess in the
     # end-to-end test can open the very database pytest-django created.
     _db["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
