@@ -19,6 +19,20 @@ class SignupForm(forms.Form):
         widget=forms.TextInput(attrs={"autocomplete": "honorific-prefix"}),
     )
 
+    def clean_full_name(self):
+        from diagnosis.services.text import has_visible_character, without_control_characters
+
+        name = without_control_characters(self.cleaned_data["full_name"]).strip()
+        if not has_visible_character(name):
+            raise forms.ValidationError("Type your name as it should appear on signed reports.")
+        return name
+
+    def clean_title(self):
+        from diagnosis.services.text import has_visible_character, without_control_characters
+
+        title = without_control_characters(self.cleaned_data.get("title", "")).strip()
+        return title if has_visible_character(title) else ""
+
     def signup(self, request, user):
         user.full_name = self.cleaned_data["full_name"]
         user.title = self.cleaned_data.get("title", "")

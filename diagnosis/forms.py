@@ -6,18 +6,22 @@ from django.conf import settings
 from django.utils import timezone
 
 from .models import Case, CaseState, Patient, Smear, Stage
-from .services import ALLOWED_FORMATS, one_char_line_breaks
+from .services import ALLOWED_FORMATS, one_char_line_breaks, without_control_characters
 
 
 class TextareaCharField(forms.CharField):
     """A bounded text box's field: line breaks become LF before max_length is
     checked, as in services.check_length, so the limit the page shows is the
-    limit applied (services.one_char_line_breaks)."""
+    limit applied (services.one_char_line_breaks), and control characters go
+    (services.without_control_characters: an escape sequence or a NUL shows
+    as nothing, or breaks a PDF)."""
 
     widget = forms.Textarea
 
     def to_python(self, value):
-        return super().to_python(one_char_line_breaks(value) if isinstance(value, str) else value)
+        if isinstance(value, str):
+            value = without_control_characters(one_char_line_breaks(value))
+        return super().to_python(value)
 
 
 #: The earliest birth year and collection date the portal takes (as the birth year's model validator).

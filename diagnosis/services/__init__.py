@@ -59,8 +59,10 @@ from .case_state import (
 )
 from .text import (
     check_length,
+    has_visible_character,
     one_char_line_breaks,
     safe_name_part,
+    without_control_characters,
 )
 from .dispatch import (
     enqueue_classification,
@@ -240,4 +242,6 @@ __all__ = [
     "DisplayedImage",
     "displayed_image",
     "NotDisplayable",
+    "has_visible_character",
+    "without_control_characters",
 ]

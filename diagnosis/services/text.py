@@ -20,6 +20,20 @@ def without_control_characters(text: str) -> str:
                                                        and not _is_noncharacter(ch)))
 
 
+#: Characters that show nothing on their own: format characters (zero-width space and joiners, direction marks
+#: and overrides, soft hyphen, BOM: category Cf), spaces and separators (Z*), combining marks (Mn, Me) and the
+#: Hangul fillers, which are letters that render blank.
+_BLANK_CATEGORIES = frozenset({"Cf", "Zs", "Zl", "Zp", "Mn", "Me"})
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def has_visible_character(text: str) -> bool:
+    import unicodedata
+
+    return any(not ch.isspace() and ch not in _BLANK_LETTERS and unicodedata.category(ch) not in _BLANK_CATEGORIES
+               for ch in text)
+
+
 def _is_noncharacter(ch: str) -> bool:
     code = ord(ch)
     return 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE
@@ -32,6 +46,8 @@ def check_length(text: str, limit: int, what: str) -> str:
     says the limit), counting a line break as one character
     (one_char_line_breaks)."""
     text = without_control_characters(one_char_line_breaks(text)).strip()
+    if not has_visible_character(text):
+        text = ""  # a "required" text must say something a reader can see
     if len(text) > limit:
         raise ReviewError(f"{what} is {len(text):,} characters long; the limit is {limit:,} characters.")
     return text

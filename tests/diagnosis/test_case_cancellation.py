@@ -29,9 +29,11 @@ def test_a_technician_cancels_an_empty_case_with_a_reason_and_it_shows_everywher
     assert "Cancelled on" in report and "preliminary" not in report
 
 
-@pytest.mark.parametrize("blank", ["   ", "\x00", " \x00\x1b\x7f\u0085 ", "\ufffe\uffff"])
+@pytest.mark.parametrize("blank", ["   ", "\x00", " \x00\x1b\x7f\u0085 ", "\ufffe\uffff",
+                                   "\u200b", "\u2060\ufeff", "\u3164", "\u202e", " \u00ad ", "\u0301\u0301"])
 def test_a_reason_is_required(technician, case, blank):
-    """Control characters are invisible on every page: a lone NUL is no reason (security review F7)."""
+    """Control, format and blank characters are invisible on every page: a lone NUL or zero-width space is no reason
+    (security review F7, second round R13)."""
     with pytest.raises(services.ReviewError, match="Say why"):
         services.cancel_case(case, technician, blank)
     case.refresh_from_db()

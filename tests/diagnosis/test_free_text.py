@@ -34,3 +34,34 @@ def test_only_control_characters_leave_nothing():
 def test_an_addendum_of_control_characters_only_is_refused(signed_case, pathologist):
     with pytest.raises(services.ReviewError, match="needs a text"):
         services.add_addendum(signed_case, pathologist, "\x00\x07")
+
+
+@pytest.mark.parametrize("text,visible", [("\u200b\u200d", False), ("\u3164", False), ("é", True), ("\u200bx", True),
+                                          ("\u202eEVIL", True), ("早", True)])
+def test_a_text_of_invisible_characters_only_is_empty(text, visible):
+    assert (check_length(text, 50, "The reason") != "") is visible
+
+
+@pytest.mark.django_db
+def test_the_clinical_note_loses_control_characters_too(tech_client, patient):
+    from django.urls import reverse
+
+    from diagnosis.models import Case
+
+    tech_client.post(reverse("diagnosis:case_create"), {
+        "patient": patient.pk, "accession_number": "ACC-CTRL", "specimen_type": "peripheral_blood",
+        "collection_date": "2026-11-20", "clinical_note": "note\x1b[2J\x07\x0b\u200b\u202eEVIL"})
+    assert Case.objects.get(accession_number="ACC-CTRL").clinical_note == "note[2J\u200b\u202eEVIL"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["\u200b", "\x00\x07", "\u3164"])
+def test_a_sign_up_name_must_be_visible(client, name):
+    from django.urls import reverse
+
+    response = client.post(reverse("account_signup"), {"email": "x@lab.example", "password1": "A-long-pass-4u!",
+                                                       "password2": "A-long-pass-4u!", "full_name": name})
+    assert response.status_code == 200  # the form again, with the reason (Django's own for a NUL)
+    from django.contrib.auth import get_user_model
+
+    assert not get_user_model().objects.exists()
