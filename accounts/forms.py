@@ -33,6 +33,15 @@ class SignupForm(forms.Form):
         title = without_control_characters(self.cleaned_data.get("title", "")).strip()
         return title if has_visible_character(title) else ""
 
+    def clean(self):
+        """The address compared as the database compares it: MariaDB's collation takes "tech@läb" for "tech@lab",
+        so its unique index refused the new row that allauth's own check had let through (a 500 at sign-up)."""
+        cleaned = super().clean()
+        email = cleaned.get("email")
+        if email and User.objects.filter(email=email).exists():
+            self.add_error("email", "A user is already registered with this email address.")
+        return cleaned
+
     def signup(self, request, user):
         user.full_name = self.cleaned_data["full_name"]
         user.title = self.cleaned_data.get("title", "")

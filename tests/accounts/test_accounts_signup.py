@@ -235,3 +235,18 @@ def test_the_admin_role_holds_every_diagnosis_permission_including_those_of_late
 def test_a_staff_admin_sees_the_exports_record_in_the_django_admin(client, lab_admin):
     client.force_login(lab_admin)
     assert client.get(reverse("admin:diagnosis_reviewedexport_changelist")).status_code == 200
+
+
+def test_an_address_the_database_takes_for_an_existing_one_is_refused_not_a_server_error(client, make_user,
+                                                                                         django_user_model):
+    """MariaDB's collation compares without accents: "tech@läb" was a duplicate of "tech@lab" there (a 500 at
+    sign-up, second audit round R11); SQLite compares bytes and keeps both."""
+    from django.db import connection
+
+    make_user("Technician", email="tech@lab.example")
+    response = signup(client, "tech@läb.example")  # an accent in the domain passes the address check
+    if connection.vendor == "mysql":
+        assert response.status_code == 200 and "already registered" in response.content.decode()
+        assert django_user_model.objects.count() == 1
+    else:
+        assert response.status_code == 302 and django_user_model.objects.count() == 2
