@@ -38,6 +38,14 @@ def decrypt_secret(stored: str) -> str:
     return _fernet().decrypt(stored[len(PREFIX):].encode("ascii")).decode()
 
 
+def rotate_secret(stored: str) -> str:
+    """The stored secret encrypted again under the current SECRET_KEY (MultiFernet.rotate: decrypted with whichever
+    key of SECRET_KEY and SECRET_KEY_FALLBACKS opens it); one stored in the clear is encrypted."""
+    if not stored.startswith(PREFIX):
+        return encrypt_secret(stored)
+    return PREFIX + _fernet().rotate(stored[len(PREFIX):].encode("ascii")).decode("ascii")
+
+
 def _unreadable_secret() -> str:
     """A secret nobody holds, in place of one SECRET_KEY no longer decrypts: every code is then refused as wrong
     (never a server error, never a guessable key), and the log says why."""

@@ -84,3 +84,22 @@ def test_a_secret_the_key_no_longer_decrypts_refuses_every_code_with_no_server_e
     assert response.status_code == 200  # the form again, with its error: not signed in, not a 500
     assert "_auth_user_id" not in client.session
     assert "cannot be decrypted with SECRET_KEY" in caplog.text
+
+
+def test_after_a_key_change_rotate_mfa_secrets_lets_the_fallback_go(client, pathologist, settings):
+    """Second audit round (R14): with the old key only in SECRET_KEY_FALLBACKS the secrets still opened but stayed
+    under it, so removing the fallback, as Django's rotation advice says, refused every code."""
+    import io
+
+    from django.core.management import call_command
+
+    secret = enrol(client, pathologist)
+    old_key = settings.SECRET_KEY
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "the-new-key-" + "z" * 50, [old_key]
+    out = io.StringIO()
+    call_command("rotate_mfa_secrets", stdout=out)
+    assert "authenticator(s) encrypted under the current SECRET_KEY" in out.getvalue()
+    settings.SECRET_KEY_FALLBACKS = []
+    stored = Authenticator.objects.get(user=pathologist, type="totp").data["secret"]
+    assert decrypt_secret(stored) == secret
+    assert sign_in_with_code(client, pathologist, secret) == 200
