@@ -77,3 +77,18 @@ def test_confirmation_mails_quote_no_words_a_user_typed(client, settings):
     body = mail.outbox[0].body
     assert words not in body and "Claim now" not in body
     assert "This email address was given for an account on" in body and "/accounts/confirm-email/" in body
+
+
+def test_the_confirmation_page_names_no_account(client, no_role_user):
+    """The page said "... is an email address for user <name>", the name whoever added the address typed."""
+    no_role_user.full_name = "Lab Administrator"
+    no_role_user.save()
+    attacker = signed_in_and_reauthenticated(client, no_role_user)
+    mail.outbox.clear()
+    add_address(attacker, "someone@lab.example")
+    import re
+
+    link = re.search(r"https?://[^/]+(/accounts/confirm-email/\S+)", mail.outbox[-1].body).group(1)
+    page = type(client)().get(link).content.decode()
+    assert "someone@lab.example" in page and "is your email address" in page
+    assert "Lab Administrator" not in page and no_role_user.email not in page
