@@ -43,7 +43,11 @@ def working_portal(technician, pathologist, lab_admin, patient, case, smear_fact
 
     EmailAddress.objects.update_or_create(user=pathologist, email=pathologist.email,
                                           defaults={"verified": True, "primary": True})
-    Authenticator.objects.create(user=pathologist, type=Authenticator.Type.TOTP, data={"secret": "JBSWY3DPEHPK3PXP"})
+    from accounts.mfa_adapter import encrypt_secret
+
+    # Encrypted, as the portal stores it (accounts.mfa_adapter): backup and restore refuse an unencrypted secret.
+    Authenticator.objects.create(user=pathologist, type=Authenticator.Type.TOTP,
+                                 data={"secret": encrypt_secret("JBSWY3DPEHPK3PXP")})
     services.record_case_opened(case, technician)
     confirmed, changed = smear_factory(status="processing"), smear_factory(status="processing")
     services.record_prediction(confirmed.pk, staging_result("Pre"), 5)
@@ -156,7 +160,7 @@ def test_the_backup_folder_holds_the_database_the_media_and_a_manifest_of_both(w
     folder, _, _ = back_up(dest)
 
     assert re.fullmatch(r"leukportal-backup-\d{8}T\d{6}Z", folder.name)
-    assert sorted(p.name for p in folder.iterdir()) == ["database.json", "manifest.json", "media"]
+    assert sorted(p.name for p in folder.iterdir()) == ["database.json", "manifest.hmac", "manifest.json", "media"]
     manifest = json.loads((folder / "manifest.json").read_text())
     from django.db import connection
     from django.db.migrations.loader import MigrationLoader
@@ -201,7 +205,7 @@ def test_the_database_snapshot_ignores_rows_committed_while_it_is_read(technicia
         writer.join(timeout=10 if connection.vendor == "mysql" else 0.5)
         return counts
 
-    monkeypatch.setattr(backup, "row_counts", counts_then_a_concurrent_write)
+    monkeypatch.setattr(backup.writing, "row_counts", counts_then_a_concurrent_write)
     folder, _, _ = back_up(dest)
     writer.join()
 
@@ -232,7 +236,7 @@ def test_backup_refuses_a_destination_that_is_a_file(db, tmp_path):
 
 
 def test_backup_refuses_to_write_into_an_existing_backup_folder(db, dest, monkeypatch):
-    monkeypatch.setattr(backup.timezone, "now", lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt_timezone.utc))
+    monkeypatch.setattr(backup.writing.timezone, "now", lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt_timezone.utc))
     (dest / "leukportal-backup-20260102T030405Z").mkdir()
 
     with pytest.raises(CommandError, match="already exists"):
@@ -268,6 +272,8 @@ def test_restore_refuses_a_backup_made_by_newer_code(working_portal, dest):
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["migrations"]["diagnosis"] = "0099_from_the_future"
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.hmac").unlink()  # signed again, as the newer portal that wrote it would have
+    backup._write_signature(folder)
 
     with pytest.raises(CommandError, match="newer version of the portal.*diagnosis.0099_from_the_future.*Upgrade"):
         restore(folder)
@@ -299,7 +305,7 @@ def test_an_incomplete_backup_leaves_no_folder_behind(working_portal, dest, monk
     def disk_full(src, dst):
         raise OSError(28, os.strerror(28))
 
-    monkeypatch.setattr(backup, "_copy_file", disk_full)
+    monkeypatch.setattr(backup.writing, "_copy_file", disk_full)
     with pytest.raises(OSError):
         call_command("backup_portal", str(dest))
     assert list(dest.iterdir()) == []
