@@ -45,6 +45,8 @@ class CaseReviewView(RolePermissionRequiredMixin, DetailView):
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
+        # The finalize form sends back case.review_version, read (get_object) before the smears below: a review saved
+        # in between makes the page look newer than its version (a needless conflict), never older (a stale sign-out).
         case = self.object
         smears = list(selectors.case_smears(case))
         for smear in smears:
@@ -157,9 +159,17 @@ class CaseGalleryView(RolePermissionRequiredMixin, DetailView):
         )
 
 
+#: The version a finalize form without a valid one is taken to have shown: none (a page from before the version was
+#: sent, or not the portal's form), so it is refused as stale instead of signing what nobody can say was seen.
+UNKNOWN_VERSION = -1
+
+
 class CaseFinalizeView(RolePermissionRequiredMixin, View):
     """POST final stage + comment; action=save (review_case) or
-    action=sign_out (sign_out_case as well)."""
+    action=sign_out (sign_out_case as well). The form sends case_version, the
+    case's review_version it showed: a sign-out or draft from a page that no
+    longer shows the case's reviews and draft is refused (ReviewConflict), and
+    the review page is shown again as the case now is, with what was typed."""
 
     permission_required = "diagnosis.review_case"
     http_method_names = ["post"]
@@ -170,20 +180,44 @@ class CaseFinalizeView(RolePermissionRequiredMixin, View):
         signing = request.POST.get("action") == "sign_out"
         if signing and not request.user.has_perm("diagnosis.sign_out_case"):
             return self.handle_no_permission()
+        version = request.POST.get("case_version", "")
+        # ASCII digits only, and few of them, as for the smear's version.
+        expected = int(version) if re.fullmatch(r"[0-9]{1,9}", version) else UNKNOWN_VERSION
         try:
             if signing:
-                services.sign_out(case, request.user, stage, comment)
+                services.sign_out(case, request.user, stage, comment, expected_version=expected)
                 result = services.label_display(stage) if stage else "single-cell screening (no stage)"
                 messages.success(request, f"Case {case.accession_number} signed out as {result}.")
                 return redirect(case)
-            services.set_final_stage(case, request.user, stage, comment)
+            services.set_final_stage(case, request.user, stage, comment, expected_version=expected)
             saved = "Final stage and comment saved" if stage else "Comment saved, final stage still open"
             messages.success(request, f"{saved} (not signed out yet).")
         except services.CaseLocked as exc:
+            if comment:  # signed out or cancelled meanwhile: what was typed is not lost (it may become an addendum)
+                exc = services.CaseLocked(f"{exc} Your comment was not saved: “{comment}”")
             return _refuse_locked(request, exc, case)
+        except services.ReviewConflict as exc:
+            messages.error(request, str(exc))
+            if _wants_status(request):
+                return HttpResponse(str(exc), status=409)
+            messages.info(request, "The page below shows the case as it is now, with what you chose and typed kept "
+                                   "in the form: check the smears and the saved draft, then submit again.")
+            return _review_page_again(request, case, {"final_stage": stage, "comment": comment})
         except services.ReviewError as exc:
             messages.error(request, str(exc))
         return redirect(_review_url(case))
+
+
+def _review_page_again(request, case, typed):
+    """The review page as the case is now (its current version in the finalize form), with the final stage and
+    comment the user had chosen and typed in that form instead of the saved draft (which it shows alongside).
+    Answered to the refused POST itself with 409: nothing is kept server-side, and a reload re-sends the refused
+    form, which is refused again."""
+    view = CaseReviewView()
+    view.setup(request, pk=case.pk)
+    view.object = view.get_object()
+    context = view.get_context_data(object=view.object, typed=typed)
+    return view.render_to_response(context, status=409)
 
 
 class AddendumView(RolePermissionRequiredMixin, View):

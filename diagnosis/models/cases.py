@@ -175,6 +175,10 @@ class Case(models.Model):
     signed_out_patient_lab_id = models.CharField(max_length=64, blank=True)
     signed_out_patient_sex = models.CharField(max_length=1, choices=Patient.Sex.choices, blank=True)
     signed_out_patient_birth_year = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Moved on by every change a sign-out would sign (a smear reviewed, marked (not) assessable, the draft final
+    # stage or comment saved), under the case row lock. The review page's finalize form sends the version it showed;
+    # sign_out and set_final_stage refuse another (ReviewConflict): nobody signs or overwrites what they never saw.
+    review_version = models.PositiveIntegerField(default=0, editable=False)
     # A case opened by mistake, cancelled before any image was kept (services.cancel_case): it stays, with its
     # audit trail, and takes nothing more.
     cancelled_at = models.DateTimeField(null=True, blank=True, db_index=True)

@@ -29,7 +29,8 @@ class CaseLocked(ReviewError):
 
 
 class ReviewConflict(ReviewError):
-    """Someone else reviewed the smear after this form was shown."""
+    """The smear (its review) or the case (a review, an assessability mark or the draft: Case.review_version) changed
+    after this form was shown."""
 
 
 def failure_words(exc: BaseException) -> str:

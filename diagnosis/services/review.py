@@ -1,6 +1,7 @@
 """Pathologist review before sign-out: confirm or reclassify a smear, mark it
 (not) assessable, confirm all remaining, and set the final stage."""
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from ..formatting import person_name
@@ -10,6 +11,30 @@ from .audit import record_event
 from .case_state import _refresh_case_by_id, lock_open_case
 from .errors import ReviewConflict, ReviewError
 from .text import check_length
+
+
+def bump_case_version(case):
+    """Move the case's review_version on: called under the case row lock by every change that alters what a
+    sign-out would sign (a smear's review or assessability, the draft final stage or comment), so that a finalize
+    form shown before it is refused (check_case_version). `case` is the locked instance; it is kept in step."""
+    Case.objects.filter(pk=case.pk).update(review_version=F("review_version") + 1)
+    case.review_version += 1
+
+
+def check_case_version(case, expected_version, *, nothing_was):
+    """Refuse (ReviewConflict) a sign-out or draft from a page that showed another version of the case than the
+    locked `case` has now; None: no check (callers without a page: scripts, tests). `nothing_was` ends the
+    message ("signed", "saved")."""
+    if expected_version is None or expected_version == case.review_version:
+        return
+    stage = label_display(case.final_stage) if case.final_stage else "still open"
+    comment = case.review_comment if len(case.review_comment) <= 300 else case.review_comment[:300] + "…"
+    draft = f"final stage {stage}, " + (f"comment “{comment}”" if comment else "no comment")
+    raise ReviewConflict(
+        "The case changed since you opened this page: a smear was reviewed or marked (not) assessable, or the draft "
+        f"was saved, by someone else or in another window (the saved draft is now: {draft}). "
+        f"Reload to see the changes; nothing was {nothing_was}."
+    )
 
 
 def review_smear(smear, user, label, reason="", *, expected_version=None):
@@ -50,6 +75,7 @@ def review_smear(smear, user, label, reason="", *, expected_version=None):
         smear.review_version += 1
         smear.save(update_fields=["review_label", "review_reason", "reviewed_by", "reviewed_at", "review_version",
                                   "updated_at"])
+        bump_case_version(case)
         if not in_domain:
             action = AuditEvent.Action.LABELLED
         else:
@@ -81,6 +107,7 @@ def mark_not_assessable(smear, user, reason):
         smear.not_assessable_by, smear.not_assessable_at = user, timezone.now()
         smear.save(update_fields=["not_assessable", "not_assessable_reason", "not_assessable_by", "not_assessable_at",
                                   "updated_at"])
+        bump_case_version(case)
         event = record_event(case, AuditEvent.Action.NOT_ASSESSABLE, actor=user, smear=smear,
                              old_value=smear.review_label or "", new_value="not assessable", reason=reason)
         _refresh_case_by_id(case.pk)
@@ -100,6 +127,7 @@ def mark_assessable(smear, user, reason=""):
         smear.not_assessable_by, smear.not_assessable_at = None, None
         smear.save(update_fields=["not_assessable", "not_assessable_reason", "not_assessable_by", "not_assessable_at",
                                   "updated_at"])
+        bump_case_version(case)
         event = record_event(case, AuditEvent.Action.ASSESSABLE, actor=user, smear=smear,
                              old_value="not assessable", new_value="assessable",
                              reason=reason or f"was: {previous}")
@@ -113,17 +141,21 @@ def confirm_remaining(case: Case, user) -> list:
     through review_smear, so each gets its own audit event, exactly as if
     confirmed one by one; smears already reviewed keep their label. All or
     nothing: refused as a whole (CaseLocked) once the case is signed out.
+    Each confirmation moves the case's review_version (review_smear).
     Returns the audit events, in smear order."""
     with transaction.atomic():
         lock_open_case(case)
         return [review_smear(smear, user, smear.prediction.label) for smear in confirmable_smears(case)]
 
 
-def set_final_stage(case, user, final_stage, comment=""):
+def set_final_stage(case, user, final_stage, comment="", *, expected_version=None):
     """Set (before sign-out) the case's final stage and the comment: a draft, so the stage may still be open
-    ("") while the comment is kept; sign-out asks for the stage."""
+    ("") while the comment is kept; sign-out asks for the stage. `expected_version` is the case's review_version
+    the form showed: when the review or the draft changed since, ReviewConflict is raised and nothing is saved
+    (another pathologist's draft is not overwritten unseen); None: no check."""
     with transaction.atomic():
         locked = lock_open_case(case)
+        check_case_version(locked, expected_version, nothing_was="saved")
         apply_final_stage(locked, user, final_stage, comment, draft=True)
     case.refresh_from_db()
     return case
@@ -133,7 +165,7 @@ def apply_final_stage(case, user, final_stage, comment, draft=False):
     """The final stage is a staging label. A case with no blood-smear field
     (single cells only) has no stage: its final stage stays empty and its
     result is the reviewed screening summary. A draft may leave the stage
-    open ("")."""
+    open (""). A change of either moves the case's review_version."""
     comment = check_length((comment or "").strip(), REVIEW_COMMENT_MAX_LENGTH, "The comment")
     allowed = labels_for_case(case)
     if not case.has_field_smears():
@@ -145,5 +177,7 @@ def apply_final_stage(case, user, final_stage, comment, draft=False):
     if final_stage != case.final_stage:
         record_event(case, AuditEvent.Action.FINAL_STAGE, actor=user, old_value=case.final_stage,
                      new_value=final_stage, reason=comment)
+    if (final_stage, comment or "") != (case.final_stage, case.review_comment):
+        bump_case_version(case)
     case.final_stage, case.review_comment = final_stage, comment or ""
     case.save(update_fields=["final_stage", "review_comment", "updated_at"])

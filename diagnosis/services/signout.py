@@ -12,7 +12,7 @@ from .audit import record_event
 from .case_state import lock_open_case
 from .classification import close_pending_heatmaps
 from .errors import ReviewError
-from .review import apply_final_stage
+from .review import apply_final_stage, check_case_version
 from .text import check_length
 
 
@@ -35,12 +35,17 @@ def sign_out_problems(case):
     return problems
 
 
-def sign_out(case, user, final_stage, comment=""):
+def sign_out(case, user, final_stage, comment="", *, expected_version=None):
     """Sign the case out with its final stage. Any pathologist (sign_out_case
     permission) may sign out any case; the signer is recorded. The case is
-    locked afterwards: further changes go through add_addendum()."""
+    locked afterwards: further changes go through add_addendum().
+    `expected_version` is the case's review_version the form showed: when a
+    smear's review or assessability, or the draft, changed since, ReviewConflict
+    is raised and nothing is signed (the signer signs what they saw); None: no
+    check (callers without a page: scripts, tests). The view always sends it."""
     with transaction.atomic():
         locked = lock_open_case(case)
+        check_case_version(locked, expected_version, nothing_was="signed")
         problems = sign_out_problems(locked)
         if problems:
             raise ReviewError("The case cannot be signed out yet: " + "; ".join(problems) + ".")

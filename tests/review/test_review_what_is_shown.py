@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 
 from diagnosis import selectors, services
-from diagnosis.models import AuditEvent
+from diagnosis.models import AuditEvent, Case
 from tests.review.test_review_domain import outside  # noqa: F401
 from tests.screening.conftest import cell  # noqa: F401
 
@@ -117,7 +117,8 @@ def test_confirm_all_remaining_leaves_the_cells_the_screen_flagged(cell, patholo
 def test_a_draft_keeps_its_comment_while_the_final_stage_is_still_open(classified, pathologist, path_client, case):
     services.review_smear(classified("Pre"), pathologist, "Pre")
     response = path_client.post(reverse("diagnosis:case_finalize", args=[case.pk]),
-                                {"action": "save", "final_stage": "", "comment": "Waiting for flow cytometry."})
+                                {"action": "save", "final_stage": "", "comment": "Waiting for flow cytometry.",
+                                 "case_version": Case.objects.get(pk=case.pk).review_version})
     assert response.status_code == 302
     case.refresh_from_db()
     assert (case.final_stage, case.review_comment) == ("", "Waiting for flow cytometry.")

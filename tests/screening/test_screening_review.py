@@ -76,7 +76,8 @@ def test_cells_only_case_signs_out_without_a_stage(cell, pathologist, path_clien
     with pytest.raises(services.ReviewError, match="no stage"):
         services.sign_out(case, pathologist, "Pre")
     response = path_client.post(reverse("diagnosis:case_finalize", args=[case.pk]),
-                                {"action": "sign_out", "final_stage": "", "comment": "1 blast of 2 cells."})
+                                {"action": "sign_out", "final_stage": "", "comment": "1 blast of 2 cells.",
+                                 "case_version": Case.objects.get(pk=case.pk).review_version})
     assert response.status_code == 302
     case.refresh_from_db()
     assert case.is_signed_out and case.final_stage == "" and case.signed_out_stage == ""

@@ -44,7 +44,8 @@ def test_an_overlong_review_reason_is_refused_and_the_smear_stays_unreviewed(pat
 def test_an_overlong_sign_out_comment_is_refused(path_client, reviewed_case):
     response = path_client.post(
         reverse("diagnosis:case_finalize", args=[reviewed_case.pk]),
-        {"final_stage": "Pre", "comment": "c" * 3000, "action": "sign_out"}, follow=True,
+        {"final_stage": "Pre", "comment": "c" * 3000, "action": "sign_out",
+         "case_version": reviewed_case.review_version}, follow=True,
     )
     assert "the limit is" in response.content.decode()
     reviewed_case.refresh_from_db()
@@ -120,7 +121,8 @@ def test_a_review_reason_at_the_limit_with_line_breaks_is_saved(path_client, fie
 def test_a_sign_out_comment_and_an_addendum_at_the_limit_with_line_breaks_are_saved(path_client, reviewed_case):
     comment = AT_LIMIT_WITH_LINE_BREAKS(models.REVIEW_COMMENT_MAX_LENGTH)
     path_client.post(reverse("diagnosis:case_finalize", args=[reviewed_case.pk]),
-                     {"final_stage": "Pre", "comment": comment, "action": "sign_out"})
+                     {"final_stage": "Pre", "comment": comment, "action": "sign_out",
+                      "case_version": reviewed_case.review_version})
     reviewed_case.refresh_from_db()
     assert reviewed_case.is_signed_out and reviewed_case.review_comment == comment.replace("\r\n", "\n")
     text = AT_LIMIT_WITH_LINE_BREAKS(models.ADDENDUM_MAX_LENGTH)

@@ -470,7 +470,8 @@ def save_final_stage(lab):
             assert case.final_stage == stage
 
         return (reverse("diagnosis:case_finalize", args=[case.pk]),
-                {"final_stage": stage, "comment": "Draft.", "action": "save"}, check)
+                {"final_stage": stage, "comment": "Draft.", "action": "save",
+                 "case_version": Case.objects.get(pk=case.pk).review_version}, check)
 
     return prepare
 
@@ -485,7 +486,8 @@ def sign_out_a_case(lab):
             assert case.is_signed_out
 
         return (reverse("diagnosis:case_finalize", args=[case.pk]),
-                {"final_stage": "Pre", "comment": "Pre-B ALL.", "action": "sign_out"}, check)
+                {"final_stage": "Pre", "comment": "Pre-B ALL.", "action": "sign_out",
+                 "case_version": Case.objects.get(pk=case.pk).review_version}, check)
 
     return prepare
 

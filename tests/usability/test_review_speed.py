@@ -55,8 +55,8 @@ def test_after_sign_out_the_case_page_offers_the_next_case_in_queue(path_client,
     waiting = Case.objects.create(patient=patient, accession_number="ACC-NEXT", created_by=technician)
     field("Pro", case_=waiting)
     response = path_client.post(
-        reverse("diagnosis:case_finalize", args=[reviewed_case.pk]), {"final_stage": "Pre", "action": "sign_out"},
-        follow=True,
+        reverse("diagnosis:case_finalize", args=[reviewed_case.pk]),
+        {"final_stage": "Pre", "action": "sign_out", "case_version": reviewed_case.review_version}, follow=True,
     )
     html = response.content.decode()
     assert "signed out as Pre-B" in html
