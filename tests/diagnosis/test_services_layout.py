@@ -11,8 +11,8 @@ from diagnosis import selectors, services
 
 DIAGNOSIS = Path(services.__file__).resolve().parent.parent
 #: The documented order of services/__init__.py: a module imports only modules before it.
-ORDER = ["errors", "audit", "transactions", "case_state", "text", "files", "dispatch", "intake", "classification",
-         "recovery", "records", "review", "signout", "export", "backup"]
+ORDER = ["errors", "audit", "transactions", "case_state", "text", "files", "dispatch", "intake", "display",
+         "classification", "recovery", "records", "review", "signout", "export", "backup"]
 
 
 def imported_modules(path):
@@ -42,17 +42,24 @@ def test_services_keep_the_names_views_tasks_and_tests_use():
 
 @pytest.mark.parametrize("module", ORDER)
 def test_a_stage_module_imports_only_modules_before_it(module):
+    """A stage is a module, or a package of modules (backup) whose files import each other and, one level up, only
+    the stages before it."""
     allowed = set(ORDER[: ORDER.index(module)])
-    for level, name in imported_modules(DIAGNOSIS / "services" / f"{module}.py"):
-        if level == 1:  # from .x import ...
-            assert name.split(".")[0] in allowed, f"{module} imports .{name}"
-        if level == 2:  # from ..x import ...: the app's lower layers only
-            assert name.split(".")[0] in {"models", "selectors", "formatting", "notifications", "tasks"}, name
+    lower_layers = {"models", "selectors", "formatting", "notifications", "tasks"}
+    package = DIAGNOSIS / "services" / module
+    files = sorted(package.glob("*.py")) if package.is_dir() else [DIAGNOSIS / "services" / f"{module}.py"]
+    depth = 1 if package.is_dir() else 0  # how much deeper than services/ its files lie
+    for path in files:
+        for level, name in imported_modules(path):
+            if level == 1 + depth and name:  # from .x import ... (a stage module)
+                assert name.split(".")[0] in allowed, f"{path.name} of {module} imports {'.' * level}{name}"
+            if level == 2 + depth and name:  # from ..x import ...: the app's lower layers only
+                assert name.split(".")[0] in lower_layers, name
 
 
 def test_only_dispatch_imports_the_task_module():
     importers = [
-        path.stem for path in (DIAGNOSIS / "services").glob("*.py")
+        path.stem for path in (DIAGNOSIS / "services").rglob("*.py")
         if any(name.split(".")[-1] == "tasks" for _, name in imported_modules(path))
     ]
     assert importers == ["dispatch"]

@@ -15,7 +15,7 @@ def test_sqlite_transactions_take_the_write_lock_when_they_begin(settings):
     assert settings.DATABASES["default"]["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # keeps the roles the migrations made
 def test_two_read_then_write_transactions_on_one_case_both_succeed(case):
     both_read = threading.Barrier(2)
     errors = []
