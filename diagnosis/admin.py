@@ -6,7 +6,9 @@ from leukportal.admin import BoundedSearchMixin
 from . import services
 from .forms import CaseForm
 from .formatting import format_when, signer_name
-from .models import AuditEvent, Case, CaseAddendum, CaseState, Patient, Prediction, RejectedUpload, ReviewedExport, Smear
+from .models import (
+    AuditEvent, Case, CaseAddendum, CaseState, ExportDownload, Patient, Prediction, RejectedUpload, ReviewedExport, Smear,
+)
 
 
 class CaseStateFilter(admin.SimpleListFilter):
@@ -179,7 +181,8 @@ class CaseAdmin(ListsRelatedRows, BoundedSearchMixin, admin.ModelAdmin):
     def export_reviewed(self, request, queryset):
         from .reports import export_zip_response
 
-        return export_zip_response(services.reviewed_smears().filter(case__in=queryset))
+        cases = list(queryset.order_by("accession_number"))
+        return export_zip_response(services.reviewed_smears().filter(case__in=cases), request.user, cases)
 
     def has_export_reviewed_permission(self, request):
         return request.user.has_perm("diagnosis.export_reviewed")
@@ -309,4 +312,15 @@ class ReviewedExportAdmin(ReadOnlyAdmin):
     list_filter = ["status", "requested_at"]
     list_select_related = ["requested_by"]
     exclude = ["file"]  # the zip is downloaded through the portal's permission check, not an admin link
+    actions = None
+
+
+@admin.register(ExportDownload)
+class ExportDownloadAdmin(ReadOnlyAdmin):
+    """Each time reviewed images left the portal as a zip, and who took them."""
+
+    list_display = ["downloaded_at", "downloaded_by", "via", "image_count", "export", "cases"]
+    list_filter = ["via", "downloaded_at"]
+    list_select_related = ["downloaded_by", "export"]
+    search_fields = ["downloaded_by__email", "cases"]
     actions = None

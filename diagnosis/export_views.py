@@ -20,7 +20,7 @@ class ExportListView(RolePermissionRequiredMixin, ListView):
     template_name = "diagnosis/exports.html"
     context_object_name = "exports"
     paginate_by = 20
-    queryset = ReviewedExport.objects.select_related("requested_by")
+    queryset = ReviewedExport.objects.select_related("requested_by").prefetch_related("downloads__downloaded_by")
 
     def get_context_data(self, **kwargs):
         from django.conf import settings
@@ -47,5 +47,6 @@ class ExportDownloadView(RolePermissionRequiredMixin, View):
         export = get_object_or_404(ReviewedExport, pk=pk, status=ReviewedExport.Status.READY)
         if not export.file:
             raise Http404("No such file.")
+        services.record_download(request.user, export=export, image_count=export.image_count or 0)
         return private_file_response(export.file, filename=export.download_name, content_type="application/zip",
                                      as_attachment=True)

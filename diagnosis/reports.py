@@ -347,12 +347,14 @@ def _smear_table(smears, styles, p):
     return _table_style(Table(rows, colWidths=[3.5 * cm, 3.5 * cm, 3.3 * cm, 3.7 * cm, 3 * cm], repeatRows=1))
 
 
-def export_zip_response(smears):
+def export_zip_response(smears, user, cases):
     """The export of a few selected cases (the case admin's action) as a zip
-    download made in the request; the portal's export of every reviewed smear
-    is built by a worker instead (ReviewedExport)."""
+    download made in the request, recorded as taken by ``user``
+    (ExportDownload); the portal's export of every reviewed smear is built by a
+    worker instead (ReviewedExport)."""
     out = tempfile.TemporaryFile()
-    services.write_export_zip(out, smears)
+    images = services.write_export_zip(out, smears)
+    services.record_download(user, image_count=images, cases=cases)
     out.seek(0)
     stamp = timezone.now().strftime("%Y%m%d-%H%M")
     return FileResponse(out, as_attachment=True, filename=f"leukportal-reviewed-{stamp}.zip",

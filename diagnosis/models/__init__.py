@@ -5,7 +5,7 @@
 - ``intake``: Smear (an uploaded image) and RejectedUpload;
 - ``classification``: Prediction (a worker's answer, heat map and domain verdict);
 - ``records``: the append-only AuditEvent and Notification;
-- ``review``: CaseAddendum (after sign-out) and ReviewedExport.
+- ``review``: CaseAddendum (after sign-out), ReviewedExport and ExportDownload.
 
 Each module imports only the ones above it (Case's methods import the later stages when called). The upload
 path functions stay importable here: migrations name them as ``diagnosis.models.<function>``.
@@ -30,7 +30,7 @@ from .cases import Case, CaseQuerySet, CaseState, Patient
 from .intake import IMAGE_FORMAT_FILES, RejectedUpload, Smear, display_upload_to, smear_upload_to, thumbnail_upload_to
 from .classification import Prediction, heatmap_upload_to
 from .records import AppendOnlyError, AppendOnlyQuerySet, AuditEvent, Notification
-from .review import CaseAddendum, ReviewedExport, export_upload_to
+from .review import CaseAddendum, ExportDownload, ReviewedExport, export_upload_to
 
 __all__ = [
     "ADDENDUM_MAX_LENGTH", "CLINICAL_NOTE_MAX_LENGTH", "IDENTIFIER_MAX_LENGTH", "IDENTIFIER_VALIDATOR",
@@ -40,5 +40,5 @@ __all__ = [
     "IMAGE_FORMAT_FILES", "RejectedUpload", "Smear", "display_upload_to", "smear_upload_to", "thumbnail_upload_to",
     "Prediction", "heatmap_upload_to",
     "AppendOnlyError", "AppendOnlyQuerySet", "AuditEvent", "Notification",
-    "CaseAddendum", "ReviewedExport", "export_upload_to",
+    "CaseAddendum", "ExportDownload", "ReviewedExport", "export_upload_to",
 ]

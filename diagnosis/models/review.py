@@ -84,3 +84,36 @@ class ReviewedExport(models.Model):
     def download_name(self):
         """Built from the request time alone, never from user input."""
         return f"leukportal-reviewed-{timezone.localtime(self.requested_at):%Y%m%d-%H%M}-{self.pk}.zip"
+
+
+class ExportDownload(models.Model):
+    """Each time reviewed smear images left the portal as a zip, and who took them: a download of a ReviewedExport
+    (the exports page) or the case admin's export of selected cases (made in its request). Append-only: the record
+    of who took which patients' images, kept after the zip itself is deleted."""
+
+    class Via(models.TextChoices):
+        EXPORTS_PAGE = "portal", "Exports page"
+        CASE_ADMIN = "admin", "Case admin (selected cases)"
+
+    export = models.ForeignKey(ReviewedExport, on_delete=models.PROTECT, null=True, blank=True,
+                               related_name="downloads")
+    downloaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    downloaded_at = models.DateTimeField(default=timezone.now, db_index=True)
+    via = models.CharField(max_length=8, choices=Via.choices)
+    image_count = models.PositiveIntegerField()
+    #: The cases' accession numbers (the case admin's export); empty for a whole export.
+    cases = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-downloaded_at", "-pk"]
+
+    def __str__(self):
+        return f"{self.get_via_display()}: {self.image_count} images ({format_when(self.downloaded_at)})"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not self._state.adding:
+            raise AppendOnlyError("Export downloads are a record: append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("Export downloads are a record: they cannot be deleted.")

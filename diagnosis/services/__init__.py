@@ -136,6 +136,7 @@ from .export import (
     EXPORT_LAYOUT,
     build_export,
     export_reviewed,
+    record_download,
     request_export,
     spreadsheet_safe,
     tidy_exports,
@@ -244,4 +245,5 @@ __all__ = [
     "NotDisplayable",
     "has_visible_character",
     "without_control_characters",
+    "record_download",
 ]

@@ -14,7 +14,7 @@ from django.core.files import File
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import IMAGE_FORMAT_FILES, CellLabel, ReviewedExport, Smear, Stage
+from ..models import IMAGE_FORMAT_FILES, CellLabel, ExportDownload, ReviewedExport, Smear, Stage
 from ..selectors import reviewed_smears
 from .dispatch import enqueue_export
 from .errors import failure_words
@@ -122,6 +122,14 @@ def write_export_zip(out, smears=None):
         for kind, (sub, _) in EXPORT_LAYOUT.items():
             zf.writestr(f"reviewed/{sub}/{EXPORT_CSV}", _labels_csv(rows[kind]), compress_type=zipfile.ZIP_DEFLATED)
     return sum(len(r) for r in rows.values())
+
+
+def record_download(user, *, image_count, export=None, cases=()):
+    """Record that ``user`` took ``image_count`` reviewed images out of the portal: a ReviewedExport's zip
+    (``export``) or the case admin's export of ``cases``. Called before the zip is sent."""
+    via = ExportDownload.Via.EXPORTS_PAGE if export is not None else ExportDownload.Via.CASE_ADMIN
+    return ExportDownload.objects.create(export=export, downloaded_by=user, via=via, image_count=image_count,
+                                         cases=", ".join(case.accession_number for case in cases))
 
 
 def request_export(user):

@@ -149,3 +149,30 @@ def test_the_export_record_is_read_only_in_the_admin(pathologist, client, make_u
     assert response.status_code == 200 and "Queued" in page
     assert 'name="status"' not in page and 'name="file"' not in page
     assert client.get(reverse("admin:diagnosis_reviewedexport_add")).status_code == 403
+
+
+def test_every_download_is_recorded_with_who_took_the_images_and_shown_on_the_page(signed_case, pathologist,
+                                                                                   path_client, make_user, client):
+    """Second audit round (R12): a download left no record; another pathologist's download of an export someone
+    else asked for was recorded nowhere, and the case admin's export of selected cases neither."""
+    from diagnosis.models import ExportDownload
+
+    export, _ = services.request_export(pathologist)
+    services.build_export(export.pk)
+    other = make_user("Pathologist")
+    client.force_login(other)
+    b"".join(client.get(reverse("diagnosis:export_download", args=[export.pk])).streaming_content)
+    download = ExportDownload.objects.get()
+    assert (download.export, download.downloaded_by, download.via, download.image_count) == (
+        export, other, ExportDownload.Via.EXPORTS_PAGE, 1)
+    page = path_client.get(reverse("diagnosis:exports")).content.decode()
+    assert "Downloaded by" in page and other.display_name in page.split("data-downloads")[1]
+
+    client.force_login(make_user("Admin", is_staff=True))
+    response = client.post(reverse("admin:diagnosis_case_changelist"),
+                           {"action": "export_reviewed", "_selected_action": [signed_case.pk]})
+    assert response["Content-Type"] == "application/zip"
+    by_admin = ExportDownload.objects.get(via=ExportDownload.Via.CASE_ADMIN)
+    assert by_admin.export is None and by_admin.image_count == 1 and by_admin.cases == signed_case.accession_number
+    with pytest.raises(Exception, match="append-only"):
+        by_admin.save()
