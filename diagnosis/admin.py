@@ -7,7 +7,8 @@ from . import services
 from .forms import CaseForm
 from .formatting import format_when, signer_name
 from .models import (
-    AuditEvent, Case, CaseAddendum, CaseState, ExportDownload, Patient, Prediction, RejectedUpload, ReviewedExport, Smear,
+    AuditEvent, Case, CaseAddendum, CaseState, ExportDownload, Patient, Prediction, RejectedUpload, ReviewedExport,
+    Smear,
 )
 
 
