@@ -129,7 +129,10 @@ class ConfirmRemainingView(RolePermissionRequiredMixin, View):
     def post(self, request, pk):
         case = get_object_or_404(Case, pk=pk)
         try:
-            events = services.confirm_remaining(case, request.user)
+            events = services.confirm_remaining(case, request.user, expected_version=posted_case_version(request))
+        except services.ReviewConflict as exc:
+            messages.error(request, str(exc))
+            return redirect(_review_url(case) + "#case-diagnosis")
         except services.ReviewError as exc:
             messages.error(request, str(exc))
             return redirect(case)
@@ -164,6 +167,13 @@ class CaseGalleryView(RolePermissionRequiredMixin, DetailView):
 UNKNOWN_VERSION = -1
 
 
+def posted_case_version(request):
+    """The case's review_version the posting page showed: ASCII digits only, and few of them, as for the smear's
+    version; missing or malformed: UNKNOWN_VERSION, refused as stale."""
+    version = request.POST.get("case_version", "")
+    return int(version) if re.fullmatch(r"[0-9]{1,9}", version) else UNKNOWN_VERSION
+
+
 class CaseFinalizeView(RolePermissionRequiredMixin, View):
     """POST final stage + comment; action=save (review_case) or
     action=sign_out (sign_out_case as well). The form sends case_version, the
@@ -180,9 +190,7 @@ class CaseFinalizeView(RolePermissionRequiredMixin, View):
         signing = request.POST.get("action") == "sign_out"
         if signing and not request.user.has_perm("diagnosis.sign_out_case"):
             return self.handle_no_permission()
-        version = request.POST.get("case_version", "")
-        # ASCII digits only, and few of them, as for the smear's version.
-        expected = int(version) if re.fullmatch(r"[0-9]{1,9}", version) else UNKNOWN_VERSION
+        expected = posted_case_version(request)
         try:
             if signing:
                 services.sign_out(case, request.user, stage, comment, expected_version=expected)
@@ -227,8 +235,12 @@ class AddendumView(RolePermissionRequiredMixin, View):
     def post(self, request, pk):
         case = get_object_or_404(Case, pk=pk)
         try:
-            services.add_addendum(case, request.user, request.POST.get("text", ""), request.POST.get("final_stage", ""))
+            services.add_addendum(case, request.user, request.POST.get("text", ""), request.POST.get("final_stage", ""),
+                                  expected_version=posted_case_version(request))
             messages.success(request, "Addendum added.")
+        except services.ReviewConflict as exc:
+            text = request.POST.get("text", "")[:2000]
+            messages.error(request, f"{exc} Your addendum was not added: “{text}”" if text else str(exc))
         except services.ReviewError as exc:
             messages.error(request, str(exc))
         return redirect(case)

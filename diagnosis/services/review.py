@@ -31,8 +31,9 @@ def check_case_version(case, expected_version, *, nothing_was):
     comment = case.review_comment if len(case.review_comment) <= 300 else case.review_comment[:300] + "…"
     draft = f"final stage {stage}, " + (f"comment “{comment}”" if comment else "no comment")
     raise ReviewConflict(
-        "The case changed since you opened this page: a smear was reviewed or marked (not) assessable, or the draft "
-        f"was saved, by someone else or in another window (the saved draft is now: {draft}). "
+        "The case changed since you opened this page: a smear was reviewed or marked (not) assessable, the draft "
+        "was saved, or an addendum changed the final stage, by someone else or in another window (the final stage "
+        f"and comment are now: {draft}). "
         f"Reload to see the changes; nothing was {nothing_was}."
     )
 
@@ -135,16 +136,21 @@ def mark_assessable(smear, user, reason=""):
     return event
 
 
-def confirm_remaining(case: Case, user) -> list:
+def confirm_remaining(case: Case, user, *, expected_version=None) -> list:
     """Confirm the model's label on every classified smear of the case that
     nobody has reviewed yet ("confirm all remaining"). Each smear goes
     through review_smear, so each gets its own audit event, exactly as if
     confirmed one by one; smears already reviewed keep their label. All or
     nothing: refused as a whole (CaseLocked) once the case is signed out.
     Each confirmation moves the case's review_version (review_smear).
+    `expected_version` is the case's review_version the page showed: the
+    smears it would confirm are those that page listed, so a page older than
+    a review or an assessability change is refused (ReviewConflict) rather
+    than confirming, in the pathologist's name, smears they never saw.
     Returns the audit events, in smear order."""
     with transaction.atomic():
-        lock_open_case(case)
+        locked = lock_open_case(case)
+        check_case_version(locked, expected_version, nothing_was="confirmed")
         return [review_smear(smear, user, smear.prediction.label) for smear in confirmable_smears(case)]
 
 

@@ -12,7 +12,7 @@ from .audit import record_event
 from .case_state import lock_open_case
 from .classification import close_pending_heatmaps
 from .errors import ReviewError
-from .review import apply_final_stage, check_case_version
+from .review import apply_final_stage, bump_case_version, check_case_version
 from .text import check_length
 
 
@@ -73,11 +73,16 @@ def sign_out(case, user, final_stage, comment="", *, expected_version=None):
 DUPLICATE_ADDENDUM_WINDOW = timedelta(minutes=2)
 
 
-def add_addendum(case, user, text, new_final_stage=""):
+def add_addendum(case, user, text, new_final_stage="", *, expected_version=None):
     """Append an addendum to a signed-out case, optionally changing the final
     stage. The original sign-out (signed_out_stage, signer, time) and earlier
     addenda are kept. The same addendum sent twice in a row by its author
-    within DUPLICATE_ADDENDUM_WINDOW is stored once (the first is returned)."""
+    within DUPLICATE_ADDENDUM_WINDOW is stored once (the first is returned).
+    An addendum that changes the final stage moves the case's review_version,
+    and one sent from a page older than the case's version (another
+    addendum changed the stage meanwhile) is refused (ReviewConflict): the
+    stage it replaces must be the one its author saw. A text-only addendum is
+    appended whatever the page's age."""
     text = check_length((text or "").strip(), ADDENDUM_MAX_LENGTH, "The addendum")
     if not text:
         raise ReviewError("An addendum needs a text.")
@@ -92,6 +97,8 @@ def add_addendum(case, user, text, new_final_stage=""):
                 and (new_final_stage or locked.final_stage) == (latest.new_final_stage or latest.previous_final_stage)
                 and timezone.now() - latest.created_at < DUPLICATE_ADDENDUM_WINDOW):
             return latest  # the same form sent twice (a double click, a resent page): addenda cannot be deleted
+        if new_final_stage:
+            check_case_version(locked, expected_version, nothing_was="added")
         changes = bool(new_final_stage) and new_final_stage != locked.final_stage
         addendum = CaseAddendum.objects.create(
             case=locked, text=text, author=user,
@@ -105,5 +112,6 @@ def add_addendum(case, user, text, new_final_stage=""):
         if changes:
             locked.final_stage = new_final_stage
             locked.save(update_fields=["final_stage", "updated_at"])
+            bump_case_version(locked)
     case.refresh_from_db()
     return addendum

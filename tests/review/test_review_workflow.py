@@ -112,7 +112,8 @@ def test_addenda_keep_the_original_sign_out(path_client, signed_case, make_user)
     second = make_user("Pathologist")
     original_time = signed_case.signed_out_at
     response = path_client.post(
-        reverse("diagnosis:case_addendum", args=[signed_case.pk]), {"text": "Molecular results: Pro-B.", "final_stage": "Pro"}
+        reverse("diagnosis:case_addendum", args=[signed_case.pk]),
+        {"text": "Molecular results: Pro-B.", "final_stage": "Pro", "case_version": signed_case.review_version},
     )
     assert response.status_code == 302
     services.add_addendum(signed_case, second, "Typo in the comment; no change of stage.")

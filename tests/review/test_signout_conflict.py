@@ -284,3 +284,44 @@ def test_the_version_is_not_in_the_admin_case_form(case, client, lab_admin):
     client.force_login(lab_admin)
     page = client.get(reverse("admin:diagnosis_case_change", args=[case.pk])).content.decode()
     assert "accession_number" in page and 'name="review_version"' not in page
+
+
+# --- Third audit round: the other case-wide actions of the review page ---------------------------------------
+
+def test_a_stale_confirm_all_is_refused_and_confirms_nothing(classified, pathologist, make_user, case, client):
+    """A page listing the remaining smears before another pathologist reclassified or set one aside must not confirm,
+    in its user's name, what they never saw."""
+    first, second = classified("Pre"), classified("Early")
+    case.refresh_from_db()
+    shown = case.review_version
+    services.mark_not_assessable(second, make_user("Pathologist"), "Out of focus.")
+    client.force_login(pathologist)
+    response = client.post(reverse("diagnosis:case_confirm_remaining", args=[case.pk]), {"case_version": shown},
+                           follow=True)
+    assert "changed since you opened this page" in response.content.decode()
+    first.refresh_from_db()
+    assert first.review_label == ""
+    case.refresh_from_db()
+    response = client.post(reverse("diagnosis:case_confirm_remaining", args=[case.pk]),
+                           {"case_version": case.review_version}, follow=True)
+    first.refresh_from_db()
+    assert first.review_label == "Pre" and "1 smear confirmed" in response.content.decode()
+
+
+def test_a_stale_addendum_that_changes_the_stage_is_refused_and_its_text_is_shown(signed_case, pathologist,
+                                                                                   make_user, client):
+    signed_case.refresh_from_db()
+    shown = signed_case.review_version
+    services.add_addendum(signed_case, make_user("Pathologist"), "Flow cytometry: Pro-B.", "Pro",
+                          expected_version=shown)
+    client.force_login(pathologist)
+    response = client.post(reverse("diagnosis:case_addendum", args=[signed_case.pk]),
+                           {"text": "Molecular: Early Pre-B.", "final_stage": "Early", "case_version": shown},
+                           follow=True)
+    page = response.content.decode()
+    assert "changed since you opened this page" in page and "Molecular: Early Pre-B." in page
+    signed_case.refresh_from_db()
+    assert signed_case.final_stage == "Pro" and signed_case.addenda.count() == 1
+    # A note that changes no stage is appended whatever the page's age.
+    client.post(reverse("diagnosis:case_addendum", args=[signed_case.pk]), {"text": "Typo.", "case_version": shown})
+    assert signed_case.addenda.count() == 2

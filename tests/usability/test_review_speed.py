@@ -15,7 +15,9 @@ def test_confirm_all_remaining_confirms_each_unreviewed_smear_with_its_own_audit
     services.review_smear(changed, pathologist, "Pro", "blasts look pro-B")
     others = [field("Early"), cell(0.05)]
     flagged = cell(0.9)  # a cell the screen flagged is looked at one by one
-    response = path_client.post(reverse("diagnosis:case_confirm_remaining", args=[case.pk]), follow=True)
+    case.refresh_from_db()
+    response = path_client.post(reverse("diagnosis:case_confirm_remaining", args=[case.pk]),
+                                {"case_version": case.review_version}, follow=True)
     assert "2 smears confirmed" in response.content.decode()
     assert "1 smear still needs your own judgement (cells flagged by the screen" in response.content.decode()
     flagged.refresh_from_db()
@@ -31,7 +33,9 @@ def test_confirm_all_remaining_confirms_each_unreviewed_smear_with_its_own_audit
 
 def test_confirm_all_remaining_is_refused_on_a_signed_out_case(path_client, reviewed_case, pathologist, field):
     services.sign_out(reviewed_case, pathologist, "Pre")
-    response = path_client.post(reverse("diagnosis:case_confirm_remaining", args=[reviewed_case.pk]), follow=True)
+    reviewed_case.refresh_from_db()
+    response = path_client.post(reverse("diagnosis:case_confirm_remaining", args=[reviewed_case.pk]),
+                                {"case_version": reviewed_case.review_version}, follow=True)
     assert "signed out" in response.content.decode()
     assert not AuditEvent.objects.filter(case=reviewed_case, action=AuditEvent.Action.CONFIRM).exclude(
         smear__in=reviewed_case.smears.all()).exists()
