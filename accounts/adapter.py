@@ -91,6 +91,17 @@ def vouch_for_address(sender, instance, created, **kwargs):
     account; such records of other accounts are removed here."""
     if not created or kwargs.get("raw") or getattr(instance, "_signed_up", False) or not instance.email:
         return  # raw: loaddata (a restore) brings the account's own address records
-    EmailAddress.objects.filter(email__iexact=instance.email, verified=False).exclude(user=instance).delete()
-    EmailAddress.objects.get_or_create(user=instance, email=instance.email,
-                                       defaults={"verified": True, "primary": True})
+    vouch_for(instance)
+
+
+def vouch_for(user):
+    """Record ``user.email`` as the account's confirmed, primary address (an administrator typed it: at creation,
+    or by changing it in the admin), and remove other accounts' unconfirmed records of it."""
+    EmailAddress.objects.filter(email__iexact=user.email, verified=False).exclude(user=user).delete()
+    EmailAddress.objects.filter(user=user, primary=True).exclude(email__iexact=user.email).update(primary=False)
+    address = EmailAddress.objects.filter(user=user, email__iexact=user.email).first()
+    if address is None:
+        EmailAddress.objects.create(user=user, email=user.email, verified=True, primary=True)
+    elif not (address.verified and address.primary):
+        address.verified = address.primary = True
+        address.save(update_fields=["verified", "primary"])

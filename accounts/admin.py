@@ -22,6 +22,11 @@ def address_confirmed(user) -> bool | None:
 
 
 class UserChangeForm(BaseUserChangeForm):
+    def clean_email(self):
+        # Lower case, as the account manager and allauth store addresses: allauth looks records up by the exact
+        # address, and a capitalised one got an unconfirmed lower-case copy that refused two-factor set-up.
+        return self.cleaned_data["email"].strip().lower()
+
     def clean_groups(self):
         groups = self.cleaned_data.get("groups")
         if self.instance.pk and groups is not None:
@@ -43,6 +48,9 @@ class InviteUserForm(forms.ModelForm):
     class Meta:
         model = User
         fields = ("email", "full_name", "title")
+
+    def clean_email(self):
+        return self.cleaned_data["email"].strip().lower()  # as UserChangeForm.clean_email
 
     def save(self, commit=True):
         user = super().save(commit=False)
@@ -128,6 +136,10 @@ class UserAdmin(BoundedSearchMixin, BaseUserAdmin):
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
+        if change and "email" in form.changed_data:
+            from .adapter import vouch_for
+
+            vouch_for(obj)  # the administrator vouches for the address typed here, as at creation
         if not change:
             send_invitation(request, obj)
             self.message_user(request, f"An e-mail with a link to choose a password was sent to {obj.email}.")

@@ -79,3 +79,33 @@ def test_the_migration_vouches_for_accounts_made_before_and_leaves_signed_up_one
     import_module("accounts.migrations.0009_vouch_for_admin_made_addresses").vouch(current_apps, None)
     assert list(legacy.emailaddress_set.values_list("verified", "primary")) == [(True, True)]
     assert list(signed_up.emailaddress_set.values_list("verified", flat=True)) == [False]
+
+
+def test_an_address_typed_with_capitals_in_the_admin_gives_one_confirmed_record(client, make_user, django_user_model):
+    """Third audit round: "Ana.Lopez@Lab.Example" got a confirmed record and, from allauth's exact lookup, an
+    unconfirmed lower-case copy that refused two-factor set-up."""
+    client.force_login(make_user("Admin", is_staff=True))
+    client.post(reverse("admin:accounts_user_add"), {"email": "Ana.Lopez@Lab.Example", "full_name": "Ana Lopez"})
+    ana = django_user_model.objects.get(full_name="Ana Lopez")
+    assert ana.email == "ana.lopez@lab.example"
+    client.post(reverse("account_reset_password"), {"email": "Ana.Lopez@Lab.Example"})
+    assert list(ana.emailaddress_set.values_list("email", "verified", "primary")) == [
+        ("ana.lopez@lab.example", True, True)]
+
+
+def test_an_address_an_admin_changes_is_vouched_for_and_squatters_lose_it(client, make_user, no_role_user):
+    """Third audit round: vouching only at creation left an address changed in the admin unconfirmed (R2 again)
+    and let a squatter's earlier unconfirmed record of it be confirmed for the squatter (R4 again)."""
+    EmailAddress.objects.create(user=no_role_user, email="new.address@lab.example", verified=False, primary=False)
+    member = make_user("Technician", email="old.address@lab.example")
+    client.force_login(make_user("Admin", is_staff=True))
+    from tests.accounts.test_security_accounts import user_form
+
+    response = client.post(reverse("admin:accounts_user_change", args=[member.pk]),
+                           user_form(member, email="New.Address@Lab.Example"))
+    assert response.status_code == 302
+    member.refresh_from_db()
+    assert member.email == "new.address@lab.example"
+    assert member.emailaddress_set.get(primary=True).email == "new.address@lab.example"
+    assert member.emailaddress_set.get(primary=True).verified
+    assert not EmailAddress.objects.filter(user=no_role_user, email="new.address@lab.example").exists()
