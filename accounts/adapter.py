@@ -11,6 +11,15 @@ def normalise_email(email):
     return (email or "").strip().lower()
 
 
+def folded_email(email):
+    """The address as an accent- and case-insensitive database collation (MariaDB's utf8mb4_unicode_ci) compares
+    it: "tech@a.tëst" signs in to "tech@a.test" there, so it must count against the same failed-login limit."""
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFKD", normalise_email(email))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
 class AccountAdapter(DefaultAccountAdapter):
     def save_user(self, request, user, form, commit=True):
         user._signed_up = True  # vouch_for_address: a typed address proves nothing until its link is opened
@@ -22,7 +31,7 @@ class AccountAdapter(DefaultAccountAdapter):
     def _get_login_attempts_cache_key(self, request, **credentials):
         # allauth's key starts with the request's site domain, i.e. its Host header: every spelling
         # Django accepts (`portal:1`, `PORTAL`, `portal.`) would get five fresh guesses. One account, one count.
-        return normalise_email(credentials.get("email") or credentials.get("username"))
+        return folded_email(credentials.get("email") or credentials.get("username"))
 
 
 @transaction.atomic

@@ -92,6 +92,17 @@ def test_the_failed_login_count_ignores_letter_case_and_spaces_in_the_email(make
     assert TOO_MANY in login(client, "Admin@lab.example", PASSWORD).content.decode() and not signed_in(client)
 
 
+def test_the_failed_login_count_ignores_accents_the_database_ignores(make_user):
+    """On MariaDB "admin@läb.example" signs in to "admin@lab.example" (its collation ignores accents): each accented
+    spelling got five fresh guesses (third audit round)."""
+    make_user("Admin", is_staff=True, email="admin@lab.example")
+    for typed in ["admin@läb.example", "admin@lâb.example", "admin@lab.exámple", "admin@lab.example",
+                  "admin@lab.ëxample"]:
+        login(Client(), typed, "wrong-password")
+    client = Client()
+    assert TOO_MANY in login(client, "admin@lab.example", PASSWORD).content.decode() and not signed_in(client)
+
+
 def test_password_spraying_over_many_accounts_from_one_address_is_stopped(make_user):
     """One wrong guess per account never reaches an account's limit: the address has one of its own."""
     accounts = [make_user("Technician") for _ in range(11)]

@@ -22,9 +22,10 @@ def without_control_characters(text: str) -> str:
 
 #: Characters that show nothing on their own: format characters (zero-width space and joiners, direction marks
 #: and overrides, soft hyphen, BOM: category Cf), spaces and separators (Z*), combining marks (Mn, Me) and the
-#: Hangul fillers, which are letters that render blank.
+#: Hangul fillers, the braille blank, the Khmer inherent vowels and the musical null notehead, which are letters or
+#: symbols that render blank.
 _BLANK_CATEGORIES = frozenset({"Cf", "Zs", "Zl", "Zp", "Mn", "Me"})
-_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5\U0001d159")
 
 
 def has_visible_character(text: str) -> bool:

@@ -36,7 +36,8 @@ def test_an_addendum_of_control_characters_only_is_refused(signed_case, patholog
         services.add_addendum(signed_case, pathologist, "\x00\x07")
 
 
-@pytest.mark.parametrize("text,visible", [("\u200b\u200d", False), ("\u3164", False), ("é", True), ("\u200bx", True),
+@pytest.mark.parametrize("text,visible", [("\u200b\u200d", False), ("\u3164", False), ("\u2800", False),
+                                          ("\U0001d159", False), ("é", True), ("\u200bx", True),
                                           ("\u202eEVIL", True), ("早", True)])
 def test_a_text_of_invisible_characters_only_is_empty(text, visible):
     assert (check_length(text, 50, "The reason") != "") is visible
