@@ -28,6 +28,33 @@ def _fernet():
     return MultiFernet([Fernet(_fernet_key(key)) for key in keys])
 
 
+#: Where an mfa.Authenticator's data holds a secret: a TOTP key, the recovery codes' seed, and (a list) codes
+#: allauth migrated from an older format. Read here by the key rotation and by the backup's checks.
+SECRET_KEYS = ("secret", "seed")
+MIGRATED_CODES = "migrated_codes"
+
+
+def secret_values(data: dict) -> list[tuple[str, object]]:
+    """(where, value) of every secret in an authenticator's data, values as stored (a hostile backup may hold
+    anything there)."""
+    found = [(key, data[key]) for key in SECRET_KEYS if key in data]
+    if MIGRATED_CODES in data:
+        codes = data[MIGRATED_CODES]
+        found += [(MIGRATED_CODES, code) for code in codes] if isinstance(codes, list) else [(MIGRATED_CODES, codes)]
+    return found
+
+
+def with_secrets_converted(data: dict, convert) -> dict:
+    """A copy of an authenticator's data with every secret passed through ``convert``."""
+    converted = dict(data)
+    for key in SECRET_KEYS:
+        if isinstance(converted.get(key), str):
+            converted[key] = convert(converted[key])
+    if isinstance(converted.get(MIGRATED_CODES), list):
+        converted[MIGRATED_CODES] = [convert(code) for code in converted[MIGRATED_CODES]]
+    return converted
+
+
 def encrypt_secret(text: str) -> str:
     return PREFIX + _fernet().encrypt(text.encode()).decode("ascii")
 

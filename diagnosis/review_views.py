@@ -75,9 +75,7 @@ class SmearReviewView(RolePermissionRequiredMixin, View):
 
     def post(self, request, pk):
         smear = get_object_or_404(Smear.objects.select_related("case"), pk=pk)
-        version = request.POST.get("version", "")
-        # ASCII digits only, and few of them: "²".isdigit() is true but int() refuses it.
-        expected = int(version) if re.fullmatch(r"[0-9]{1,9}", version) else None
+        expected = posted_version(request, "version", missing=None)  # an older page: no check
         try:
             services.review_smear(smear, request.user, request.POST.get("label", ""), request.POST.get("reason", ""),
                                   expected_version=expected)
@@ -167,11 +165,17 @@ class CaseGalleryView(RolePermissionRequiredMixin, DetailView):
 UNKNOWN_VERSION = -1
 
 
+def posted_version(request, field, *, missing):
+    """The version (a smear's or the case's review_version) the posting page showed in ``field``: ASCII digits only,
+    and few of them ("²".isdigit() is true but int() refuses it); ``missing`` when absent or malformed."""
+    version = request.POST.get(field, "")
+    return int(version) if re.fullmatch(r"[0-9]{1,9}", version) else missing
+
+
 def posted_case_version(request):
-    """The case's review_version the posting page showed: ASCII digits only, and few of them, as for the smear's
-    version; missing or malformed: UNKNOWN_VERSION, refused as stale."""
-    version = request.POST.get("case_version", "")
-    return int(version) if re.fullmatch(r"[0-9]{1,9}", version) else UNKNOWN_VERSION
+    """The case's review_version the posting page showed; missing or malformed: UNKNOWN_VERSION, refused as
+    stale."""
+    return posted_version(request, "case_version", missing=UNKNOWN_VERSION)
 
 
 class CaseFinalizeView(RolePermissionRequiredMixin, View):

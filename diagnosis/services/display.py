@@ -9,14 +9,14 @@ first view and kept in the smear's `display_image`, so later views cost a file r
 import io
 import logging
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from struct import error as struct_error
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 
 from ..models import IMAGE_FORMAT_FILES, Smear
-from .intake import thumbnail_jpeg
+from .intake import DECODE_ERRORS, thumbnail_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +24,6 @@ logger = logging.getLogger(__name__)
 BROWSER_IMAGE_FORMATS = frozenset({"JPEG", "PNG", "BMP"})
 #: Pixel modes a browser shows as the model reads them (load_image converts them to RGB without rescaling).
 BROWSER_PIXEL_MODES = frozenset({"RGB", "L", "1"})
-
-#: What may go wrong decoding a stored file that passed the upload checks once (damaged or replaced since).
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, TypeError, struct_error)
-
 
 class NotDisplayable(Exception):
     """The stored image is missing or no longer decodes."""
@@ -39,6 +35,24 @@ class DisplayedImage:
     content_type: str
     extension: str
     rendition: bool  # True: a PNG of what the model reads, not the stored bytes
+
+
+@contextmanager
+def _reading_stored(smear):
+    """Around any reading of a stored image that passed the upload checks once: a file storage lost, or one that
+    no longer decodes (damaged or replaced since), becomes NotDisplayable, logged."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except FileNotFoundError:
+        raise NotDisplayable("The file is missing from storage.") from None
+    except DECODE_ERRORS + (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        logger.warning("Smear %s: the stored %s image cannot be read (%s)", smear.pk, smear.image_format,
+                       str(exc) or type(exc).__name__)
+        raise NotDisplayable("The stored image can no longer be decoded.") from None
 
 
 def _open_stored(smear, file):
@@ -73,17 +87,13 @@ def _plain_8_bit(image):
 def render(smear, file):
     """PNG bytes of the stored image as the model reads it (ml.runtime.images.load_image: orientation applied,
     8-bit RGB, 16-bit rescaled, alpha over white), first page only (multi-page files are refused at upload)."""
-    from PIL import Image
-
     from ml.runtime.images import load_image  # here: the web process loads ml.runtime only when a page needs it
 
-    with file.open("rb") as handle, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with _open_stored(smear, handle) as image:
-            image.load()
-            shown = load_image(image)
-            buffer = io.BytesIO()
-            shown.save(buffer, "PNG", compress_level=1)  # fast; made once per smear
+    with file.open("rb") as handle, _open_stored(smear, handle) as image:
+        image.load()
+        shown = load_image(image)
+        buffer = io.BytesIO()
+        shown.save(buffer, "PNG", compress_level=1)  # fast; made once per smear
     return buffer.getvalue()
 
 
@@ -114,24 +124,12 @@ def displayed_image(smear):
     kept = _stored_rendition(smear)
     if kept:
         return DisplayedImage(kept, "image/png", ".png", rendition=True)
-    try:
+    with _reading_stored(smear):
         if shown_as_stored(smear, smear.image):
             return DisplayedImage(smear.image, content_type, extension, rendition=False)
         png = render(smear, smear.image)
-    except FileNotFoundError:
-        raise NotDisplayable("The file is missing from storage.") from None
-    except DECODE_ERRORS + _bomb_errors() as exc:
-        logger.warning("Smear %s: the stored %s image cannot be shown (%s)", smear.pk, smear.image_format,
-                       str(exc) or type(exc).__name__)
-        raise NotDisplayable("The stored image can no longer be decoded.") from None
     _keep_rendition(smear, png)
     return DisplayedImage(ContentFile(png), "image/png", ".png", rendition=True)
-
-
-def _bomb_errors():
-    from PIL import Image
-
-    return (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 # --- Thumbnails made before they followed the model's reading ----------------------------------------------
@@ -143,28 +141,16 @@ def thumbnail_may_differ(smear):
     """Whether the smear's thumbnail, if made from the pixels as decoded (before thumbnails followed the model's
     reading), differs from one made now: the file carries an EXIF orientation other than upright, or pixels that
     load_image rescales (16-bit) or lays over white. Reads the header only."""
-    try:
-        with smear.image.open("rb") as handle, _open_stored(smear, handle) as image:
-            return image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1) or not _plain_8_bit(image)
-    except FileNotFoundError:
-        raise NotDisplayable("The file is missing from storage.") from None
-    except DECODE_ERRORS + _bomb_errors() as exc:
-        raise NotDisplayable(f"The stored image can no longer be decoded ({str(exc) or type(exc).__name__}).") from None
+    with _reading_stored(smear), smear.image.open("rb") as handle, _open_stored(smear, handle) as image:
+        return image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1) or not _plain_8_bit(image)
 
 
 def rebuild_thumbnail(smear):
     """Make the smear's thumbnail again from its stored image (intake.thumbnail_jpeg), replacing the old file.
     Raises NotDisplayable when the stored image is missing or no longer decodes (the old thumbnail is kept)."""
-    try:
-        with smear.image.open("rb") as handle, warnings.catch_warnings():
-            warnings.simplefilter("error", _bomb_errors()[1])
-            with _open_stored(smear, handle) as image:
-                image.load()
-                jpeg = thumbnail_jpeg(image)
-    except FileNotFoundError:
-        raise NotDisplayable("The file is missing from storage.") from None
-    except DECODE_ERRORS + _bomb_errors() as exc:
-        raise NotDisplayable(f"The stored image can no longer be decoded ({str(exc) or type(exc).__name__}).") from None
+    with _reading_stored(smear), smear.image.open("rb") as handle, _open_stored(smear, handle) as image:
+        image.load()
+        jpeg = thumbnail_jpeg(image)
     field = Smear._meta.get_field("thumbnail")
     old = smear.thumbnail.name
     name = field.storage.save(field.generate_filename(smear, "thumb.jpg"), ContentFile(jpeg))

@@ -18,7 +18,7 @@ from PIL import Image
 from ..models import AuditEvent, Case, RejectedUpload, Smear
 from ..selectors import other_cases_with_images
 from .audit import record_event
-from .case_state import refresh_case
+from .case_state import lock_open_case, refresh_case
 from .dispatch import enqueue_classification
 from .errors import CaseLocked, RejectedImage, StorageFailed, failure_words
 
@@ -95,6 +95,10 @@ def _check_shape(width, height):
             f"the image is {width}×{height} pixels, {ratio:.1f} times longer than wide; at most {max_ratio:g}:1 "
             "is accepted (is it a strip or a cropped border rather than a smear?)."
         )
+
+
+#: What Pillow may raise on a damaged or hostile image file besides UnidentifiedImageError and the bomb errors.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, TypeError, struct_error)
 
 
 #: The most pages a TIFF may hold: the image and its previews (a microscope's preview pyramid has a handful).
@@ -276,7 +280,7 @@ def check_image(upload):
         raise RejectedImage(f"this is not an image in an accepted format ({allowed}).") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RejectedImage(f"the image has more than the limit of {max_pixels:,} pixels.") from None
-    except (OSError, SyntaxError, ValueError, EOFError, KeyError, IndexError, TypeError, struct_error) as exc:
+    except DECODE_ERRORS as exc:
         detail = str(exc) or type(exc).__name__
         if "truncated" in detail:
             raise RejectedImage("the image file is truncated (incomplete upload or damaged file).") from None
@@ -316,9 +320,10 @@ def add_smears(case, uploads, user, *, kind):
     (case, sha256) unique constraint refuses a duplicate even then."""
     if kind not in Smear.Kind.values:
         raise ValueError(f"Unknown smear kind {kind!r}; expected one of {', '.join(Smear.Kind.values)}.")
-    if Case.objects.filter(pk=case.pk, signed_out_at__isnull=False).exists():
+    signed_out_at, cancelled_at = Case.objects.filter(pk=case.pk).values_list("signed_out_at", "cancelled_at").get()
+    if signed_out_at:
         raise CaseLocked(f"Case {case.accession_number} is signed out; it takes no more smears.")
-    if Case.objects.filter(pk=case.pk, cancelled_at__isnull=False).exists():
+    if cancelled_at:
         raise CaseLocked(f"Case {case.accession_number} was cancelled; it takes no smears.")
     checked, rejected = [], []
     for upload in uploads:
@@ -360,11 +365,7 @@ def _store(case, user, kind, checked, rejected, batch):
     case."""
     accepted, elsewhere = [], []
     with transaction.atomic():
-        locked = Case.objects.select_for_update().get(pk=case.pk)
-        if locked.is_signed_out:
-            raise CaseLocked(f"Case {locked.accession_number} was signed out meanwhile; it takes no more smears.")
-        if locked.is_cancelled:
-            raise CaseLocked(f"Case {locked.accession_number} was cancelled meanwhile; it takes no smears.")
+        locked = lock_open_case(case)  # signed out or cancelled since add_smears looked: refused
         seen = dict(Smear.objects.filter(case=locked).values_list("sha256", "original_filename"))
         unique = []
         for image in checked:
@@ -376,7 +377,7 @@ def _store(case, user, kind, checked, rejected, batch):
                 unique.append(image)
         for name, reason in rejected:
             _record_rejected(locked, user, name, reason)
-        warnings = _already_elsewhere(locked, unique) if unique else {}
+        elsewhere_said = _already_elsewhere(locked, unique) if unique else {}
         for image in unique:
             name = image.upload.name or "(unnamed file)"
             smear = Smear(
@@ -406,7 +407,7 @@ def _store(case, user, kind, checked, rejected, batch):
                 for written in [*accepted, smear]:
                     _delete_files(written)
                 raise
-            warning = warnings.get(smear.sha256)
+            warning = elsewhere_said.get(smear.sha256)
             record_event(
                 locked, AuditEvent.Action.UPLOAD, actor=user, smear=smear,
                 detail=(f"{smear.original_filename} ({smear.get_kind_display()}; {smear.width}×{smear.height} "

@@ -1,6 +1,8 @@
 """Rules for text people type: length limits and control characters
 (check_length) and the safe piece of a file name or header built from it
 (safe_name_part)."""
+import unicodedata
+
 from .errors import ReviewError
 
 
@@ -14,8 +16,6 @@ def without_control_characters(text: str) -> str:
     """The text less its control characters (NUL, escape, form feed, DEL, the C1 range...) but line breaks and tabs,
     and less the Unicode non-characters: invisible in every page and report, they would let a "required" reason
     be a lone NUL, and some of them break a PDF or a spreadsheet cell."""
-    import unicodedata
-
     return "".join(ch for ch in text if ch in "\n\t" or (unicodedata.category(ch) != "Cc"
                                                        and not _is_noncharacter(ch)))
 
@@ -29,8 +29,6 @@ _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5\U0001d159
 
 
 def has_visible_character(text: str) -> bool:
-    import unicodedata
-
     return any(not ch.isspace() and ch not in _BLANK_LETTERS and unicodedata.category(ch) not in _BLANK_CATEGORIES
                for ch in text)
 

@@ -5,9 +5,7 @@ from cryptography.fernet import InvalidToken
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from accounts.mfa_adapter import rotate_secret
-
-SECRET_FIELDS = {"totp": ("secret",), "recovery_codes": ("seed",)}
+from accounts.mfa_adapter import rotate_secret, with_secrets_converted
 
 
 class Command(BaseCommand):
@@ -19,13 +17,8 @@ class Command(BaseCommand):
         rotated = unreadable = 0
         with transaction.atomic():
             for authenticator in Authenticator.objects.select_for_update().select_related("user"):
-                data = dict(authenticator.data)
                 try:
-                    for field in SECRET_FIELDS.get(authenticator.type, ()):
-                        if isinstance(data.get(field), str):
-                            data[field] = rotate_secret(data[field])
-                    if isinstance(data.get("migrated_codes"), list):
-                        data["migrated_codes"] = [rotate_secret(code) for code in data["migrated_codes"]]
+                    data = with_secrets_converted(authenticator.data, rotate_secret)
                 except InvalidToken:
                     unreadable += 1
                     self.stderr.write(self.style.WARNING(

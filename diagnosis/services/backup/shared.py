@@ -309,17 +309,12 @@ def _check_signature(folder, data, *, unsigned=False):
 def _unencrypted_secrets(data):
     """The parts of an mfa.authenticator's data that hold a secret without accounts.mfa_adapter's encryption
     (its "fernet:" PREFIX): a TOTP secret, a recovery seed, codes migrated from an older format."""
-    from accounts.mfa_adapter import PREFIX
+    from accounts.mfa_adapter import PREFIX, secret_values
 
     if not isinstance(data, dict):
         return ["data (not an object)"]
-    found = [key for key in ("secret", "seed")
-             if key in data and not (isinstance(data[key], str) and data[key].startswith(PREFIX))]
-    codes = data.get("migrated_codes")
-    if "migrated_codes" in data and not (
-            isinstance(codes, list) and all(isinstance(code, str) and code.startswith(PREFIX) for code in codes)):
-        found.append("migrated_codes")
-    return found
+    return list(dict.fromkeys(where for where, value in secret_values(data)
+                              if not (isinstance(value, str) and value.startswith(PREFIX))))
 
 
 def _describe_user(natural_key):
@@ -351,14 +346,13 @@ def _undecryptable_secrets(objects):
     """How many encrypted secrets in the rows this portal's SECRET_KEY (and fallbacks) cannot decrypt."""
     from cryptography.fernet import InvalidToken
 
-    from accounts.mfa_adapter import decrypt_secret
+    from accounts.mfa_adapter import decrypt_secret, secret_values
 
     count = 0
     for obj in objects:
         if obj["model"] != "mfa.authenticator" or not isinstance(obj["fields"].get("data"), dict):
             continue
-        data = obj["fields"]["data"]
-        for value in [data.get("secret"), data.get("seed"), *(data.get("migrated_codes") or [])]:
+        for _, value in secret_values(obj["fields"]["data"]):
             if isinstance(value, str):
                 try:
                     decrypt_secret(value)
