@@ -69,6 +69,9 @@ class TrainConfig:
     init_weights: str | None = None  # start every weight from this model.pt (same arch), e.g. a from-scratch run
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
+    # > 0: keep an exponential moving average of the weights (decay per optimiser step), validate it each epoch and
+    # ship it instead of the last or best raw weights (a flatter solution; LRA still steers the raw weights).
+    ema_decay: float = 0.0
     num_workers: int = 0
     threads: int | None = None
     block_size: int = 20  # neighbour-run length when a split has to be made
@@ -323,6 +326,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     adjuster = LearningRateAdjuster(optimizer, config.threshold, config.factor, config.patience,
                                     config.stop_patience, log=log)
+    ema = None
+    if config.ema_decay > 0:
+        from timm.utils.model_ema import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=config.ema_decay)
     history: list[dict] = []
     start_epoch, elapsed = 0, 0.0
     checkpoint_path = out / "last.pt"
@@ -333,6 +341,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         adjuster.load_state_dict(state["adjuster"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
         history, start_epoch, elapsed = state["history"], state["epoch"] + 1, state["elapsed"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
@@ -365,6 +375,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                     logits, soft_targets[index], config.distill_temperature)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update(model)
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(y)
@@ -374,34 +386,47 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             val_logits, val_labels = collect_logits(model, val_loader)
             val_loss = float(nn.functional.cross_entropy(val_logits, val_labels))
             val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
+        ema_note = ""
+        if ema is not None and len(val_set):
+            ema_logits, _ = collect_logits(ema.module, val_loader)
+            ema_loss = float(nn.functional.cross_entropy(ema_logits, val_labels))
+            ema_acc = float((ema_logits.argmax(1) == val_labels).float().mean())
+            ema_note = f" | EMA val loss {ema_loss:.4f} acc {ema_acc:.4f}"
         elapsed += time.perf_counter() - tick
         record = {"epoch": epoch, "lr": adjuster.lr, "train_loss": train_loss, "train_acc": train_acc,
                   "val_loss": val_loss, "val_acc": val_acc, "elapsed_s": elapsed}
+        if ema_note:
+            record.update(ema_val_loss=ema_loss, ema_val_acc=ema_acc)
         log(f"epoch {epoch + 1}/{config.epochs} lr {adjuster.lr:.2e} train loss {train_loss:.4f} acc {train_acc:.4f} "
-            f"| val loss {val_loss:.4f} acc {val_acc:.4f} | {elapsed / 60:.1f} min")
+            f"| val loss {val_loss:.4f} acc {val_acc:.4f}{ema_note} | {elapsed / 60:.1f} min")
         stop = adjuster.step(epoch, model, train_acc, val_loss) and epoch + 1 >= config.min_epochs
         record["stop"] = stop
         history.append(record)
         torch.save({"config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "adjuster": adjuster.state_dict(), "history": history, "epoch": epoch, "elapsed": elapsed,
+                    "adjuster": adjuster.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
+                    "history": history, "epoch": epoch, "elapsed": elapsed,
                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}},
                    checkpoint_path.with_suffix(".tmp"))
         os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)  # atomic: a kill never leaves half a file
 
-    adjuster.restore_best(model)
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())  # the averaged weights are the model
+        log("shipping the EMA weights")
+    else:
+        adjuster.restore_best(model)
     temperature = fit_temperature(*collect_logits(model, val_loader), log=log) if len(val_set) else 1.0
     log(f"training done in {elapsed / 60:.1f} min; best epoch {adjuster.best_epoch}; temperature {temperature:.3f}")
     return save_model(out / "model.pt", model, config, classes, temperature, history, elapsed, adjuster.best_epoch)
 
 
 def export(run_dir: str | Path) -> Path:
-    """Turn a run's ``last.pt`` (finished or not) into ``model.pt`` with its best weights so far,
-    temperature fitted on the validation split."""
+    """Turn a run's ``last.pt`` (finished or not) into ``model.pt`` with its best weights so far (its averaged
+    weights for an EMA run), temperature fitted on the validation split."""
     run_dir = Path(run_dir)
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
     config = TrainConfig(**state["config"])
     model = models.create(config.arch, num_classes=len(config.classes), input_size=config.img_size)
-    best = state["adjuster"].get("best_state") or state["model"]
+    best = state.get("ema") or state["adjuster"].get("best_state") or state["model"]
     own = model.state_dict()
     model.load_state_dict({k: v for k, v in best.items() if k in own})
     samples = mldata.read_manifest(config.manifest)

@@ -59,6 +59,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="distil from this trained model, or from the mean of several (same split)")
     parser.add_argument("--distill-alpha", type=float, default=defaults.distill_alpha)
     parser.add_argument("--distill-temperature", type=float, default=defaults.distill_temperature)
+    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
+                        help="> 0: ship an exponential moving average of the weights (decay per step, e.g. 0.995)")
     parser.add_argument("--init-weights", metavar="MODEL_PT", help="start from this model (same arch and split)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
     parser.add_argument("--no-progress", action="store_true")

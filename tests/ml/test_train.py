@@ -172,3 +172,17 @@ def test_the_cards_train_command_passes_several_teachers_as_separate_arguments()
     config = {"data": "DATA", "arch": "efficientnet_lite0_bigru", "out": "runs/s", "manifest": "m.csv",
               "teacher": ["runs/a.pt", "runs/b.pt"]}
     assert train_command(config).endswith("--teacher runs/a.pt runs/b.pt")
+
+
+def test_an_ema_run_ships_the_averaged_weights_and_validates_them_each_epoch(tmp_path, smear_folder):
+    config = TrainConfig(data=str(smear_folder), arch="mobilenetv3_lstm", out=str(tmp_path / "ema"), epochs=2,
+                         batch_size=16, img_size=48, block_size=4, progress=False, limit_per_class=8, seed=3,
+                         ema_decay=0.9)
+    shipped = read_payload(train(config))
+    last = torch.load(tmp_path / "ema" / "last.pt", map_location="cpu", weights_only=False)
+    weights = {k: v for k, v in shipped["state_dict"].items() if v.is_floating_point()}
+    assert all(torch.allclose(weights[k].float(), last["ema"][k].float()) for k in weights)
+    assert any(not torch.allclose(weights[k].float(), last["model"][k].float()) for k in weights), \
+        "the shipped weights are the raw ones, not their average"
+    assert all("ema_val_acc" in epoch for epoch in shipped["training"]["history"])
+    assert "EMA val loss" in (tmp_path / "ema" / "train.log").read_text()
