@@ -8,6 +8,7 @@ from ..models import AuditEvent, Case
 from .audit import record_event
 from .case_state import lock_open_case
 from .errors import ReviewError
+from .review import bump_case_version
 from .text import check_length
 
 
@@ -53,7 +54,9 @@ def update_case(case: Case, user, **changes) -> Case:
     collection date, clinical note),
     recording one audit event per changed field with before and after. A
     signed-out case is refused (CaseLocked): its data changes only through an
-    addendum. Used by the admin; call it from a shell the same way."""
+    addendum. A change moves the case's review_version: these fields are
+    signed with the report, so a sign-out from a page that showed the old
+    ones is refused. Used by the admin; call it from a shell the same way."""
     unknown = set(changes) - set(CASE_EDITABLE_FIELDS)
     if unknown:
         raise ValueError(f"Not editable on a case: {', '.join(sorted(unknown))}.")
@@ -66,6 +69,7 @@ def update_case(case: Case, user, **changes) -> Case:
         if changed:
             locked.full_clean(validate_unique=True)
             locked.save(update_fields=[field for field, _, _ in changed] + ["updated_at"])
+            bump_case_version(locked)
     case.refresh_from_db()
     return case
 
@@ -92,6 +96,9 @@ def update_patient(patient, user, **changes):
         if changed:
             locked.full_clean(validate_unique=True)
             locked.save(update_fields=[field for field, _, _ in changed])
+            for case in cases:
+                if not case.is_signed_out:
+                    bump_case_version(case)
     patient.refresh_from_db()
     return patient
 

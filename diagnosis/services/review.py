@@ -15,7 +15,8 @@ from .text import check_length
 
 def bump_case_version(case):
     """Move the case's review_version on: called under the case row lock by every change that alters what a
-    sign-out would sign (a smear's review or assessability, the draft final stage or comment), so that a finalize
+    sign-out would sign (a smear's review or assessability, the draft final stage or comment, the case's or its
+    patient's data), so that a finalize
     form shown before it is refused (check_case_version). `case` is the locked instance; it is kept in step."""
     Case.objects.filter(pk=case.pk).update(review_version=F("review_version") + 1)
     case.review_version += 1
@@ -32,7 +33,8 @@ def check_case_version(case, expected_version, *, nothing_was):
     draft = f"final stage {stage}, " + (f"comment “{comment}”" if comment else "no comment")
     raise ReviewConflict(
         "The case changed since you opened this page: a smear was reviewed or marked (not) assessable, the draft "
-        "was saved, or an addendum changed the final stage, by someone else or in another window (the final stage "
+        "was saved, the case's or patient's data was corrected, or an addendum changed the final stage, by someone "
+        "else or in another window (the final stage "
         f"and comment are now: {draft}). "
         f"Reload to see the changes; nothing was {nothing_was}."
     )

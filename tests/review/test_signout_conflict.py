@@ -245,6 +245,13 @@ CHANGES = [
     ("save a draft stage", _prepare_nothing, lambda case, user: services.set_final_stage(case, user, "Pre", "")),
     ("save a draft comment", _prepare_nothing,
      lambda case, user: services.set_final_stage(case, user, "", "Awaiting flow cytometry.")),
+    # The case's and patient's data are signed with the report: a correction made while the page was open counts.
+    ("correct the clinical note", _prepare_nothing,
+     lambda case, user: services.update_case(case, user, clinical_note="Corrected: lymphocytosis.")),
+    ("correct the accession number", _prepare_nothing,
+     lambda case, user: services.update_case(case, user, accession_number="ACC-0002")),
+    ("correct the patient's birth year", _prepare_nothing,
+     lambda case, user: services.update_patient(case.patient, user, birth_year=1961)),
 ]
 
 
@@ -325,3 +332,17 @@ def test_a_stale_addendum_that_changes_the_stage_is_refused_and_its_text_is_show
     # A note that changes no stage is appended whatever the page's age.
     client.post(reverse("diagnosis:case_addendum", args=[signed_case.pk]), {"text": "Typo.", "case_version": shown})
     assert signed_case.addenda.count() == 2
+
+
+def test_an_edit_that_changes_nothing_keeps_the_version(case, reviewed, pathologists):
+    before = current_version(case)
+    services.update_case(case, pathologists[0], clinical_note=case.clinical_note)
+    assert current_version(case) == before
+
+
+def test_a_patient_correction_leaves_the_version_of_a_signed_out_case_alone(case, reviewed, pathologists, patient):
+    """Its report keeps the patient data it was signed with; an addendum form open on it stays valid."""
+    services.sign_out(case, pathologists[1], "Pre", "")
+    signed = current_version(case)
+    services.update_patient(patient, pathologists[0], birth_year=1961)
+    assert current_version(case) == signed
