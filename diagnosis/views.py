@@ -215,7 +215,8 @@ class SmearFileView(RolePermissionRequiredMixin, View):
     (services.displayed_image): its stored bytes where a browser shows the
     same pixels, otherwise a PNG rendition kept after the first view (404 when
     the stored file no longer decodes). ``?original=1`` downloads the stored
-    file untouched, whatever its format."""
+    file untouched, whatever its format, and the case's audit trail records
+    who downloaded it."""
 
     permission_required = "diagnosis.view_smear"
     field = "image"
@@ -233,8 +234,10 @@ class SmearFileView(RolePermissionRequiredMixin, View):
         stem = services.safe_name_part(PurePath(smear.original_filename).stem)  # the typed name, made safe
         if request.GET.get("original") == "1":
             extension, content_type = IMAGE_FORMAT_FILES.get(smear.image_format, (".img", "application/octet-stream"))
-            return private_file_response(file, filename=f"{stem}{extension}", content_type=content_type,
-                                         as_attachment=True)
+            response = private_file_response(file, filename=f"{stem}{extension}", content_type=content_type,
+                                             as_attachment=True)  # 404 before anything is recorded if it is lost
+            services.record_original_download(smear, request.user)
+            return response
         try:
             shown = services.displayed_image(smear)
         except services.NotDisplayable as exc:

@@ -46,6 +46,7 @@ class AuditEvent(models.Model):
         CASE_CANCELLED = "case_cancelled", "Case cancelled"
         CASE_CHANGED = "case_changed", "Case data changed"
         PATIENT_CHANGED = "patient_changed", "Patient data changed"
+        ORIGINAL_DOWNLOADED = "original_download", "Original image downloaded"
 
     case = models.ForeignKey(Case, on_delete=models.PROTECT, related_name="audit_events")
     smear = models.ForeignKey(Smear, on_delete=models.PROTECT, null=True, blank=True, related_name="audit_events")

@@ -86,6 +86,7 @@ from .display import (
     DisplayedImage,
     displayed_image,
     NotDisplayable,
+    record_original_download,
 )
 from .classification import (
     HEATMAP_AFTER_SIGN_OUT,
@@ -243,6 +244,7 @@ __all__ = [
     "DisplayedImage",
     "displayed_image",
     "NotDisplayable",
+    "record_original_download",
     "has_visible_character",
     "without_control_characters",
     "record_download",

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.files.base import ContentFile
 
-from ..models import IMAGE_FORMAT_FILES, Smear
+from ..models import IMAGE_FORMAT_FILES, AuditEvent, Smear
+from .audit import record_event
 from .intake import DECODE_ERRORS, thumbnail_jpeg
 
 logger = logging.getLogger(__name__)
@@ -158,3 +159,12 @@ def rebuild_thumbnail(smear):
     smear.thumbnail.name = name
     if old:
         field.storage.delete(old)
+
+
+def record_original_download(smear, user):
+    """A smear's stored file left the portal as a download (``?original=1``): its case's audit trail says who took
+    which file when, as the exports page records who took zips of images. Viewing it in the page is not recorded."""
+    return record_event(smear.case, AuditEvent.Action.ORIGINAL_DOWNLOADED, actor=user, smear=smear,
+                        new_value=smear.original_filename,
+                        detail=f"Original file of smear {smear.pk} ({smear.image_format or 'unknown format'}) "
+                               "downloaded")

@@ -490,3 +490,24 @@ def test_a_tiff_smear_shows_on_the_review_screen(browser, live_server, pathologi
         card.locator("[data-original-file]").click()
     assert download.value.suggested_filename == "field.tif"
     assert Path(download.value.path()).read_bytes() == smear.image.open("rb").read()
+
+
+def test_downloading_the_original_is_recorded_in_the_cases_audit_trail_and_viewing_is_not(
+        path_client, smear_factory, case):
+    smear = store_as(smear_factory(status="done"), encoded(smear_picture(), "TIFF"), "TIFF", "field 7.tiff")
+    recorded = case.audit_events.filter(action="original_download")
+    path_client.get(image_url(smear))
+    assert not recorded.exists()
+    body(path_client.get(image_url(smear, original=True)))
+    event = recorded.get()
+    assert event.smear == smear and event.actor.pk == int(path_client.session["_auth_user_id"])
+    assert event.new_value == "field 7.tiff"
+    page = path_client.get(reverse("diagnosis:case_detail", args=[case.pk])).content.decode()
+    assert "Original image downloaded" in page
+
+
+def test_a_lost_original_is_a_404_and_no_download_is_recorded(path_client, smear_factory, case):
+    smear = store_as(smear_factory(status="done"), encoded(smear_picture(), "TIFF"), "TIFF", "field.tif")
+    smear.image.storage.delete(smear.image.name)
+    assert path_client.get(image_url(smear, original=True)).status_code == 404
+    assert not case.audit_events.filter(action="original_download").exists()
