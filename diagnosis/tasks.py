@@ -89,7 +89,19 @@ def classify_claimed(smears):
     for prediction in predictions.values():
         if prediction.in_domain:
             services.enqueue_heatmap(prediction)
+    for smear in smears:
+        if outcomes.get(smear.pk) == "done":
+            prepare_display(smear)
     return outcomes
+
+
+def prepare_display(smear):
+    """The browser's rendition of a TIFF (or 16-bit, transparent, CMYK) smear, made here rather than in the web
+    process on its first view; a failure is logged and the view makes it later."""
+    try:
+        services.prepare_displayed_image(smear)
+    except Exception:  # the prediction is stored; nothing here may undo or fail it
+        logger.exception("Smear %s: its display rendition could not be made now; the first view will try", smear.pk)
 
 
 def _fail_unfinished(smears, outcomes, reason, transient=False):

@@ -86,6 +86,7 @@ from .display import (
     DisplayedImage,
     displayed_image,
     NotDisplayable,
+    prepare_displayed_image,
     record_original_download,
 )
 from .classification import (
@@ -245,6 +246,7 @@ __all__ = [
     "displayed_image",
     "NotDisplayable",
     "record_original_download",
+    "prepare_displayed_image",
     "has_visible_character",
     "without_control_characters",
     "record_download",

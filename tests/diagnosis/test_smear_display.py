@@ -511,3 +511,38 @@ def test_a_lost_original_is_a_404_and_no_download_is_recorded(path_client, smear
     smear.image.storage.delete(smear.image.name)
     assert path_client.get(image_url(smear, original=True)).status_code == 404
     assert not case.audit_events.filter(action="original_download").exists()
+
+
+class OneStagePredictor:
+    def predict(self, images):
+        return [{"stage": "Pre", "probabilities": {"Benign": 0.05, "Early": 0.05, "Pre": 0.85, "Pro": 0.05},
+                 "model": "fake", "model_version": "0-test", "in_domain": False, "domain_score": 0.0}
+                for _ in images]
+
+
+@pytest.mark.parametrize("fmt,rendition", [("TIFF", True), ("JPEG", False)])
+def test_the_worker_makes_the_rendition_once_the_prediction_is_stored(
+        path_client, smear_factory, monkeypatch, fmt, rendition):
+    from diagnosis import tasks
+
+    monkeypatch.setattr(tasks, "load_predictor_for", lambda kind: OneStagePredictor())
+    data = encoded(smear_picture((640, 480)), fmt)
+    smear = store_as(smear_factory(), data, fmt, f"field.{fmt.lower()}")
+    assert tasks.classify_smear(smear.pk) == "done"
+    smear.refresh_from_db()
+    assert bool(smear.display_image) is rendition
+    if rendition:  # the view serves the kept file: nothing is decoded in the web process
+        monkeypatch.setattr(display, "render", lambda *args: pytest.fail("decoded again on first view"))
+        shown = Image.open(io.BytesIO(body(path_client.get(image_url(smear)))))
+        assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(load_image(data)))
+
+
+def test_a_rendition_the_worker_cannot_make_leaves_the_prediction_stored(smear_factory, monkeypatch):
+    from diagnosis import tasks
+
+    monkeypatch.setattr(tasks, "load_predictor_for", lambda kind: OneStagePredictor())
+    monkeypatch.setattr(display, "render", lambda *args: (_ for _ in ()).throw(MemoryError("no room")))
+    smear = store_as(smear_factory(), encoded(smear_picture(), "TIFF"), "TIFF", "field.tif")
+    assert tasks.classify_smear(smear.pk) == "done"
+    smear.refresh_from_db()
+    assert smear.status == "done" and smear.prediction.label == "Pre" and not smear.display_image
