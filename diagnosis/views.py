@@ -120,12 +120,10 @@ class SmearUploadView(RolePermissionRequiredMixin, SingleObjectMixin, FormView):
 
     def get(self, request, *args, **kwargs):
         self.object = self.get_object()
-        if self.object.is_signed_out:  # said before files are chosen, not after they were sent
-            messages.error(request, f"Case {self.object.accession_number} is signed out; it takes no more smears. "
-                                    "Changes now go through an addendum.")
-            return redirect(self.object)
-        if self.object.is_cancelled:
-            messages.error(request, f"Case {self.object.accession_number} was cancelled; it takes no smears.")
+        try:
+            services.check_takes_smears(self.object)  # said before files are chosen, not after they were sent
+        except services.CaseLocked as refusal:
+            messages.error(request, str(refusal))
             return redirect(self.object)
         return super().get(request, *args, **kwargs)
 

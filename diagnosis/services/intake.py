@@ -306,6 +306,18 @@ class UploadOutcome:
     elsewhere: list = dataclasses.field(default_factory=list)
 
 
+def check_takes_smears(case):
+    """Refuse (CaseLocked, with the words the technician reads) a case that takes no smears: signed out or
+    cancelled, as the database has it now. The upload page asks before files are chosen, add_smears before they
+    are read; the upload's transaction asks again under the case lock (lock_open_case)."""
+    signed_out_at, cancelled_at = Case.objects.filter(pk=case.pk).values_list("signed_out_at", "cancelled_at").get()
+    if signed_out_at:
+        raise CaseLocked(f"Case {case.accession_number} is signed out; it takes no more smears. Changes now go "
+                         "through an addendum.")
+    if cancelled_at:
+        raise CaseLocked(f"Case {case.accession_number} was cancelled; it takes no smears.")
+
+
 def add_smears(case, uploads, user, *, kind):
     """Validate every file; store the valid ones (file + DB row) in one
     transaction, and queue one classification per smear only once that
@@ -320,11 +332,7 @@ def add_smears(case, uploads, user, *, kind):
     (case, sha256) unique constraint refuses a duplicate even then."""
     if kind not in Smear.Kind.values:
         raise ValueError(f"Unknown smear kind {kind!r}; expected one of {', '.join(Smear.Kind.values)}.")
-    signed_out_at, cancelled_at = Case.objects.filter(pk=case.pk).values_list("signed_out_at", "cancelled_at").get()
-    if signed_out_at:
-        raise CaseLocked(f"Case {case.accession_number} is signed out; it takes no more smears.")
-    if cancelled_at:
-        raise CaseLocked(f"Case {case.accession_number} was cancelled; it takes no smears.")
+    check_takes_smears(case)
     checked, rejected = [], []
     for upload in uploads:
         name = upload.name or "(unnamed file)"

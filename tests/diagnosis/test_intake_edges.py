@@ -38,6 +38,21 @@ def test_the_upload_page_of_a_signed_out_case_says_so_before_files_are_chosen(si
     assert "takes no more smears" in response.content.decode()
 
 
+def test_the_upload_page_of_a_cancelled_case_says_what_the_upload_itself_would(case, tech_client, technician):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from diagnosis import services
+    from tests.portal_testutils import image_bytes
+
+    services.cancel_case(case, technician, "Opened for the wrong patient.")
+    response = tech_client.get(reverse("diagnosis:smear_upload", args=[case.pk]), follow=True)
+    assert response.redirect_chain[-1][0] == case.get_absolute_url()
+    with pytest.raises(services.CaseLocked) as refusal:
+        services.add_smears(case, [SimpleUploadedFile("field.png", image_bytes())], technician, kind="field")
+    assert str(refusal.value) == f"Case {case.accession_number} was cancelled; it takes no smears."
+    assert str(refusal.value) in response.content.decode()
+
+
 def test_a_case_whose_cells_wait_for_the_screen_says_so_not_0_of_0(smear_factory, tech_client, case):
     smear_factory(kind="cell")  # queued
     page = tech_client.get(case.get_absolute_url()).content.decode()
