@@ -1,6 +1,7 @@
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.account.models import EmailAddress
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 
@@ -101,6 +102,21 @@ def vouch_for_address(sender, instance, created, **kwargs):
     if not created or kwargs.get("raw") or getattr(instance, "_signed_up", False) or not instance.email:
         return  # raw: loaddata (a restore) brings the account's own address records
     vouch_for(instance)
+
+
+def vouch_for_unrecorded_addresses():
+    """Migration accounts.0009's rule for rows that come from before it (a restored older backup, which the
+    migration never saw): each account with an address but no allauth record gets it as confirmed and primary,
+    unless another account holds it confirmed (left for an administrator). Returns how many were recorded."""
+    User = get_user_model()
+    recorded = 0
+    for user in User.objects.filter(emailaddress__isnull=True).exclude(email=""):
+        if EmailAddress.objects.filter(email__iexact=user.email, verified=True).exists():
+            continue
+        EmailAddress.objects.filter(email__iexact=user.email, verified=False).delete()
+        EmailAddress.objects.create(user=user, email=user.email, verified=True, primary=True)
+        recorded += 1
+    return recorded
 
 
 def vouch_for(user):

@@ -68,6 +68,7 @@ def restore_portal(src, *, unsigned=False):
                     raise BackupError(f"{DATABASE_FILE} could not be loaded ({exc}); nothing was restored. Restore "
                                       f"with the portal version that made the backup, then upgrade.") from exc
                 check_row_counts(manifest["row_counts"])
+                notes += replay_data_rules(manifest["migrations"])
                 for relative, entry in entries:
                     target = media_root / relative
                     try:
@@ -107,6 +108,31 @@ def check_migrations(backup_state):
     ahead = [f"{app} ({name} > {backup_state[app]})" for app, name in migration_state(loader).items()
              if app in backup_state and name > backup_state[app]]
     return [f"The database is migrated further than the backup: {', '.join(ahead)}."] if ahead else []
+
+
+#: Data migrations whose rule the restore applies to rows from a backup made before them (loaddata brings the
+#: rows as they were; the migration ran on this database when it was empty). Each: (app, first migration name that
+#: has the rule, function of no arguments returning how many rows it changed, what the note says it did).
+REPLAYED_DATA_RULES = [
+    ("accounts", "0009_vouch_for_admin_made_addresses", "accounts.adapter.vouch_for_unrecorded_addresses",
+     "account(s) without a record of their address got it as confirmed and primary (migration accounts.0009)"),
+]
+
+
+def replay_data_rules(backup_state):
+    """Apply REPLAYED_DATA_RULES newer than the backup to the loaded rows (inside the restore's transaction);
+    returns notes for those that changed anything. (Migration accounts.0008's encryption of two-factor secrets is
+    not replayed: a backup holding clear secrets is refused before loading, checking.py.)"""
+    from django.utils.module_loading import import_string
+
+    notes = []
+    for app, migration, rule, what in REPLAYED_DATA_RULES:
+        if backup_state.get(app, "") >= migration:
+            continue
+        changed = import_string(rule)()
+        if changed:
+            notes.append(f"The backup predates {app}.{migration.split('_')[0]}: {changed} {what}.")
+    return notes
 
 
 def check_empty_portal():
