@@ -110,12 +110,16 @@ NEW_SUBFILE_TYPE = 254  # TIFF tag; bit 0 set: "a reduced-resolution version of 
 #: Pillow builds an object per piece when it opens a page (a page listing 3 million took 17.8 s and 2.1 GB).
 MAX_TIFF_PIECES = 200_000
 _TIFF_PIECE_TAGS = (273, 324)  # StripOffsets, TileOffsets
+#: SubIFDs: pages hung below a page (raw and DNG files keep their full image there). The portal would show, classify
+#: and sign the first page while the stored original carried other images nobody saw.
+_TIFF_SUB_IMAGES_TAG = 330
 
 
 def _tiff_pieces_problem(upload):
     """Read the TIFF's page directories (at most MAX_TIFF_PAGES + 1) before Pillow does, and say why the file is
-    refused when a page lists more than MAX_TIFF_PIECES strips or tiles; None when it does not, or when the file is
-    not a TIFF this reader follows (Pillow then judges it). Classic TIFF and BigTIFF, either byte order."""
+    refused when a page lists more than MAX_TIFF_PIECES strips or tiles or hangs sub-images below it (SubIFDs, which
+    Pillow's page count does not see); None when neither, or when the file is not a TIFF this reader follows (Pillow
+    then judges it). Classic TIFF and BigTIFF, either byte order."""
     import struct
 
     upload.seek(0)
@@ -148,6 +152,9 @@ def _tiff_pieces_problem(upload):
             entry = table[i * entry_size:(i + 1) * entry_size]
             tag = struct.unpack(order + "H", entry[:2])[0]
             count = struct.unpack(order + offset_format, entry[4:4 + offset_size])[0]
+            if tag == _TIFF_SUB_IMAGES_TAG and count:
+                return ("the TIFF holds further images below its pages (SubIFDs, as raw and DNG files do); only a "
+                        "single image is accepted: export the field as a plain TIFF, PNG or JPEG.")
             if tag in _TIFF_PIECE_TAGS and count > MAX_TIFF_PIECES:
                 return (f"a page of the TIFF is cut into {count:,} strips or tiles (at most {MAX_TIFF_PIECES:,} are "
                         "accepted); save the image again with the camera's or an image program's usual settings.")

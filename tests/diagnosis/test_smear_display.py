@@ -338,8 +338,9 @@ def test_a_tiff_of_many_pages_is_refused_without_walking_them_all():
     assert time.perf_counter() - started < 2
 
 
-def tiff_listing_strips(n, width=600, height=600):
-    """A one-page RGB TIFF whose StripOffsets/StripByteCounts list ``n`` strips (one per row, repeated)."""
+def tiff_listing_strips(n, width=600, height=600, sub_images=False):
+    """A one-page RGB TIFF whose StripOffsets/StripByteCounts list ``n`` strips (one per row, repeated);
+    sub_images: the page also names a SubIFD (here its own directory: only the tag matters to the check)."""
     import struct
 
     out = bytearray(b"II*\x00" + struct.pack("<I", 0))
@@ -354,6 +355,8 @@ def tiff_listing_strips(n, width=600, height=600):
     directory = len(out)
     entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, bits), (259, 3, 1, 1), (262, 3, 1, 2),
                (273, 4, n, offsets), (277, 3, 1, 3), (278, 4, 1, 1), (279, 4, n, counts)]
+    if sub_images:
+        entries.append((330, 4, 1, directory))
     out += struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
         out += (struct.pack("<HHIHH", tag, kind, count, value, 0) if kind == 3 and count == 1
@@ -373,6 +376,14 @@ def test_a_tiff_page_cut_into_millions_of_strips_is_refused_before_pillow_reads_
     with pytest.raises(services.RejectedImage, match="cut into 300,000 strips or tiles"):
         services.check_image(upload("hostile.tif", tiff_listing_strips(300_000)))
     assert time.perf_counter() - started < 1
+
+
+def test_a_tiff_with_images_hidden_below_its_page_is_refused():
+    """Sub-images (SubIFDs) are not pages: Pillow counts one image, and the portal would have shown, classified and
+    signed it while the stored original carried others nobody saw."""
+    assert services.check_image(upload("plain.tif", tiff_listing_strips(600))).width == 600
+    with pytest.raises(services.RejectedImage, match="further images below its pages"):
+        services.check_image(upload("raw.tif", tiff_listing_strips(600, sub_images=True)))
 
 
 def test_a_preview_must_be_a_real_reduction_and_must_decode():
