@@ -181,6 +181,10 @@ elif "mysql" in _db["ENGINE"]:
         {"charset": "utf8mb4", "init_command": "SET sql_mode='STRICT_TRANS_TABLES'"}
     )
     _db["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+    # W036 "MariaDB does not support unique constraints with conditions": allauth's three are enforced there by
+    # unique indexes on generated columns (migration accounts.0011); tests/accounts/test_unique_in_the_database.py
+    # fails when a model gains a conditional constraint that migration does not cover.
+    SILENCED_SYSTEM_CHECKS = ["models.W036"]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
