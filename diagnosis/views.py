@@ -211,8 +211,9 @@ class SmearFileView(RolePermissionRequiredMixin, View):
 
     The smear image itself is shown in the browser as the model reads it
     (services.displayed_image): its stored bytes where a browser shows the
-    same pixels, otherwise a PNG rendition kept after the first view (404 when
-    the stored file no longer decodes). ``?original=1`` downloads the stored
+    same pixels, otherwise its kept PNG rendition (made by the worker, or now
+    for a smear stored before it did; 404 when the stored file no longer
+    decodes). ``?original=1`` downloads the stored
     file untouched, whatever its format, and the case's audit trail records
     who downloaded it."""
 

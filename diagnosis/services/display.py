@@ -145,6 +145,15 @@ def prepare_displayed_image(smear):
         return False
 
 
+def record_original_download(smear, user):
+    """A smear's stored file left the portal as a download (``?original=1``): its case's audit trail says who took
+    which file when, as the exports page records who took zips of images. Viewing it in the page is not recorded."""
+    return record_event(smear.case, AuditEvent.Action.ORIGINAL_DOWNLOADED, actor=user, smear=smear,
+                        new_value=smear.original_filename,
+                        detail=f"Original file of smear {smear.pk} ({smear.image_format or 'unknown format'}) "
+                               "downloaded")
+
+
 # --- Thumbnails made before they followed the model's reading ----------------------------------------------
 
 EXIF_ORIENTATION = 0x0112
@@ -172,11 +181,3 @@ def rebuild_thumbnail(smear):
     if old:
         field.storage.delete(old)
 
-
-def record_original_download(smear, user):
-    """A smear's stored file left the portal as a download (``?original=1``): its case's audit trail says who took
-    which file when, as the exports page records who took zips of images. Viewing it in the page is not recorded."""
-    return record_event(smear.case, AuditEvent.Action.ORIGINAL_DOWNLOADED, actor=user, smear=smear,
-                        new_value=smear.original_filename,
-                        detail=f"Original file of smear {smear.pk} ({smear.image_format or 'unknown format'}) "
-                               "downloaded")
