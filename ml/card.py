@@ -28,7 +28,7 @@ def train_command(config: dict) -> str:
                 "crop_prob", "crop_scale", "jpeg_prob", "downscale_prob", "affine_fill", "scale_jitter", "input_norm", "framing",
                 "min_epochs",
                 "threshold", "factor", "patience", "stop_patience", "pretrained_weights",
-                "init_weights", "teacher", "distill_alpha", "distill_temperature"):
+                "init_weights", "teacher", "distill_alpha", "distill_temperature", "ema_decay"):
         value = config.get(key)
         if key == "manifest" or (value is not None and value != getattr(defaults, key)):
             shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value  # --teacher A.pt B.pt
@@ -183,6 +183,10 @@ def lineage(config: dict, ancestors: dict | None = None, own_versions: tuple = (
                      f"at T = {config.get('distill_temperature')}. The soft labels were computed on training images "
                      "only (mean over the 8 flips and 90° rotations). Teachers and student used the validation split "
                      "only for learning-rate decisions and temperature fitting; none ever saw a test image.")
+    if config.get("ema_decay"):
+        lines.append(f"- Weight averaging: the shipped weights are an exponential moving average of the weights along "
+                     f"the run (decay {config['ema_decay']} per optimiser step), not the last or best raw weights; "
+                     "the average was validated each epoch beside them.")
     return lines
 
 

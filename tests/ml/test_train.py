@@ -186,3 +186,12 @@ def test_an_ema_run_ships_the_averaged_weights_and_validates_them_each_epoch(tmp
         "the shipped weights are the raw ones, not their average"
     assert all("ema_val_acc" in epoch for epoch in shipped["training"]["history"])
     assert "EMA val loss" in (tmp_path / "ema" / "train.log").read_text()
+
+
+def test_the_card_says_the_shipped_weights_are_an_average_and_its_command_asks_for_one():
+    from ml.card import lineage, train_command
+
+    config = {"data": "d", "arch": "a", "out": "o", "manifest": "m.csv", "ema_decay": 0.995}
+    assert "--ema-decay 0.995" in train_command(config)
+    assert any("exponential moving average" in line for line in lineage(config))
+    assert not any("moving average" in line for line in lineage({**config, "ema_decay": 0.0}))
