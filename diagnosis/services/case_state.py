@@ -1,7 +1,10 @@
 """A case's state: its status and suggested stage recomputed from its smears
 (refresh_case), and the lock every writer of a case takes first
-(lock_open_case). Imports models, notifications, formatting and errors only."""
+(lock_open_case), and the review version every change to what a sign-out signs
+moves on (bump_case_version). Imports models, notifications, formatting and
+errors only."""
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from .. import notifications
@@ -24,6 +27,15 @@ def lock_open_case(case):
             "changes now go through an addendum."
         )
     return locked
+
+
+def bump_case_version(case):
+    """Move the case's review_version on: called under the case row lock by every change that alters what a
+    sign-out would sign (a smear's review or assessability, the draft final stage or comment, the case's or its
+    patient's data), so that a finalize
+    form shown before it is refused (check_case_version). `case` is the locked instance; it is kept in step."""
+    Case.objects.filter(pk=case.pk).update(review_version=F("review_version") + 1)
+    case.review_version += 1
 
 
 def refresh_case(case):

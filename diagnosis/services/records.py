@@ -6,9 +6,8 @@ from django.utils import timezone
 
 from ..models import AuditEvent, Case
 from .audit import record_event
-from .case_state import lock_open_case
+from .case_state import bump_case_version, lock_open_case
 from .errors import ReviewError
-from .review import bump_case_version
 from .text import check_length
 
 

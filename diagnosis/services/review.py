@@ -1,25 +1,15 @@
 """Pathologist review before sign-out: confirm or reclassify a smear, mark it
 (not) assessable, confirm all remaining, and set the final stage."""
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from ..formatting import person_name
 from ..models import REVIEW_COMMENT_MAX_LENGTH, REVIEW_REASON_MAX_LENGTH, AuditEvent, Case, Smear
 from ..selectors import confirmable_smears, label_display, labels_for_case, labels_for_smear
 from .audit import record_event
-from .case_state import _refresh_case_by_id, lock_open_case
+from .case_state import _refresh_case_by_id, bump_case_version, lock_open_case
 from .errors import ReviewConflict, ReviewError
 from .text import check_length
-
-
-def bump_case_version(case):
-    """Move the case's review_version on: called under the case row lock by every change that alters what a
-    sign-out would sign (a smear's review or assessability, the draft final stage or comment, the case's or its
-    patient's data), so that a finalize
-    form shown before it is refused (check_case_version). `case` is the locked instance; it is kept in step."""
-    Case.objects.filter(pk=case.pk).update(review_version=F("review_version") + 1)
-    case.review_version += 1
 
 
 def check_case_version(case, expected_version, *, nothing_was):

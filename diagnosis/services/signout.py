@@ -9,10 +9,10 @@ from ..formatting import person_name
 from ..models import ADDENDUM_MAX_LENGTH, AuditEvent, Case, CaseAddendum, Smear
 from ..selectors import labels_for_case, screening_summary_text
 from .audit import record_event
-from .case_state import lock_open_case
+from .case_state import bump_case_version, lock_open_case
 from .classification import close_pending_heatmaps
 from .errors import ReviewError
-from .review import apply_final_stage, bump_case_version, check_case_version
+from .review import apply_final_stage, check_case_version
 from .text import check_length
 
 
