@@ -385,30 +385,43 @@ def model_versions_in_use(task):
     )
 
 
+def _same_image_as_outer():
+    """The smear's image as the same bytes (sha256) or the same picture in other bytes (pixels_sha256, where both
+    have one: smears stored before it existed have none until `manage.py hash_smear_pixels`)."""
+    return Q(sha256=OuterRef("sha256")) | (Q(pixels_sha256=OuterRef("pixels_sha256")) & ~Q(pixels_sha256=""))
+
+
 def _in_another_patients_case():
-    """A smear's exact image (sha256) stands in a case of another patient: most often a wrong-patient upload."""
-    return Exists(Smear.objects.filter(sha256=OuterRef("sha256")).exclude(case__patient=OuterRef("case__patient")))
+    """A smear's image stands in a case of another patient: most often a wrong-patient upload."""
+    return Exists(Smear.objects.filter(_same_image_as_outer()).exclude(case__patient=OuterRef("case__patient")))
 
 
-def other_cases_with_images(sha256s, besides) -> dict:
-    """{sha256: [Case, ...]}: the cases other than ``besides`` that hold each of these exact images (their
-    patients loaded), oldest upload first. Read at upload (the technician's warning) and on the case's pages."""
+def other_cases_with_images(keys, besides) -> dict:
+    """{sha256: [Case, ...]}: for each (sha256, pixels_sha256) of ``keys``, the cases other than ``besides`` that
+    hold the same image, as the same bytes or the same pixels (their patients loaded), oldest upload first. Read
+    at upload (the technician's warning) and on the case's pages."""
+    keys = list(keys)
+    by_bytes = {sha256: sha256 for sha256, _ in keys}
+    by_pixels = {pixels: sha256 for sha256, pixels in keys if pixels}
     found = {}
-    others = (Smear.objects.filter(sha256__in=list(sha256s)).exclude(case=besides)
-              .select_related("case__patient").order_by("pk"))
+    others = (Smear.objects.filter(Q(sha256__in=list(by_bytes)) | Q(pixels_sha256__in=list(by_pixels)))
+              .exclude(case=besides).select_related("case__patient").order_by("pk"))
     for smear in others:
-        found.setdefault(smear.sha256, []).append(smear.case)
+        for key in {by_bytes.get(smear.sha256), by_pixels.get(smear.pixels_sha256) if smear.pixels_sha256 else None}:
+            if key is not None and smear.case not in found.setdefault(key, []):
+                found[key].append(smear.case)
     return found
 
 
 def images_in_other_patients_cases(case) -> dict:
-    """{smear id: ["ACC-0002 (patient P-0002)", ...]} for the smears of ``case`` whose exact image is also in a
-    case of another patient: shown on the smear until someone looks (the upload's warning reached only the
+    """{smear id: ["ACC-0002 (patient P-0002)", ...]} for the smears of ``case`` whose image (the same bytes or
+    the same pixels) is also in a case of another patient: shown on the smear until someone looks (the upload's warning reached only the
     technician)."""
-    mine = dict(case.smears.values_list("sha256", "pk"))
+    mine = {sha256: (pk, pixels) for pk, sha256, pixels in case.smears.values_list("pk", "sha256", "pixels_sha256")}
     found = {}
-    for sha256, cases in other_cases_with_images(mine, besides=case).items():
+    keys = [(sha256, pixels) for sha256, (_, pixels) in mine.items()]
+    for sha256, cases in other_cases_with_images(keys, besides=case).items():
         names = [f"{c.accession_number} (patient {c.patient.lab_id})" for c in cases if c.patient_id != case.patient_id]
         if names:
-            found[mine[sha256]] = names
+            found[mine[sha256][0]] = names
     return found

@@ -55,6 +55,10 @@ class Smear(models.Model):
     # made on first view and kept (services.display); empty for images shown as stored.
     display_image = models.FileField(upload_to=display_upload_to, max_length=255, blank=True, editable=False)
     sha256 = models.CharField(max_length=64, db_index=True)
+    #: sha256 of the picture as the model reads it (8-bit RGB, orientation applied, with its size:
+    #: services.intake.pixels_sha256): the same picture in other bytes (another format, other TIFF preview pages)
+    #: has the same. Empty for smears stored before it existed until `manage.py hash_smear_pixels` fills it.
+    pixels_sha256 = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     image_format = models.CharField(max_length=8)

@@ -18,7 +18,7 @@ from django.core.files.base import ContentFile
 
 from ..models import IMAGE_FORMAT_FILES, AuditEvent, Smear
 from .audit import record_event
-from .intake import DECODE_ERRORS, thumbnail_jpeg
+from .intake import DECODE_ERRORS, model_reading, pixels_sha256, thumbnail_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -181,3 +181,14 @@ def rebuild_thumbnail(smear):
     if old:
         field.storage.delete(old)
 
+
+
+def hash_pixels(smear):
+    """Fill the smear's pixels_sha256 (smears stored before it existed have none) from its stored image, as the
+    upload computes it. Raises NotDisplayable when the stored image is missing or no longer decodes."""
+    with _reading_stored(smear), smear.image.open("rb") as handle, _open_stored(smear, handle) as image:
+        image.load()
+        digest = pixels_sha256(model_reading(image))
+    Smear.objects.filter(pk=smear.pk).update(pixels_sha256=digest)  # not a change to the smear: updated_at stays
+    smear.pixels_sha256 = digest
+    return digest

@@ -39,6 +39,7 @@ class CheckedImage:
     image_format: str
     size_bytes: int
     thumbnail_jpeg: bytes
+    pixels_sha256: str = ""
 
 
 def _human_bytes(n):
@@ -227,16 +228,36 @@ def _check_single_frame(img):
         )
 
 
-def thumbnail_jpeg(img):
-    """The JPEG thumbnail of a decoded image, made from the pixels as the model reads them (ml.runtime.images:
-    EXIF orientation applied, 16-bit rescaled, alpha over white), so it looks like the image the model judged."""
+def model_reading(img):
+    """The decoded image as the model reads it (ml.runtime.images.load_image: EXIF orientation applied, 8-bit
+    RGB, 16-bit rescaled, alpha over white)."""
     from ml.runtime.images import load_image  # here: the web process loads ml.runtime only when it needs it
 
-    thumb = load_image(img)
+    return load_image(img)
+
+
+def thumbnail_jpeg(img, *, read=False):
+    """The JPEG thumbnail of a decoded image, made from the pixels as the model reads them, so it looks like the
+    image the model judged; ``read``: ``img`` is already model_reading's output."""
+    thumb = img.copy() if read else model_reading(img)
     thumb.thumbnail(THUMBNAIL_SIZE)
     buf = io.BytesIO()
     thumb.save(buf, "JPEG", quality=85)
     return buf.getvalue()
+
+
+#: Rows hashed at a time: a 40-megapixel field is hashed without a second full copy of its pixels.
+_PIXEL_ROWS = 256
+
+
+def pixels_sha256(read):
+    """sha256 of model_reading's output (an 8-bit RGB image) and its size: one picture saved as other bytes (PNG and
+    TIFF of the same field, a TIFF with other preview pages) has one. Compared to find the same picture twice."""
+    width, height = read.size
+    digest = hashlib.sha256(f"RGB {width}x{height}\n".encode())
+    for top in range(0, height, _PIXEL_ROWS):
+        digest.update(read.crop((0, top, width, min(height, top + _PIXEL_ROWS))).tobytes())
+    return digest.hexdigest()
 
 
 def check_image(upload):
@@ -275,7 +296,10 @@ def check_image(upload):
             upload.seek(0)
             with Image.open(upload, formats=list(ALLOWED_FORMATS)) as img:
                 img.load()  # decodes every pixel (first frame of an MPO): truncated data fails here
-                thumbnail = thumbnail_jpeg(img)
+                read = model_reading(img)  # may be img itself: used before the file is closed
+                pixels = pixels_sha256(read)
+                thumbnail = thumbnail_jpeg(read, read=True)
+                del read
     except RejectedImage:
         raise
     except Image.UnidentifiedImageError:
@@ -302,6 +326,7 @@ def check_image(upload):
         image_format=ALLOWED_FORMATS[fmt],
         size_bytes=size,
         thumbnail_jpeg=thumbnail,
+        pixels_sha256=pixels,
     )
 
 
@@ -360,11 +385,12 @@ def add_smears(case, uploads, user, *, kind):
 
 
 def _already_elsewhere(case, images) -> dict:
-    """{sha256: warning} for images whose exact bytes are already in another case: the same image under two
-    patients is most often a wrong-patient upload. Kept, not refused (a case may be opened again as a new one),
+    """{sha256: warning} for images already in another case, as the same bytes or the same pixels
+    (other_cases_with_images): the same image under two patients is most often a wrong-patient upload. Kept, not refused (a case may be opened again as a new one),
     but said at once and written in the upload's audit entry."""
     said = {}
-    for sha256, cases in other_cases_with_images([image.sha256 for image in images], besides=case).items():
+    keys = [(image.sha256, image.pixels_sha256) for image in images]
+    for sha256, cases in other_cases_with_images(keys, besides=case).items():
         where = "; ".join(f"case {c.accession_number} of patient {c.patient.lab_id}" for c in cases[:3])
         where += f" and {len(cases) - 3} more" if len(cases) > 3 else ""
         other_patient = any(c.patient_id != case.patient_id for c in cases)
@@ -381,14 +407,23 @@ def _store(case, user, kind, checked, rejected, batch):
     accepted, elsewhere = [], []
     with transaction.atomic():
         locked = lock_open_case(case)  # signed out or cancelled since add_smears looked: refused
-        seen = dict(Smear.objects.filter(case=locked).values_list("sha256", "original_filename"))
+        seen, seen_pixels = {}, {}
+        for sha256, pixels, stored_name in Smear.objects.filter(case=locked).values_list(
+                "sha256", "pixels_sha256", "original_filename"):
+            seen[sha256] = stored_name
+            if pixels:
+                seen_pixels[pixels] = stored_name
         unique = []
         for image in checked:
             name = image.upload.name or "(unnamed file)"
             if image.sha256 in seen:
                 rejected.append((name, _duplicate_reason(seen[image.sha256])))
+            elif image.pixels_sha256 and image.pixels_sha256 in seen_pixels:
+                rejected.append((name, _duplicate_reason(seen_pixels[image.pixels_sha256], other_bytes=True)))
             else:
                 seen[image.sha256] = name
+                if image.pixels_sha256:
+                    seen_pixels[image.pixels_sha256] = name
                 unique.append(image)
         for name, reason in rejected:
             _record_rejected(locked, user, name, reason)
@@ -399,6 +434,7 @@ def _store(case, user, kind, checked, rejected, batch):
                 case=locked,
                 kind=kind,
                 sha256=image.sha256,
+                pixels_sha256=image.pixels_sha256,
                 width=image.width,
                 height=image.height,
                 image_format=image.image_format,
@@ -442,10 +478,11 @@ def _record_rejected(case, user, name, reason):
     record_event(case, AuditEvent.Action.UPLOAD_REJECTED, actor=user, detail=f"{name}: {reason}")
 
 
-def _duplicate_reason(existing_name):
+def _duplicate_reason(existing_name, other_bytes=False):
+    picture = "the same picture, pixel for pixel (saved as another file)," if other_bytes else "the same image"
     if existing_name:
-        return f"the same image is already in this case (as “{existing_name}”)."
-    return "the same image is already in this case."
+        return f"{picture} is already in this case (as “{existing_name}”)."
+    return f"{picture} is already in this case."
 
 
 def _delete_files(smear):
