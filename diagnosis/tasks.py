@@ -89,19 +89,32 @@ def classify_claimed(smears):
     for prediction in predictions.values():
         if prediction.in_domain:
             services.enqueue_heatmap(prediction)
-    for smear in smears:
-        if outcomes.get(smear.pk) == "done":
-            prepare_display(smear)
+    prepare_displays([smear for smear in smears if outcomes.get(smear.pk) == "done"])
     return outcomes
 
 
-def prepare_display(smear):
-    """The browser's rendition of a TIFF (or 16-bit, transparent, CMYK) smear, made here rather than in the web
-    process on its first view; a failure is logged and the view makes it later."""
-    try:
-        services.prepare_displayed_image(smear)
-    except Exception:  # the prediction is stored; nothing here may undo or fail it
-        logger.exception("Smear %s: its display rendition could not be made now; the first view will try", smear.pk)
+#: Seconds a classification task spends on renditions after its predictions (a 40-megapixel TIFF takes ~5 s); the
+#: rest are made on first view. Keeps a batch of large TIFFs well inside the task's time limit.
+RENDITION_BUDGET_S = 30
+
+
+def prepare_displays(smears):
+    """The browser's renditions of TIFF (or 16-bit, transparent, CMYK) smears, made here rather than in the web
+    process on their first view, within RENDITION_BUDGET_S; a failure is logged and the view makes it later.
+    The predictions are stored: nothing here may undo or fail them."""
+    started = time.perf_counter()
+    for smear in smears:
+        if time.perf_counter() - started > RENDITION_BUDGET_S:
+            logger.info("Renditions of smears from %s on left to their first view (time budget spent)", smear.pk)
+            return
+        try:
+            services.prepare_displayed_image(smear)
+        except SoftTimeLimitExceeded:
+            logger.warning("Soft time limit reached while making renditions; the rest are left to their first view")
+            return
+        except Exception:
+            logger.exception("Smear %s: its display rendition could not be made now; the first view will try",
+                             smear.pk)
 
 
 def _fail_unfinished(smears, outcomes, reason, transient=False):

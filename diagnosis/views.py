@@ -235,7 +235,8 @@ class SmearFileView(RolePermissionRequiredMixin, View):
             extension, content_type = IMAGE_FORMAT_FILES.get(smear.image_format, (".img", "application/octet-stream"))
             response = private_file_response(file, filename=f"{stem}{extension}", content_type=content_type,
                                              as_attachment=True)  # 404 before anything is recorded if it is lost
-            services.record_original_download(smear, request.user)
+            if request.method == "GET":  # a HEAD request (Django answers it with get) takes no bytes away
+                services.record_original_download(smear, request.user)
             return response
         try:
             shown = services.displayed_image(smear)

@@ -341,8 +341,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         adjuster.load_state_dict(state["adjuster"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
+        if ema is not None:  # a checkpoint of a run without the average starts it from the weights resumed
+            ema.module.load_state_dict(state.get("ema") or state["model"])
         history, start_epoch, elapsed = state["history"], state["epoch"] + 1, state["elapsed"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
@@ -409,14 +409,16 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                    checkpoint_path.with_suffix(".tmp"))
         os.replace(checkpoint_path.with_suffix(".tmp"), checkpoint_path)  # atomic: a kill never leaves half a file
 
+    shipped_epoch = adjuster.best_epoch
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())  # the averaged weights are the model
-        log("shipping the EMA weights")
+        shipped_epoch = len(history) - 1  # the average as it stood after the last epoch
+        log("shipping the EMA weights (the average after the last epoch)")
     else:
         adjuster.restore_best(model)
     temperature = fit_temperature(*collect_logits(model, val_loader), log=log) if len(val_set) else 1.0
-    log(f"training done in {elapsed / 60:.1f} min; best epoch {adjuster.best_epoch}; temperature {temperature:.3f}")
-    return save_model(out / "model.pt", model, config, classes, temperature, history, elapsed, adjuster.best_epoch)
+    log(f"training done in {elapsed / 60:.1f} min; shipped epoch {shipped_epoch}; temperature {temperature:.3f}")
+    return save_model(out / "model.pt", model, config, classes, temperature, history, elapsed, shipped_epoch)
 
 
 def export(run_dir: str | Path) -> Path:

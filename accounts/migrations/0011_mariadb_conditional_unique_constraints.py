@@ -41,17 +41,29 @@ def add(apps, schema_editor):
             if found:
                 raise RuntimeError(f"The database holds {what} ({', '.join(found[:5])}): resolve it in the admin "
                                    f"(remove the extra record), then migrate again.")
+    # Not atomic on MariaDB: each step is skipped when a run that failed half-way already made it.
     for table, column, definition, index, columns in GENERATED:
-        schema_editor.execute(f"ALTER TABLE `{table}` ADD COLUMN `{column}` {definition}")
-        schema_editor.execute(f"CREATE UNIQUE INDEX `{index}` ON `{table}` ({columns})")
+        if not _exists(schema_editor, "COLUMNS", table, "COLUMN_NAME", column):
+            schema_editor.execute(f"ALTER TABLE `{table}` ADD COLUMN `{column}` {definition}")
+        if not _exists(schema_editor, "STATISTICS", table, "INDEX_NAME", index):
+            schema_editor.execute(f"CREATE UNIQUE INDEX `{index}` ON `{table}` ({columns})")
+
+
+def _exists(schema_editor, view, table, name_column, name):
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM information_schema.{view} WHERE TABLE_SCHEMA = DATABASE() "
+                       f"AND TABLE_NAME = %s AND {name_column} = %s", [table, name])
+        return cursor.fetchone()[0] > 0
 
 
 def remove(apps, schema_editor):
     if schema_editor.connection.vendor != "mysql":
         return
     for table, column, _definition, index, _columns in GENERATED:
-        schema_editor.execute(f"DROP INDEX `{index}` ON `{table}`")
-        schema_editor.execute(f"ALTER TABLE `{table}` DROP COLUMN `{column}`")
+        if _exists(schema_editor, "STATISTICS", table, "INDEX_NAME", index):
+            schema_editor.execute(f"DROP INDEX `{index}` ON `{table}`")
+        if _exists(schema_editor, "COLUMNS", table, "COLUMN_NAME", column):
+            schema_editor.execute(f"ALTER TABLE `{table}` DROP COLUMN `{column}`")
 
 
 class Migration(migrations.Migration):

@@ -147,9 +147,8 @@ def _tiff_pieces_problem(upload):
         if entries > 4096:  # a page directory lists a few dozen tags
             return f"a page of the TIFF lists {entries:,} tags; the file is refused as damaged or hostile."
         table = upload.read(entries * entry_size + offset_size)
-        if len(table) < entries * entry_size + offset_size:
-            return None
-        for i in range(entries):
+        # A directory cut short is still read as far as it goes: Pillow opens such a page with the tags it has.
+        for i in range(min(entries, len(table) // entry_size)):
             entry = table[i * entry_size:(i + 1) * entry_size]
             tag = struct.unpack(order + "H", entry[:2])[0]
             count = struct.unpack(order + offset_format, entry[4:4 + offset_size])[0]
@@ -159,6 +158,8 @@ def _tiff_pieces_problem(upload):
             if tag in _TIFF_PIECE_TAGS and count > MAX_TIFF_PIECES:
                 return (f"a page of the TIFF is cut into {count:,} strips or tiles (at most {MAX_TIFF_PIECES:,} are "
                         "accepted); save the image again with the camera's or an image program's usual settings.")
+        if len(table) < entries * entry_size + offset_size:
+            return None  # no complete link to a next page: Pillow judges the rest
         offset = struct.unpack(order + offset_format, table[entries * entry_size:])[0]
     return None
 
@@ -238,8 +239,9 @@ def model_reading(img):
 
 def thumbnail_jpeg(img, *, read=False):
     """The JPEG thumbnail of a decoded image, made from the pixels as the model reads them, so it looks like the
-    image the model judged; ``read``: ``img`` is already model_reading's output."""
-    thumb = img.copy() if read else model_reading(img)
+    image the model judged; ``read``: ``img`` is already model_reading's output, and is shrunk in place (no second
+    full-size copy in the web process)."""
+    thumb = img if read else model_reading(img)
     thumb.thumbnail(THUMBNAIL_SIZE)
     buf = io.BytesIO()
     thumb.save(buf, "JPEG", quality=85)
@@ -298,7 +300,7 @@ def check_image(upload):
                 img.load()  # decodes every pixel (first frame of an MPO): truncated data fails here
                 read = model_reading(img)  # may be img itself: used before the file is closed
                 pixels = pixels_sha256(read)
-                thumbnail = thumbnail_jpeg(read, read=True)
+                thumbnail = thumbnail_jpeg(read, read=True)  # shrinks read: hashed first
                 del read
     except RejectedImage:
         raise

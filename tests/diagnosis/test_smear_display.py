@@ -384,6 +384,12 @@ def test_a_tiff_with_images_hidden_below_its_page_is_refused():
     assert services.check_image(upload("plain.tif", tiff_listing_strips(600))).width == 600
     with pytest.raises(services.RejectedImage, match="further images below its pages"):
         services.check_image(upload("raw.tif", tiff_listing_strips(600, sub_images=True)))
+    # Review of the change: a directory cut short (its link to a next page missing) hid its tags from the check,
+    # and Pillow opens such a page all the same.
+    with pytest.raises(services.RejectedImage, match="further images below its pages"):
+        services.check_image(upload("cut.tif", tiff_listing_strips(600, sub_images=True)[:-4]))
+    with pytest.raises(services.RejectedImage, match="cut into 300,000 strips or tiles"):
+        services.check_image(upload("cut-strips.tif", tiff_listing_strips(300_000)[:-4]))
 
 
 def test_a_preview_must_be_a_real_reduction_and_must_decode():
@@ -557,3 +563,35 @@ def test_a_rendition_the_worker_cannot_make_leaves_the_prediction_stored(smear_f
     assert tasks.classify_smear(smear.pk) == "done"
     smear.refresh_from_db()
     assert smear.status == "done" and smear.prediction.label == "Pre" and not smear.display_image
+
+
+
+def test_renditions_stop_at_the_task_budget_and_at_the_soft_time_limit(smear_factory, monkeypatch):
+    """Review of the change: a batch of 40-megapixel TIFFs (~5 s each) could outlast the classification task's
+    time limit, and the soft limit was swallowed like any failure."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from diagnosis import tasks
+
+    smears = [store_as(smear_factory(status="done"), encoded(smear_picture(), "TIFF"), "TIFF", f"f{i}.tif")
+              for i in range(3)]
+    made = []
+    monkeypatch.setattr(tasks.services, "prepare_displayed_image", lambda smear: made.append(smear.pk))
+    monkeypatch.setattr(tasks, "RENDITION_BUDGET_S", -1)  # spent before the first
+    tasks.prepare_displays(smears)
+    assert made == []
+
+    def soft_limit_on_second(smear):
+        made.append(smear.pk)
+        if len(made) == 2:
+            raise SoftTimeLimitExceeded()
+    monkeypatch.setattr(tasks, "RENDITION_BUDGET_S", 30)
+    monkeypatch.setattr(tasks.services, "prepare_displayed_image", soft_limit_on_second)
+    tasks.prepare_displays(smears)
+    assert made == [smears[0].pk, smears[1].pk]
+
+
+def test_a_head_request_for_the_original_records_no_download(path_client, smear_factory, case):
+    smear = store_as(smear_factory(status="done"), encoded(smear_picture(), "TIFF"), "TIFF", "field.tif")
+    assert path_client.head(image_url(smear, original=True)).status_code == 200
+    assert not case.audit_events.filter(action="original_download").exists()

@@ -185,7 +185,16 @@ def test_an_ema_run_ships_the_averaged_weights_and_validates_them_each_epoch(tmp
     assert any(not torch.allclose(weights[k].float(), last["model"][k].float()) for k in weights), \
         "the shipped weights are the raw ones, not their average"
     assert all("ema_val_acc" in epoch for epoch in shipped["training"]["history"])
+    assert shipped["training"]["best_epoch"] == 1  # the average after the last epoch, whatever LRA thought best
     assert "EMA val loss" in (tmp_path / "ema" / "train.log").read_text()
+
+
+def test_an_ema_run_resumed_from_a_run_without_the_average_starts_it_from_the_resumed_weights(tmp_path, smear_folder):
+    common = dict(data=str(smear_folder), arch="mobilenetv3_lstm", out=str(tmp_path / "run"), batch_size=16,
+                  img_size=48, block_size=4, progress=False, limit_per_class=8, seed=3)
+    train(TrainConfig(epochs=1, **common))
+    resumed = read_payload(train(TrainConfig(epochs=2, ema_decay=0.9, **common), resume=True))
+    assert len(resumed["training"]["history"]) == 2 and "ema_val_acc" in resumed["training"]["history"][-1]
 
 
 def test_the_card_says_the_shipped_weights_are_an_average_and_its_command_asks_for_one():
