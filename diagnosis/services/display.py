@@ -172,7 +172,7 @@ def rebuild_thumbnail(smear):
     Raises NotDisplayable when the stored image is missing or no longer decodes (the old thumbnail is kept)."""
     with _reading_stored(smear), smear.image.open("rb") as handle, _open_stored(smear, handle) as image:
         image.load()
-        jpeg = thumbnail_jpeg(image)
+        jpeg = thumbnail_jpeg(model_reading(image))
     field = Smear._meta.get_field("thumbnail")
     old = smear.thumbnail.name
     name = field.storage.save(field.generate_filename(smear, "thumb.jpg"), ContentFile(jpeg))

@@ -237,14 +237,12 @@ def model_reading(img):
     return load_image(img)
 
 
-def thumbnail_jpeg(img, *, read=False):
-    """The JPEG thumbnail of a decoded image, made from the pixels as the model reads them, so it looks like the
-    image the model judged; ``read``: ``img`` is already model_reading's output, and is shrunk in place (no second
-    full-size copy in the web process)."""
-    thumb = img if read else model_reading(img)
-    thumb.thumbnail(THUMBNAIL_SIZE)
+def thumbnail_jpeg(read):
+    """The JPEG thumbnail of model_reading's output, so it looks like the image the model judged. Shrinks ``read``
+    in place: no second full-size copy in the web process."""
+    read.thumbnail(THUMBNAIL_SIZE)
     buf = io.BytesIO()
-    thumb.save(buf, "JPEG", quality=85)
+    read.save(buf, "JPEG", quality=85)
     return buf.getvalue()
 
 
@@ -300,7 +298,7 @@ def check_image(upload):
                 img.load()  # decodes every pixel (first frame of an MPO): truncated data fails here
                 read = model_reading(img)  # may be img itself: used before the file is closed
                 pixels = pixels_sha256(read)
-                thumbnail = thumbnail_jpeg(read, read=True)  # shrinks read: hashed first
+                thumbnail = thumbnail_jpeg(read)  # shrinks read: hashed first
                 del read
     except RejectedImage:
         raise
